@@ -1,0 +1,3 @@
+// SPDX-License-Identifier: MIT
+// Placeholder until the daemon wiring lands.
+int main() { return 0; }

@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// Block nodes, consumer side: what exports, jobs and QMP commands use.
+///
+/// A node is one vertex of the block graph: a driver instance (file, raw, null-co, qcow2,
+/// mirror_top, …) with a node-name and child edges ("file", "backing", "target"). Every node
+/// belongs to the main event loop; all calls below must be made on that loop's thread.
+///
+/// Data-path calls are coroutines. Each checks its contract at entry (node open, range inside
+/// the node, writable for writes) and fails with EINVAL/ERANGE-like errnos rather than
+/// asserting, because the ranges come from clients (NBD). Every write-type request (write,
+/// write_zeroes, discard) that reaches a node is reported to its write observers when it
+/// finishes, whichever path it came from — that is what keeps mirror dirty bitmaps honest.
+#include "bjd/result.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bjd::block {
+
+namespace asio = boost::asio;
+
+class node;
+class edge;
+
+/// Allocation status of a range, as NBD base:allocation and mirror's sync modes need it.
+enum status_flag : unsigned {
+    status_data = 1u << 0,        ///< reads return data stored at this layer or below
+    status_zero = 1u << 1,        ///< reads return zeroes
+    status_allocated = 1u << 2,   ///< this layer (not a backing file) decides the content
+};
+
+struct extent {
+    unsigned flags = 0;           ///< status_flag bits
+    std::uint64_t length = 0;     ///< > 0; may be shorter than asked, never longer
+};
+
+struct zero_flags {
+    bool may_unmap = false;       ///< holes are acceptable (NBD: !NO_HOLE; QEMU BDRV_REQ_MAY_UNMAP)
+    bool no_fallback = false;     ///< fail with ENOTSUP rather than write zero buffers (NBD FAST_ZERO)
+};
+
+/// Told about every finished write-type request on the node it is attached to.
+/// Called on the main loop, after the request completed (successfully or not).
+class write_observer {
+public:
+    virtual ~write_observer() = default;
+    virtual void on_write(std::uint64_t offset, std::uint64_t length) = 0;
+};
+
+/// Who holds an edge to a node: another node, a named drive, an export, or a job.
+enum class parent_kind { node, backend, export_, job };
+
+/// A reference from a parent to a node. The parent owns the edge; the edge keeps the node
+/// alive and registers itself with it, so that `replace_node` can redirect every parent of a
+/// node to another node (mirror's pivot).
+class edge {
+public:
+    edge(parent_kind kind, std::string owner, std::string role);
+    ~edge();
+    edge(const edge&) = delete;
+    edge& operator=(const edge&) = delete;
+
+    /// Points the edge at `n` (null detaches).
+    void attach(std::shared_ptr<node> n);
+    void detach() { attach(nullptr); }
+
+    node* get() const noexcept { return node_.get(); }
+    const std::shared_ptr<node>& shared() const noexcept { return node_; }
+    node* operator->() const noexcept { return node_.get(); }
+    explicit operator bool() const noexcept { return bool(node_); }
+
+    parent_kind kind() const noexcept { return kind_; }
+    const std::string& owner() const noexcept { return owner_; }   ///< "node 'x'", "export 'e1'", "block job 'j'"
+    const std::string& role() const noexcept { return role_; }     ///< "file", "backing", "root", "target"
+
+private:
+    parent_kind kind_;
+    std::string owner_;
+    std::string role_;
+    std::shared_ptr<node> node_;
+};
+
+/// Redirects every parent edge of `from` to `to`, except edges owned by `to` itself (so a
+/// filter above `from` keeps pointing at it). Used by mirror completion.
+void replace_node(node& from, const std::shared_ptr<node>& to);
+
+class node : public std::enable_shared_from_this<node> {
+public:
+    virtual ~node();
+    node(const node&) = delete;
+    node& operator=(const node&) = delete;
+
+    // ---- identity -------------------------------------------------------------------------
+    const std::string& name() const noexcept { return name_; }
+    /// Names given by the daemon ("#block123") rather than the user.
+    bool auto_named() const noexcept { return !name_.empty() && name_[0] == '#'; }
+    /// The wire name of the driver: "file", "raw", "null-co", "qcow2", "mirror_top".
+    virtual std::string_view driver() const noexcept = 0;
+    /// The file name shown in query-named-block-nodes (`file`, `image.filename`).
+    virtual std::string filename() const;
+    /// Implicit filters (mirror_top without filter-node-name) are skipped by device views.
+    virtual bool implicit() const noexcept { return false; }
+
+    // ---- geometry and capabilities -----------------------------------------------------------
+    virtual std::uint64_t size() const noexcept = 0;
+    /// Bytes allocated on the host for this node (actual-size), if known.
+    virtual std::int64_t allocated_size() const { return -1; }
+    /// The format's cluster size, 0 for formats without clusters (raw, file, null-co).
+    virtual std::uint32_t cluster_size() const noexcept { return 0; }
+    /// Requests must be aligned to this (512 or 4096 for O_DIRECT files, else 1).
+    virtual std::uint32_t request_alignment() const noexcept { return 1; }
+    /// Whether reads of never-written areas return zeroes (a fresh file, null-co read-zeroes).
+    virtual bool zero_init() const noexcept { return false; }
+    bool read_only() const noexcept { return read_only_; }
+
+    // ---- data path (main loop; see file comment) ---------------------------------------------
+    asio::awaitable<result<void>> read(std::uint64_t offset, std::span<std::byte> buf);
+    asio::awaitable<result<void>> write(std::uint64_t offset, std::span<const std::byte> buf, bool fua = false);
+    asio::awaitable<result<void>> write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags = {});
+    asio::awaitable<result<void>> discard(std::uint64_t offset, std::uint64_t length);
+    asio::awaitable<result<void>> flush();
+    /// Status of the range starting at `offset`; the returned extent covers at least one byte.
+    asio::awaitable<result<extent>> block_status(std::uint64_t offset, std::uint64_t length);
+
+    // ---- graph --------------------------------------------------------------------------------
+    /// Child edges in a stable order (file first, then backing, then others).
+    const std::vector<std::unique_ptr<edge>>& children() const noexcept { return children_; }
+    /// The child with `role`, or null.
+    node* child(std::string_view role) const noexcept;
+    /// Every edge pointing at this node (parents: nodes, drives, exports, jobs).
+    const std::vector<edge*>& parents() const noexcept { return parents_; }
+    /// The child that carries the data this node reads (file for raw/qcow2, the filtered node
+    /// for filters), or null for protocol nodes.
+    virtual node* primary_child() const noexcept;
+    /// The backing node (COW base) or null.
+    node* backing() const noexcept { return child("backing"); }
+
+    /// Whether `blockdev-add` created this node (only those may be deleted with blockdev-del).
+    bool monitor_owned() const noexcept { return monitor_owned_; }
+    void set_monitor_owned(bool v) noexcept { monitor_owned_ = v; }
+
+    /// Name of the job blocking this node, empty when none ("Node 'X' is busy: …").
+    const std::string& blocker() const noexcept { return blocker_; }
+    void set_blocker(std::string why) { blocker_ = std::move(why); }
+
+    // ---- observers ----------------------------------------------------------------------------
+    void add_write_observer(write_observer* o);
+    void remove_write_observer(write_observer* o);
+
+    /// Highest offset+length of any write-type request that reached the node, failed or not.
+    std::uint64_t wr_highest_offset() const noexcept { return wr_highest_offset_; }
+
+protected:
+    node(std::string name, bool read_only);
+
+    /// Adds a child edge owned by this node.
+    edge& add_child(std::string role, std::shared_ptr<node> n);
+
+    // Driver hooks: called with the contract already checked. Defaults: ENOTSUP for
+    // write_zeroes/discard (the wrapper emulates write_zeroes with zero buffers), a successful
+    // no-op flush, and "all data, allocated" for block_status.
+    virtual asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
+    virtual asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) = 0;
+    virtual asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags);
+    virtual asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length);
+    virtual asio::awaitable<result<void>> do_flush();
+    virtual asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length);
+
+private:
+    friend class edge;
+    friend void replace_node(node&, const std::shared_ptr<node>&);
+    result<void> check_request(std::uint64_t offset, std::uint64_t length, bool is_write) const;
+    void notify_write(std::uint64_t offset, std::uint64_t length);
+    asio::awaitable<result<void>> emulate_write_zeroes(std::uint64_t offset, std::uint64_t length);
+
+    std::string name_;
+    bool read_only_;
+    bool monitor_owned_ = false;
+    std::string blocker_;
+    std::vector<std::unique_ptr<edge>> children_;
+    std::vector<edge*> parents_;
+    std::vector<write_observer*> observers_;
+    std::uint64_t wr_highest_offset_ = 0;
+};
+
+} // namespace bjd::block

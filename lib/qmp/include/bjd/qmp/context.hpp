@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// What a QMP command handler can reach: the daemon's subsystems and the calling session.
+///
+/// Handlers (lib/qmp/commands/*_cmds.cpp) are glue: decode (generated), call the library
+/// through this context, encode (generated). One context lives as long as the daemon; the
+/// `session` pointer is set for the duration of each command.
+#include "bjd/qapi/event_sink.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+#include <functional>
+#include <string>
+
+namespace bjd::block { class graph; }
+namespace bjd::jobs { class manager; }
+
+namespace bjd::qmp {
+
+class session;
+
+/// How the daemon's I/O engine came up; `query-...` commands and logs report it.
+struct io_report {
+    std::string backend;          ///< "io_uring" or "threads"
+    std::string fallback_reason;  ///< non-empty when io_uring was wanted but could not be used
+};
+
+class context {
+public:
+    boost::asio::io_context& loop;
+    qapi::event_sink& events;
+    block::graph* graph = nullptr;
+    jobs::manager* jobs = nullptr;
+    io_report io;
+
+    /// Asks the daemon to shut down after the current command has answered (`quit`).
+    std::function<void()> request_quit;
+
+    /// The session running the current command (null for commands run at startup).
+    session* current = nullptr;
+};
+
+} // namespace bjd::qmp

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Installs every Debian package blockjobd needs to build, test and benchmark.
+# Idempotent: packages already present are skipped, so CI and developers can run it every time.
+set -euo pipefail
+
+pkgs=(
+  # build
+  g++ cmake ninja-build pkg-config python3
+  libboost1.81-dev libboost-json1.81-dev liburing-dev catch2 libspdlog-dev libfmt-dev
+  libsystemd-dev
+  # test and benchmark peers
+  qemu-utils qemu-system-common libnbd-bin nbdkit fio socat
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "setup: all build and test packages present" >&2
