@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// The block graph: every node by name, blockdev-add/blockdev-del, and lookups by the names
+/// QMP commands take. Lives on the main loop; every call must be made there.
+#include "bjd/block/node.hpp"
+#include "bjd/io/engine.hpp"
+#include "bjd/qapi/error.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bjd::qapi { struct blockdev_options; }
+
+namespace bjd::block {
+
+class graph {
+public:
+    explicit graph(io::engine& engine);
+    ~graph();
+
+    io::engine& engine() noexcept { return engine_; }
+
+    /// blockdev-add: opens the node (and inline children), registers it as monitor-owned.
+    /// Errors carry QEMU 7.2's texts ("Duplicate nodes with node-name='X'", "Could not open
+    /// 'F': No such file or directory", …).
+    asio::awaitable<qapi::result<std::shared_ptr<node>>> add(const qapi::blockdev_options& opts);
+
+    /// Opens a node like `add` but without making it monitor-owned (inline children,
+    /// drive-mirror targets). `top_level` requires a node-name.
+    asio::awaitable<qapi::result<std::shared_ptr<node>>> open(const qapi::blockdev_options& opts, bool top_level);
+
+    /// blockdev-del: "Failed to find node with node-name='X'", "Node X is not owned by the
+    /// monitor", "Node 'X' is busy: …", "Node X is in use", "Block device X is in use".
+    qapi::result<void> del(std::string_view node_name);
+
+    /// The node called `name`, or null.
+    std::shared_ptr<node> find(std::string_view name) const;
+
+    /// QEMU's lookup for `device` arguments (drive name or node-name):
+    /// "Cannot find device='X' nor node-name='X'".
+    qapi::result<std::shared_ptr<node>> lookup(std::string_view device) const;
+
+    /// Registers a node made elsewhere (filters, job targets). Its name must be unique; an empty
+    /// name is not allowed — use `auto_name()`.
+    void insert(std::shared_ptr<node> n);
+    /// Forgets a node that is being destroyed (no parents left).
+    void erase(const node& n);
+
+    /// A fresh "#blockNNN" name.
+    std::string auto_name();
+
+    /// Every node, in creation order.
+    std::vector<std::shared_ptr<node>> nodes() const;
+
+private:
+    io::engine& engine_;
+    std::vector<std::shared_ptr<node>> nodes_;
+    unsigned next_auto_ = 0;
+};
+
+/// "Invalid node-name: 'X'" unless `name` starts with a letter and has only letters, digits,
+/// '-', '.', '_' (QEMU's id_wellformed), and "Node name too long" past 31 characters.
+qapi::result<void> check_node_name(std::string_view name);
+
+} // namespace bjd::block
