@@ -21,10 +21,13 @@ namespace bjd::block {
 
 class graph {
 public:
-    explicit graph(io::engine& engine);
+    /// `engine` serves aio=io_uring and aio=native (which blockjobd maps to io_uring; it may be
+    /// the thread-pool fallback when io_uring is unusable); `threads` serves aio=threads.
+    graph(io::engine& engine, io::engine& threads);
     ~graph();
 
     io::engine& engine() noexcept { return engine_; }
+    io::engine& thread_engine() noexcept { return threads_; }
 
     /// blockdev-add: opens the node (and inline children), registers it as monitor-owned.
     /// Errors carry QEMU 7.2's texts ("Duplicate nodes with node-name='X'", "Could not open
@@ -60,6 +63,7 @@ public:
 
 private:
     io::engine& engine_;
+    io::engine& threads_;
     std::vector<std::shared_ptr<node>> nodes_;
     unsigned next_auto_ = 0;
 };

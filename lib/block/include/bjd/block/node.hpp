@@ -57,6 +57,16 @@ public:
     virtual void on_write(std::uint64_t offset, std::uint64_t length) = 0;
 };
 
+/// Options every node has (BlockdevOptions' common members).
+struct node_options {
+    std::string name;
+    bool read_only = false;
+    bool cache_direct = false;     ///< cache.direct: O_DIRECT, bypass the host page cache
+    bool cache_no_flush = false;   ///< cache.no-flush: flush() succeeds without syncing
+    bool discard_unmap = false;    ///< discard=unmap: pass discards down (else they are ignored)
+    enum class detect_zeroes { off, on, unmap } zeroes = detect_zeroes::off;
+};
+
 /// Who holds an edge to a node: another node, a named drive, an export, or a job.
 enum class parent_kind { node, backend, export_, job };
 
@@ -101,9 +111,9 @@ public:
     node& operator=(const node&) = delete;
 
     // ---- identity -------------------------------------------------------------------------
-    const std::string& name() const noexcept { return name_; }
+    const std::string& name() const noexcept { return opts_.name; }
     /// Names given by the daemon ("#block123") rather than the user.
-    bool auto_named() const noexcept { return !name_.empty() && name_[0] == '#'; }
+    bool auto_named() const noexcept { return !opts_.name.empty() && opts_.name[0] == '#'; }
     /// The wire name of the driver: "file", "raw", "null-co", "qcow2", "mirror_top".
     virtual std::string_view driver() const noexcept = 0;
     /// The file name shown in query-named-block-nodes (`file`, `image.filename`).
@@ -121,7 +131,8 @@ public:
     virtual std::uint32_t request_alignment() const noexcept { return 1; }
     /// Whether reads of never-written areas return zeroes (a fresh file, null-co read-zeroes).
     virtual bool zero_init() const noexcept { return false; }
-    bool read_only() const noexcept { return read_only_; }
+    bool read_only() const noexcept { return opts_.read_only; }
+    const node_options& options() const noexcept { return opts_; }
 
     // ---- data path (main loop; see file comment) ---------------------------------------------
     asio::awaitable<result<void>> read(std::uint64_t offset, std::span<std::byte> buf);
@@ -161,6 +172,7 @@ public:
     std::uint64_t wr_highest_offset() const noexcept { return wr_highest_offset_; }
 
 protected:
+    explicit node(node_options opts);
     node(std::string name, bool read_only);
 
     /// Adds a child edge owned by this node.
@@ -183,8 +195,7 @@ private:
     void notify_write(std::uint64_t offset, std::uint64_t length);
     asio::awaitable<result<void>> emulate_write_zeroes(std::uint64_t offset, std::uint64_t length);
 
-    std::string name_;
-    bool read_only_;
+    node_options opts_;
     bool monitor_owned_ = false;
     std::string blocker_;
     std::vector<std::unique_ptr<edge>> children_;

@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: MIT
+// raw: the format driver without a format: a window of its file child.
+#include "bjd/block/driver.hpp"
+
+#include <string>
+
+namespace bjd::block {
+namespace {
+
+class raw_node final : public node {
+public:
+    raw_node(node_options o, std::shared_ptr<node> file, std::uint64_t offset, std::uint64_t size)
+        : node(std::move(o)), offset_(offset), size_(size)
+    {
+        add_child("file", std::move(file));
+    }
+
+    std::string_view driver() const noexcept override { return "raw"; }
+    std::uint64_t size() const noexcept override { return size_; }
+    std::int64_t allocated_size() const override { return file()->allocated_size(); }
+    std::uint32_t request_alignment() const noexcept override { return file()->request_alignment(); }
+    bool zero_init() const noexcept override { return offset_ == 0 && file()->zero_init(); }
+
+protected:
+    asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
+    {
+        co_return co_await file()->read(offset_ + off, buf);
+    }
+    asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
+    {
+        co_return co_await file()->write(offset_ + off, buf, fua);
+    }
+    asio::awaitable<result<void>> do_write_zeroes(std::uint64_t off, std::uint64_t len, zero_flags f) override
+    {
+        // no_fallback: the layer above decides whether to emulate, once, at the top.
+        f.no_fallback = true;
+        co_return co_await file()->write_zeroes(offset_ + off, len, f);
+    }
+    asio::awaitable<result<void>> do_discard(std::uint64_t off, std::uint64_t len) override
+    {
+        co_return co_await file()->discard(offset_ + off, len);
+    }
+    asio::awaitable<result<void>> do_flush() override { co_return co_await file()->flush(); }
+    asio::awaitable<result<extent>> do_block_status(std::uint64_t off, std::uint64_t len) override
+    {
+        co_return co_await file()->block_status(offset_ + off, len);
+    }
+
+private:
+    node* file() const noexcept { return child("file"); }
+
+    std::uint64_t offset_;
+    std::uint64_t size_;
+};
+
+} // namespace
+
+qapi::result<std::shared_ptr<node>> open_raw(node_options common, std::shared_ptr<node> file, std::uint64_t offset,
+                                            std::optional<std::uint64_t> size)
+{
+    std::uint64_t fsize = file->size();
+    if (offset > fsize)
+        return qapi::generic("The sum of offset (" + std::to_string(offset) + ") and size (0) has to be smaller or equal to the  actual size of the containing file (" + std::to_string(fsize) + ")");
+    std::uint64_t sz = size.value_or(fsize - offset);
+    if (offset + sz > fsize || offset + sz < offset)
+        return qapi::generic("The sum of offset (" + std::to_string(offset) + ") and size (" + std::to_string(sz) +
+                             ") has to be smaller or equal to the  actual size of the containing file (" +
+                             std::to_string(fsize) + ")");
+    if (common.read_only == false && file->read_only())
+        return qapi::generic("Block node is read-only");
+    return std::shared_ptr<node>(std::make_shared<raw_node>(std::move(common), std::move(file), offset, sz));
+}
+
+} // namespace bjd::block

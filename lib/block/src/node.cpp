@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MIT
+#include "bjd/block/node.hpp"
+
+#include "bjd/io/buffer.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <cstring>
+
+namespace bjd::block {
+
+namespace {
+
+bool is_all_zero(std::span<const std::byte> buf)
+{
+    // Compare word-wise against the first byte, then check that byte: the libc memcmp is vectorised.
+    return !buf.empty() && buf[0] == std::byte{0} && std::memcmp(buf.data(), buf.data() + 1, buf.size() - 1) == 0;
+}
+
+} // namespace
+
+// ---- edges ------------------------------------------------------------------------------------
+
+edge::edge(parent_kind kind, std::string owner, std::string role)
+    : kind_(kind), owner_(std::move(owner)), role_(std::move(role))
+{
+}
+
+edge::~edge() { detach(); }
+
+void edge::attach(std::shared_ptr<node> n)
+{
+    if (node_) {
+        auto& ps = node_->parents_;
+        ps.erase(std::remove(ps.begin(), ps.end(), this), ps.end());
+    }
+    node_ = std::move(n);
+    if (node_)
+        node_->parents_.push_back(this);
+}
+
+void replace_node(node& from, const std::shared_ptr<node>& to)
+{
+    assert(to && to.get() != &from);
+    // Copy: attach() edits from.parents_ while we walk it.
+    std::vector<edge*> parents = from.parents_;
+    for (edge* e : parents) {
+        bool owned_by_to = std::any_of(to->children_.begin(), to->children_.end(),
+                                       [e](const std::unique_ptr<edge>& c) { return c.get() == e; });
+        if (!owned_by_to)
+            e->attach(to);
+    }
+}
+
+// ---- node -------------------------------------------------------------------------------------
+
+node::node(node_options opts) : opts_(std::move(opts)) {}
+
+node::node(std::string name, bool read_only) : opts_{.name = std::move(name), .read_only = read_only} {}
+
+node::~node()
+{
+    // Children edges detach in their destructors; parents must be gone already, since every
+    // edge keeps its node alive.
+    assert(parents_.empty());
+}
+
+std::string node::filename() const
+{
+    if (node* c = primary_child())
+        return c->filename();
+    return {};
+}
+
+node* node::child(std::string_view role) const noexcept
+{
+    for (const auto& e : children_)
+        if (e->role() == role)
+            return e->get();
+    return nullptr;
+}
+
+node* node::primary_child() const noexcept { return child("file"); }
+
+edge& node::add_child(std::string role, std::shared_ptr<node> n)
+{
+    auto e = std::make_unique<edge>(parent_kind::node, "node '" + opts_.name + "'", std::move(role));
+    e->attach(std::move(n));
+    children_.push_back(std::move(e));
+    return *children_.back();
+}
+
+void node::add_write_observer(write_observer* o) { observers_.push_back(o); }
+
+void node::remove_write_observer(write_observer* o)
+{
+    observers_.erase(std::remove(observers_.begin(), observers_.end(), o), observers_.end());
+}
+
+result<void> node::check_request(std::uint64_t offset, std::uint64_t length, bool is_write) const
+{
+    if (is_write && opts_.read_only)
+        return errno_error(EPERM);
+    std::uint64_t sz = size();
+    if (offset > sz || length > sz - offset)
+        return errno_error(EINVAL);
+    return {};
+}
+
+void node::notify_write(std::uint64_t offset, std::uint64_t length)
+{
+    wr_highest_offset_ = std::max(wr_highest_offset_, offset + length);
+    // Copy: an observer may detach itself (a job finishing) while being told.
+    auto obs = observers_;
+    for (write_observer* o : obs)
+        o->on_write(offset, length);
+}
+
+asio::awaitable<result<void>> node::read(std::uint64_t offset, std::span<std::byte> buf)
+{
+    if (auto r = check_request(offset, buf.size(), false); !r)
+        co_return r;
+    if (buf.empty())
+        co_return result<void>{};
+    co_return co_await do_read(offset, buf);
+}
+
+asio::awaitable<result<void>> node::write(std::uint64_t offset, std::span<const std::byte> buf, bool fua)
+{
+    if (auto r = check_request(offset, buf.size(), true); !r)
+        co_return r;
+    if (buf.empty())
+        co_return result<void>{};
+    auto self = shared_from_this();   // observers run after the request, even if the graph changed
+    result<void> r;
+    if (opts_.zeroes != node_options::detect_zeroes::off && is_all_zero(buf)) {
+        zero_flags zf{.may_unmap = opts_.zeroes == node_options::detect_zeroes::unmap && opts_.discard_unmap};
+        r = co_await do_write_zeroes(offset, buf.size(), zf);
+        if (!r && r.error() == std::errc::operation_not_supported)
+            r = co_await do_write(offset, buf, fua);
+    } else {
+        r = co_await do_write(offset, buf, fua);
+    }
+    notify_write(offset, buf.size());
+    co_return r;
+}
+
+asio::awaitable<result<void>> node::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags)
+{
+    if (auto r = check_request(offset, length, true); !r)
+        co_return r;
+    if (length == 0)
+        co_return result<void>{};
+    auto self = shared_from_this();
+    if (!opts_.discard_unmap)
+        flags.may_unmap = false;
+    auto r = co_await do_write_zeroes(offset, length, flags);
+    if (!r && r.error() == std::errc::operation_not_supported && !flags.no_fallback)
+        r = co_await emulate_write_zeroes(offset, length);
+    notify_write(offset, length);
+    co_return r;
+}
+
+asio::awaitable<result<void>> node::discard(std::uint64_t offset, std::uint64_t length)
+{
+    if (auto r = check_request(offset, length, true); !r)
+        co_return r;
+    if (length == 0)
+        co_return result<void>{};
+    auto self = shared_from_this();
+    if (!opts_.discard_unmap)
+        co_return result<void>{};   // discard=ignore (QEMU's default): nothing changes
+    auto r = co_await do_discard(offset, length);
+    // Discard is advisory: a driver that cannot drop the range leaves the data as it was.
+    if (!r && r.error() == std::errc::operation_not_supported)
+        r = result<void>{};
+    notify_write(offset, length);
+    co_return r;
+}
+
+asio::awaitable<result<void>> node::flush()
+{
+    co_return co_await do_flush();
+}
+
+asio::awaitable<result<extent>> node::block_status(std::uint64_t offset, std::uint64_t length)
+{
+    if (auto r = check_request(offset, length, false); !r)
+        co_return r.error();
+    if (length == 0)
+        co_return errno_error(EINVAL);
+    auto r = co_await do_block_status(offset, length);
+    if (r && (r->length == 0 || r->length > length))
+        r->length = length;   // drivers may round; callers rely on the contract
+    co_return r;
+}
+
+asio::awaitable<result<void>> node::emulate_write_zeroes(std::uint64_t offset, std::uint64_t length)
+{
+    constexpr std::uint64_t chunk_max = 1 << 20;
+    io::aligned_buffer zeroes(std::min(length, chunk_max));
+    std::memset(zeroes.data(), 0, zeroes.size());
+    while (length > 0) {
+        std::uint64_t n = std::min<std::uint64_t>(length, zeroes.size());
+        auto r = co_await do_write(offset, std::span<const std::byte>(zeroes.data(), n), false);
+        if (!r)
+            co_return r;
+        offset += n;
+        length -= n;
+    }
+    co_return result<void>{};
+}
+
+asio::awaitable<result<void>> node::do_write_zeroes(std::uint64_t, std::uint64_t, zero_flags)
+{
+    co_return errno_error(ENOTSUP);
+}
+
+asio::awaitable<result<void>> node::do_discard(std::uint64_t, std::uint64_t) { co_return errno_error(ENOTSUP); }
+
+asio::awaitable<result<void>> node::do_flush() { co_return result<void>{}; }
+
+asio::awaitable<result<extent>> node::do_block_status(std::uint64_t, std::uint64_t length)
+{
+    co_return extent{status_data | status_allocated, length};
+}
+
+} // namespace bjd::block
