@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: MIT
+#include "options.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+namespace bjd::daemon {
+
+const char* usage_text()
+{
+    return R"(Usage: blockjobd [options]
+A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
+
+  -h, --help                display this help and exit
+  -V, --version             output version information and exit
+
+  --blockdev [driver=]<driver>[,node-name=<N>][,discard=ignore|unmap]
+             [,cache.direct=on|off][,cache.no-flush=on|off]
+             [,read-only=on|off][,auto-read-only=on|off]
+             [,force-share=on|off][,detect-zeroes=on|off|unmap]
+             [,<driver-specific options>]
+  --blockdev <json>         configure a block node (drivers: file, raw, null-co, null-aio)
+
+  --chardev socket,id=<id>,path=<path>[,server=on][,wait=off]
+  --chardev socket,id=<id>,host=<host>,port=<port>[,server=on][,wait=off]
+                            a QMP listening socket (UNIX or loopback TCP)
+
+  --monitor [chardev=]<id>[,mode=control][,pretty=on|off]
+                            run a QMP monitor on chardev <id>
+
+  --nbd-server addr.type=unix,addr.path=<path>[,max-connections=<n>]
+  --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
+                            start an NBD server (no TLS)
+
+  --export [type=]nbd,id=<id>,node-name=<node>[,name=<name>]
+           [,writable=on|off][,description=<text>]
+                            export a block node over NBD
+
+  --pidfile <path>          write the process ID to <path> once everything is set up
+  --daemonize               detach from the terminal once set up; the parent exits only
+                            when the daemon is ready (or with its error)
+
+blockjobd options:
+  --log-level <level>       trace, debug, info (default), warn or error
+  --log-format <format>     terminal, or journal (syslog priority prefixes for
+                            systemd-journald; the default when started by systemd)
+)";
+}
+
+namespace {
+
+[[noreturn]] void usage_error(const std::string& msg)
+{
+    std::fprintf(stderr, "blockjobd: %s\nTry 'blockjobd --help' for more information.\n", msg.c_str());
+    std::exit(1);
+}
+
+} // namespace
+
+options parse_options(int argc, char** argv)
+{
+    options o;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        std::string inline_value;
+        bool has_inline = false;
+        // Accept both "--opt value" and "--opt=value", and QEMU's single-dash spellings.
+        if (arg.size() > 2 && arg[0] == '-' && arg[1] != '-')
+            arg = std::string_view(argv[i]);   // -h, -V
+        if (auto eq = arg.find('='); eq != std::string_view::npos && arg.rfind("--", 0) == 0) {
+            inline_value = std::string(arg.substr(eq + 1));
+            arg = arg.substr(0, eq);
+            has_inline = true;
+        }
+        auto value = [&]() -> std::string {
+            if (has_inline)
+                return inline_value;
+            if (i + 1 >= argc)
+                usage_error("option '" + std::string(arg) + "' requires an argument");
+            return argv[++i];
+        };
+        using k = ordered_option::kind;
+        if (arg == "-h" || arg == "--help") {
+            std::fputs(usage_text(), stdout);
+            std::exit(0);
+        } else if (arg == "-V" || arg == "--version") {
+            std::printf("blockjobd version %s (QMP compatible with qemu-storage-daemon 7.2)\n", BJD_VERSION);
+            std::exit(0);
+        } else if (arg == "--blockdev") {
+            o.objects.push_back({k::blockdev, value()});
+        } else if (arg == "--chardev") {
+            o.objects.push_back({k::chardev, value()});
+        } else if (arg == "--monitor") {
+            o.objects.push_back({k::monitor, value()});
+        } else if (arg == "--nbd-server") {
+            o.objects.push_back({k::nbd_server, value()});
+        } else if (arg == "--export") {
+            o.objects.push_back({k::export_, value()});
+        } else if (arg == "--object") {
+            o.objects.push_back({k::object, value()});
+        } else if (arg == "--pidfile") {
+            o.pidfile = value();
+        } else if (arg == "--daemonize") {
+            o.daemonize = true;
+        } else if (arg == "--log-level") {
+            o.log_level = value();
+        } else if (arg == "--log-format") {
+            o.log_format = value();
+            if (*o.log_format != "terminal" && *o.log_format != "journal")
+                usage_error("--log-format takes 'terminal' or 'journal'");
+        } else {
+            usage_error("unrecognized option '" + std::string(argv[i]) + "'");
+        }
+    }
+    return o;
+}
+
+} // namespace bjd::daemon

@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: MIT
+#include "bjd/block/query.hpp"
+
+namespace bjd::block {
+
+qapi::image_info describe_image(const node& n, bool with_backing_chain)
+{
+    qapi::image_info img;
+    img.filename = n.filename();
+    img.format = std::string(n.driver());
+    img.virtual_size = static_cast<std::int64_t>(n.size());
+    if (auto a = n.allocated_size(); a >= 0)
+        img.actual_size = a;
+    if (auto c = n.cluster_size())
+        img.cluster_size = c;
+    if (node* b = n.backing()) {
+        img.backing_filename = b->filename();
+        img.full_backing_filename = b->filename();
+        img.backing_filename_format = std::string(b->driver());
+        if (with_backing_chain)
+            img.backing_image = qapi::box<qapi::image_info>(describe_image(*b, true));
+    }
+    return img;
+}
+
+qapi::block_device_info describe_node(const node& n, bool flat)
+{
+    qapi::block_device_info info;
+    info.file = n.filename();
+    info.node_name = n.name();
+    info.ro = n.read_only();
+    info.drv = std::string(n.driver());
+    int depth = 0;
+    for (node* b = n.backing(); b; b = b->backing())
+        ++depth;
+    if (node* b = n.backing())
+        info.backing_file = b->filename();
+    info.backing_file_depth = depth;
+    info.encrypted = false;
+    switch (n.options().zeroes) {
+    case node_options::detect_zeroes::off: info.detect_zeroes = qapi::blockdev_detect_zeroes_options::off; break;
+    case node_options::detect_zeroes::on: info.detect_zeroes = qapi::blockdev_detect_zeroes_options::on; break;
+    case node_options::detect_zeroes::unmap: info.detect_zeroes = qapi::blockdev_detect_zeroes_options::unmap; break;
+    }
+    info.bps = info.bps_rd = info.bps_wr = 0;
+    info.iops = info.iops_rd = info.iops_wr = 0;
+    info.image = describe_image(n, !flat);
+    info.cache.writeback = true;
+    info.cache.direct = n.options().cache_direct;
+    info.cache.no_flush = n.options().cache_no_flush;
+    info.write_threshold = 0;
+    return info;
+}
+
+} // namespace bjd::block

@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: MIT
+// Block node commands: blockdev-add, blockdev-del, query-named-block-nodes.
+#include "bjd/block/graph.hpp"
+#include "bjd/block/query.hpp"
+#include "bjd/qapi/commands.hpp"
+#include "bjd/qmp/context.hpp"
+
+namespace bjd::qapi {
+
+boost::asio::awaitable<result<void>> qmp_blockdev_add(qmp::context& ctx, blockdev_options args)
+{
+    auto r = co_await ctx.graph->add(args);
+    if (!r)
+        co_return r.error();
+    co_return result<void>{};
+}
+
+boost::asio::awaitable<result<void>> qmp_blockdev_del(qmp::context& ctx, blockdev_del_args args)
+{
+    co_return ctx.graph->del(args.node_name);
+}
+
+boost::asio::awaitable<result<std::vector<block_device_info>>> qmp_query_named_block_nodes(
+    qmp::context& ctx, query_named_block_nodes_args args)
+{
+    std::vector<block_device_info> out;
+    bool flat = args.flat.value_or(false);
+    for (const auto& n : ctx.graph->nodes())
+        out.push_back(block::describe_node(*n, flat));
+    co_return out;
+}
+
+} // namespace bjd::qapi

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# The whole test suite, as CI runs it: setup, a release build and an ASan+UBSan build, and
+# every unit, schema and QMP scenario test of both under ctest, in parallel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+jobs=$(nproc)
+
+run_build() {   # <dir> <cmake args...>
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
+  ninja -C "$dir" -j"$jobs"
+  # Scenario tests start daemons and wait on disks as much as CPUs: run more than nproc.
+  ctest --test-dir "$dir" -j"$((jobs * 2))" --output-on-failure --timeout 600
+}
+
+run_build build -DCMAKE_BUILD_TYPE=Release
+run_build build-asan -DCMAKE_BUILD_TYPE=Debug -DBJD_SANITIZE=ON
+echo "all test suites passed (release and ASan+UBSan)"
