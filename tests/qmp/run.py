@@ -1,0 +1,766 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Black-box QMP scenario runner (see tests/qmp/README.md for the format).
+
+Runs each <name>.qmp against a daemon that accepts the qemu-storage-daemon
+command line, records a filtered transcript and compares it with <name>.out
+(or <name>.qsd.out when targeting qemu-storage-daemon and that file exists).
+"""
+
+import argparse
+import concurrent.futures
+import difflib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+DEFAULT_TIMEOUT = 10.0      # seconds for a response, an event or a daemon exit
+SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)"
+                          r"|runtime error: |SUMMARY: UndefinedBehaviorSanitizer")
+DEFAULT_MASKS = ("pid", "thread-id")
+MAX_DEPTH = 12              # deeper values are abbreviated in transcripts
+LONG_STRING = 200           # longer strings are abbreviated in transcripts
+SHUTDOWN = object()
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be parsed or a directive used wrongly."""
+
+
+def decode_escapes(text):
+    """Turns the C-like escapes of @raw text into bytes (\\x01, \\n, \\r, \\t, \\\\)."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            n = text[i + 1]
+            if n == "x" and i + 3 < len(text) + 1:
+                out.append(int(text[i + 2:i + 4], 16))
+                i += 4
+                continue
+            simple = {"n": b"\n", "r": b"\r", "t": b"\t", "\\": b"\\", "s": b" "}
+            if n in simple:
+                out += simple[n]
+                i += 2
+                continue
+        out += c.encode("utf-8")
+        i += 1
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- parsing
+
+class Step:
+    def __init__(self, kind, arg, line, **extra):
+        self.kind = kind
+        self.arg = arg
+        self.line = line
+        self.__dict__.update(extra)
+
+
+def parse_scenario(path):
+    """Returns (steps, only) where only is None or (daemon-kind, reason)."""
+    steps = []
+    only = None
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    i = 0
+    while i < len(lines):
+        raw = lines[i]
+        lineno = i + 1
+        line = raw.strip()
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            text = line
+            while True:
+                try:
+                    obj = json.loads(text)
+                    break
+                except json.JSONDecodeError:
+                    if i >= len(lines):
+                        raise ScenarioError(f"{path}:{lineno}: unterminated JSON command")
+                    text += "\n" + lines[i]
+                    i += 1
+            steps.append(Step("cmd", text, lineno, obj=obj))
+            continue
+        if not line.startswith("@"):
+            raise ScenarioError(f"{path}:{lineno}: expected a JSON command or @directive")
+        name, _, rest = line.partition(" ")
+        name = name[1:]
+        rest = rest.strip()
+        if name == "only":
+            kind, _, reason = rest.partition(" ")
+            if kind not in ("ours", "qsd") or not reason.strip():
+                raise ScenarioError(f"{path}:{lineno}: @only ours|qsd <reason>")
+            only = (kind, reason.strip())
+            continue
+        known = {"args", "shell", "shell-out", "shell-bg", "wait-file", "session", "raw",
+                 "raw-nosync", "raw-repeat", "raw-repeat-nosync", "wait", "recv", "drain",
+                 "sleep", "disconnect", "quit", "nowait", "group", "endgroup", "mask",
+                 "filter-return-names", "schema-probe", "echo", "expect-exit"}
+        if name not in known:
+            raise ScenarioError(f"{path}:{lineno}: unknown directive @{name}")
+        steps.append(Step(name, rest, lineno))
+    return steps, only
+
+
+# ---------------------------------------------------------------- filtering
+
+def nesting(v):
+    depth = 0
+    while isinstance(v, (dict, list)) and v:
+        v = next(iter(v.values())) if isinstance(v, dict) else v[0]
+        depth += 1
+    return depth + (1 if isinstance(v, (dict, list)) else 0)
+
+
+class Filters:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.masks = set(DEFAULT_MASKS)
+
+    def text(self, s):
+        s = s.replace(self.tmp, "TMP")
+        return s
+
+    def value(self, v, key=None, depth=0):
+        if depth > MAX_DEPTH and isinstance(v, (dict, list)):
+            return f"...({nesting(v)} more levels)"
+        if isinstance(v, dict):
+            out = {}
+            for k, x in v.items():
+                if k == "timestamp":
+                    continue
+                if k in self.masks:
+                    out[k] = "MASKED"
+                elif k == "qemu" and isinstance(x, dict) and {"major", "minor", "micro"} <= set(x):
+                    # Keep the JSON type visible: a daemon sending strings must still fail.
+                    out[k] = {kk: (0 if isinstance(vv, int) and not isinstance(vv, bool) else vv)
+                              for kk, vv in x.items()}
+                elif k == "package" and isinstance(x, str):
+                    out[k] = "PKG"
+                else:
+                    out[k] = self.value(x, k, depth + 1)
+            return out
+        if isinstance(v, list):
+            return [self.value(x, None, depth + 1) for x in v]
+        if isinstance(v, str):
+            v = self.text(v)
+            if len(v) > LONG_STRING:
+                v = f"{v[:24]}...({len(v)} chars)"
+            return v
+        return v
+
+    def dump(self, obj):
+        return json.dumps(self.value(obj), sort_keys=True, ensure_ascii=True)
+
+
+# ---------------------------------------------------------------- schema probes
+
+def schema_probe(schema, path):
+    """Resolves NAME.seg.seg... in a query-qmp-schema result; returns a short string.
+
+    Segments: a member name (searched in members and in every variant), '@arg'
+    (explicit; implied after a command/event), '@ret' (command return type),
+    '[]' (array element), '=VALUE' (enum value present?), '{tag=case}' (select one variant).
+    """
+    by_name = {e["name"]: e for e in schema}
+    segs = path.split(".") if path else []
+    if not segs or segs[0] not in by_name:
+        return "absent"
+    ent = by_name[segs[0]]
+    optional = None
+    rest = segs[1:]
+    if ent["meta-type"] in ("command", "event") and rest and rest[0] not in ("@arg", "@ret"):
+        rest = ["@arg"] + rest
+    variant = None
+    for seg in rest:
+        if seg == "@arg":
+            ent = by_name.get(ent.get("arg-type"))
+        elif seg == "@ret":
+            ent = by_name.get(ent.get("ret-type"))
+        elif seg == "[]":
+            if ent.get("meta-type") != "array":
+                return f"not an array at '{seg}'"
+            ent = by_name.get(ent["element-type"])
+        elif seg.startswith("="):
+            if ent.get("meta-type") != "enum":
+                return f"not an enum at '{seg}'"
+            return "present" if seg[1:] in [m["name"] for m in ent["members"]] else "absent"
+        elif seg.startswith("{") and seg.endswith("}"):
+            tag, _, case = seg[1:-1].partition("=")
+            if ent.get("tag") != tag:
+                return f"no tag '{tag}'"
+            v = [x for x in ent.get("variants", []) if x["case"] == case]
+            if not v:
+                return "absent"
+            variant = by_name.get(v[0]["type"])
+            continue
+        else:
+            if ent is None or ent.get("meta-type") != "object":
+                return f"not an object at '{seg}'"
+            pools = [variant] if variant else [ent] + [by_name.get(x["type"]) for x in ent.get("variants", [])]
+            found = None
+            for p in pools:
+                for m in (p or {}).get("members", []):
+                    if m["name"] == seg:
+                        found = m
+                        break
+                if found:
+                    break
+            if not found:
+                return "absent"
+            optional = "default" in found
+            ent = by_name.get(found["type"])
+            variant = None
+        if ent is None:
+            return "dangling type"
+    desc = ent["meta-type"]
+    if desc == "builtin":
+        desc = ent["name"]
+    elif desc == "array":
+        el = by_name.get(ent["element-type"], {})
+        desc = "array of " + (el.get("name") if el.get("meta-type") == "builtin" else el.get("meta-type", "?"))
+    elif desc == "command" and ent.get("allow-oob"):
+        desc += " allow-oob"
+    if optional is not None:
+        desc += " optional" if optional else " required"
+    return desc
+
+
+# ---------------------------------------------------------------- sessions
+
+class Session:
+    def __init__(self, name, path, timeout, run_failures):
+        self.run_failures = run_failures
+        self.name = name
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.wire_errors = []
+        self.closed = False
+        self.sync_id = 0
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def read_message(self, deadline):
+        """Returns the next message (dict), SHUTDOWN at EOF, None at deadline."""
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+                if not line.endswith(b"\r"):
+                    self.wire_errors.append("server line not terminated by CR LF")
+                if any(b >= 0x7F for b in line):
+                    self.wire_errors.append("server output is not pure ASCII")
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    return json.loads(line.decode("utf-8", "replace"))
+                except (json.JSONDecodeError, RecursionError):
+                    return {"!unparsable-line": line.decode("utf-8", "replace")}
+            if self.closed:
+                return SHUTDOWN
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except socket.timeout:
+                return None
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.closed = True
+                continue
+            self.buf += chunk
+
+    def close(self):
+        for e in sorted(set(self.wire_errors)):
+            self.run_failures.append(f"session {self.name}: {e}")
+        self.wire_errors = []
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.closed = True
+
+
+# ---------------------------------------------------------------- scenario run
+
+class Run:
+    def __init__(self, path, daemon_kind, daemon_bin, keep, timeout):
+        self.path = path
+        self.kind = daemon_kind
+        self.bin = daemon_bin
+        self.keep = keep
+        self.timeout = timeout
+        self.tmp = tempfile.mkdtemp(prefix="qmp-")
+        self.filters = Filters(self.tmp)
+        self.out = []                 # transcript lines
+        self.failures = []            # reasons besides transcript mismatch
+        self.args = []
+        self.proc = None
+        self.stderr_path = os.path.join(self.tmp, "daemon.stderr")
+        self.session_names = ["main"]
+        self.sessions = {}
+        self.cur = None
+        self.group = None             # list of received lines when inside @group
+        self.nowait = False
+        self.ret_filter = None
+        self.probes = None
+        self.bg = []
+        self.expect_exit = 0
+        self.quit_done = False
+
+    def sock_for(self, name):
+        return os.path.join(self.tmp, f"qmp-{name}.sock")
+
+    # -- transcript helpers
+    def prefix(self):
+        return "" if self.cur is None or self.cur.name == "main" else f"[{self.cur.name}] "
+
+    def emit_sent(self, text):
+        self.out.append(self.prefix() + "-> " + text)
+
+    def emit_recv(self, msg):
+        line = self.prefix() + "<- " + self.filters.dump(msg)
+        if self.group is not None:
+            self.group.append(line)
+        else:
+            self.out.append(line)
+
+    def note(self, text):
+        self.out.append("!! " + text)
+        self.failures.append(text)
+
+    # -- daemon
+    def start(self):
+        if self.proc:
+            return
+        cmd = [self.bin]
+        # One monitor per session name (a socket chardev serves one client at a
+        # time), plus a hidden one used for the start-up probe and the final quit.
+        for i, name in enumerate(self.session_names + ["__quit"]):
+            cmd += ["--chardev", f"socket,id=qmp{i},path={self.sock_for(name)},server=on,wait=off",
+                    "--monitor", f"chardev=qmp{i}"]
+        cmd += ["--pidfile", os.path.join(self.tmp, "daemon.pid")]
+        cmd += self.args
+        self.errf = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.tmp, stdin=subprocess.DEVNULL,
+                                     stdout=self.errf, stderr=self.errf)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ScenarioError(f"daemon exited at startup with status {self.proc.returncode}")
+            if all(os.path.exists(self.sock_for(n)) for n in self.session_names + ["__quit"]):
+                try:
+                    s = socket.socket(socket.AF_UNIX)
+                    s.connect(self.sock_for("__quit"))
+                    s.close()
+                    return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise ScenarioError("daemon did not create its QMP socket")
+            time.sleep(0.02)
+
+    def open_session(self, name, negotiate):
+        self.start()
+        s = Session(name, self.sock_for(name), self.timeout, self.failures)
+        self.sessions[name] = s
+        self.cur = s
+        self.out.append(self.prefix() + "-- connect")
+        greeting = s.read_message(time.monotonic() + self.timeout)
+        if greeting is None or greeting is SHUTDOWN:
+            self.note("no greeting")
+            return
+        self.emit_recv(greeting)
+        if negotiate:
+            self.command({"execute": "qmp_capabilities"}, '{"execute": "qmp_capabilities"}')
+
+    def ensure_session(self):
+        if self.cur is None or self.cur.closed and self.cur.name not in self.sessions:
+            self.open_session("main", True)
+
+    def recv_until(self, pred, what, timeout=None):
+        """Reads and records messages of the current session until pred(msg)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            msg = self.cur.read_message(deadline)
+            if msg is None:
+                self.note(f"timeout waiting for {what}")
+                return None
+            if msg is SHUTDOWN:
+                self.out.append(self.prefix() + "-- EOF")
+                if what != "EOF":
+                    self.failures.append(f"EOF while waiting for {what}")
+                return SHUTDOWN
+            if pred(msg):
+                return msg
+            self.emit_recv(msg)
+
+    def command(self, obj, text):
+        self.ensure_session()
+        self.emit_sent(self.filters.dump(obj))
+        self.cur.send(text.encode("utf-8"))
+        if self.nowait:
+            self.nowait = False
+            return
+        resp = self.recv_until(lambda m: "return" in m or "error" in m, "response")
+        if isinstance(resp, dict):
+            if self.ret_filter is not None and isinstance(resp.get("return"), list):
+                keep = self.ret_filter
+                resp = dict(resp)
+                resp["return"] = sorted((e for e in resp["return"]
+                                         if isinstance(e, dict) and e.get("name") in keep),
+                                        key=lambda e: e["name"])
+            if self.probes is not None and isinstance(resp.get("return"), list):
+                for p in self.probes:
+                    self.out.append(f"   schema {p}: {schema_probe(resp['return'], p)}")
+                resp = dict(resp)
+                resp["return"] = "(schema omitted)"
+            self.emit_recv(resp)
+        self.ret_filter = None
+        self.probes = None
+
+    def raw(self, data, shown, sync):
+        self.ensure_session()
+        self.emit_sent(shown)
+        self.cur.send(data)
+        if sync:
+            self.cur.sync_id += 1
+            sid = f"sync-{self.cur.sync_id}"
+            self.cur.send(json.dumps({"execute": "query-version", "id": sid}).encode())
+            self.recv_until(lambda m: m.get("id") == sid, "sync barrier")
+
+    def wait_event(self, spec):
+        self.ensure_session()
+        parts = spec.split()
+        if not parts:
+            raise ScenarioError("@wait needs an event name")
+        name, conds = parts[0], [p.partition("=") for p in parts[1:]]
+
+        def match(m):
+            if m.get("event") != name:
+                return False
+            for k, _, v in conds:
+                cur = m.get("data", {})
+                for key in k.split("."):
+                    cur = cur.get(key) if isinstance(cur, dict) else None
+                if cur is None or (json.dumps(cur) != v and str(cur) != v):
+                    return False
+            return True
+
+        msg = self.recv_until(match, f"event {spec}")
+        if isinstance(msg, dict):
+            self.emit_recv(msg)
+
+    def drain(self, secs):
+        self.ensure_session()
+        deadline = time.monotonic() + secs
+        while True:
+            msg = self.cur.read_message(deadline)
+            if msg is None:
+                return
+            if msg is SHUTDOWN:
+                self.out.append(self.prefix() + "-- EOF")
+                return
+            self.emit_recv(msg)
+
+    def shell(self, cmd, record):
+        env = dict(os.environ, TMP=self.tmp)
+        p = subprocess.run(["/bin/sh", "-c", cmd], cwd=self.tmp, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        text = p.stdout.decode("utf-8", "replace")
+        if record:
+            self.out.append("$ " + self.filters.text(cmd))
+            for ln in text.splitlines():
+                self.out.append("  " + self.filters.text(ln))
+            self.out.append(f"  [rc={p.returncode}]")
+        elif p.returncode != 0:
+            self.note(f"shell command failed (rc={p.returncode}): {cmd}\n{text}")
+
+    def subst(self, s):
+        return s.replace("$TMP", self.tmp)
+
+    def step(self, st):
+        k, a = st.kind, st.arg
+        if k == "args":
+            if self.proc:
+                raise ScenarioError(f"line {st.line}: @args after the daemon started")
+            self.args += shlex.split(self.subst(a))
+        elif k == "cmd":
+            self.command(st.obj, self.subst(st.arg))
+        elif k == "nowait":
+            self.nowait = True
+        elif k == "shell":
+            self.shell(a, False)
+        elif k == "shell-out":
+            self.shell(a, True)
+        elif k == "shell-bg":
+            env = dict(os.environ, TMP=self.tmp)
+            log = open(os.path.join(self.tmp, f"bg{len(self.bg)}.log"), "wb")
+            self.bg.append(subprocess.Popen(["/bin/sh", "-c", "exec " + a], cwd=self.tmp, env=env,
+                                            stdout=log, stderr=log, start_new_session=True))
+        elif k == "wait-file":
+            target = self.subst(a)
+            deadline = time.monotonic() + self.timeout
+            while not os.path.exists(target):
+                if time.monotonic() > deadline:
+                    self.note(f"file {a} did not appear")
+                    break
+                time.sleep(0.02)
+        elif k == "session":
+            parts = a.split()
+            if not parts:
+                raise ScenarioError(f"line {st.line}: @session NAME [nonegotiate]")
+            name = parts[0]
+            if name in self.sessions and not self.sessions[name].closed:
+                self.cur = self.sessions[name]
+            else:
+                self.open_session(name, "nonegotiate" not in parts[1:])
+        elif k in ("raw", "raw-nosync"):
+            self.raw(decode_escapes(a), "@raw " + a, k == "raw")
+        elif k in ("raw-repeat", "raw-repeat-nosync"):
+            n, _, text = a.partition(" ")
+            self.raw(decode_escapes(text) * int(n), f"@raw-repeat {n} {text}", k == "raw-repeat")
+        elif k == "wait":
+            self.wait_event(a)
+        elif k == "recv":
+            self.ensure_session()
+            for _ in range(int(a or "1")):
+                msg = self.recv_until(lambda m: True, "a message")
+                if not isinstance(msg, dict):
+                    break
+                self.emit_recv(msg)
+        elif k == "drain":
+            self.drain(float(a or "0.5"))
+        elif k == "sleep":
+            time.sleep(float(a))
+        elif k == "disconnect":
+            if self.cur is None:
+                raise ScenarioError(f"line {st.line}: @disconnect without a session")
+            self.out.append(self.prefix() + "-- disconnect")
+            self.cur.close()
+            del self.sessions[self.cur.name]
+            self.cur = None
+        elif k == "quit":
+            self.ensure_session()
+            self.emit_sent('{"execute": "quit"}')
+            self.cur.send(b'{"execute": "quit"}')
+            self.recv_until(lambda m: False, "EOF")
+            self.quit_done = True
+        elif k == "group":
+            self.group = []
+        elif k == "endgroup":
+            self.out += sorted(self.group or [])
+            self.group = None
+        elif k == "mask":
+            self.filters.masks.update(a.split())
+        elif k == "filter-return-names":
+            self.ret_filter = set(a.split())
+        elif k == "schema-probe":
+            self.probes = (self.probes or []) + a.split()
+        elif k == "echo":
+            self.out.append("== " + a)
+        elif k == "expect-exit":
+            self.expect_exit = int(a)
+
+    def finish(self):
+        """Makes the daemon exit; returns nothing, records failures."""
+        for s in list(self.sessions.values()):
+            if not s.closed and not self.quit_done:
+                pass
+        if self.proc and self.proc.poll() is None and not self.quit_done:
+            try:
+                s = Session("__quit", self.sock_for("__quit"), self.timeout, self.failures)
+                s.read_message(time.monotonic() + self.timeout)
+                s.send(b'{"execute":"qmp_capabilities"}{"execute":"quit"}')
+                deadline = time.monotonic() + self.timeout
+                while s.read_message(deadline) not in (None, SHUTDOWN):
+                    pass
+                s.close()
+            except OSError as e:
+                self.failures.append(f"could not send the final quit: {e}")
+        for s in self.sessions.values():
+            s.close()
+        if self.proc:
+            try:
+                rc = self.proc.wait(self.timeout)
+                if rc != self.expect_exit:
+                    self.failures.append(f"daemon exit status {rc} (expected {self.expect_exit})")
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self.failures.append("daemon did not exit after quit (killed)")
+            self.errf.close()
+        for p in self.bg:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if os.path.exists(self.stderr_path):
+            with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
+                err = f.read()
+            if SANITIZER_RE.search(err):
+                self.failures.append("sanitizer report in daemon stderr")
+            self.stderr = err
+        else:
+            self.stderr = ""
+
+    def run(self, steps):
+        for st in steps:
+            if st.kind == "session" and st.arg.split() and st.arg.split()[0] not in self.session_names:
+                self.session_names.append(st.arg.split()[0])
+        try:
+            for st in steps:
+                self.step(st)
+        except ScenarioError as e:
+            self.note(str(e))
+        except Exception as e:  # a runner bug must fail the scenario, not the suite
+            self.note(f"{type(e).__name__}: {e}")
+        finally:
+            self.finish()
+        return "\n".join(collapse(self.out)) + "\n"
+
+
+# ---------------------------------------------------------------- driver
+
+def collapse(lines):
+    """Folds runs of identical received lines into one plus a repeat count."""
+    out = []
+    i = 0
+    while i < len(lines):
+        j = i
+        while j + 1 < len(lines) and lines[j + 1] == lines[i] and "<- " in lines[i]:
+            j += 1
+        out.append(lines[i])
+        if j > i:
+            out.append(f"   (previous line repeated {j - i} more times)")
+        i = j + 1
+    return out
+
+
+def expected_path(scn, kind):
+    base = scn[:-4]
+    if kind == "qsd" and os.path.exists(base + ".qsd.out"):
+        return base + ".qsd.out"
+    return base + ".out"
+
+
+def display_name(scn):
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = os.path.abspath(scn)
+    return os.path.relpath(p, here)[:-4] if p.startswith(here + os.sep) else scn[:-4]
+
+
+def run_one(scn, opts):
+    """Returns (status, report) where status is PASS, FAIL or SKIP."""
+    name = display_name(scn)
+    start = time.monotonic()
+    try:
+        steps, only = parse_scenario(scn)
+    except (ScenarioError, OSError) as e:
+        return "FAIL", f"FAIL {name}: {e}", ""
+    if only and only[0] != opts.kind:
+        return "SKIP", f"SKIP {name} (only {only[0]}: {only[1]})", ""
+    r = Run(scn, opts.kind, opts.bin, opts.keep, opts.timeout)
+    got = r.run(steps)
+    exp_path = expected_path(scn, opts.kind)
+    detail = []
+    if opts.update:
+        with open(exp_path, "w", encoding="utf-8") as f:
+            f.write(got)
+        ok = not r.failures
+    else:
+        try:
+            with open(exp_path, encoding="utf-8") as f:
+                exp = f.read()
+        except OSError:
+            exp = ""
+            detail.append(f"missing {exp_path}")
+        ok = exp == got and not r.failures
+        if exp != got:
+            detail += difflib.unified_diff(exp.splitlines(), got.splitlines(),
+                                           exp_path, "actual", lineterm="")
+    if r.failures:
+        detail += ["failure: " + x for x in r.failures]
+    if not ok:
+        detail.append(f"daemon stderr ({r.stderr_path}):")
+        detail += ["  " + x for x in r.stderr.splitlines()[-60:]]
+    secs = time.monotonic() - start
+    if not opts.keep and ok:
+        shutil.rmtree(r.tmp, ignore_errors=True)
+    status = "PASS" if ok else "FAIL"
+    head = f"{status} {name} ({secs:.1f}s)" + (" [updated]" if opts.update else "")
+    return status, head, "\n".join(detail)
+
+
+def main():
+    sys.setrecursionlimit(20000)        # deeply nested ids are echoed back
+    threading.stack_size(256 << 20)
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--daemon", required=True,
+                    help="ours:/path/to/blockjobd or qsd[:/usr/bin/qemu-storage-daemon]")
+    ap.add_argument("--update", action="store_true", help="write the expected transcripts")
+    ap.add_argument("-j", type=int, default=1, help="scenarios run in parallel")
+    ap.add_argument("--keep", action="store_true", help="keep temp dirs of passing scenarios")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    ap.add_argument("-v", action="store_true", help="print the transcript diff of failures only once")
+    ap.add_argument("scenarios", nargs="+", help=".qmp files or directories")
+    opts = ap.parse_args()
+    kind, _, path = opts.daemon.partition(":")
+    if kind not in ("ours", "qsd"):
+        ap.error("--daemon must start with ours: or qsd")
+    if kind == "ours" and not path:
+        ap.error("--daemon ours:PATH needs the binary path")
+    opts.kind = kind
+    opts.bin = path or "/usr/bin/qemu-storage-daemon"
+    files = []
+    for s in opts.scenarios:
+        if os.path.isdir(s):
+            for root, _, names in os.walk(s):
+                files += [os.path.join(root, n) for n in names if n.endswith(".qmp")]
+        else:
+            files.append(s)
+    files.sort()
+    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    lock = threading.Lock()
+
+    def job(f):
+        status, head, detail = run_one(f, opts)
+        with lock:
+            counts[status] += 1
+            print(head, flush=True)
+            if detail and status == "FAIL":
+                print(detail, flush=True)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, opts.j)) as ex:
+        list(ex.map(job, files))
+    if counts["SKIP"]:
+        print(f"({counts['SKIP']} skipped)")
+    print(f"{counts['PASS']} passed, {counts['FAIL']} failed")
+    return 1 if counts["FAIL"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
