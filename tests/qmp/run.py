@@ -177,6 +177,8 @@ def schema_probe(schema, path):
     '[]' (array element), '=VALUE' (enum value present?), '{tag=case}' (select one variant).
     """
     by_name = {e["name"]: e for e in schema}
+    if path == "@integrity":
+        return schema_integrity(schema, by_name)
     segs = path.split(".") if path else []
     if not segs or segs[0] not in by_name:
         return "absent"
@@ -240,6 +242,22 @@ def schema_probe(schema, path):
     return desc
 
 
+def schema_integrity(schema, by_name):
+    """Checks unique names, known meta-types and that every type reference resolves."""
+    problems = []
+    if len(by_name) != len(schema):
+        problems.append("duplicate names")
+    metas = {"builtin", "enum", "array", "object", "alternate", "command", "event"}
+    for e in schema:
+        if e.get("meta-type") not in metas:
+            problems.append(f"{e.get('name')}: meta-type {e.get('meta-type')}")
+        refs = [e.get(k) for k in ("arg-type", "ret-type", "element-type") if k in e]
+        refs += [m["type"] for m in e.get("members", []) if "type" in m]
+        refs += [v["type"] for v in e.get("variants", [])]
+        problems += [f"{e['name']}: dangling {r}" for r in refs if r not in by_name]
+    return "ok" if not problems else "; ".join(sorted(set(problems))[:5])
+
+
 # ---------------------------------------------------------------- sessions
 
 class Session:
@@ -251,6 +269,7 @@ class Session:
         self.sock.connect(path)
         self.buf = b""
         self.wire_errors = []
+        self.backlog = []             # events recorded but not yet consumed by @wait
         self.closed = False
         self.sync_id = 0
 
@@ -414,9 +433,13 @@ class Run:
                 return SHUTDOWN
             if pred(msg):
                 return msg
+            if "event" in msg:
+                self.cur.backlog.append(msg)
             self.emit_recv(msg)
 
     def command(self, obj, text):
+        ret_filter, probes = self.ret_filter, self.probes
+        self.ret_filter = self.probes = None
         self.ensure_session()
         self.emit_sent(self.filters.dump(obj))
         self.cur.send(text.encode("utf-8"))
@@ -425,20 +448,18 @@ class Run:
             return
         resp = self.recv_until(lambda m: "return" in m or "error" in m, "response")
         if isinstance(resp, dict):
-            if self.ret_filter is not None and isinstance(resp.get("return"), list):
-                keep = self.ret_filter
+            if ret_filter is not None and isinstance(resp.get("return"), list):
+                keep = ret_filter
                 resp = dict(resp)
                 resp["return"] = sorted((e for e in resp["return"]
                                          if isinstance(e, dict) and e.get("name") in keep),
                                         key=lambda e: e["name"])
-            if self.probes is not None and isinstance(resp.get("return"), list):
-                for p in self.probes:
+            if probes is not None and isinstance(resp.get("return"), list):
+                for p in probes:
                     self.out.append(f"   schema {p}: {schema_probe(resp['return'], p)}")
                 resp = dict(resp)
                 resp["return"] = "(schema omitted)"
             self.emit_recv(resp)
-        self.ret_filter = None
-        self.probes = None
 
     def raw(self, data, shown, sync):
         self.ensure_session()
@@ -468,6 +489,10 @@ class Run:
                     return False
             return True
 
+        for i, m in enumerate(self.cur.backlog):
+            if match(m):
+                del self.cur.backlog[i]
+                return
         msg = self.recv_until(match, f"event {spec}")
         if isinstance(msg, dict):
             self.emit_recv(msg)
