@@ -109,7 +109,7 @@ def parse_scenario(path):
         known = {"args", "shell", "shell-out", "shell-bg", "wait-file", "session", "raw",
                  "raw-nosync", "raw-repeat", "raw-repeat-nosync", "wait", "recv", "drain",
                  "sleep", "disconnect", "quit", "nowait", "group", "endgroup", "mask",
-                 "filter-return-names", "schema-probe", "echo", "expect-exit"}
+                 "filter-return-names", "schema-probe", "sort-return", "echo", "expect-exit"}
         if name not in known:
             raise ScenarioError(f"{path}:{lineno}: unknown directive @{name}")
         steps.append(Step(name, rest, lineno))
@@ -133,6 +133,14 @@ class Filters:
 
     def text(self, s):
         s = s.replace(self.tmp, "TMP")
+        # Implicit node names carry a global counter (#block123): mask the number.
+        s = re.sub(r"#block[0-9]+", "#blockN", s)
+        # json:{...} filenames print the options in hash order: sort them.
+        if s.startswith("json:{"):
+            try:
+                s = "json:" + json.dumps(json.loads(s[5:]), sort_keys=True)
+            except ValueError:
+                pass
         return s
 
     def value(self, v, key=None, depth=0):
@@ -344,6 +352,7 @@ class Run:
         self.nowait = False
         self.ret_filter = None
         self.probes = None
+        self.sort_key = None
         self.bg = []
         self.expect_exit = 0
         self.quit_done = False
@@ -438,8 +447,8 @@ class Run:
             self.emit_recv(msg)
 
     def command(self, obj, text):
-        ret_filter, probes = self.ret_filter, self.probes
-        self.ret_filter = self.probes = None
+        ret_filter, probes, sort_key = self.ret_filter, self.probes, self.sort_key
+        self.ret_filter = self.probes = self.sort_key = None
         self.ensure_session()
         self.emit_sent(self.filters.dump(obj))
         self.cur.send(text.encode("utf-8"))
@@ -454,6 +463,11 @@ class Run:
                 resp["return"] = sorted((e for e in resp["return"]
                                          if isinstance(e, dict) and e.get("name") in keep),
                                         key=lambda e: e["name"])
+            if sort_key is not None and isinstance(resp.get("return"), list):
+                resp = dict(resp)
+                f = self.filters
+                resp["return"] = sorted(resp["return"], key=lambda e: (
+                    f.dump(e.get(sort_key) if isinstance(e, dict) else e), f.dump(e)))
             if probes is not None and isinstance(resp.get("return"), list):
                 for p in probes:
                     self.out.append(f"   schema {p}: {schema_probe(resp['return'], p)}")
@@ -510,7 +524,7 @@ class Run:
             self.emit_recv(msg)
 
     def shell(self, cmd, record):
-        env = dict(os.environ, TMP=self.tmp)
+        env = dict(os.environ, TMP=self.tmp, QMPDIR=os.path.dirname(os.path.abspath(__file__)))
         p = subprocess.run(["/bin/sh", "-c", cmd], cwd=self.tmp, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
         text = p.stdout.decode("utf-8", "replace")
@@ -532,7 +546,8 @@ class Run:
                 raise ScenarioError(f"line {st.line}: @args after the daemon started")
             self.args += shlex.split(self.subst(a))
         elif k == "cmd":
-            self.command(st.obj, self.subst(st.arg))
+            text = self.subst(st.arg)
+            self.command(json.loads(text) if text != st.arg else st.obj, text)
         elif k == "nowait":
             self.nowait = True
         elif k == "shell":
@@ -540,7 +555,7 @@ class Run:
         elif k == "shell-out":
             self.shell(a, True)
         elif k == "shell-bg":
-            env = dict(os.environ, TMP=self.tmp)
+            env = dict(os.environ, TMP=self.tmp, QMPDIR=os.path.dirname(os.path.abspath(__file__)))
             log = open(os.path.join(self.tmp, f"bg{len(self.bg)}.log"), "wb")
             self.bg.append(subprocess.Popen(["/bin/sh", "-c", "exec " + a], cwd=self.tmp, env=env,
                                             stdout=log, stderr=log, start_new_session=True))
@@ -601,6 +616,8 @@ class Run:
             self.filters.masks.update(a.split())
         elif k == "filter-return-names":
             self.ret_filter = set(a.split())
+        elif k == "sort-return":
+            self.sort_key = a.strip()
         elif k == "schema-probe":
             self.probes = (self.probes or []) + a.split()
         elif k == "echo":
