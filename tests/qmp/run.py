@@ -392,7 +392,7 @@ class Run:
         cmd += self.args
         self.errf = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.tmp, stdin=subprocess.DEVNULL,
-                                     stdout=self.errf, stderr=self.errf)
+                                     stdout=self.errf, stderr=self.errf, start_new_session=True)
         deadline = time.monotonic() + self.timeout
         while True:
             if self.proc.poll() is not None:
@@ -646,10 +646,12 @@ class Run:
         if self.proc:
             try:
                 rc = self.proc.wait(self.timeout)
-                if rc != self.expect_exit:
+                if rc < 0:
+                    self.failures.append(f"daemon killed by signal {-rc}")
+                elif rc != self.expect_exit:
                     self.failures.append(f"daemon exit status {rc} (expected {self.expect_exit})")
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
                 self.failures.append("daemon did not exit after quit (killed)")
             self.errf.close()
