@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+sys.dont_write_bytecode = True   # keep the source tree clean when run from the build
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from qapi_cpp import HEADER, CppGen  # noqa: E402
