@@ -1,0 +1,558 @@
+// SPDX-License-Identifier: MIT
+// The job state machine: tables, transitions, verbs and the completion path (spec §3.3).
+#include "bjd/jobs/job.hpp"
+#include "bjd/jobs/job_driver.hpp"
+#include "bjd/log.hpp"
+#include "bjd/qapi/events.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <array>
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+
+namespace bjd::jobs {
+
+namespace {
+
+constexpr std::size_t n_status = 11;
+constexpr std::size_t n_verb = 8;
+static_assert(static_cast<std::size_t>(job_status::null) == n_status - 1);
+static_assert(static_cast<std::size_t>(job_verb::change) == n_verb - 1);
+
+// Rows: from; columns: to. Order: undefined created running paused ready standby waiting
+// pending aborting concluded null.
+constexpr bool transitions[n_status][n_status] = {
+    /* undefined */ {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    /* created   */ {0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1},
+    /* running   */ {0, 0, 0, 1, 1, 0, 1, 0, 1, 0, 0},
+    /* paused    */ {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0},
+    /* ready     */ {0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0},
+    /* standby   */ {0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0},
+    /* waiting   */ {0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0},
+    /* pending   */ {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0},
+    /* aborting  */ {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0},
+    /* concluded */ {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    /* null      */ {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+};
+
+// Rows: verb (JobVerb order); columns: status as above.
+constexpr bool verbs[n_verb][n_status] = {
+    /* cancel    */ {0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0},
+    /* pause     */ {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    /* resume    */ {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    /* set-speed */ {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    /* complete  */ {0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0},
+    /* dismiss   */ {0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0},
+    /* finalize  */ {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0},
+    /* change    */ {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+};
+
+std::string str(job_status s) { return std::string(qapi::to_string(s)); }
+
+} // namespace
+
+bool transition_allowed(job_status from, job_status to) noexcept
+{
+    return transitions[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)];
+}
+
+bool verb_allowed(job_verb verb, job_status s) noexcept
+{
+    return verbs[static_cast<std::size_t>(verb)][static_cast<std::size_t>(s)];
+}
+
+qapi::result<void> check_job_id(std::string_view id)
+{
+    auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+    bool ok = !id.empty() && alpha(id[0]);
+    for (char c : id)
+        ok = ok && (alpha(c) || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_');
+    if (!ok)
+        return qapi::generic("Invalid job ID '" + std::string(id) + "'");
+    return {};
+}
+
+qapi::result<void> job_driver::complete(job& j)
+{
+    return qapi::generic("The active block job '" + j.id() + "' cannot be completed");
+}
+
+qapi::result<void> job_driver::change(job& j, const qapi::block_job_change_options&)
+{
+    return qapi::generic("Job type '" + std::string(qapi::to_string(j.type())) + "' does not support changes");
+}
+
+job::job(manager& m, std::string id, job_type type, std::unique_ptr<job_driver> d, const job_options& o)
+    : mgr_(m), id_(std::move(id)), type_(type), driver_(std::move(d)), opts_(o), timer_(m.loop())
+{
+}
+
+job::~job() = default;
+
+bool job::is_ready() const noexcept
+{
+    return status_ == job_status::ready || status_ == job_status::standby;
+}
+
+bool job::is_completed() const noexcept
+{
+    switch (status_) {
+    case job_status::waiting:
+    case job_status::pending:
+    case job_status::aborting:
+    case job_status::concluded:
+    case job_status::null:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void job::transition(job_status to)
+{
+    job_status from = status_;
+    // A programmer error, never a QMP error (STYLE §4).
+    if (!transition_allowed(from, to)) {
+        log::get("jobs")->critical("job '{}': illegal transition {} -> {}", id_, str(from), str(to));
+        std::abort();
+    }
+    status_ = to;
+    if (from == to)
+        return;   // aborting -> aborting is silent
+    log::get("jobs")->debug("job '{}': {} -> {}", id_, str(from), str(to));
+    qapi::job_status_change_data ev;
+    ev.id = id_;
+    ev.status = to;
+    qapi::emit_job_status_change(mgr_.events(), ev);
+}
+
+qapi::result<void> job::apply_verb(job_verb v)
+{
+    if (verb_allowed(v, status_))
+        return {};
+    return qapi::generic("Job '" + id_ + "' in state '" + str(status_) + "' cannot accept command verb '" +
+                         std::string(qapi::to_string(v)) + "'");
+}
+
+// ---- pause / sleep -------------------------------------------------------------------------
+
+void job::pause()
+{
+    ++pause_count_;
+    // Wake the coroutine so it reaches a pause point now rather than after its sleep.
+    enter();
+}
+
+void job::resume()
+{
+    assert(pause_count_ > 0);
+    if (--pause_count_ == 0)
+        enter();
+}
+
+void job::enter()
+{
+    if (!started_ || deferred_ || busy_)
+        return;
+    timer_.cancel();
+}
+
+asio::awaitable<void> job::do_yield(std::optional<std::chrono::steady_clock::time_point> deadline)
+{
+    timer_.expires_at(deadline ? *deadline : std::chrono::steady_clock::time_point::max());
+    timed_sleep_ = bool(deadline);
+    busy_ = false;
+    co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    busy_ = true;
+    timed_sleep_ = false;
+}
+
+asio::awaitable<void> job::pause_point()
+{
+    if (!should_pause() || is_cancelled())
+        co_return;
+    driver_->pause(*this);
+    if (should_pause() && !is_cancelled()) {
+        job_status was = status_;
+        transition(was == job_status::ready ? job_status::standby : job_status::paused);
+        while (should_pause() && !is_cancelled())
+            co_await do_yield(std::nullopt);
+        // A job that became ready is never paused (ready is set by the coroutine itself).
+        transition(was);
+    }
+    driver_->resume(*this);
+}
+
+asio::awaitable<void> job::sleep(std::chrono::nanoseconds d)
+{
+    if (!should_pause() && !is_cancelled())
+        co_await do_yield(std::chrono::steady_clock::now() + d);
+    co_await pause_point();
+}
+
+asio::awaitable<void> job::yield()
+{
+    if (!should_pause() && !is_cancelled())
+        co_await do_yield(std::nullopt);
+    co_await pause_point();
+}
+
+void job::transition_to_ready()
+{
+    transition(job_status::ready);
+    if (ready_event_sent_ || !opts_.block_job)
+        return;
+    ready_event_sent_ = true;
+    qapi::block_job_ready_data ev;
+    ev.type = type_;
+    ev.device = id_;
+    ev.len = static_cast<std::int64_t>(total_);
+    ev.offset = static_cast<std::int64_t>(current_);
+    ev.speed = opts_.speed;
+    qapi::emit_block_job_ready(mgr_.events(), ev);
+}
+
+qapi::block_error_action job::error_action(qapi::blockdev_on_error on_err, bool is_read, int errnum)
+{
+    using qapi::block_error_action;
+    using qapi::blockdev_on_error;
+    block_error_action action = block_error_action::report;
+    switch (on_err) {
+    case blockdev_on_error::enospc:
+    case blockdev_on_error::auto_:
+        action = errnum == ENOSPC ? block_error_action::stop : block_error_action::report;
+        break;
+    case blockdev_on_error::stop:
+        action = block_error_action::stop;
+        break;
+    case blockdev_on_error::ignore:
+        action = block_error_action::ignore;
+        break;
+    case blockdev_on_error::report:
+        action = block_error_action::report;
+        break;
+    }
+    qapi::block_job_error_data ev;
+    ev.device = id_;
+    ev.operation = is_read ? qapi::io_operation_type::read : qapi::io_operation_type::write;
+    ev.action = action;
+    qapi::emit_block_job_error(mgr_.events(), ev);
+    if (action == block_error_action::stop) {
+        if (!user_paused_) {
+            user_paused_ = true;
+            pause();
+        }
+        if (io_status_ == qapi::block_device_io_status::ok)
+            io_status_ = errnum == ENOSPC ? qapi::block_device_io_status::nospace : qapi::block_device_io_status::failed;
+    }
+    return action;
+}
+
+// ---- verbs ---------------------------------------------------------------------------------
+
+qapi::result<void> job::user_pause()
+{
+    if (auto r = apply_verb(job_verb::pause); !r)
+        return r;
+    if (user_paused_)
+        return qapi::generic("Job is already paused");
+    user_paused_ = true;
+    pause();
+    return {};
+}
+
+qapi::result<void> job::user_resume()
+{
+    if (!user_paused_ || pause_count_ <= 0)
+        return qapi::generic("Can't resume a job that was not paused");
+    if (auto r = apply_verb(job_verb::resume); !r)
+        return r;
+    io_status_ = qapi::block_device_io_status::ok;
+    user_paused_ = false;
+    resume();
+    return {};
+}
+
+qapi::result<void> job::user_cancel(bool force)
+{
+    if (auto r = apply_verb(job_verb::cancel); !r)
+        return r;
+    cancel(force);
+    return {};
+}
+
+void job::cancel_async(bool force)
+{
+    force = driver_->cancel(*this, force);
+    if (user_paused_) {
+        io_status_ = qapi::block_device_io_status::ok;
+        user_paused_ = false;
+        assert(pause_count_ > 0);
+        --pause_count_;   // the caller enters the job
+    }
+    // A soft cancel after the work is done is ignored; a force cancel overrides a soft one.
+    if (force || !deferred_) {
+        cancelled_ = true;
+        force_cancel_ = force_cancel_ || force;
+    }
+}
+
+void job::cancel(bool force)
+{
+    if (status_ == job_status::concluded) {
+        do_dismiss();
+        return;
+    }
+    cancel_async(force);
+    if (!started_) {
+        completed();
+    } else if (deferred_) {
+        if (is_cancelled() && status_ != job_status::aborting && status_ != job_status::concluded)
+            completed_abort();
+    } else {
+        enter();   // the coroutine may be parked at a pause point or sleeping
+    }
+}
+
+qapi::result<void> job::complete()
+{
+    if (auto r = apply_verb(job_verb::complete); !r)
+        return r;
+    if (cancel_requested())
+        return qapi::generic("The active block job '" + id_ + "' cannot be completed");
+    return driver_->complete(*this);
+}
+
+qapi::result<void> job::finalize()
+{
+    if (auto r = apply_verb(job_verb::finalize); !r)
+        return r;
+    do_finalize();
+    return {};
+}
+
+qapi::result<void> job::dismiss()
+{
+    if (auto r = apply_verb(job_verb::dismiss); !r)
+        return r;
+    do_dismiss();
+    return {};
+}
+
+qapi::result<void> job::set_speed(std::int64_t speed)
+{
+    if (auto r = apply_verb(job_verb::set_speed); !r)
+        return r;
+    if (speed < 0)
+        return qapi::generic("Parameter 'speed' expects a non-negative value");
+    std::int64_t old = opts_.speed;
+    opts_.speed = speed;
+    driver_->set_speed(*this, speed);
+    // Effective at once: a job throttled by the old limit must not finish its sleep.
+    if ((speed == 0 || speed > old) && sleeping_timed())
+        enter();
+    return {};
+}
+
+qapi::result<void> job::change(const qapi::block_job_change_options& opts)
+{
+    if (auto r = apply_verb(job_verb::change); !r)
+        return r;
+    return driver_->change(*this, opts);
+}
+
+// ---- start and completion ------------------------------------------------------------------
+
+void job::start()
+{
+    assert(status_ == job_status::created && !started_);
+    started_ = true;
+    busy_ = true;
+    transition(job_status::running);
+}
+
+void job::early_fail()
+{
+    assert(!started_);
+    transition(job_status::null);
+    mgr_.remove(*this);
+}
+
+asio::awaitable<void> job::entry(std::shared_ptr<job> self)
+{
+    qapi::result<void> r = qapi::generic("job did not run");
+    try {
+        r = co_await self->driver_->run(*self);
+    } catch (const std::exception& e) {
+        // Never lose a job's outcome: a bug in a driver fails the job instead.
+        log::get("jobs")->error("job '{}': run() threw: {}", self->id_, e.what());
+        r = qapi::generic(std::string("Internal error: ") + e.what());
+    }
+    self->busy_ = false;
+    self->deferred_ = true;
+    if (!r) {
+        self->failed_ = true;
+        self->error_ = r.error().desc;
+        log::get("jobs")->info("job '{}' failed: {}", self->id_, r.error().desc);
+    }
+    self->completed();
+}
+
+void job::update_rc()
+{
+    if (!failed_ && is_cancelled()) {
+        failed_ = true;
+        error_ = std::strerror(ECANCELED);   // "Operation canceled"
+    }
+    if (failed_)
+        transition(job_status::aborting);
+}
+
+void job::completed()
+{
+    assert(!is_completed());
+    update_rc();
+    if (failed_)
+        completed_abort();
+    else
+        completed_success();
+}
+
+void job::completed_success()
+{
+    transition(job_status::waiting);
+    // Single-job transactions: nothing else to wait for.
+    transition(job_status::pending);
+    if (!opts_.auto_finalize) {
+        emit_pending_event();
+        return;
+    }
+    do_finalize();
+}
+
+void job::emit_pending_event()
+{
+    if (!opts_.block_job)
+        return;
+    qapi::block_job_pending_data ev;
+    ev.type = type_;
+    ev.id = id_;
+    qapi::emit_block_job_pending(mgr_.events(), ev);
+}
+
+void job::do_finalize()
+{
+    if (!failed_) {
+        auto r = driver_->prepare(*this);
+        if (!r) {
+            failed_ = true;
+            error_ = r.error().desc;
+        }
+        update_rc();
+    }
+    if (failed_)
+        completed_abort();
+    else
+        finalize_single();
+}
+
+void job::completed_abort()
+{
+    // Cancelled or failed: the coroutine, if still running, is told to stop; finalization
+    // runs once it has returned (entry() calls completed()).
+    if (!deferred_ && started_) {
+        cancelled_ = true;
+        force_cancel_ = true;
+        enter();
+        return;
+    }
+    finalize_single();
+}
+
+void job::finalize_single()
+{
+    auto self = shared_from_this();   // the manager may drop its reference in conclude()
+    update_rc();
+    if (!failed_)
+        driver_->commit(*this);
+    else
+        driver_->abort(*this);
+    driver_->clean(*this);
+    if (started_ && opts_.block_job) {
+        if (is_cancelled()) {
+            qapi::block_job_cancelled_data ev;
+            ev.type = type_;
+            ev.device = id_;
+            ev.len = static_cast<std::int64_t>(total_);
+            ev.offset = static_cast<std::int64_t>(current_);
+            ev.speed = opts_.speed;
+            qapi::emit_block_job_cancelled(mgr_.events(), ev);
+        } else {
+            qapi::block_job_completed_data ev;
+            ev.type = type_;
+            ev.device = id_;
+            ev.len = static_cast<std::int64_t>(total_);
+            ev.offset = static_cast<std::int64_t>(current_);
+            ev.speed = opts_.speed;
+            if (failed_)
+                ev.error = error_;
+            qapi::emit_block_job_completed(mgr_.events(), ev);
+        }
+    }
+    conclude();
+}
+
+void job::conclude()
+{
+    transition(job_status::concluded);
+    if (opts_.auto_dismiss || !started_)
+        do_dismiss();
+}
+
+void job::do_dismiss()
+{
+    assert(status_ == job_status::concluded);
+    transition(job_status::null);
+    mgr_.remove(*this);
+}
+
+// ---- query ---------------------------------------------------------------------------------
+
+qapi::job_info job::info() const
+{
+    qapi::job_info i;
+    i.id = id_;
+    i.type = type_;
+    i.status = status_;
+    i.current_progress = static_cast<std::int64_t>(current_);
+    i.total_progress = static_cast<std::int64_t>(total_);
+    if (failed_)
+        i.error = error_;
+    return i;
+}
+
+qapi::block_job_info job::block_info() const
+{
+    qapi::block_job_info i;
+    i.type = std::string(qapi::to_string(type_));
+    i.device = id_;
+    i.len = static_cast<std::int64_t>(total_);
+    i.offset = static_cast<std::int64_t>(current_);
+    i.busy = busy_;
+    i.paused = pause_count_ > 0;
+    i.speed = opts_.speed;
+    i.io_status = io_status_;
+    i.ready = is_ready();
+    i.status = status_;
+    i.auto_finalize = opts_.auto_finalize;
+    i.auto_dismiss = opts_.auto_dismiss;
+    if (failed_)
+        i.error = error_;
+    driver_->fill_info(*this, i);
+    return i;
+}
+
+} // namespace bjd::jobs

@@ -1,0 +1,372 @@
+// SPDX-License-Identifier: MIT
+// The job state machine, state by state, with a fake driver and a hand-driven loop.
+#include "bjd/jobs/job.hpp"
+#include "bjd/jobs/job_driver.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <boost/json.hpp>
+
+#include <cerrno>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace bjd::qapi {
+// Lets Catch print failed results.
+inline std::ostream& operator<<(std::ostream& os, const error& e) { return os << e.desc; }
+} // namespace bjd::qapi
+
+using namespace bjd;
+using jobs::job_status;
+using jobs::job_verb;
+
+namespace {
+
+struct recorder : qapi::event_sink {
+    std::vector<std::string> seen;   // "EVENT" or "JOB_STATUS_CHANGE:status"
+    std::vector<boost::json::object> data;
+    void emit(std::string_view event, boost::json::object d) override
+    {
+        std::string s(event);
+        if (event == "JOB_STATUS_CHANGE")
+            s += ":" + std::string(d.at("status").as_string());
+        seen.push_back(s);
+        data.push_back(std::move(d));
+    }
+    std::vector<std::string> take() { auto r = std::move(seen); seen.clear(); data.clear(); return r; }
+};
+
+using strings = std::vector<std::string>;
+
+/// Runs until told to finish; becomes ready when `make_ready`; fails when `fail`.
+struct fake_driver : jobs::job_driver {
+    bool make_ready = false;
+    bool finish = false;
+    bool fail = false;
+    bool fail_prepare = false;
+    strings calls;
+
+    boost::asio::awaitable<qapi::result<void>> run(jobs::job& j) override
+    {
+        j.progress_set_remaining(100);
+        while (!j.is_cancelled()) {
+            if (fail)
+                co_return qapi::generic("Input/output error");
+            if (make_ready && !j.is_ready()) {
+                j.progress_done(100);
+                j.transition_to_ready();
+            }
+            if (finish || (j.cancel_requested() && j.is_ready()))
+                break;
+            co_await j.yield();
+        }
+        co_return qapi::result<void>{};
+    }
+    qapi::result<void> complete(jobs::job& j) override { calls.push_back("complete"); finish = true; j.enter(); return {}; }
+    qapi::result<void> prepare(jobs::job&) override
+    {
+        calls.push_back("prepare");
+        if (fail_prepare)
+            return qapi::generic("Operation not permitted");
+        return {};
+    }
+    void commit(jobs::job&) override { calls.push_back("commit"); }
+    void abort(jobs::job&) override { calls.push_back("abort"); }
+    void clean(jobs::job&) override { calls.push_back("clean"); }
+    bool cancel(jobs::job& j, bool force) override { return force || !j.is_ready(); }
+};
+
+struct fixture {
+    boost::asio::io_context io;
+    recorder ev;
+    jobs::manager mgr{io, ev};
+    fake_driver* drv = nullptr;
+
+    std::shared_ptr<jobs::job> make(jobs::job_options o = {}, std::string id = "j1")
+    {
+        auto d = std::make_unique<fake_driver>();
+        drv = d.get();
+        auto r = mgr.create(id, jobs::job_type::mirror, std::move(d), o);
+        REQUIRE(r);
+        return *r;
+    }
+    std::shared_ptr<jobs::job> started(jobs::job_options o = {})
+    {
+        auto j = make(o);
+        mgr.start(*j);
+        io.poll();
+        ev.take();
+        return j;
+    }
+    std::string verb_error(qapi::result<void> r)
+    {
+        REQUIRE_FALSE(r);
+        return r.error().desc;
+    }
+};
+
+} // namespace
+
+TEST_CASE("jobs: transition and verb tables", "[jobs]")
+{
+    CHECK(jobs::transition_allowed(job_status::created, job_status::running));
+    CHECK(jobs::transition_allowed(job_status::aborting, job_status::aborting));
+    CHECK_FALSE(jobs::transition_allowed(job_status::paused, job_status::ready));
+    CHECK_FALSE(jobs::transition_allowed(job_status::concluded, job_status::running));
+    CHECK(jobs::verb_allowed(job_verb::complete, job_status::standby));
+    CHECK_FALSE(jobs::verb_allowed(job_verb::complete, job_status::running));
+    CHECK_FALSE(jobs::verb_allowed(job_verb::cancel, job_status::concluded));
+    CHECK(jobs::verb_allowed(job_verb::dismiss, job_status::concluded));
+    CHECK(jobs::check_job_id("a-1.b_c"));
+    CHECK(jobs::check_job_id("1abc").error().desc == "Invalid job ID '1abc'");
+    CHECK(jobs::check_job_id("").error().desc == "Invalid job ID ''");
+}
+
+TEST_CASE("jobs: manager ids and listing", "[jobs]")
+{
+    fixture f;
+    auto a = f.make({}, "first");
+    auto b = f.make({}, "second");
+    CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:created", "JOB_STATUS_CHANGE:created"});
+    auto dup = f.mgr.create("first", jobs::job_type::mirror, std::make_unique<fake_driver>(), {});
+    REQUIRE_FALSE(dup);
+    CHECK(dup.error().desc == "Job ID 'first' already in use");
+    auto l = f.mgr.list();
+    REQUIRE(l.size() == 2);
+    CHECK(l[0]->id() == "second");
+    CHECK(l[1]->id() == "first");
+    CHECK(f.mgr.lookup("nosuch").error().desc == "Job not found");
+    CHECK(f.mgr.lookup("nosuch").error().cls == qapi::error_class::generic_error);
+    auto bj = f.mgr.lookup_block_job("nosuch");
+    CHECK(bj.error().cls == qapi::error_class::device_not_active);
+    CHECK(bj.error().desc == "Block job 'nosuch' not found");
+    f.mgr.early_fail(*a);
+    CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:null"});
+    CHECK(f.mgr.find("first") == nullptr);
+}
+
+TEST_CASE("jobs: state machine", "[jobs]")
+{
+    fixture f;
+
+    SECTION("created")
+    {
+        auto j = f.make();
+        CHECK(j->status() == job_status::created);
+        CHECK(f.verb_error(j->complete()) == "Job 'j1' in state 'created' cannot accept command verb 'complete'");
+        CHECK(f.verb_error(j->dismiss()) == "Job 'j1' in state 'created' cannot accept command verb 'dismiss'");
+        f.ev.take();
+        REQUIRE(j->user_cancel(false));
+        // Never started: no BLOCK_JOB_* event, dismissed at once.
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:aborting", "JOB_STATUS_CHANGE:concluded",
+                                     "JOB_STATUS_CHANGE:null"});
+        CHECK(f.mgr.find("j1") == nullptr);
+    }
+
+    SECTION("running")
+    {
+        auto j = f.make();
+        f.ev.take();
+        f.mgr.start(*j);
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:running"});
+        f.io.poll();
+        CHECK(j->status() == job_status::running);
+        CHECK_FALSE(j->busy());   // yielding
+        CHECK(f.verb_error(j->complete()) == "Job 'j1' in state 'running' cannot accept command verb 'complete'");
+        CHECK(f.verb_error(j->user_resume()) == "Can't resume a job that was not paused");
+        CHECK(f.verb_error(j->set_speed(-1)) == "Parameter 'speed' expects a non-negative value");
+        REQUIRE(j->set_speed(1000));
+        CHECK(j->speed() == 1000);
+        // Cancel before ready is always a force cancel.
+        REQUIRE(j->user_cancel(false));
+        f.io.poll();
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:aborting", "BLOCK_JOB_CANCELLED",
+                                     "JOB_STATUS_CHANGE:concluded", "JOB_STATUS_CHANGE:null"});
+        CHECK(f.mgr.idle());
+    }
+
+    SECTION("paused")
+    {
+        auto j = f.started();
+        REQUIRE(j->user_pause());
+        CHECK(j->paused());
+        CHECK(f.verb_error(j->user_pause()) == "Job is already paused");
+        f.io.poll();
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:paused"});
+        CHECK(j->status() == job_status::paused);
+        REQUIRE(j->user_resume());
+        f.io.poll();
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:running"});
+        CHECK_FALSE(j->paused());
+        // Force cancel undoes a user pause.
+        REQUIRE(j->user_pause());
+        f.io.poll();
+        f.ev.take();
+        REQUIRE(j->user_cancel(true));
+        f.io.poll();
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:running", "JOB_STATUS_CHANGE:aborting",
+                                     "BLOCK_JOB_CANCELLED", "JOB_STATUS_CHANGE:concluded",
+                                     "JOB_STATUS_CHANGE:null"});
+    }
+
+    SECTION("ready")
+    {
+        auto j = f.make();
+        f.drv->make_ready = true;
+        f.mgr.start(*j);
+        f.io.poll();
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:created", "JOB_STATUS_CHANGE:running",
+                                     "JOB_STATUS_CHANGE:ready", "BLOCK_JOB_READY"});
+        CHECK(j->is_ready());
+        CHECK(j->block_info().ready);
+        CHECK(j->progress_current() == 100);
+        CHECK(j->progress_total() == 100);
+
+        SECTION("complete")
+        {
+            REQUIRE(j->complete());
+            f.io.poll();
+            CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:waiting", "JOB_STATUS_CHANGE:pending",
+                                         "BLOCK_JOB_COMPLETED", "JOB_STATUS_CHANGE:concluded",
+                                         "JOB_STATUS_CHANGE:null"});
+            CHECK(f.mgr.find("j1") == nullptr);
+        }
+        SECTION("soft cancel completes without error")
+        {
+            REQUIRE(j->user_cancel(false));
+            CHECK(f.verb_error(j->complete()) == "The active block job 'j1' cannot be completed");
+            f.io.poll();
+            auto seen = f.ev.seen;
+            CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:waiting", "JOB_STATUS_CHANGE:pending",
+                                         "BLOCK_JOB_COMPLETED", "JOB_STATUS_CHANGE:concluded",
+                                         "JOB_STATUS_CHANGE:null"});
+        }
+        SECTION("force cancel")
+        {
+            REQUIRE(j->user_cancel(true));
+            f.io.poll();
+            CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:aborting", "BLOCK_JOB_CANCELLED",
+                                         "JOB_STATUS_CHANGE:concluded", "JOB_STATUS_CHANGE:null"});
+        }
+    }
+
+    SECTION("standby")
+    {
+        auto j = f.make();
+        f.drv->make_ready = true;
+        f.mgr.start(*j);
+        f.io.poll();
+        f.ev.take();
+        REQUIRE(j->user_pause());
+        f.io.poll();
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:standby"});
+        CHECK(j->status() == job_status::standby);
+        CHECK(j->block_info().ready);
+        // Soft cancel refused by the QMP layer for user-paused jobs; complete is allowed and
+        // takes effect after resume.
+        REQUIRE(j->complete());
+        f.io.poll();
+        CHECK(f.ev.take().empty());
+        REQUIRE(j->user_resume());
+        f.io.poll();
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:ready", "JOB_STATUS_CHANGE:waiting",
+                                     "JOB_STATUS_CHANGE:pending", "BLOCK_JOB_COMPLETED",
+                                     "JOB_STATUS_CHANGE:concluded", "JOB_STATUS_CHANGE:null"});
+    }
+
+    SECTION("waiting and pending (auto-finalize off)")
+    {
+        auto j = f.make({.auto_finalize = false});
+        f.drv->finish = true;
+        f.mgr.start(*j);
+        f.io.poll();
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:created", "JOB_STATUS_CHANGE:running",
+                                     "JOB_STATUS_CHANGE:waiting", "JOB_STATUS_CHANGE:pending",
+                                     "BLOCK_JOB_PENDING"});
+        CHECK(j->status() == job_status::pending);
+        CHECK(f.verb_error(j->user_pause()) == "Job 'j1' in state 'pending' cannot accept command verb 'pause'");
+        CHECK(f.drv->calls.empty());
+
+        SECTION("finalize")
+        {
+            REQUIRE(j->finalize());
+            CHECK(f.drv->calls == strings{"prepare", "commit", "clean"});
+            CHECK(f.ev.take() == strings{"BLOCK_JOB_COMPLETED", "JOB_STATUS_CHANGE:concluded",
+                                         "JOB_STATUS_CHANGE:null"});
+        }
+        SECTION("cancel")
+        {
+            REQUIRE(j->user_cancel(false));
+            CHECK(f.drv->calls == strings{"abort", "clean"});
+            CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:aborting", "BLOCK_JOB_CANCELLED",
+                                         "JOB_STATUS_CHANGE:concluded", "JOB_STATUS_CHANGE:null"});
+        }
+        SECTION("prepare fails")
+        {
+            f.drv->fail_prepare = true;
+            REQUIRE(j->finalize());
+            CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:aborting", "BLOCK_JOB_COMPLETED",
+                                         "JOB_STATUS_CHANGE:concluded", "JOB_STATUS_CHANGE:null"});
+            CHECK(f.drv->calls == strings{"prepare", "abort", "clean"});
+        }
+    }
+
+    SECTION("aborting (failure)")
+    {
+        auto j = f.make({.auto_dismiss = false});
+        f.drv->fail = true;
+        f.mgr.start(*j);
+        f.io.poll();
+        CHECK(f.ev.seen == strings{"JOB_STATUS_CHANGE:created", "JOB_STATUS_CHANGE:running",
+                                   "JOB_STATUS_CHANGE:aborting", "BLOCK_JOB_COMPLETED",
+                                   "JOB_STATUS_CHANGE:concluded"});
+        CHECK(f.ev.data[3].at("error").as_string() == "Input/output error");
+        CHECK(j->status() == job_status::concluded);
+        CHECK(j->info().error == std::optional<std::string>("Input/output error"));
+    }
+
+    SECTION("concluded")
+    {
+        auto j = f.make({.auto_dismiss = false});
+        f.mgr.start(*j);
+        f.io.poll();
+        REQUIRE(j->user_cancel(true));
+        f.io.poll();
+        CHECK(j->status() == job_status::concluded);
+        CHECK(j->block_info().error == std::optional<std::string>("Operation canceled"));
+        CHECK(f.verb_error(j->user_cancel(true)) ==
+              "Job 'j1' in state 'concluded' cannot accept command verb 'cancel'");
+        CHECK(f.mgr.list().size() == 1);
+        f.ev.take();
+        REQUIRE(j->dismiss());
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:null"});
+        CHECK(f.mgr.list().empty());
+    }
+}
+
+TEST_CASE("jobs: error actions", "[jobs]")
+{
+    fixture f;
+    auto j = f.started();
+    using qapi::block_error_action;
+    using qapi::blockdev_on_error;
+    CHECK(j->error_action(blockdev_on_error::enospc, false, EIO) == block_error_action::report);
+    CHECK(j->error_action(blockdev_on_error::auto_, true, ENOSPC) == block_error_action::stop);
+    CHECK(j->user_paused());
+    CHECK(j->io_status() == qapi::block_device_io_status::nospace);
+    CHECK(f.ev.data[0].at("action").as_string() == "report");
+    CHECK(f.ev.data[1].at("operation").as_string() == "read");
+    // Already stopped: the event is emitted, the pause is not repeated.
+    CHECK(j->error_action(blockdev_on_error::stop, false, EIO) == block_error_action::stop);
+    CHECK(j->io_status() == qapi::block_device_io_status::nospace);
+    f.io.poll();
+    CHECK(j->status() == job_status::paused);
+    REQUIRE(j->user_resume());
+    CHECK(j->io_status() == qapi::block_device_io_status::ok);
+    f.io.poll();
+    CHECK(j->status() == job_status::running);
+    f.mgr.cancel_all();
+    f.io.poll();
+    CHECK(f.mgr.list().empty());
+}
