@@ -10,7 +10,12 @@
 /// Exactly once: every operation either fails before anything reaches the kernel or the
 /// thread pool, or completes exactly once. Buffers belong to the caller and must stay valid
 /// until the awaited operation has returned. Operations must be awaited on the engine's own
-/// executor.
+/// executor (the loop thread), and the engine must be destroyed on that thread, after
+/// `drain()` and before its `io_context`.
+///
+/// Test hook: when the environment variable `BJD_FORCE_URING_FAILURE` is `EPERM` or `ENOSYS`
+/// (or any errno number), `probe_io_uring` and `make_engine` behave as if the kernel had
+/// refused `io_uring_setup` with that errno, so the fallback path can be exercised anywhere.
 #include "bjd/result.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
@@ -40,8 +45,28 @@ struct uring_probe {
 };
 
 /// Tries to set up (and immediately tear down) a small ring. Cheap; safe from any thread.
-/// Looks at `kernel.io_uring_disabled` to explain EPERM.
+/// Looks at `kernel.io_uring_disabled` to explain EPERM. Honours `BJD_FORCE_URING_FAILURE`.
 uring_probe probe_io_uring();
+
+/// Counters of one engine, for `query-*` style reporting and tests. Read on the loop thread.
+struct engine_stats {
+    std::uint64_t reads = 0;          ///< read() calls accepted
+    std::uint64_t writes = 0;         ///< write() calls accepted
+    std::uint64_t syncs = 0;          ///< fsync() calls accepted
+    std::uint64_t fallocates = 0;     ///< fallocate() calls accepted
+    std::uint64_t bytes_read = 0;
+    std::uint64_t bytes_written = 0;
+    std::uint64_t errors = 0;         ///< operations that returned an error
+    std::uint64_t retries = 0;        ///< resubmissions after EAGAIN/EINTR
+    std::uint64_t short_resumes = 0;  ///< resubmissions for the rest of a short read/write
+    std::uint64_t in_flight = 0;      ///< operations currently awaited
+    std::uint64_t max_in_flight = 0;  ///< high-water mark of `in_flight`
+    // io_uring only (0 for the thread pool):
+    std::uint64_t sqes = 0;           ///< SQEs handed to the kernel (including resubmissions)
+    std::uint64_t submit_calls = 0;   ///< io_uring_submit() calls (one per loop turn with work)
+    std::uint64_t sq_waits = 0;       ///< requests queued because queue_depth were in the kernel
+    unsigned setup_flags = 0;         ///< IORING_SETUP_* flags the ring was created with
+};
 
 class engine {
 public:
@@ -66,13 +91,19 @@ public:
     virtual asio::awaitable<result<void>> fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t len) = 0;
 
     /// Stops accepting new work and waits until every in-flight operation has completed.
+    /// Operations started after drain() fail at once with ECANCELED, nothing submitted.
+    /// Several callers may await drain() at the same time; it is permanent.
     virtual asio::awaitable<void> drain() = 0;
+
+    /// Counters since creation. Loop thread only.
+    virtual engine_stats stats() const noexcept { return {}; }
 };
 
 /// Per-engine tuning. Defaults suit a mirror with 16 requests in flight plus NBD clients.
 struct engine_options {
-    unsigned queue_depth = 256;    ///< io_uring SQ entries
-    unsigned pool_threads = 8;     ///< thread-pool backend workers
+    unsigned queue_depth = 256;    ///< io_uring SQ entries = most requests in the kernel at once
+                                   ///< (more are queued and submitted as slots free); 1..4096
+    unsigned pool_threads = 8;     ///< thread-pool backend workers (at least 1)
 };
 
 /// Creates the engine for `ctx`. With `want == io_uring`, a ring that cannot be set up falls
