@@ -110,6 +110,7 @@ result<void> node::check_request(std::uint64_t offset, std::uint64_t length, boo
 void node::notify_write(std::uint64_t offset, std::uint64_t length)
 {
     wr_highest_offset_ = std::max(wr_highest_offset_, offset + length);
+    acct_.note_write_end(offset + length);
     // Copy: an observer may detach itself (a job finishing) while being told.
     auto obs = observers_;
     for (write_observer* o : obs)
@@ -118,19 +119,29 @@ void node::notify_write(std::uint64_t offset, std::uint64_t length)
 
 asio::awaitable<result<void>> node::read(std::uint64_t offset, std::span<std::byte> buf)
 {
-    if (auto r = check_request(offset, buf.size(), false); !r)
+    if (auto r = check_request(offset, buf.size(), false); !r) {
+        acct_.invalid(stats::op::read);
         co_return r;
-    if (buf.empty())
-        co_return result<void>{};
-    co_return co_await do_read(offset, buf);
+    }
+    auto ck = acct_.start(stats::op::read, buf.size());
+    result<void> r;
+    if (!buf.empty())
+        r = co_await do_read(offset, buf);
+    acct_.finish(ck, bool(r));
+    co_return r;
 }
 
 asio::awaitable<result<void>> node::write(std::uint64_t offset, std::span<const std::byte> buf, bool fua)
 {
-    if (auto r = check_request(offset, buf.size(), true); !r)
+    if (auto r = check_request(offset, buf.size(), true); !r) {
+        acct_.invalid(stats::op::write);
         co_return r;
-    if (buf.empty())
+    }
+    auto ck = acct_.start(stats::op::write, buf.size());
+    if (buf.empty()) {
+        acct_.done(ck);
         co_return result<void>{};
+    }
     auto self = shared_from_this();   // observers run after the request, even if the graph changed
     result<void> r;
     if (opts_.zeroes != node_options::detect_zeroes::off && is_all_zero(buf)) {
@@ -142,15 +153,21 @@ asio::awaitable<result<void>> node::write(std::uint64_t offset, std::span<const 
         r = co_await do_write(offset, buf, fua);
     }
     notify_write(offset, buf.size());
+    acct_.finish(ck, bool(r));
     co_return r;
 }
 
 asio::awaitable<result<void>> node::write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags)
 {
-    if (auto r = check_request(offset, length, true); !r)
+    if (auto r = check_request(offset, length, true); !r) {
+        acct_.invalid(stats::op::write);
         co_return r;
-    if (length == 0)
+    }
+    auto ck = acct_.start(stats::op::write, length);
+    if (length == 0) {
+        acct_.done(ck);
         co_return result<void>{};
+    }
     auto self = shared_from_this();
     if (!opts_.discard_unmap)
         flags.may_unmap = false;
@@ -158,29 +175,37 @@ asio::awaitable<result<void>> node::write_zeroes(std::uint64_t offset, std::uint
     if (!r && r.error() == std::errc::operation_not_supported && !flags.no_fallback)
         r = co_await emulate_write_zeroes(offset, length);
     notify_write(offset, length);
+    acct_.finish(ck, bool(r));
     co_return r;
 }
 
 asio::awaitable<result<void>> node::discard(std::uint64_t offset, std::uint64_t length)
 {
-    if (auto r = check_request(offset, length, true); !r)
+    if (auto r = check_request(offset, length, true); !r) {
+        acct_.invalid(stats::op::unmap);
         co_return r;
-    if (length == 0)
+    }
+    auto ck = acct_.start(stats::op::unmap, length);
+    if (length == 0 || !opts_.discard_unmap) {
+        acct_.done(ck);   // discard=ignore (QEMU's default): nothing changes
         co_return result<void>{};
+    }
     auto self = shared_from_this();
-    if (!opts_.discard_unmap)
-        co_return result<void>{};   // discard=ignore (QEMU's default): nothing changes
     auto r = co_await do_discard(offset, length);
     // Discard is advisory: a driver that cannot drop the range leaves the data as it was.
     if (!r && r.error() == std::errc::operation_not_supported)
         r = result<void>{};
     notify_write(offset, length);
+    acct_.finish(ck, bool(r));
     co_return r;
 }
 
 asio::awaitable<result<void>> node::flush()
 {
-    co_return co_await do_flush();
+    auto ck = acct_.start(stats::op::flush, 0);
+    auto r = co_await do_flush();
+    acct_.finish(ck, bool(r));
+    co_return r;
 }
 
 asio::awaitable<result<extent>> node::block_status(std::uint64_t offset, std::uint64_t length)

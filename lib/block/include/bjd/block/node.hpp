@@ -13,6 +13,7 @@
 /// write_zeroes, discard) that reaches a node is reported to its write observers when it
 /// finishes, whichever path it came from — that is what keeps mirror dirty bitmaps honest.
 #include "bjd/result.hpp"
+#include "bjd/stats/block_acct.hpp"
 
 #include <boost/asio/awaitable.hpp>
 
@@ -171,6 +172,11 @@ public:
     /// Highest offset+length of any write-type request that reached the node, failed or not.
     std::uint64_t wr_highest_offset() const noexcept { return wr_highest_offset_; }
 
+    /// Accounting of every data-path request on this node (query-blockstats): read, write
+    /// (write_zeroes counts as write), discard (unmap), flush; rejected requests are invalid.
+    stats::block_acct& acct() noexcept { return acct_; }
+    const stats::block_acct& acct() const noexcept { return acct_; }
+
 protected:
     explicit node(node_options opts);
     node(std::string name, bool read_only);
@@ -202,6 +208,7 @@ private:
     std::vector<edge*> parents_;
     std::vector<write_observer*> observers_;
     std::uint64_t wr_highest_offset_ = 0;
+    stats::block_acct acct_;
 };
 
 } // namespace bjd::block
