@@ -8,7 +8,7 @@ pkgs=(
   # build
   g++ cmake ninja-build pkg-config python3
   libboost1.81-dev libboost-json1.81-dev liburing-dev catch2 libspdlog-dev libfmt-dev
-  libsystemd-dev
+  libsystemd-dev zlib1g-dev
   # test and benchmark peers
   qemu-utils qemu-system-common libnbd-bin nbdkit fio socat
 )

@@ -208,6 +208,13 @@ asio::awaitable<result<void>> node::flush()
     co_return r;
 }
 
+asio::awaitable<result<void>> node::truncate(std::uint64_t size)
+{
+    if (opts_.read_only)
+        co_return errno_error(EPERM);
+    co_return co_await do_truncate(size);
+}
+
 asio::awaitable<result<extent>> node::block_status(std::uint64_t offset, std::uint64_t length)
 {
     if (auto r = check_request(offset, length, false); !r)
@@ -242,6 +249,8 @@ asio::awaitable<result<void>> node::do_write_zeroes(std::uint64_t, std::uint64_t
 }
 
 asio::awaitable<result<void>> node::do_discard(std::uint64_t, std::uint64_t) { co_return errno_error(ENOTSUP); }
+
+asio::awaitable<result<void>> node::do_truncate(std::uint64_t) { co_return errno_error(ENOTSUP); }
 
 asio::awaitable<result<void>> node::do_flush() { co_return result<void>{}; }
 

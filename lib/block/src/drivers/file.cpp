@@ -134,6 +134,16 @@ protected:
             co_return errno_error(ENOTSUP);
         co_return co_await engine_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
     }
+    asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
+    {
+        // Block devices keep their size; a regular file is resized in place (cheap metadata).
+        if (is_block_)
+            co_return size <= size_ ? result<void>{} : result<void>{errno_error(ENOSPC)};
+        if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+            co_return errno_error(errno);
+        size_ = size;
+        co_return result<void>{};
+    }
     asio::awaitable<result<void>> do_flush() override
     {
         if (options().cache_no_flush)

@@ -16,6 +16,7 @@
 #include "bjd/qapi/error.hpp"
 
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace bjd::block {
@@ -38,5 +39,42 @@ qapi::result<std::shared_ptr<node>> open_raw(node_options common, std::shared_pt
 /// null-co / null-aio: discards writes; reads return zeroes. `latency_ns` delays every request.
 std::shared_ptr<node> open_null(node_options common, std::string_view driver, std::uint64_t size,
                                 std::uint64_t latency_ns, bool read_zeroes);
+
+/// qcow2 tuning (BlockdevOptionsQcow2's cache options). 0 picks the default.
+struct qcow2_open_options {
+    std::uint64_t l2_cache_bytes = 0;        ///< default: enough L2 tables for the whole image, ≤ 32 MiB
+    std::uint64_t refcount_cache_bytes = 0;  ///< default: 1 MiB (at least 4 refcount blocks)
+};
+
+/// What query-named-block-nodes and the chain opener need from a qcow2 header.
+struct qcow2_image_info {
+    std::uint32_t version = 3;           ///< 2 (compat 0.10) or 3 (compat 1.1)
+    std::string backing_file;            ///< as stored in the header, "" when none
+    std::string backing_format;          ///< header extension, "" when absent
+    bool lazy_refcounts = false;
+    bool corrupt = false;
+    unsigned refcount_bits = 16;
+    std::uint32_t nb_snapshots = 0;
+};
+
+/// qcow2 (versions 2 and 3) over its `file` child. Reads the header, L1 and refcount tables
+/// (everything from the image is validated; bogus offsets, oversized tables and unknown
+/// incompatible features are refused with one-phrase errors such as "Image is not in qcow2
+/// format" or "Unsupported qcow2 feature(s): …"). The backing file named in the header is NOT
+/// opened here: the caller opens it (or not) and attaches it with `set_qcow2_backing`.
+/// Must be awaited on the node's loop.
+asio::awaitable<qapi::result<std::shared_ptr<node>>> open_qcow2(node_options common, std::shared_ptr<node> file,
+                                                                 qcow2_open_options opts);
+
+/// Attaches `backing` as the "backing" child of a qcow2 node made by `open_qcow2` (at most
+/// once, before any I/O). Error if `image` is not qcow2 or already has a backing child.
+qapi::result<void> set_qcow2_backing(node& image, std::shared_ptr<node> backing);
+
+/// The header facts of a qcow2 node, or null for other drivers.
+const qcow2_image_info* qcow2_info(const node& n) noexcept;
+
+/// Format probing for images opened without a format: "qcow2" when `file` starts with the
+/// qcow2 magic, else "raw". Errors: the read's errno text.
+asio::awaitable<qapi::result<std::string>> probe_format(node& file);
 
 } // namespace bjd::block

@@ -141,6 +141,9 @@ public:
     asio::awaitable<result<void>> write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags = {});
     asio::awaitable<result<void>> discard(std::uint64_t offset, std::uint64_t length);
     asio::awaitable<result<void>> flush();
+    /// Grows or shrinks the node to `size` bytes (format drivers grow their file child as they
+    /// allocate). Errors: EPERM when read-only, ENOTSUP when the driver cannot resize.
+    asio::awaitable<result<void>> truncate(std::uint64_t size);
     /// Status of the range starting at `offset`; the returned extent covers at least one byte.
     asio::awaitable<result<extent>> block_status(std::uint64_t offset, std::uint64_t length);
 
@@ -185,14 +188,15 @@ protected:
     edge& add_child(std::string role, std::shared_ptr<node> n);
 
     // Driver hooks: called with the contract already checked. Defaults: ENOTSUP for
-    // write_zeroes/discard (the wrapper emulates write_zeroes with zero buffers), a successful
-    // no-op flush, and "all data, allocated" for block_status.
+    // write_zeroes/discard/truncate (the wrapper emulates write_zeroes with zero buffers), a
+    // successful no-op flush, and "all data, allocated" for block_status.
     virtual asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
     virtual asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) = 0;
     virtual asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags);
     virtual asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length);
     virtual asio::awaitable<result<void>> do_flush();
     virtual asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length);
+    virtual asio::awaitable<result<void>> do_truncate(std::uint64_t size);
 
 private:
     friend class edge;

@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// qcow2 on-disk format (QEMU docs/interop/qcow2.txt): constants, the header, and its
+/// validation. Pure functions over bytes, so crafted images can be tested without I/O.
+///
+/// Everything here treats the image as untrusted: every offset and size read from the file is
+/// checked against the file size and the format's limits before anything is allocated for it.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace bjd::block::qcow2 {
+
+inline constexpr std::uint32_t magic = 0x514649fb;   // "QFI\xfb"
+inline constexpr std::uint32_t ext_end = 0x00000000;
+inline constexpr std::uint32_t ext_backing_format = 0xe2792aca;
+inline constexpr std::uint32_t ext_feature_table = 0x6803f857;
+inline constexpr std::uint32_t ext_data_file = 0x44415441;
+
+inline constexpr std::uint64_t incompat_dirty = 1u << 0;
+inline constexpr std::uint64_t incompat_corrupt = 1u << 1;
+inline constexpr std::uint64_t incompat_data_file = 1u << 2;
+inline constexpr std::uint64_t incompat_compression = 1u << 3;
+inline constexpr std::uint64_t incompat_extended_l2 = 1u << 4;
+inline constexpr std::uint64_t compat_lazy_refcounts = 1u << 0;
+
+// L1/L2/refcount-table entries.
+inline constexpr std::uint64_t oflag_copied = 1ull << 63;
+inline constexpr std::uint64_t oflag_compressed = 1ull << 62;
+inline constexpr std::uint64_t oflag_zero = 1ull << 0;
+inline constexpr std::uint64_t offset_mask = 0x00fffffffffffe00ull;   // bits 9-55
+inline constexpr std::uint64_t l1_reserved = 0x7f000000000001ffull;   // bits 0-8, 56-62
+inline constexpr std::uint64_t l2_reserved = 0x3f000000000001feull;   // bits 1-8, 56-61
+inline constexpr std::uint64_t reftable_reserved = 0x1ffull;
+
+// Limits: QEMU's implementation limits, which also bound what a crafted header can make us
+// allocate (L1 ≤ 32 MiB, refcount table ≤ 8 MiB, clusters 512 B..2 MiB).
+inline constexpr unsigned min_cluster_bits = 9;
+inline constexpr unsigned max_cluster_bits = 21;
+inline constexpr std::uint64_t max_l1_bytes = 32ull << 20;
+inline constexpr std::uint64_t max_reftable_bytes = 8ull << 20;
+inline constexpr std::uint32_t max_backing_name = 1023;
+inline constexpr std::uint64_t max_virtual_size = 1ull << 61;
+
+inline std::uint16_t load_be16(const std::byte* p)
+{
+    return static_cast<std::uint16_t>((std::to_integer<unsigned>(p[0]) << 8) | std::to_integer<unsigned>(p[1]));
+}
+inline std::uint32_t load_be32(const std::byte* p)
+{
+    return (std::uint32_t(load_be16(p)) << 16) | load_be16(p + 2);
+}
+inline std::uint64_t load_be64(const std::byte* p) { return (std::uint64_t(load_be32(p)) << 32) | load_be32(p + 4); }
+inline void store_be32(std::byte* p, std::uint32_t v)
+{
+    for (int i = 3; i >= 0; --i, v >>= 8)
+        p[i] = std::byte(v & 0xff);
+}
+inline void store_be64(std::byte* p, std::uint64_t v)
+{
+    store_be32(p, static_cast<std::uint32_t>(v >> 32));
+    store_be32(p + 4, static_cast<std::uint32_t>(v));
+}
+
+/// The fixed header fields, host byte order, plus what the extensions say.
+struct header {
+    std::uint32_t version = 0;
+    std::uint64_t backing_file_offset = 0;
+    std::uint32_t backing_file_size = 0;
+    std::uint32_t cluster_bits = 0;
+    std::uint64_t size = 0;
+    std::uint32_t crypt_method = 0;
+    std::uint32_t l1_size = 0;
+    std::uint64_t l1_table_offset = 0;
+    std::uint64_t refcount_table_offset = 0;
+    std::uint32_t refcount_table_clusters = 0;
+    std::uint32_t nb_snapshots = 0;
+    std::uint64_t snapshots_offset = 0;
+    std::uint64_t incompatible = 0;
+    std::uint64_t compatible = 0;
+    std::uint64_t autoclear = 0;
+    std::uint32_t refcount_order = 4;
+    std::uint32_t header_length = 72;
+    std::uint8_t compression_type = 0;
+
+    std::string backing_file;     ///< empty: no backing file
+    std::string backing_format;   ///< from the extension; empty when absent
+
+    std::uint64_t cluster_size() const noexcept { return 1ull << cluster_bits; }
+};
+
+/// Header byte offsets that the driver rewrites.
+inline constexpr std::size_t off_refcount_table_offset = 48;   // + refcount_table_clusters at 56
+inline constexpr std::size_t off_incompatible = 72;
+inline constexpr std::size_t off_autoclear = 88;
+
+/// Parses and validates the first cluster of an image. `first` holds at least
+/// min(file_size, 2 MiB) bytes from offset 0 (the largest possible cluster); `file_size` is
+/// the size of the file child. On failure returns false and sets `error` to one phrase.
+bool parse_header(std::span<const std::byte> first, std::uint64_t file_size, header& h, std::string& error);
+
+/// Whether the host range [off, off+len) overlaps the header cluster, the L1 table or the
+/// refcount table. Used to refuse L2/refcount blocks placed on top of other metadata.
+bool overlaps_fixed_metadata(const header& h, std::uint64_t off, std::uint64_t len);
+
+/// Reads entry `i` of a refcount block with 2^order-bit entries.
+std::uint64_t refcount_get(std::span<const std::byte> block, unsigned order, std::uint64_t i);
+/// Writes entry `i`; the caller checked that `v` fits in 2^order bits.
+void refcount_set(std::span<std::byte> block, unsigned order, std::uint64_t i, std::uint64_t v);
+
+} // namespace bjd::block::qcow2

@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: MIT
+// qcow2 metadata: the L2 table cache, refcount blocks and table, and cluster allocation.
+#include "qcow2_node.hpp"
+
+#include "bjd/log.hpp"
+
+#include <algorithm>
+
+namespace bjd::block::qcow2 {
+
+namespace {
+
+/// [lo, hi) rounded out to 512-byte sectors and clipped to the cluster.
+std::pair<std::uint64_t, std::uint64_t> sector_range(std::uint64_t lo, std::uint64_t hi, std::uint64_t cs)
+{
+    return {lo / 512 * 512, std::min(cs, (hi + 511) / 512 * 512)};
+}
+
+} // namespace
+
+// ---- L2 tables -----------------------------------------------------------------------------------
+
+asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::get_l2(std::uint64_t l1i, bool create)
+{
+    const std::uint64_t e = l1_[l1i];
+    if (e & l1_reserved)
+        co_return corrupt("reserved bits set in L1 entry " + std::to_string(l1i));
+    const std::uint64_t off = e & offset_mask;
+    if (off == 0) {
+        if (!create)
+            co_return std::shared_ptr<l2_table>{};
+        auto host = co_await alloc_clusters(1);
+        if (!host)
+            co_return host.error();
+        // The new table is written before the L1 entry that makes it reachable.
+        std::vector<std::byte> zero(cs_);
+        if (auto r = co_await file()->write(*host, zero); !r)
+            co_return r.error();
+        std::byte be[8];
+        store_be64(be, *host | oflag_copied);
+        if (auto r = co_await file()->write(h_.l1_table_offset + l1i * 8, std::span<const std::byte>(be, 8)); !r)
+            co_return r.error();
+        l1_[l1i] = *host | oflag_copied;
+        auto t = std::make_shared<l2_table>(l2_entries_, 0);
+        l2_cache_.insert(*host, t);
+        co_return t;
+    }
+    if ((off & (cs_ - 1)) != 0 || off > file()->size() - std::min<std::uint64_t>(cs_, file()->size()) ||
+        overlaps_fixed_metadata(h_, off, cs_))
+        co_return corrupt("L2 table offset " + std::to_string(off) + " of L1 entry " + std::to_string(l1i) +
+                          " is invalid");
+    if (create && !(e & oflag_copied)) {
+        // Shared with an internal snapshot unless its refcount says otherwise.
+        auto rc = co_await get_refcount(off / cs_);
+        if (!rc)
+            co_return rc.error();
+        if (*rc != 1) {
+            log::get("qcow2")->error("qcow2 node '{}': writing to an L2 table shared with an internal snapshot "
+                                     "is not supported",
+                                     name());
+            co_return errno_error(ENOTSUP);
+        }
+    }
+    if (auto t = l2_cache_.find(off))
+        co_return t;
+    std::vector<std::byte> raw(cs_);
+    if (auto r = co_await file()->read(off, raw); !r)
+        co_return r.error();
+    auto t = std::make_shared<l2_table>(l2_entries_);
+    for (std::uint64_t i = 0; i < l2_entries_; ++i)
+        (*t)[i] = load_be64(raw.data() + i * 8);
+    l2_cache_.insert(off, t);
+    co_return t;
+}
+
+asio::awaitable<result<void>> qcow2_node::write_l2_entries(std::uint64_t l2_off, const l2_table& t,
+                                                           std::uint64_t first, std::uint64_t last)
+{
+    auto [lo, hi] = sector_range(first * 8, (last + 1) * 8, cs_);
+    std::vector<std::byte> raw(hi - lo);
+    for (std::uint64_t b = lo; b < hi; b += 8)
+        store_be64(raw.data() + (b - lo), t[b / 8]);
+    co_return co_await file()->write(l2_off + lo, raw);
+}
+
+// ---- refcounts -----------------------------------------------------------------------------------
+
+asio::awaitable<result<std::shared_ptr<refblock>>> qcow2_node::get_refblock(std::uint64_t ti, bool create)
+{
+    if (ti >= reftable_.size()) {
+        if (!create)
+            co_return std::shared_ptr<refblock>{};
+        if (auto r = co_await grow_reftable(ti + 1); !r)
+            co_return r.error();
+    }
+    const std::uint64_t e = reftable_[ti];
+    if (e & reftable_reserved)
+        co_return corrupt("reserved bits set in refcount table entry " + std::to_string(ti));
+    const std::uint64_t off = e & ~reftable_reserved;
+    if (off == 0) {
+        if (!create)
+            co_return std::shared_ptr<refblock>{};
+        auto c = co_await reserve(1);
+        if (!c)
+            co_return c.error();
+        auto blk = std::make_shared<refblock>(cs_);
+        const bool self_covered = *c / rb_entries_ == ti;
+        if (self_covered)
+            refcount_set(*blk, h_.refcount_order, *c % rb_entries_, 1);
+        if (auto r = co_await file()->write(*c * cs_, *blk); !r)
+            co_return r.error();
+        // The block must be on disk before the table entry that points at it.
+        if (auto r = co_await file()->flush(); !r)
+            co_return r.error();
+        std::byte be[8];
+        store_be64(be, *c * cs_);
+        if (auto r = co_await file()->write(reftable_offset_ + ti * 8, std::span<const std::byte>(be, 8)); !r)
+            co_return r.error();
+        reftable_[ti] = *c * cs_;
+        rb_cache_.insert(*c * cs_, blk);
+        if (!self_covered)
+            if (auto r = co_await update_refcounts(*c * cs_, cs_, +1); !r)
+                co_return r.error();
+        co_return blk;
+    }
+    if ((off & (cs_ - 1)) != 0 || off > file()->size() - std::min<std::uint64_t>(cs_, file()->size()) ||
+        overlaps_fixed_metadata(h_, off, cs_))
+        co_return corrupt("refcount block offset " + std::to_string(off) + " is invalid");
+    if (auto b = rb_cache_.find(off))
+        co_return b;
+    auto blk = std::make_shared<refblock>(cs_);
+    if (auto r = co_await file()->read(off, *blk); !r)
+        co_return r.error();
+    rb_cache_.insert(off, blk);
+    co_return blk;
+}
+
+asio::awaitable<result<std::uint64_t>> qcow2_node::get_refcount(std::uint64_t cluster)
+{
+    auto blk = co_await get_refblock(cluster / rb_entries_, false);
+    if (!blk)
+        co_return blk.error();
+    if (!*blk)
+        co_return std::uint64_t{0};
+    co_return refcount_get(**blk, h_.refcount_order, cluster % rb_entries_);
+}
+
+asio::awaitable<result<void>> qcow2_node::update_refcounts(std::uint64_t off, std::uint64_t len, std::int64_t delta)
+{
+    if (len == 0)
+        co_return result<void>{};
+    const unsigned order = h_.refcount_order;
+    const std::uint64_t max_rc = order == 6 ? ~0ull : (1ull << (1u << order)) - 1;
+    const std::uint64_t last = (off + len - 1) / cs_;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> freed;
+    for (std::uint64_t c = off / cs_; c <= last;) {
+        const std::uint64_t ti = c / rb_entries_;
+        auto blk = co_await get_refblock(ti, delta > 0);
+        if (!blk)
+            co_return blk.error();
+        if (!*blk)
+            co_return corrupt("freeing cluster " + std::to_string(c) + " that has no refcount block");
+        // Locate the block again: creating it may have moved the table, never the block.
+        const std::uint64_t blk_off = reftable_[ti] & ~reftable_reserved;
+        const std::uint64_t end = std::min(last, (ti + 1) * rb_entries_ - 1);
+        refblock& b = **blk;
+        for (std::uint64_t k = c; k <= end; ++k) {
+            std::uint64_t v = refcount_get(b, order, k % rb_entries_);
+            if (delta > 0 && v > max_rc - std::uint64_t(delta))
+                co_return corrupt("refcount overflow for cluster " + std::to_string(k));
+            if (delta < 0 && v < std::uint64_t(-delta))
+                co_return corrupt("refcount underflow for cluster " + std::to_string(k));
+            std::uint64_t nv = v + std::uint64_t(delta);
+            refcount_set(b, order, k % rb_entries_, nv);
+            if (nv == 0) {
+                if (!freed.empty() && freed.back().first + freed.back().second == k * cs_)
+                    freed.back().second += cs_;
+                else
+                    freed.emplace_back(k * cs_, cs_);
+            }
+        }
+        const std::uint64_t bits = 1u << order;
+        auto [lo, hi] = sector_range((c % rb_entries_) * bits / 8, ((end % rb_entries_ + 1) * bits + 7) / 8, cs_);
+        if (auto r = co_await file()->write(blk_off + lo, std::span<const std::byte>(b.data() + lo, hi - lo)); !r)
+            co_return r.error();
+        c = end + 1;
+    }
+    for (auto [o, l] : freed)
+        co_await release_host(o, l);
+    co_return result<void>{};
+}
+
+asio::awaitable<result<std::uint64_t>> qcow2_node::reserve(std::uint64_t n)
+{
+    // Append only: skip clusters that are refcounted past the end of the file (preallocated
+    // refcount blocks, or a file truncated behind our back).
+    for (;;) {
+        std::uint64_t start = next_free_;
+        std::uint64_t busy = 0;
+        for (std::uint64_t k = 0; k < n && !busy; ++k) {
+            auto rc = co_await get_refcount(start + k);
+            if (!rc)
+                co_return rc.error();
+            if (*rc != 0)
+                busy = start + k + 1;
+        }
+        if (busy) {
+            next_free_ = busy;
+            continue;
+        }
+        if (start + n > (1ull << (56 - h_.cluster_bits)))
+            co_return errno_error(EFBIG);
+        next_free_ = start + n;
+        const std::uint64_t end = next_free_ * cs_;
+        if (end > file()->size())
+            if (auto r = co_await file()->truncate(end); !r)
+                co_return r.error();
+        co_return start;
+    }
+}
+
+asio::awaitable<result<std::uint64_t>> qcow2_node::alloc_clusters(std::uint64_t n)
+{
+    auto start = co_await reserve(n);
+    if (!start)
+        co_return start.error();
+    if (auto r = co_await update_refcounts(*start * cs_, n * cs_, +1); !r)
+        co_return r.error();
+    // Refcounts are durable before anything references the clusters.
+    if (auto r = co_await file()->flush(); !r)
+        co_return r.error();
+    co_return *start * cs_;
+}
+
+asio::awaitable<result<void>> qcow2_node::grow_reftable(std::uint64_t min_entries)
+{
+    if (growing_reftable_)
+        co_return corrupt("refcount table growth recursed");
+    const std::uint64_t per_cluster = cs_ / 8;
+    std::uint64_t entries = std::max<std::uint64_t>(min_entries, reftable_.size() * 2);
+    entries = (entries + per_cluster - 1) / per_cluster * per_cluster;
+    if (entries * 8 > max_reftable_bytes)
+        co_return errno_error(EFBIG);
+    const std::uint64_t k = entries / per_cluster;
+    const std::uint64_t old_off = reftable_offset_;
+    const std::uint64_t old_len = reftable_.size() * 8;
+
+    growing_reftable_ = true;
+    auto t = co_await reserve(k);
+    if (!t) {
+        growing_reftable_ = false;
+        co_return t.error();
+    }
+    // From here on the in-memory table is the new one; blocks created while counting its own
+    // clusters write their entries into it at its new place.
+    reftable_.resize(entries, 0);
+    reftable_offset_ = *t * cs_;
+    auto r = co_await update_refcounts(*t * cs_, k * cs_, +1);
+    growing_reftable_ = false;
+    if (!r)
+        co_return r;
+    std::vector<std::byte> raw(entries * 8);
+    for (std::uint64_t i = 0; i < entries; ++i)
+        store_be64(raw.data() + i * 8, reftable_[i]);
+    if (r = co_await file()->write(reftable_offset_, raw); !r)
+        co_return r;
+    if (r = co_await file()->flush(); !r)
+        co_return r;
+    std::byte hdr[12];
+    store_be64(hdr, reftable_offset_);
+    store_be32(hdr + 8, static_cast<std::uint32_t>(k));
+    if (r = co_await file()->write(off_refcount_table_offset, std::span<const std::byte>(hdr, 12)); !r)
+        co_return r;
+    if (r = co_await file()->flush(); !r)
+        co_return r;
+    h_.refcount_table_offset = reftable_offset_;
+    h_.refcount_table_clusters = static_cast<std::uint32_t>(k);
+    log::get("qcow2")->debug("qcow2 node '{}': refcount table grown to {} entries at {}", name(), entries,
+                             reftable_offset_);
+    co_return co_await update_refcounts(old_off, old_len, -1);
+}
+
+asio::awaitable<void> qcow2_node::release_host(std::uint64_t off, std::uint64_t len)
+{
+    // Advisory: the file node ignores it unless discard=unmap was inherited.
+    if (off + len <= file()->size())
+        (void)co_await file()->discard(off, len);
+}
+
+} // namespace bjd::block::qcow2

@@ -1,0 +1,211 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// The qcow2 node (private to the driver): state shared by qcow2.cpp (open, reads, status),
+/// qcow2_write.cpp (writes, zeroes, discard) and qcow2_meta.cpp (L2 cache, refcounts,
+/// allocation).
+///
+/// Concurrency: requests are coroutines on the node's loop. `meta_` serialises every access to
+/// the metadata (L1/L2/refcounts and their caches). Reads and in-place writes hold it only
+/// while mapping a run; a write that allocates, write_zeroes and discard hold it for the whole
+/// request, so two writes never allocate the same guest cluster twice. Allocation is append
+/// only (clusters freed in this session are not reused), so an in-flight in-place write can
+/// never land in a cluster that was handed to someone else.
+///
+/// Crash ordering for an allocation: refcounts (and new refcount blocks/tables) are written and
+/// flushed first, then the data, then the L2 entry (a new L2 table before its L1 entry), then
+/// old clusters are dereferenced. A crash in between leaks clusters but never leaves a
+/// reference to a cluster whose refcount is 0.
+#include "bjd/block/driver.hpp"
+#include "qcow2_format.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <deque>
+#include <list>
+#include <memory>
+#include <unordered_map>
+
+namespace bjd::block::qcow2 {
+
+/// An asynchronous mutex for coroutines on one loop; the lock is handed to waiters in order.
+class co_mutex {
+public:
+    class guard {
+    public:
+        explicit guard(co_mutex* m) : m_(m) {}
+        guard(guard&& o) noexcept : m_(std::exchange(o.m_, nullptr)) {}
+        guard& operator=(guard&&) = delete;
+        ~guard() { release(); }
+        void release()
+        {
+            if (m_)
+                std::exchange(m_, nullptr)->unlock();
+        }
+
+    private:
+        co_mutex* m_;
+    };
+
+    asio::awaitable<guard> lock();
+    void unlock();
+
+private:
+    bool locked_ = false;
+    std::deque<std::shared_ptr<asio::steady_timer>> waiters_;
+};
+
+/// A bounded LRU cache of metadata clusters keyed by host offset. Entries are shared so an
+/// eviction never frees a table a coroutine still uses.
+template <class T>
+class lru_cache {
+public:
+    explicit lru_cache(std::size_t capacity = 16) : capacity_(capacity ? capacity : 1) {}
+    void set_capacity(std::size_t c) { capacity_ = c ? c : 1; }
+    std::size_t capacity() const noexcept { return capacity_; }
+
+    std::shared_ptr<T> find(std::uint64_t key)
+    {
+        auto it = map_.find(key);
+        if (it == map_.end())
+            return nullptr;
+        order_.splice(order_.begin(), order_, it->second.pos);
+        return it->second.value;
+    }
+    void insert(std::uint64_t key, std::shared_ptr<T> v)
+    {
+        if (auto it = map_.find(key); it != map_.end()) {
+            it->second.value = std::move(v);
+            order_.splice(order_.begin(), order_, it->second.pos);
+            return;
+        }
+        order_.push_front(key);
+        map_.emplace(key, slot{std::move(v), order_.begin()});
+        while (map_.size() > capacity_) {
+            map_.erase(order_.back());
+            order_.pop_back();
+        }
+    }
+    void erase(std::uint64_t key)
+    {
+        if (auto it = map_.find(key); it != map_.end()) {
+            order_.erase(it->second.pos);
+            map_.erase(it);
+        }
+    }
+    std::size_t size() const noexcept { return map_.size(); }
+
+private:
+    struct slot {
+        std::shared_ptr<T> value;
+        std::list<std::uint64_t>::iterator pos;
+    };
+    std::size_t capacity_;
+    std::list<std::uint64_t> order_;
+    std::unordered_map<std::uint64_t, slot> map_;
+};
+
+/// What an L2 entry says about one guest cluster.
+enum class kind { unallocated, zero_plain, zero_alloc, normal, compressed };
+
+struct mapping {
+    kind k = kind::unallocated;
+    std::uint64_t host = 0;       ///< normal/zero_alloc: host cluster offset; compressed: byte offset
+    std::uint64_t comp_len = 0;   ///< compressed: bytes of compressed data (up to the sector end)
+    bool copied = false;          ///< OFLAG_COPIED
+};
+
+/// A run of guest clusters that read the same way (one host extent for `normal`).
+struct run {
+    mapping m;
+    std::uint64_t bytes = 0;      ///< from the asked offset, ≤ the asked length
+};
+
+using l2_table = std::vector<std::uint64_t>;     // host byte order
+using refblock = std::vector<std::byte>;         // raw on-disk bytes
+
+class qcow2_node final : public node {
+public:
+    qcow2_node(node_options o, std::shared_ptr<node> file, header h, const qcow2_open_options& opts);
+
+    std::string_view driver() const noexcept override { return "qcow2"; }
+    std::uint64_t size() const noexcept override { return h_.size; }
+    std::int64_t allocated_size() const override { return file()->allocated_size(); }
+    std::uint32_t cluster_size() const noexcept override { return static_cast<std::uint32_t>(cs_); }
+    bool zero_init() const noexcept override { return backing() == nullptr; }
+
+    /// Reads the L1 and refcount tables and prepares the image for writing. Open-time errors
+    /// are one phrase.
+    asio::awaitable<qapi::result<void>> load();
+    void attach_backing(std::shared_ptr<node> b) { add_child("backing", std::move(b)); }
+    const qcow2_image_info& info() const noexcept { return info_; }
+
+protected:
+    asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
+    asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
+    asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags) override;
+    asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override;
+    asio::awaitable<result<void>> do_flush() override;
+    asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
+
+private:
+    node* file() const noexcept { return child("file"); }
+
+    // ---- qcow2.cpp: mapping and reading ----
+    /// Decodes and checks an L2 entry (EIO for corrupt entries, logged).
+    result<mapping> decode(std::uint64_t entry, std::uint64_t guest) const;
+    /// The run starting at `offset` (≤ `length` bytes). Caller holds `meta_`.
+    asio::awaitable<result<run>> lookup_locked(std::uint64_t offset, std::uint64_t length);
+    /// Fills `buf` with the guest bytes at `offset` as mapped by `m` (one run).
+    asio::awaitable<result<void>> read_mapped(const mapping& m, std::uint64_t offset, std::span<std::byte> buf);
+    asio::awaitable<result<void>> read_backing(std::uint64_t offset, std::span<std::byte> buf);
+    asio::awaitable<result<void>> read_compressed(const mapping& m, std::span<std::byte> cluster);
+
+    // ---- qcow2_write.cpp ----
+    asio::awaitable<result<void>> write_locked(std::uint64_t offset, std::span<const std::byte> buf);
+    /// Allocates `n` clusters for guest clusters starting at `offset` (cluster aligned) that
+    /// need it, fills them with the old contents overlaid by `buf` (which starts at `data_off`).
+    asio::awaitable<result<void>> allocate_and_write_locked(std::uint64_t first_guest, std::uint64_t n,
+                                                            std::uint64_t data_off, std::span<const std::byte> buf);
+    /// Rewrites L2 entries of whole clusters [offset, offset+length) with `entry_for`.
+    enum class clear_mode { zero_keep, zero_unmap, deallocate };
+    asio::awaitable<result<void>> clear_clusters_locked(std::uint64_t offset, std::uint64_t length, clear_mode mode);
+    /// Whether the guest cluster containing `offset` reads as zeroes without allocating.
+    asio::awaitable<result<bool>> reads_as_zero_locked(std::uint64_t offset);
+
+    // ---- qcow2_meta.cpp ----
+    /// The L2 table for L1 index `l1i`, or null if unallocated and !create. Caller holds `meta_`.
+    asio::awaitable<result<std::shared_ptr<l2_table>>> get_l2(std::uint64_t l1i, bool create);
+    std::uint64_t l2_offset(std::uint64_t l1i) const noexcept { return l1_[l1i] & offset_mask; }
+    /// Writes entries [first, last] of the L2 table at `l2_off`.
+    asio::awaitable<result<void>> write_l2_entries(std::uint64_t l2_off, const l2_table& t, std::uint64_t first,
+                                                   std::uint64_t last);
+    asio::awaitable<result<std::uint64_t>> get_refcount(std::uint64_t cluster_index);
+    /// Adds `delta` to the refcount of every cluster overlapping [off, off+len).
+    asio::awaitable<result<void>> update_refcounts(std::uint64_t off, std::uint64_t len, std::int64_t delta);
+    /// `n` contiguous fresh clusters with refcount 1 (durable unless cache.no-flush).
+    asio::awaitable<result<std::uint64_t>> alloc_clusters(std::uint64_t n);
+    asio::awaitable<result<std::shared_ptr<refblock>>> get_refblock(std::uint64_t table_index, bool create);
+    asio::awaitable<result<void>> grow_reftable(std::uint64_t min_entries);
+    /// Moves the end of the allocation area; grows the file to cover it.
+    asio::awaitable<result<std::uint64_t>> reserve(std::uint64_t n);
+    /// Drops host clusters no longer referenced, after their refcount went to 0.
+    asio::awaitable<void> release_host(std::uint64_t off, std::uint64_t len);
+    std::error_code corrupt(const std::string& what) const;
+
+    header h_;
+    qcow2_image_info info_;
+    std::uint64_t cs_;
+    std::uint64_t l2_entries_;            ///< entries per L2 table
+    std::uint64_t rb_entries_;            ///< refcount entries per refcount block
+    std::vector<std::uint64_t> l1_;       ///< host byte order
+    std::vector<std::uint64_t> reftable_;
+    std::uint64_t reftable_offset_ = 0;   ///< where reftable_ lives on disk
+    std::uint64_t next_free_ = 0;         ///< first cluster index of the append area
+    bool growing_reftable_ = false;
+    lru_cache<l2_table> l2_cache_;
+    lru_cache<refblock> rb_cache_;
+    co_mutex meta_;
+};
+
+} // namespace bjd::block::qcow2
