@@ -2,7 +2,7 @@
 // Throughput of the I/O engines: N coroutines each doing random reads (or writes) of one
 // block size on a preallocated file, for a fixed time, per backend.
 //
-// Not part of the build (bench/ has no CMake entry yet). Build it against a build tree:
+// Not part of the build (bench/ has no CMake entry yet). Build it from the sources, optimised:
 //   g++ -std=c++20 -O2 -DNDEBUG -DBOOST_ASIO_NO_DEPRECATED -DBOOST_ASIO_DISABLE_STD_ALIGNED_ALLOC \
 //       -I lib/io/include -I lib/io/src -I lib/common/include bench/io/engine_bench.cpp \
 //       lib/io/src/*.cpp lib/common/src/*.cpp -luring -lspdlog -lfmt -lsystemd \
