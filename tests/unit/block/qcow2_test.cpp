@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: MIT
+// qcow2 driver against qemu-img made images: randomized workloads compared byte for byte with
+// a raw model, then `qemu-img check` and `qemu-img compare`; chains; block status; concurrency.
+#include "bjd/block/driver.hpp"
+
+#include "qcow2_test_util.hpp"
+
+#include <boost/asio/detached.hpp>
+
+#include <cstring>
+#include <random>
+
+using namespace bjd;
+using namespace bjd::block;
+using namespace bjd::block::test;
+
+namespace {
+
+enum class base_kind { none, raw, qcow2 };
+
+struct config {
+    unsigned cluster;
+    bool v3;
+    base_kind base;
+    std::uint64_t size;
+    unsigned ops = 150;
+    bool reftable_grows = false;   ///< the workload outgrows the refcount table qemu-img made
+};
+
+std::uint64_t reftable_offset(const std::string& img)
+{
+    auto h = slurp(img);
+    REQUIRE(h.size() >= 56);
+    std::uint64_t v = 0;
+    for (int i = 48; i < 56; ++i)
+        v = (v << 8) | std::to_integer<unsigned>(h[i]);
+    return v;
+}
+
+std::string compat(bool v3) { return v3 ? "1.1" : "0.10"; }
+
+/// Creates the image (and its base, filled by qemu-io) and returns the top path.
+std::string make_chain(env& e, const config& c)
+{
+    std::string top = e.path("top.qcow2");
+    std::string opts = "-o cluster_size=" + std::to_string(c.cluster) + ",compat=" + compat(c.v3);
+    if (c.base == base_kind::none) {
+        REQUIRE(sh("qemu-img create -q -f qcow2 " + opts + " " + top + " " + std::to_string(c.size)) == 0);
+        return top;
+    }
+    // A base shorter than the top: reads past its end must be zeroes.
+    std::uint64_t bsize = c.size / 2 + 3 * 512;
+    std::string fmt = c.base == base_kind::raw ? "raw" : "qcow2";
+    std::string base = e.path("base." + fmt);
+    REQUIRE(sh("qemu-img create -q -f " + fmt + " " + base + " " + std::to_string(bsize)) == 0);
+    REQUIRE(sh("qemu-io -f " + fmt + " -c 'write -P 0x5a 0 " + std::to_string(bsize) + "' -c 'write -P 0x11 4096 8192'" +
+               " -c 'write -z 65536 65536' " + base + " >/dev/null") == 0);
+    REQUIRE(sh("qemu-img create -q -f qcow2 " + opts + " -b base." + fmt + " -F " + fmt + " " + top + " " +
+               std::to_string(c.size)) == 0);
+    return top;
+}
+
+/// The guest content of `img` as qemu-img sees it (the whole chain).
+std::vector<std::byte> qemu_view(env& e, const std::string& img, const std::string& fmt)
+{
+    std::string out = e.path("view.raw");
+    REQUIRE(sh("qemu-img convert -f " + fmt + " -O raw " + img + " " + out) == 0);
+    return slurp(out);
+}
+
+/// Opens the top image with its backing attached by hand (what graph.cpp does from the header).
+std::shared_ptr<node> open_chain(env& e, const config& c, const std::string& top)
+{
+    auto q = e.qcow2(top);
+    REQUIRE(ok(q));
+    if (c.base == base_kind::raw) {
+        REQUIRE(ok(set_qcow2_backing(**q, e.raw(e.path("base.raw")))));
+    } else if (c.base == base_kind::qcow2) {
+        auto b = e.qcow2(e.path("base.qcow2"), true);
+        REQUIRE(ok(b));
+        REQUIRE(ok(set_qcow2_backing(**q, *b)));
+    }
+    return *q;
+}
+
+std::vector<std::byte> read_all(env& e, node& n)
+{
+    std::vector<std::byte> buf(n.size());
+    REQUIRE(e.run(n.read(0, buf)));
+    return buf;
+}
+
+void check_image(env& e, const std::string& img, const std::vector<std::byte>& model)
+{
+    std::string out;
+    CHECK(sh("qemu-img check -f qcow2 " + img, &out) == 0);
+    std::string raw = e.path("model.raw");
+    spit(raw, model);
+    CHECK(sh("qemu-img compare -f qcow2 -F raw " + img + " " + raw, &out) == 0);
+}
+
+void workload(const config& c, unsigned seed)
+{
+    env e;
+    std::string top = make_chain(e, c);
+    std::vector<std::byte> model = qemu_view(e, top, "qcow2");
+    REQUIRE(model.size() == c.size);
+    // What a deallocated cluster shows: the base (v2 has no zero flag to hide it).
+    std::vector<std::byte> base_view(c.size);
+    if (c.base != base_kind::none) {
+        std::string fmt = c.base == base_kind::raw ? "raw" : "qcow2";
+        auto b = qemu_view(e, e.path("base." + fmt), fmt);
+        std::memcpy(base_view.data(), b.data(), std::min<std::size_t>(b.size(), base_view.size()));
+    }
+
+    const std::uint64_t reftable_before = reftable_offset(top);
+    auto n = open_chain(e, c, top);
+    REQUIRE(n->cluster_size() == c.cluster);
+    REQUIRE(n->size() == c.size);
+    REQUIRE(read_all(e, *n) == model);
+
+    std::mt19937_64 rng(seed);
+    const std::uint64_t cs = c.cluster;
+    auto pick_range = [&](std::uint64_t& off, std::uint64_t& len) {
+        std::uint64_t max_len = std::min<std::uint64_t>(c.size, std::max<std::uint64_t>(4 * cs, 256 * 1024));
+        len = 1 + rng() % max_len;
+        off = rng() % c.size;
+        if (rng() % 2) {   // cluster aligned start and length, as jobs and NBD clients send
+            off = off / cs * cs;
+            len = std::max<std::uint64_t>(cs, len / cs * cs);
+        }
+        if (off + len > c.size)
+            len = c.size - off;
+    };
+    for (unsigned i = 0; i < c.ops; ++i) {
+        std::uint64_t off, len;
+        pick_range(off, len);
+        INFO("op " << i << " off " << off << " len " << len);
+        unsigned op = rng() % 100;
+        if (op < 55) {
+            std::vector<std::byte> data(len);
+            std::uint64_t pat = rng();
+            for (std::size_t k = 0; k < len; ++k)
+                data[k] = std::byte((pat >> (k % 8 * 8)) + k / 8);
+            REQUIRE(e.run(n->write(off, data)));
+            std::memcpy(model.data() + off, data.data(), len);
+        } else if (op < 72) {
+            zero_flags zf{.may_unmap = (rng() % 2) == 0};
+            REQUIRE(e.run(n->write_zeroes(off, len, zf)));
+            std::memset(model.data() + off, 0, len);
+        } else if (op < 82) {
+            REQUIRE(e.run(n->discard(off, len)));
+            std::uint64_t end = off + len;
+            std::uint64_t a = (off + cs - 1) / cs * cs;
+            std::uint64_t b = end == c.size ? c.size : end / cs * cs;
+            for (std::uint64_t p = a; p < b; ++p)
+                model[p] = (!c.v3 && c.base != base_kind::none) ? base_view[p] : std::byte{0};
+        } else {
+            std::vector<std::byte> got(len);
+            REQUIRE(e.run(n->read(off, got)));
+            REQUIRE(std::memcmp(got.data(), model.data() + off, len) == 0);
+        }
+    }
+    REQUIRE(e.run(n->flush()));
+    REQUIRE(read_all(e, *n) == model);
+    n.reset();   // close (releases the image locks) before qemu-img looks at it
+    CHECK((reftable_offset(top) != reftable_before) == c.reftable_grows);
+    check_image(e, top, model);
+}
+
+} // namespace
+
+TEST_CASE("block: qcow2 random workloads match a raw model and pass qemu-img check", "[qcow2]")
+{
+    const std::uint64_t mib = 1 << 20;
+    std::vector<config> configs = {
+        {65536, true, base_kind::none, 16 * mib},
+        {65536, false, base_kind::none, 16 * mib},
+        {512, true, base_kind::none, 6 * mib + 1536, 300, true},
+        {4096, true, base_kind::qcow2, 8 * mib},
+        {4096, false, base_kind::raw, 8 * mib + 512},
+        {65536, true, base_kind::raw, 12 * mib},
+        {2 * mib, true, base_kind::qcow2, 20 * mib, 60},
+        {1024, false, base_kind::qcow2, 3 * mib},
+    };
+    unsigned seed = 1;
+    for (const config& c : configs) {
+        DYNAMIC_SECTION("cluster " << c.cluster << (c.v3 ? " v3" : " v2") << " base " << int(c.base))
+        {
+            workload(c, seed);
+        }
+        ++seed;
+    }
+}
+
+TEST_CASE("block: qcow2 reads what qemu-io wrote, including compressed and zero clusters", "[qcow2]")
+{
+    env e;
+    std::string src = e.path("src.qcow2");
+    REQUIRE(sh("qemu-img create -q -f qcow2 " + src + " 4M") == 0);
+    REQUIRE(sh("qemu-io -f qcow2 -c 'write -P 0x33 0 1M' -c 'write -P 0x44 1536 3000' -c 'write -z 512k 128k' " + src +
+               " >/dev/null") == 0);
+    // A compressed copy: every written cluster becomes a compressed cluster.
+    std::string comp = e.path("comp.qcow2");
+    REQUIRE(sh("qemu-img convert -c -f qcow2 -O qcow2 " + src + " " + comp) == 0);
+    auto model = qemu_view(e, src, "qcow2");
+    {
+        auto n = e.qcow2(comp, true);
+        REQUIRE(ok(n));
+        REQUIRE(read_all(e, **n) == model);
+        auto st = e.run((*n)->block_status(0, 4 << 20));
+        REQUIRE(st.has_value());
+        CHECK((st->flags & status_allocated) != 0);
+        CHECK((st->flags & status_data) != 0);
+    }
+    // Partial writes over compressed clusters: copy-on-write from the inflated data, and the
+    // compressed clusters are dereferenced.
+    auto n = e.qcow2(comp);
+    REQUIRE(ok(n));
+    std::vector<std::byte> data(777, std::byte{0xee});
+    REQUIRE(e.run((*n)->write(70000, data)));
+    std::memset(model.data() + 70000, 0xee, data.size());
+    REQUIRE(e.run((*n)->write_zeroes(0, 65536, {.may_unmap = true})));
+    std::memset(model.data(), 0, 65536);
+    REQUIRE(read_all(e, **n) == model);
+    n->reset();
+    check_image(e, comp, model);
+}
+
+TEST_CASE("block: qcow2 block status per layer", "[qcow2]")
+{
+    env e;
+    config c{65536, true, base_kind::qcow2, 4 << 20};
+    std::string top = make_chain(e, c);   // base: data up to 2 MiB + 1536, zero cluster at 64k
+    auto n = open_chain(e, c, top);
+    std::vector<std::byte> d(65536, std::byte{1});
+    REQUIRE(e.run(n->write(3 * 65536, d)));
+    REQUIRE(e.run(n->write_zeroes(4 * 65536, 65536, {})));
+
+    auto at = [&](std::uint64_t off, std::uint64_t len) {
+        auto r = e.run(n->block_status(off, len));
+        REQUIRE(r.has_value());
+        return *r;
+    };
+    auto s = at(0, 65536);   // from the base: data, not allocated in the top
+    CHECK(s.flags == status_data);
+    s = at(3 * 65536, 2 * 65536);
+    CHECK(s.flags == (status_data | status_allocated));
+    CHECK(s.length == 65536);
+    s = at(4 * 65536, 65536);
+    CHECK(s.flags == (status_zero | status_allocated));
+    s = at(3 << 20, 65536);   // past the base's end: zeroes, unallocated
+    CHECK(s.flags == status_zero);
+    CHECK(n->zero_init() == false);
+    const auto* info = qcow2_info(*n);
+    REQUIRE(info);
+    CHECK(info->backing_file == "base.qcow2");
+    CHECK(info->backing_format == "qcow2");
+    CHECK(info->version == 3);
+}
+
+namespace {
+
+asio::awaitable<void> write_piece(node* n, std::uint64_t off, std::byte fill, unsigned* left)
+{
+    std::vector<std::byte> d(512, fill);
+    auto r = co_await n->write(off, d);
+    if (!r)
+        throw std::runtime_error("write failed");
+    --*left;
+}
+
+} // namespace
+
+TEST_CASE("block: qcow2 concurrent writes into one unallocated cluster are all kept", "[qcow2]")
+{
+    env e;
+    config c{65536, true, base_kind::raw, 4 << 20};
+    std::string top = make_chain(e, c);
+    auto model = qemu_view(e, top, "qcow2");
+    auto n = open_chain(e, c, top);
+    unsigned left = 0;
+    // 64 writes in flight at once: 4 clusters x 16 pieces, interleaved.
+    for (unsigned k = 0; k < 16; ++k)
+        for (unsigned cl = 0; cl < 4; ++cl) {
+            std::uint64_t off = cl * 65536 + k * 4096 + 512;
+            std::byte fill{static_cast<unsigned char>(k * 4 + cl + 1)};
+            std::memset(model.data() + off, static_cast<int>(fill), 512);
+            ++left;
+            asio::co_spawn(e.ctx, write_piece(n.get(), off, fill, &left), asio::detached);
+        }
+    e.ctx.restart();
+    e.ctx.run_for(std::chrono::seconds(60));
+    REQUIRE(left == 0);
+    REQUIRE(read_all(e, *n) == model);
+    n.reset();
+    check_image(e, top, model);
+}
