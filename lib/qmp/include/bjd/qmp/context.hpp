@@ -15,6 +15,7 @@
 
 namespace bjd::block { class graph; }
 namespace bjd::jobs { class manager; }
+namespace bjd::exports { class manager; }
 
 namespace bjd::qmp {
 
@@ -32,6 +33,7 @@ public:
     qapi::event_sink& events;
     block::graph* graph = nullptr;
     jobs::manager* jobs = nullptr;
+    exports::manager* exports = nullptr;   ///< NBD server and block exports (lib/export)
     io_report io;
 
     /// Asks the daemon to shut down after the current command has answered (`quit`).

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// One block export: a named, client-visible view of a block node.
+///
+/// The export holds its node through a `block::edge` (parent_kind::export_), so a mirror pivot
+/// (`block::replace_node`) redirects it; every client request looks the node up through the
+/// edge at the moment it runs. Lives on the main loop; every call must be made there.
+#include "bjd/block/node.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bjd::exports {
+
+/// What block-export-add (type nbd) and nbd-server-add configure.
+struct export_options {
+    std::string id;                          ///< block export id (QMP `id`)
+    std::string node_name;                   ///< the node as named by the user
+    std::string name;                        ///< NBD export name (defaults to node_name)
+    std::optional<std::string> description;  ///< NBD_INFO_DESCRIPTION
+    bool writable = false;
+    bool writethrough = false;               ///< every write is FUA (QEMU: flush after write)
+};
+
+/// A connected client, as the export sees it: something that can be told to go away.
+class client {
+public:
+    virtual ~client() = default;
+    /// Closes the connection; in-flight requests still complete (acknowledged writes are never
+    /// lost), replies that cannot be sent any more are dropped.
+    virtual void close() = 0;
+};
+
+class block_export {
+public:
+    block_export(export_options opts, std::shared_ptr<block::node> n);
+    ~block_export();
+    block_export(const block_export&) = delete;
+    block_export& operator=(const block_export&) = delete;
+
+    const std::string& id() const noexcept { return opts_.id; }
+    const std::string& name() const noexcept { return opts_.name; }
+    const export_options& options() const noexcept { return opts_; }
+
+    /// The node requests go to right now (after any pivot), or null once released.
+    block::node* node() const noexcept { return edge_.get(); }
+    std::shared_ptr<block::node> node_shared() const { return edge_.shared(); }
+    /// Name of the current node (query-block-exports' `node-name`).
+    std::string node_name() const;
+
+    bool writable() const noexcept { return opts_.writable; }
+    /// After block-export-del / nbd-server-remove: no new clients, `shutting-down: true`.
+    bool shutting_down() const noexcept { return shutting_down_; }
+
+    // ---- clients (used by the NBD connection code) --------------------------------------------
+    void attach(client* c);
+    /// Removes `c`; when the export is shutting down and this was the last client, calls the
+    /// idle callback (the manager then finishes the deletion).
+    void detach(client* c);
+    std::size_t clients() const noexcept { return clients_.size(); }
+
+    // ---- lifecycle (used by the manager) -----------------------------------------------------
+    /// Marks the export as going away; `on_idle` runs once no client is attached (possibly
+    /// immediately, inside this call). `hard` closes every client first.
+    void begin_shutdown(bool hard, std::function<void()> on_idle);
+    /// Drops the edge to the node.
+    void release();
+
+private:
+    export_options opts_;
+    block::edge edge_;
+    std::vector<client*> clients_;
+    bool shutting_down_ = false;
+    std::function<void()> on_idle_;
+};
+
+} // namespace bjd::exports

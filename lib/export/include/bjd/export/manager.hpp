@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// The export manager: the NBD server's life cycle and the set of block exports, with the
+/// semantics and error texts of qemu-storage-daemon 7.2's nbd-server-*, block-export-* and
+/// query-block-exports. QMP handlers (lib/qmp/commands/export_cmds.cpp) are glue over this.
+///
+/// Lives on the main loop; every call must be made there. Owned by the daemon, which must call
+/// `shutdown()` before destroying it (and before the block graph goes away).
+#include "bjd/export/export.hpp"
+#include "bjd/qapi/error.hpp"
+#include "bjd/qapi/event_sink.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bjd::exports {
+
+namespace asio = boost::asio;
+
+/// Where the NBD server listens (QEMU's SocketAddress, unix and inet only).
+struct listen_address {
+    enum class kind { unix_socket, inet } type = kind::unix_socket;
+    std::string path;   ///< unix
+    std::string host;   ///< inet
+    std::string port;   ///< inet: numeric port or service name; "0" picks a free port
+};
+
+struct nbd_server_options {
+    listen_address addr;
+    std::optional<std::string> tls_creds;   ///< rejected: TLS is not supported
+    std::optional<std::string> tls_authz;   ///< rejected with tls_creds
+    std::uint32_t max_connections = 0;      ///< 0 = unlimited
+};
+
+/// One row of query-block-exports.
+struct export_info {
+    std::string type = "nbd";
+    std::string id;
+    std::string node_name;
+    bool shutting_down = false;
+};
+
+/// Resource bounds per connection (defaults suit fio qd32 with 1 MiB requests).
+struct connection_limits {
+    unsigned max_in_flight = 64;                       ///< requests being processed
+    std::size_t max_buffered_bytes = 64u << 20;        ///< request/reply payload bytes held
+};
+
+namespace detail { class nbd_server; struct connection_tracker; }
+
+class manager {
+public:
+    /// `on_deleted(id)` runs whenever an export is finally gone (BLOCK_EXPORT_DELETED).
+    manager(asio::io_context& loop, std::function<void(const std::string&)> on_deleted);
+    /// The daemon's constructor: emits BLOCK_EXPORT_DELETED on `events` (generated emitter).
+    manager(asio::io_context& loop, qapi::event_sink& events);
+    ~manager();
+    manager(const manager&) = delete;
+    manager& operator=(const manager&) = delete;
+
+    // ---- NBD server ------------------------------------------------------------------------
+    /// nbd-server-start. Errors: "NBD server already running", "Failed to bind socket to P: …",
+    /// "TLS is not supported by blockjobd (tls-creds 'X')".
+    qapi::result<void> start_server(const nbd_server_options& opts);
+    /// nbd-server-stop: closes the listener and deletes every NBD export (hard).
+    /// Error: "NBD server not running".
+    qapi::result<void> stop_server();
+    bool server_running() const noexcept { return bool(server_); }
+    /// The bound address ("unix:/p" or "127.0.0.1:12345"), empty when not running.
+    std::string server_address() const;
+
+    /// Serves one already-connected stream socket (socket activation, unit tests), with or
+    /// without a running listener.
+    void serve(asio::generic::stream_protocol::socket sock);
+
+    // ---- exports ---------------------------------------------------------------------------
+    /// The checks block-export-add makes before it looks the node up: "Invalid block export
+    /// id", "Block export id 'X' is already in use".
+    qapi::result<void> check_new_id(std::string_view id) const;
+    /// block-export-add / nbd-server-add with the node already looked up. Errors: "NBD server
+    /// not running", "Invalid block export id", "Block export id 'X' is already in use",
+    /// "NBD server already has export named 'X'", "Block node is read-only" (writable export
+    /// of a read-only node), "export name 'X' too long".
+    qapi::result<void> add(export_options opts, std::shared_ptr<block::node> n);
+    /// block-export-del (`hard` = mode hard). Errors: "Export 'X' is not found",
+    /// "export 'X' still in use" (safe mode with clients), "Block export 'X' is already
+    /// shutting down"... Deletion (and `on_deleted`) happens once no client is left.
+    qapi::result<void> del(std::string_view id, bool hard);
+    /// query-block-exports: newest first, like QEMU.
+    std::vector<export_info> query() const;
+
+    /// The export a client asks for by NBD name (null if none or shutting down).
+    std::shared_ptr<block_export> find_by_name(std::string_view name) const;
+    std::shared_ptr<block_export> find_by_id(std::string_view id) const;
+    /// Exports visible to NBD_OPT_LIST, in creation order.
+    std::vector<std::shared_ptr<block_export>> listable() const;
+
+    const connection_limits& limits() const noexcept { return limits_; }
+    void set_limits(const connection_limits& l) { limits_ = l; }
+
+    /// Daemon shutdown: stops the server, hard-deletes every export (emitting their events)
+    /// and waits until every connection has finished its in-flight requests.
+    asio::awaitable<void> shutdown();
+
+    asio::io_context& loop() noexcept { return loop_; }
+
+private:
+    void finish_delete(const std::string& id);
+
+    asio::io_context& loop_;
+    std::function<void(const std::string&)> on_deleted_;
+    std::vector<std::shared_ptr<block_export>> exports_;   // creation order
+    std::unique_ptr<detail::nbd_server> server_;
+    std::shared_ptr<detail::connection_tracker> tracker_;
+    connection_limits limits_;
+};
+
+// ---- command line (qemu-storage-daemon syntax) ------------------------------------------------
+
+/// Parses the value of `--nbd-server`, e.g. "addr.type=unix,addr.path=/run/nbd.sock" or
+/// "addr.type=inet,addr.host=127.0.0.1,addr.port=10809,max-connections=4".
+/// Throws std::invalid_argument with a QEMU-like message on bad input (startup error).
+nbd_server_options parse_nbd_server_option(std::string_view text);
+
+/// Parses the value of `--export` for type=nbd, e.g.
+/// "type=nbd,id=e0,node-name=disk,name=disk,writable=on,description=…".
+/// Throws std::invalid_argument on bad input.
+export_options parse_export_option(std::string_view text);
+
+} // namespace bjd::exports

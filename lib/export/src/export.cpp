@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: MIT
+// block_export: the edge to the node and the set of attached clients.
+#include "bjd/export/export.hpp"
+
+#include <algorithm>
+#include <cassert>
+
+namespace bjd::exports {
+
+block_export::block_export(export_options opts, std::shared_ptr<block::node> n)
+    : opts_(std::move(opts))
+    , edge_(block::parent_kind::export_, "export '" + opts_.id + "'", "root")
+{
+    edge_.attach(std::move(n));
+}
+
+block_export::~block_export() = default;
+
+std::string block_export::node_name() const
+{
+    return edge_ ? edge_->name() : std::string();
+}
+
+void block_export::attach(client* c)
+{
+    clients_.push_back(c);
+}
+
+void block_export::detach(client* c)
+{
+    auto it = std::find(clients_.begin(), clients_.end(), c);
+    if (it == clients_.end())
+        return;
+    clients_.erase(it);
+    if (shutting_down_ && clients_.empty() && on_idle_) {
+        auto f = std::move(on_idle_);
+        on_idle_ = nullptr;
+        f();
+    }
+}
+
+void block_export::begin_shutdown(bool hard, std::function<void()> on_idle)
+{
+    assert(!shutting_down_);
+    shutting_down_ = true;
+    on_idle_ = std::move(on_idle);
+    if (hard) {
+        // close() never detaches synchronously: the connection detaches once its in-flight
+        // requests are done, so iterating over a copy is enough.
+        auto copy = clients_;
+        for (client* c : copy)
+            c->close();
+    }
+    if (clients_.empty() && on_idle_) {
+        auto f = std::move(on_idle_);
+        on_idle_ = nullptr;
+        f();
+    }
+}
+
+void block_export::release()
+{
+    edge_.detach();
+}
+
+} // namespace bjd::exports

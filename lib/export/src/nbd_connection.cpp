@@ -1,0 +1,434 @@
+// SPDX-License-Identifier: MIT
+// NBD transmission phase: request decoding, per-request coroutines, the reply writer.
+#include "nbd_connection.hpp"
+
+#include "bjd/log.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <cstring>
+
+namespace bjd::exports::detail {
+
+using namespace nbd;
+
+namespace {
+
+constexpr auto tok = asio::as_tuple(asio::use_awaitable);
+
+/// Most extents one BLOCK_STATUS reply describes (the spec lets us stop early).
+constexpr unsigned max_extents = 1024;
+/// Most replies gathered into one socket write.
+constexpr std::size_t max_batch = 64;
+
+std::string describe_peer(const connection::socket_type& s)
+{
+    boost::system::error_code ec;
+    auto ep = s.remote_endpoint(ec);
+    if (ec)
+        return "client";
+    if (ep.protocol().family() == AF_UNIX)
+        return "unix client";
+    if (ep.protocol().family() == AF_INET || ep.protocol().family() == AF_INET6) {
+        char host[64] = {};
+        auto* sa = reinterpret_cast<const sockaddr*>(ep.data());
+        if (sa->sa_family == AF_INET) {
+            auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+            ::inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+            return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+        }
+        auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+        ::inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
+    }
+    return "client";
+}
+
+} // namespace
+
+connection::connection(manager& m, socket_type sock, std::shared_ptr<connection_tracker> tracker)
+    : mgr_(m)
+    , socket_(std::move(sock))
+    , tracker_(std::move(tracker))
+    , changed_(mgr_.loop(), asio::steady_timer::time_point::max())
+    , handshake_timer_(mgr_.loop())
+{
+    peer_ = describe_peer(socket_);
+    ++tracker_->live;
+}
+
+connection::~connection()
+{
+    --tracker_->live;
+    tracker_->changed.cancel();
+}
+
+void connection::start(std::shared_ptr<connection> c)
+{
+    auto exec = c->socket_.get_executor();
+    auto& all = c->tracker_->all;
+    std::erase_if(all, [](auto& w) { return w.expired(); });
+    all.push_back(c);
+    asio::co_spawn(exec, run(std::move(c)), [](std::exception_ptr e) {
+        if (!e)
+            return;
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            log::get("nbd")->error("nbd connection failed: {}", ex.what());
+        }
+    });
+}
+
+void connection::close()
+{
+    if (closing_)
+        return;
+    closing_ = true;
+    boost::system::error_code ec;
+    // Wakes the read loop (EOF) and fails pending writes; the socket itself is closed once
+    // the in-flight requests are done.
+    socket_.shutdown(asio::socket_base::shutdown_both, ec);
+    handshake_timer_.cancel();
+    notify();
+}
+
+asio::awaitable<void> connection::run(std::shared_ptr<connection> self)
+{
+    co_await self->run_phases();
+    boost::system::error_code ec;
+    self->socket_.shutdown(asio::socket_base::shutdown_both, ec);
+    self->socket_.close(ec);
+    if (self->exp_)
+        self->exp_->detach(self.get());   // may finish an export deletion
+    log::get("nbd")->debug("nbd {}: disconnected", self->peer_);
+}
+
+asio::awaitable<void> connection::run_phases()
+{
+    std::weak_ptr<connection> weak = weak_from_this();
+    handshake_timer_.expires_after(handshake_timeout);
+    handshake_timer_.async_wait([weak](boost::system::error_code ec) {
+        auto self = weak.lock();
+        if (!ec && self && !self->handshake_done_) {
+            log::get("nbd")->info("nbd {}: handshake timed out", self->peer_);
+            self->close();
+        }
+    });
+    bool go = co_await handshake();
+    handshake_done_ = true;
+    handshake_timer_.cancel();
+    if (!go || closing_ || !exp_)
+        co_return;
+    if (exp_->shutting_down()) {
+        exp_.reset();
+        co_return;
+    }
+    exp_->attach(this);
+    log::get("nbd")->debug("nbd {}: export '{}' opened", peer_, exp_->name());
+    co_await transmission();
+}
+
+asio::awaitable<void> connection::wait_changed()
+{
+    co_await changed_.async_wait(tok);
+}
+
+asio::awaitable<bool> connection::discard_payload(std::uint32_t length)
+{
+    std::vector<std::byte> sink(std::min<std::uint32_t>(length, 1u << 20));
+    while (length > 0) {
+        std::size_t n = std::min<std::size_t>(length, sink.size());
+        auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(sink.data(), n), tok);
+        if (ec)
+            co_return false;
+        length -= std::uint32_t(n);
+    }
+    co_return true;
+}
+
+asio::awaitable<void> connection::transmission()
+{
+    auto self = shared_from_this();
+    asio::co_spawn(socket_.get_executor(), write_loop(self), [](std::exception_ptr e) {
+        if (e) {
+            try { std::rethrow_exception(e); }
+            catch (const std::exception& ex) { log::get("nbd")->error("nbd writer failed: {}", ex.what()); }
+        }
+    });
+
+    const auto& lim = mgr_.limits();
+    for (;;) {
+        std::array<std::byte, request_size> hdr;
+        auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(hdr), tok);
+        if (ec || closing_)
+            break;   // EOF or reset: the client went away; in-flight requests still finish
+        request req;
+        if (!decode_request(hdr, req)) {
+            log::get("nbd")->info("nbd {}: bad request magic, disconnecting", peer_);
+            break;
+        }
+        if (req.type == cmd_disc)
+            break;
+
+        std::size_t charge = 0;
+        if (req.type == cmd_write || req.type == cmd_read)
+            charge = req.length <= max_payload ? req.length : 0;
+        while (!closing_ && (in_flight_ >= lim.max_in_flight ||
+                             (in_flight_ > 0 && buffered_ + charge > lim.max_buffered_bytes)))
+            co_await wait_changed();
+        if (closing_)
+            break;
+
+        io::aligned_buffer payload;
+        if (req.type == cmd_write) {
+            if (req.length > max_payload) {
+                // Too big to buffer: skip the data so the stream stays in sync, then refuse.
+                if (!co_await discard_payload(req.length))
+                    break;
+                ++in_flight_;
+                enqueue(error_reply(req, err_inval, "request too large"));
+                continue;
+            }
+            payload = io::aligned_buffer(req.length);
+            auto [ec2, n2] = co_await asio::async_read(socket_, asio::buffer(payload.data(), req.length), tok);
+            if (ec2) {
+                log::get("nbd")->info("nbd {}: client vanished in the middle of a WRITE payload", peer_);
+                break;
+            }
+        }
+        ++in_flight_;
+        buffered_ += charge;
+        asio::co_spawn(socket_.get_executor(), process(self, req, std::move(payload), charge),
+                       [](std::exception_ptr e) {
+                           if (e) {
+                               try { std::rethrow_exception(e); }
+                               catch (const std::exception& ex) {
+                                   log::get("nbd")->error("nbd request failed: {}", ex.what());
+                               }
+                           }
+                       });
+    }
+
+    reading_done_ = true;
+    while (in_flight_ > 0 || !writer_done_) {
+        notify();
+        co_await wait_changed();
+    }
+}
+
+asio::awaitable<void> connection::process(std::shared_ptr<connection> self, request req,
+                                          io::aligned_buffer payload, std::size_t charge)
+{
+    reply r = co_await self->execute(req, payload);
+    payload = {};
+    r.charge = charge;
+    self->enqueue(std::move(r));
+}
+
+connection::reply connection::ok_reply(const request& req) const
+{
+    reply r;
+    encode_simple_reply(r.head, 0, req.cookie);
+    return r;
+}
+
+connection::reply connection::error_reply(const request& req, std::uint32_t error, std::string_view message) const
+{
+    reply r;
+    if (structured_) {
+        std::string_view msg = message.substr(0, 1024);
+        encode_chunk_header(r.head, chunk_flag_done, chunk_error, req.cookie, std::uint32_t(6 + msg.size()));
+        writer(r.head).u32(error).u16(std::uint16_t(msg.size())).bytes(msg);
+    } else {
+        encode_simple_reply(r.head, error, req.cookie);
+    }
+    return r;
+}
+
+asio::awaitable<connection::reply> connection::execute(const request& req, io::aligned_buffer& payload)
+{
+    auto fail = [&](std::uint32_t err, std::string_view msg) { return error_reply(req, err, msg); };
+    auto fail_ec = [&](const std::error_code& ec) {
+        return error_reply(req, to_wire_error(ec.value()), strerror_text(ec));
+    };
+
+    std::uint16_t allowed = cmd_flag_fua;
+    switch (req.type) {
+    case cmd_read: allowed |= structured_ ? cmd_flag_df : 0; break;
+    case cmd_write_zeroes: allowed |= cmd_flag_no_hole | cmd_flag_fast_zero; break;
+    case cmd_block_status: allowed |= cmd_flag_req_one; break;
+    case cmd_write: case cmd_flush: case cmd_trim: break;
+    default: co_return fail(err_inval, "unsupported command");
+    }
+    if (req.flags & ~allowed)
+        co_return fail(err_inval, "unsupported flags for this command");
+
+    auto node = exp_->node_shared();
+    if (!node)
+        co_return fail(err_shutdown, "export is shutting down");
+    const bool is_write = req.type == cmd_write || req.type == cmd_write_zeroes || req.type == cmd_trim;
+    if (is_write && !exp_->writable())
+        co_return fail(err_perm, "export is read-only");
+    if ((req.type == cmd_read || req.type == cmd_write) && req.length > max_payload)
+        co_return fail(err_inval, "request too large");
+    if (req.type != cmd_flush) {
+        std::uint64_t size = node->size();
+        if (req.offset > size || req.length > size - req.offset)
+            co_return fail(req.type == cmd_write || req.type == cmd_write_zeroes ? err_nospc : err_inval,
+                           "request beyond the end of the export");
+    }
+    const bool fua = (req.flags & cmd_flag_fua) || exp_->options().writethrough;
+
+    switch (req.type) {
+    case cmd_read: {
+        io::aligned_buffer buf(req.length);
+        if (req.length > 0) {
+            auto rr = co_await node->read(req.offset, buf.span());
+            if (!rr)
+                co_return fail_ec(rr.error());
+        }
+        reply r;
+        if (structured_) {
+            if (req.length == 0) {
+                encode_chunk_header(r.head, chunk_flag_done, chunk_none, req.cookie, 0);
+                co_return r;
+            }
+            encode_chunk_header(r.head, chunk_flag_done, chunk_offset_data, req.cookie, req.length + 8);
+            writer(r.head).u64(req.offset);
+        } else {
+            encode_simple_reply(r.head, 0, req.cookie);
+        }
+        r.data = std::move(buf);
+        r.data_len = req.length;
+        co_return r;
+    }
+    case cmd_write: {
+        auto rr = co_await node->write(req.offset, {payload.data(), req.length}, fua);
+        co_return rr ? ok_reply(req) : fail_ec(rr.error());
+    }
+    case cmd_flush: {
+        auto rr = co_await node->flush();
+        co_return rr ? ok_reply(req) : fail_ec(rr.error());
+    }
+    case cmd_trim: {
+        if (req.length > 0) {
+            auto rr = co_await node->discard(req.offset, req.length);
+            if (!rr && rr.error() != errno_error(ENOTSUP) && rr.error() != errno_error(EOPNOTSUPP))
+                co_return fail_ec(rr.error());
+            if (fua) {
+                auto fr = co_await node->flush();
+                if (!fr)
+                    co_return fail_ec(fr.error());
+            }
+        }
+        co_return ok_reply(req);
+    }
+    case cmd_write_zeroes: {
+        if (req.length > 0) {
+            block::zero_flags zf;
+            zf.may_unmap = !(req.flags & cmd_flag_no_hole);
+            zf.no_fallback = req.flags & cmd_flag_fast_zero;
+            auto rr = co_await node->write_zeroes(req.offset, req.length, zf);
+            if (!rr)
+                co_return fail_ec(rr.error());
+            if (fua) {
+                auto fr = co_await node->flush();
+                if (!fr)
+                    co_return fail_ec(fr.error());
+            }
+        }
+        co_return ok_reply(req);
+    }
+    case cmd_block_status:
+        co_return co_await block_status(req, *node);
+    }
+    co_return fail(err_inval, "unsupported command");
+}
+
+asio::awaitable<connection::reply> connection::block_status(const request& req, block::node& n)
+{
+    if (!structured_ || !meta_allocation_)
+        co_return error_reply(req, err_inval, "no metadata context was negotiated");
+    if (req.length == 0)
+        co_return error_reply(req, err_inval, "BLOCK_STATUS of an empty range");
+
+    const bool one = req.flags & cmd_flag_req_one;
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> extents;   // (length, flags)
+    std::uint64_t pos = req.offset;
+    const std::uint64_t end = req.offset + req.length;
+    while (pos < end && extents.size() < (one ? 1u : max_extents)) {
+        auto st = co_await n.block_status(pos, end - pos);
+        if (!st)
+            co_return error_reply(req, to_wire_error(st.error().value()), strerror_text(st.error()));
+        std::uint64_t len = std::min<std::uint64_t>(st->length, end - pos);
+        if (len == 0)
+            break;
+        std::uint32_t flags = ((st->flags & block::status_data) ? 0 : state_hole) |
+                              ((st->flags & block::status_zero) ? state_zero : 0);
+        if (!extents.empty() && extents.back().second == flags && !one)
+            extents.back().first += std::uint32_t(len);
+        else
+            extents.emplace_back(std::uint32_t(len), flags);
+        pos += len;
+    }
+    reply r;
+    encode_chunk_header(r.head, chunk_flag_done, chunk_block_status, req.cookie,
+                        std::uint32_t(4 + 8 * extents.size()));
+    writer w(r.head);
+    w.u32(base_allocation_id);
+    for (auto& [len, flags] : extents)
+        w.u32(len).u32(flags);
+    co_return r;
+}
+
+void connection::enqueue(reply r)
+{
+    queue_.push_back(std::move(r));
+    notify();
+}
+
+asio::awaitable<void> connection::write_loop(std::shared_ptr<connection> self)
+{
+    std::vector<reply> batch;
+    std::vector<asio::const_buffer> bufs;
+    for (;;) {
+        while (self->queue_.empty() && !(self->reading_done_ && self->in_flight_ == 0))
+            co_await self->wait_changed();
+        if (self->queue_.empty())
+            break;
+        batch.clear();
+        bufs.clear();
+        while (!self->queue_.empty() && batch.size() < max_batch) {
+            batch.push_back(std::move(self->queue_.front()));
+            self->queue_.pop_front();
+            auto& r = batch.back();
+            bufs.push_back(asio::buffer(r.head));
+            if (r.data_len)
+                bufs.push_back(asio::buffer(r.data.data(), r.data_len));
+        }
+        if (!self->closing_) {
+            auto [ec, n] = co_await asio::async_write(self->socket_, bufs, tok);
+            if (ec) {
+                // The client is gone: keep completing requests (their writes still reach the
+                // node), but stop reading and drop the replies.
+                log::get("nbd")->debug("nbd {}: reply not sent: {}", self->peer_, ec.message());
+                self->close();
+            }
+        }
+        for (auto& r : batch) {
+            --self->in_flight_;
+            self->buffered_ -= r.charge;
+        }
+        batch.clear();
+        self->notify();
+    }
+    self->writer_done_ = true;
+    self->notify();
+}
+
+} // namespace bjd::exports::detail

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// One NBD client connection: fixed-newstyle handshake, then the transmission phase.
+//
+// The read loop decodes one request at a time, reads a WRITE's payload, and spawns a request
+// coroutine for it, so many requests run at once. Replies are queued and sent by a single
+// writer coroutine, which gathers everything queued into one write. The number of requests in
+// flight and the payload bytes they hold are bounded (manager::limits()); the read loop waits
+// for room before it reads further. A connection ends on DISC, EOF, a protocol error or
+// close(); it always waits for its in-flight requests (so acknowledged and received writes
+// reach the node) before it detaches from its export.
+#include "bjd/export/manager.hpp"
+#include "bjd/export/nbd_protocol.hpp"
+#include "bjd/io/buffer.hpp"
+
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bjd::exports::detail {
+
+/// Counts live connections so that shutdown can wait for them.
+struct connection_tracker {
+    explicit connection_tracker(asio::io_context& loop) : changed(loop, asio::steady_timer::time_point::max()) {}
+    std::size_t live = 0;
+    std::vector<std::weak_ptr<class connection>> all;   // for closing everything at shutdown
+    asio::steady_timer changed;   // expiry is never reset: cancel() wakes every waiter
+};
+
+class connection final : public client, public std::enable_shared_from_this<connection> {
+public:
+    using socket_type = asio::generic::stream_protocol::socket;
+
+    connection(manager& m, socket_type sock, std::shared_ptr<connection_tracker> tracker);
+    ~connection() override;
+
+    /// Spawns the connection's coroutine on the main loop (which keeps it alive).
+    static void start(std::shared_ptr<connection> c);
+
+    void close() override;
+
+private:
+    struct reply {
+        std::vector<std::byte> head;
+        io::aligned_buffer data;      // optional payload after head
+        std::size_t data_len = 0;
+        std::size_t charge = 0;       // bytes counted against the buffer limit
+    };
+
+    static asio::awaitable<void> run(std::shared_ptr<connection> self);
+    asio::awaitable<void> run_phases();
+
+    // handshake (nbd_handshake.cpp): true when transmission should start with exp_ set
+    asio::awaitable<bool> handshake();
+    asio::awaitable<bool> send(std::vector<std::byte> bytes);
+    asio::awaitable<bool> send_option_reply(std::uint32_t option, std::uint32_t type,
+                                            std::vector<std::byte> payload = {});
+    asio::awaitable<bool> send_error(std::uint32_t option, std::uint32_t type, std::string message);
+    /// 1 = continue option haggling, 2 = enter transmission, 0 = drop the connection
+    asio::awaitable<int> handle_option(std::uint32_t option, std::vector<std::byte> data);
+    asio::awaitable<int> handle_info_go(std::uint32_t option, std::span<const std::byte> data);
+    asio::awaitable<int> handle_meta_context(std::uint32_t option, std::span<const std::byte> data);
+    std::uint16_t transmission_flags(const block_export& e) const;
+
+    // transmission (nbd_connection.cpp)
+    asio::awaitable<void> transmission();
+    static asio::awaitable<void> process(std::shared_ptr<connection> self, nbd::request req,
+                                         io::aligned_buffer payload, std::size_t charge);
+    asio::awaitable<reply> execute(const nbd::request& req, io::aligned_buffer& payload);
+    asio::awaitable<reply> block_status(const nbd::request& req, block::node& n);
+    reply error_reply(const nbd::request& req, std::uint32_t error, std::string_view message) const;
+    reply ok_reply(const nbd::request& req) const;
+    asio::awaitable<bool> discard_payload(std::uint32_t length);
+    void enqueue(reply r);
+    static asio::awaitable<void> write_loop(std::shared_ptr<connection> self);
+    asio::awaitable<void> wait_changed();
+    void notify() { changed_.cancel(); }
+
+    manager& mgr_;
+    socket_type socket_;
+    std::shared_ptr<connection_tracker> tracker_;
+    asio::steady_timer changed_;          // expiry never reset; see connection_tracker
+    asio::steady_timer handshake_timer_;
+    std::shared_ptr<block_export> exp_;
+    std::string peer_;
+
+    bool no_zeroes_ = false;
+    bool structured_ = false;
+    bool meta_allocation_ = false;        // base:allocation selected
+    std::string meta_export_;             // export name the meta context was set for
+    bool handshake_done_ = false;
+
+    bool closing_ = false;                // close() called or socket broken
+    bool reading_done_ = false;
+    bool writer_done_ = false;
+    unsigned in_flight_ = 0;
+    std::size_t buffered_ = 0;
+    std::deque<reply> queue_;
+};
+
+/// Bounds for the handshake: a client gets this long to reach the transmission phase.
+inline constexpr auto handshake_timeout = std::chrono::seconds(10);
+
+} // namespace bjd::exports::detail

@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: MIT
+// Block export commands: nbd-server-start/stop, block-export-add/del, nbd-server-add/remove,
+// query-block-exports. Glue over bjd::exports::manager (lib/export).
+#include "bjd/block/graph.hpp"
+#include "bjd/export/manager.hpp"
+#include "bjd/qapi/commands.hpp"
+#include "bjd/qmp/context.hpp"
+
+namespace bjd::qapi {
+
+namespace {
+
+/// QEMU 7.2's SocketAddressLegacy → our listen address; refuses what blockjobd cannot do.
+result<exports::listen_address> to_listen_address(const socket_address_legacy& a)
+{
+    exports::listen_address out;
+    switch (a.type) {
+    case socket_address_type::unix: {
+        const auto& u = a.u.unix->data;
+        if (u.abstract.value_or(false))
+            return generic("Abstract unix sockets are not supported by blockjobd");
+        out.type = exports::listen_address::kind::unix_socket;
+        out.path = u.path;
+        return out;
+    }
+    case socket_address_type::inet: {
+        const auto& i = a.u.inet->data;
+        if (i.to)
+            return generic("Port ranges ('to') are not supported by blockjobd");
+        if (i.mptcp.value_or(false))
+            return generic("MPTCP is not supported by blockjobd");
+        out.type = exports::listen_address::kind::inet;
+        out.host = i.host;
+        out.port = i.port;
+        return out;
+    }
+    case socket_address_type::vsock:
+        return generic("vsock addresses are not supported by blockjobd");
+    case socket_address_type::fd:
+        return generic("only QEMU supports file descriptor passing");
+    }
+    return generic("unsupported address type");
+}
+
+result<void> not_running_if_absent(qmp::context& ctx)
+{
+    if (!ctx.exports || !ctx.exports->server_running())
+        return generic("NBD server not running");
+    return {};
+}
+
+} // namespace
+
+boost::asio::awaitable<result<void>> qmp_nbd_server_start(qmp::context& ctx, nbd_server_start_args args)
+{
+    if (!ctx.exports)
+        co_return generic("NBD exports are not available");
+    if (ctx.exports->server_running())
+        co_return generic("NBD server already running");
+    auto addr = to_listen_address(args.addr);
+    if (!addr)
+        co_return addr.error();
+    exports::nbd_server_options o;
+    o.addr = std::move(*addr);
+    o.tls_creds = std::move(args.tls_creds);
+    o.tls_authz = std::move(args.tls_authz);
+    o.max_connections = args.max_connections.value_or(0);
+    co_return ctx.exports->start_server(o);
+}
+
+boost::asio::awaitable<result<void>> qmp_nbd_server_stop(qmp::context& ctx)
+{
+    if (auto r = not_running_if_absent(ctx); !r)
+        co_return r;
+    co_return ctx.exports->stop_server();
+}
+
+boost::asio::awaitable<result<void>> qmp_block_export_add(qmp::context& ctx, block_export_options args)
+{
+    if (args.type != block_export_type::nbd)
+        co_return generic("No driver found for the requested export type");
+    if (!ctx.exports)
+        co_return generic("NBD server not running");
+    if (auto r = ctx.exports->check_new_id(args.id); !r)
+        co_return r;
+    auto n = ctx.graph->find(args.node_name);
+    if (!n)
+        co_return generic("Cannot find device='' nor node-name='" + args.node_name + "'");
+    if (args.iothread)
+        co_return generic("iothread \"" + *args.iothread + "\" not found");
+    exports::export_options o;
+    o.id = args.id;
+    o.node_name = args.node_name;
+    if (args.u.nbd) {
+        o.name = args.u.nbd->name.value_or("");
+        o.description = args.u.nbd->description;
+    }
+    o.writable = args.writable.value_or(false);
+    o.writethrough = args.writethrough.value_or(false);
+    co_return ctx.exports->add(std::move(o), std::move(n));
+}
+
+boost::asio::awaitable<result<void>> qmp_block_export_del(qmp::context& ctx, block_export_del_args args)
+{
+    if (!ctx.exports)
+        co_return generic("Export '" + args.id + "' is not found");
+    bool hard = args.mode.value_or(block_export_remove_mode::safe) == block_export_remove_mode::hard;
+    co_return ctx.exports->del(args.id, hard);
+}
+
+boost::asio::awaitable<result<void>> qmp_nbd_server_add(qmp::context& ctx, nbd_server_add_options args)
+{
+    if (auto r = not_running_if_absent(ctx); !r)
+        co_return r;
+    std::string name = args.name.value_or(args.device);
+    if (auto r = ctx.exports->check_new_id(name); !r)
+        co_return r;
+    auto n = ctx.graph->lookup(args.device);
+    if (!n)
+        co_return n.error();
+    if (args.bitmap)
+        co_return generic("Exporting dirty bitmaps is not supported by blockjobd");
+    exports::export_options o;
+    o.id = name;
+    o.node_name = args.device;
+    o.name = name;
+    o.description = args.description;
+    o.writable = args.writable.value_or(false);
+    co_return ctx.exports->add(std::move(o), std::move(*n));
+}
+
+boost::asio::awaitable<result<void>> qmp_nbd_server_remove(qmp::context& ctx, nbd_server_remove_args args)
+{
+    if (auto r = not_running_if_absent(ctx); !r)
+        co_return r;
+    bool hard = args.mode.value_or(block_export_remove_mode::safe) == block_export_remove_mode::hard;
+    co_return ctx.exports->del(args.name, hard);
+}
+
+boost::asio::awaitable<result<std::vector<block_export_info>>> qmp_query_block_exports(qmp::context& ctx)
+{
+    std::vector<block_export_info> out;
+    if (!ctx.exports)
+        co_return out;
+    for (auto& e : ctx.exports->query())
+        out.push_back({e.id, block_export_type::nbd, e.node_name, e.shutting_down});
+    co_return out;
+}
+
+} // namespace bjd::qapi

@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: MIT
+// NBD transmission: data commands, errors, many requests in flight, export life cycle.
+#include "nbd_fixture.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <map>
+
+using namespace bjd;
+using namespace bjd::test;
+
+namespace {
+
+asio::awaitable<void> write_read_roundtrip(fixture& f)
+{
+    client_conn c(f.mgr);
+    co_await c.open("disk", false);
+    bytes data = pattern(65536, 3);
+    co_await c.request(nbd::cmd_write, 1, 8192, 65536, nbd::cmd_flag_fua, &data);
+    auto w = co_await c.simple_reply();
+    CHECK(w.error == 0);
+    CHECK(w.cookie == 1);
+    CHECK(f.disk->fua_writes == 1);
+    co_await c.request(nbd::cmd_read, 2, 8192, 65536);
+    auto r = co_await c.simple_reply();
+    CHECK(r.error == 0);
+    {
+        auto got_ = co_await c.read(65536);
+        CHECK(got_ == data);
+    }
+    // Errors: beyond the end (read EINVAL, write ENOSPC), unknown command, bad flags, too big.
+    co_await c.request(nbd::cmd_read, 3, (1u << 20) - 512, 1024);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == nbd::err_inval);
+    }
+    bytes small = pattern(1024, 1);
+    co_await c.request(nbd::cmd_write, 4, (1u << 20) - 512, 1024, 0, &small);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == nbd::err_nospc);
+    }
+    co_await c.request(99, 5, 0, 0);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == nbd::err_inval);
+    }
+    co_await c.request(nbd::cmd_read, 6, 0, 512, nbd::cmd_flag_req_one);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == nbd::err_inval);
+    }
+    co_await c.request(nbd::cmd_read, 7, 0, nbd::max_payload + 1);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == nbd::err_inval);
+    }
+    // An oversized WRITE: the payload is skipped, the stream stays usable.
+    bytes huge(nbd::max_payload + 4096, std::byte{0x5a});
+    co_await c.request(nbd::cmd_write, 8, 0, std::uint32_t(huge.size()), 0, &huge);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == nbd::err_inval);
+    }
+    co_await c.request(nbd::cmd_flush, 9, 0, 0);
+    auto fl = co_await c.simple_reply();
+    CHECK(fl.cookie == 9);
+    CHECK(fl.error == 0);
+    CHECK(f.disk->flushes == 1);
+    // Write zeroes (NO_HOLE) and trim.
+    co_await c.request(nbd::cmd_write_zeroes, 10, 8192, 4096, nbd::cmd_flag_no_hole);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == 0);
+    }
+    CHECK(f.disk->zero_writes == 1);
+    CHECK_FALSE(f.disk->last_zero_flags.may_unmap);
+    co_await c.request(nbd::cmd_trim, 11, 16384, 4096);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == 0);
+    }
+    CHECK(f.disk->discards == 1);
+    co_await c.request(nbd::cmd_read, 12, 8192, 16384);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == 0);
+    }
+    bytes back = co_await c.read(16384);
+    bytes expect(data.begin(), data.begin() + 16384);
+    std::fill(expect.begin(), expect.begin() + 4096, std::byte{0});
+    std::fill(expect.begin() + 8192, expect.begin() + 12288, std::byte{0});
+    CHECK(back == expect);
+    co_await c.request(nbd::cmd_disc, 13, 0, 0);
+    {
+        auto got_ = co_await c.at_eof();
+        CHECK(got_);
+    }
+}
+
+asio::awaitable<void> structured_read_and_status(fixture& f)
+{
+    client_conn c(f.mgr);
+    co_await c.open("disk");
+    bytes data = pattern(8192, 9);
+    co_await c.request(nbd::cmd_write, 1, 4096, 8192, 0, &data);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == 0);
+    }
+    co_await c.request(nbd::cmd_read, 2, 4096, 8192, nbd::cmd_flag_df);
+    auto ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_offset_data);
+    CHECK(ch.flags == nbd::chunk_flag_done);
+    CHECK(nbd::load_be64(ch.payload.data()) == 4096);
+    CHECK(bytes(ch.payload.begin() + 8, ch.payload.end()) == data);
+    // Errors come as ERROR chunks with a message.
+    co_await c.request(nbd::cmd_read, 3, 1u << 20, 1);
+    ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_error);
+    CHECK(nbd::load_be32(ch.payload.data()) == nbd::err_inval);
+    // base:allocation: hole, data (4 KiB..12 KiB), hole to the end.
+    co_await c.request(nbd::cmd_block_status, 4, 0, 1u << 20);
+    ch = co_await c.chunk_reply();
+    REQUIRE(ch.type == nbd::chunk_block_status);
+    CHECK(nbd::load_be32(ch.payload.data()) == nbd::base_allocation_id);
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> ext;
+    for (std::size_t i = 4; i + 8 <= ch.payload.size(); i += 8)
+        ext.emplace_back(nbd::load_be32(ch.payload.data() + i), nbd::load_be32(ch.payload.data() + i + 4));
+    using P = std::pair<std::uint32_t, std::uint32_t>;
+    CHECK(ext == std::vector<P>{{4096, nbd::state_hole | nbd::state_zero}, {8192, 0},
+                                {(1u << 20) - 12288, nbd::state_hole | nbd::state_zero}});
+    co_await c.request(nbd::cmd_block_status, 5, 0, 1u << 20, nbd::cmd_flag_req_one);
+    ch = co_await c.chunk_reply();
+    CHECK(ch.payload.size() == 12);
+}
+
+asio::awaitable<void> many_in_flight(fixture& f, unsigned n)
+{
+    client_conn c(f.mgr);
+    co_await c.open("disk", false);
+    // Send everything before reading any reply: the server must keep reading while requests
+    // run, and answer each cookie exactly once.
+    bytes all;
+    std::map<std::uint64_t, bytes> written;
+    for (unsigned i = 0; i < n; ++i) {
+        bytes d = pattern(4096, i);
+        nbd::encode_request(all, {0, nbd::cmd_write, 1000 + i, std::uint64_t(i % 256) * 4096, 4096});
+        all.insert(all.end(), d.begin(), d.end());
+        written[i % 256] = d;
+    }
+    co_await c.write(all);
+    std::map<std::uint64_t, int> seen;
+    for (unsigned i = 0; i < n; ++i) {
+        auto r = co_await c.simple_reply();
+        CHECK(r.error == 0);
+        seen[r.cookie]++;
+    }
+    CHECK(seen.size() == n);
+    for (auto& [blk, d] : written)
+        CHECK(std::equal(d.begin(), d.end(), f.disk->data_.begin() + blk * 4096));
+}
+
+asio::awaitable<void> read_only_export(fixture& f)
+{
+    client_conn c(f.mgr);
+    co_await c.open("disk", false);
+    bytes d = pattern(512, 1);
+    co_await c.request(nbd::cmd_write, 1, 0, 512, 0, &d);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == nbd::err_perm);
+    }
+    co_await c.request(nbd::cmd_write_zeroes, 2, 0, 512);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == nbd::err_perm);
+    }
+    co_await c.request(nbd::cmd_read, 3, 0, 512);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == 0);
+    }
+    (void)co_await c.read(512);
+    CHECK(f.disk->writes == 0);
+}
+
+asio::awaitable<void> vanish_mid_payload(fixture& f)
+{
+    {
+        client_conn c(f.mgr);
+        co_await c.open("disk", false);
+        bytes d = pattern(4096, 2);
+        co_await c.request(nbd::cmd_write, 1, 0, 4096, 0, &d);   // complete write: must land
+        bytes partial;
+        nbd::encode_request(partial, {0, nbd::cmd_write, 2, 8192, 65536});
+        partial.resize(partial.size() + 100);
+        co_await c.write(partial);
+    }   // client closes its socket here
+}
+
+asio::awaitable<void> open_and_hold(fixture& f, client_conn& c)
+{
+    co_await c.open("disk", false);
+}
+
+asio::awaitable<bool> read_byte_after_pivot(fixture& f, client_conn& c)
+{
+    co_await c.request(nbd::cmd_read, 1, 0, 1);
+    auto r = co_await c.simple_reply();
+    bytes b = co_await c.read(1);
+    co_return r.error == 0 && b[0] == std::byte{0xab};
+}
+
+} // namespace
+
+TEST_CASE("export: simple replies for data commands and errors", "[export]")
+{
+    fixture f;
+    run(f.io, write_read_roundtrip(f));
+}
+
+TEST_CASE("export: structured READ and base:allocation BLOCK_STATUS", "[export]")
+{
+    fixture f;
+    run(f.io, structured_read_and_status(f));
+}
+
+TEST_CASE("export: many requests in flight on one connection", "[export]")
+{
+    fixture f;
+    SECTION("within the limits") { run(f.io, many_in_flight(f, 200)); }
+    SECTION("with tight limits the server applies back-pressure") {
+        f.mgr.set_limits({.max_in_flight = 2, .max_buffered_bytes = 8192});
+        run(f.io, many_in_flight(f, 200));
+    }
+}
+
+TEST_CASE("export: read-only export refuses writes with EPERM", "[export]")
+{
+    fixture f(false);
+    run(f.io, read_only_export(f));
+}
+
+TEST_CASE("export: client vanishing mid-payload keeps completed writes", "[export]")
+{
+    fixture f;
+    run(f.io, vanish_mid_payload(f));
+    settle(f.io);
+    CHECK(f.disk->writes == 1);
+    CHECK(std::equal(f.disk->data_.begin(), f.disk->data_.begin() + 4096, pattern(4096, 2).begin()));
+    CHECK(f.mgr.find_by_id("e0")->clients() == 0);
+}
+
+TEST_CASE("export: block-export-del modes and BLOCK_EXPORT_DELETED", "[export]")
+{
+    fixture f;
+    client_conn c(f.mgr);
+    run(f.io, open_and_hold(f, c));
+    settle(f.io);
+    auto r = f.mgr.del("e0", false);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().desc == "export 'e0' still in use");
+    CHECK(f.mgr.del("zz", false).error().desc == "Export 'zz' is not found");
+    REQUIRE(f.mgr.del("e0", true).has_value());
+    auto q = f.mgr.query();
+    REQUIRE(q.size() == 1);
+    CHECK(q[0].shutting_down);
+    CHECK(f.mgr.del("e0", true).error().desc == "Export 'e0' is already shutting down");
+    CHECK(f.deleted.empty());   // the client still has to go
+    settle(f.io);
+    CHECK(f.deleted == std::vector<std::string>{"e0"});
+    CHECK(f.mgr.query().empty());
+    CHECK(f.disk->parents().empty());
+}
+
+TEST_CASE("export: add errors use qemu-storage-daemon's texts", "[export]")
+{
+    fixture f;
+    exports::export_options o;
+    o.id = "e0";
+    o.node_name = "disk";
+    CHECK(f.mgr.add(o, f.disk).error().desc == "Block export id 'e0' is already in use");
+    o.id = "1x";
+    CHECK(f.mgr.add(o, f.disk).error().desc == "Invalid block export id");
+    o.id = "e1";
+    CHECK(f.mgr.add(o, f.disk).error().desc == "NBD server already has export named 'disk'");
+    CHECK(f.mgr.start_server({}).error().desc == "NBD server already running");
+    REQUIRE(f.mgr.stop_server().has_value());
+    CHECK(f.deleted == std::vector<std::string>{"e0"});
+    CHECK(f.mgr.stop_server().error().desc == "NBD server not running");
+    o.name = "x";
+    CHECK(f.mgr.add(o, f.disk).error().desc == "NBD server not running");
+    exports::nbd_server_options tls;
+    tls.addr.path = f.sock_path;
+    tls.tls_creds = "tls0";
+    CHECK(f.mgr.start_server(tls).error().desc == "TLS is not supported by blockjobd (tls-creds 'tls0')");
+}
+
+TEST_CASE("export: a pivot redirects the export to the new node", "[export]")
+{
+    fixture f;
+    client_conn c(f.mgr);
+    run(f.io, open_and_hold(f, c));
+    auto target = std::make_shared<mem_node>("target", 1u << 20);
+    target->data_[0] = std::byte{0xab};
+    block::replace_node(*f.disk, target);
+    CHECK(f.mgr.query()[0].node_name == "target");
+    CHECK(run(f.io, read_byte_after_pivot(f, c)));
+}
