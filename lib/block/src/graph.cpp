@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cassert>
 #include <cctype>
+#include <climits>
+#include <cstdlib>
 
 namespace bjd::block {
 
@@ -133,30 +135,31 @@ struct opener {
     graph& g;
     std::vector<std::shared_ptr<node>> made;
 
-    qapi::result<std::shared_ptr<node>> child_ref(const qapi::blockdev_ref& ref, const inherited& inh)
+    asio::awaitable<qapi::result<std::shared_ptr<node>>> child_ref(const qapi::blockdev_ref& ref, const inherited& inh)
     {
         if (const auto* name = std::get_if<std::string>(&ref))
-            return g.lookup(*name);
-        return open_one(*std::get<qapi::box<qapi::blockdev_options>>(ref), inh, false);
+            co_return g.lookup(*name);
+        co_return co_await open_one(*std::get<qapi::box<qapi::blockdev_options>>(ref), inh, false);
     }
 
-    qapi::result<std::shared_ptr<node>> open_one(const qapi::blockdev_options& o, const inherited& inh, bool top)
+    asio::awaitable<qapi::result<std::shared_ptr<node>>> open_one(const qapi::blockdev_options& o,
+                                                                  const inherited& inh, bool top)
     {
         std::string name;
         if (o.node_name) {
             name = *o.node_name;
             if (auto r = check_node_name(name); !r)
-                return r.error();
+                co_return r.error();
             if (g.find(name) || std::any_of(made.begin(), made.end(), [&](auto& n) { return n->name() == name; }))
-                return qapi::generic("Duplicate nodes with node-name='" + name + "'");
+                co_return qapi::generic("Duplicate nodes with node-name='" + name + "'");
         } else if (top) {
-            return qapi::generic("'node-name' must be specified for the root node");
+            co_return qapi::generic("'node-name' must be specified for the root node");
         } else {
             name = g.auto_name();
         }
         auto common = common_options(o, inh, name);
         if (!common)
-            return common.error();
+            co_return common.error();
         inherited mine{common->read_only, common->cache_direct, common->cache_no_flush, common->discard_unmap};
 
         qapi::result<std::shared_ptr<node>> n = qapi::generic("Driver not supported");
@@ -166,36 +169,167 @@ struct opener {
             fo.filename = f.filename;
             auto aio = f.aio.value_or(qapi::blockdev_aio_options::io_uring);
             if (aio == qapi::blockdev_aio_options::native && !common->cache_direct)
-                return qapi::generic("aio=native was specified, but it requires cache.direct=on, which was not specified.");
+                co_return qapi::generic("aio=native was specified, but it requires cache.direct=on, which was not specified.");
             fo.use_uring = aio != qapi::blockdev_aio_options::threads;
             fo.locking = f.locking.value_or(qapi::on_off_auto::auto_) != qapi::on_off_auto::off;
             n = open_file(std::move(*common), fo, fo.use_uring ? g.engine() : g.thread_engine());
         } else if (o.u.raw) {
             const auto& r = *o.u.raw;
-            auto file = child_ref(r.file, mine);
+            auto file = co_await child_ref(r.file, mine);
             if (!file)
-                return file.error();
+                co_return file.error();
             std::optional<std::uint64_t> size;
             if (r.size) {
                 if (*r.size < 0)
-                    return qapi::generic("size must be a non-negative number");
+                    co_return qapi::generic("size must be a non-negative number");
                 size = static_cast<std::uint64_t>(*r.size);
             }
             std::int64_t offset = r.offset.value_or(0);
             if (offset < 0)
-                return qapi::generic("offset must be a non-negative number");
+                co_return qapi::generic("offset must be a non-negative number");
             n = open_raw(std::move(*common), *file, static_cast<std::uint64_t>(offset), size);
         } else if (o.u.null_co || o.u.null_aio) {
             const auto& nu = o.u.null_co ? *o.u.null_co : *o.u.null_aio;
             std::int64_t size = nu.size.value_or(std::int64_t(1) << 30);
             if (size < 0)
-                return qapi::generic("size must be a non-negative number");
+                co_return qapi::generic("size must be a non-negative number");
             n = open_null(std::move(*common), o.u.null_co ? "null-co" : "null-aio", static_cast<std::uint64_t>(size),
                           nu.latency_ns.value_or(0), nu.read_zeroes.value_or(false));
+        } else if (o.u.qcow2) {
+            n = co_await open_qcow2_node(*o.u.qcow2, std::move(*common), mine);
         }
         if (n)
             made.push_back(*n);
-        return n;
+        co_return n;
+    }
+
+    // ---- qcow2 and backing chains ----
+
+    asio::awaitable<qapi::result<std::shared_ptr<node>>> open_qcow2_node(const qapi::blockdev_options_qcow2& q,
+                                                                         node_options common, const inherited& mine)
+    {
+        qcow2_open_options qo;
+        for (auto v : {q.cache_size, q.l2_cache_size, q.refcount_cache_size})
+            if (v && *v < 0)
+                co_return qapi::generic("Cache sizes must not be negative");
+        if (q.cache_size && q.l2_cache_size && q.refcount_cache_size)
+            co_return qapi::generic("cache-size, l2-cache-size and refcount-cache-size may not be set at the same time");
+        qo.l2_cache_bytes = static_cast<std::uint64_t>(q.l2_cache_size.value_or(0));
+        qo.refcount_cache_bytes = static_cast<std::uint64_t>(q.refcount_cache_size.value_or(0));
+        if (q.cache_size) {
+            auto total = static_cast<std::uint64_t>(*q.cache_size);
+            if (qo.l2_cache_bytes > total || qo.refcount_cache_bytes > total)
+                co_return qapi::generic("l2-cache-size and refcount-cache-size may not exceed cache-size");
+            if (!qo.l2_cache_bytes && !qo.refcount_cache_bytes)
+                qo.refcount_cache_bytes = total / 4;
+            if (!qo.l2_cache_bytes)
+                qo.l2_cache_bytes = std::max<std::uint64_t>(1, total - qo.refcount_cache_bytes);
+            else if (!qo.refcount_cache_bytes)
+                qo.refcount_cache_bytes = std::max<std::uint64_t>(1, total - qo.l2_cache_bytes);
+        }
+        auto file = co_await child_ref(q.file, mine);
+        if (!file)
+            co_return file.error();
+        auto n = co_await open_qcow2(std::move(common), *file, qo);
+        if (!n)
+            co_return n;
+        // Backing children are read-only unless given otherwise (QEMU's bdrv_backing_options).
+        inherited binh = mine;
+        binh.read_only = true;
+        std::shared_ptr<node> backing;
+        if (q.backing) {
+            if (const auto* ref = std::get_if<std::string>(&*q.backing)) {
+                auto b = g.lookup(*ref);
+                if (!b)
+                    co_return b.error();
+                backing = *b;
+            } else if (const auto* def = std::get_if<qapi::box<qapi::blockdev_options>>(&*q.backing)) {
+                auto b = co_await open_one(**def, binh, false);
+                if (!b)
+                    co_return b.error();
+                backing = *b;
+            }
+        } else if (const auto* info = qcow2_info(**n); info && !info->backing_file.empty()) {
+            std::vector<std::string> chain;
+            char real[PATH_MAX];
+            if (::realpath((*file)->filename().c_str(), real))
+                chain.emplace_back(real);
+            auto b = co_await open_backing_from_header((*file)->filename(), *info, binh, std::move(chain));
+            if (!b)
+                co_return b.error();
+            backing = *b;
+        }
+        if (backing)
+            if (auto r = set_qcow2_backing(**n, backing); !r)
+                co_return r.error();
+        co_return n;
+    }
+
+    /// Opens the backing file a qcow2 header names: relative to the image's directory, in the
+    /// format the header gives (probed when absent), read-only, with "#blockN" names. `chain`
+    /// holds the real paths of the images above it, to refuse loops.
+    asio::awaitable<qapi::result<std::shared_ptr<node>>> open_backing_from_header(std::string image,
+                                                                                  qcow2_image_info info,
+                                                                                  inherited inh,
+                                                                                  std::vector<std::string> chain)
+    {
+        constexpr std::size_t max_chain = 256;
+        std::string path = info.backing_file;
+        if (path.rfind("json:", 0) == 0)
+            co_return qapi::generic("Could not open backing file: json: file names are not supported");
+        if (!path.empty() && path[0] != '/' && image.find('/') != std::string::npos)
+            path = image.substr(0, image.rfind('/') + 1) + path;
+        char real[PATH_MAX];
+        if (::realpath(path.c_str(), real)) {
+            if (std::find(chain.begin(), chain.end(), real) != chain.end())
+                co_return qapi::generic("Backing file '" + path + "' creates a loop in the backing chain");
+            if (chain.size() >= max_chain)
+                co_return qapi::generic("Backing chain of '" + image + "' is too deep");
+            chain.emplace_back(real);
+        }
+        node_options fo_common;
+        fo_common.name = g.auto_name();
+        fo_common.read_only = true;
+        fo_common.cache_direct = inh.cache_direct;
+        fo_common.cache_no_flush = inh.cache_no_flush;
+        fo_common.discard_unmap = inh.discard_unmap;
+        file_open_options fo;
+        fo.filename = path;
+        auto file = open_file(fo_common, fo, g.engine());
+        if (!file)
+            co_return qapi::generic("Could not open backing file: " + file.error().desc);
+        made.push_back(*file);
+        std::string fmt = info.backing_format;
+        if (fmt.empty()) {
+            auto p = co_await probe_format(**file);
+            if (!p)
+                co_return p.error();
+            fmt = *p;
+        }
+        node_options common = fo_common;
+        common.name = g.auto_name();
+        qapi::result<std::shared_ptr<node>> n = qapi::generic("");
+        if (fmt == "raw") {
+            n = open_raw(std::move(common), *file, 0, std::nullopt);
+        } else if (fmt == "qcow2") {
+            n = co_await open_qcow2(std::move(common), *file, {});
+            if (n) {
+                const auto* binfo = qcow2_info(**n);
+                if (binfo && !binfo->backing_file.empty()) {
+                    auto b = co_await open_backing_from_header(path, *binfo, inh, chain);
+                    if (!b)
+                        co_return b.error();
+                    if (auto r = set_qcow2_backing(**n, *b); !r)
+                        co_return r.error();
+                }
+            }
+        } else {
+            co_return qapi::generic("Could not open backing file: unknown backing format '" + fmt + "'");
+        }
+        if (!n)
+            co_return qapi::generic("Could not open backing file: " + n.error().desc);
+        made.push_back(*n);
+        co_return n;
     }
 };
 
@@ -204,7 +338,7 @@ struct opener {
 asio::awaitable<qapi::result<std::shared_ptr<node>>> graph::open(const qapi::blockdev_options& opts, bool top_level)
 {
     opener op{*this, {}};
-    auto r = op.open_one(opts, inherited{}, top_level);
+    auto r = co_await op.open_one(opts, inherited{}, top_level);
     if (!r)
         co_return r;   // nodes made so far die with `op`
     for (auto& n : op.made)
