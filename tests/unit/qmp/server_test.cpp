@@ -362,3 +362,61 @@ TEST_CASE("server: stale socket file and TCP on loopback", "[server]")
     CHECK_THROWS_AS(f.srv.listen(qmp::listen_address::unix_socket(regular)), std::system_error);
     CHECK(std::filesystem::exists(regular));
 }
+
+TEST_CASE("server: the real control commands", "[server]")
+{
+    boost::asio::io_context loop;
+    std::filesystem::path dir = std::filesystem::temp_directory_path() / ("bjd-qmp-ctl-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const std::string path = (dir / "s").string();
+    const std::string path_nooob = (dir / "n").string();
+    qmp::server srv(loop);   // the generated table
+    qmp::server nooob(loop, qapi::command_table(), qmp::server_options{false, false});
+    qmp::context ctx{loop, srv, nullptr, nullptr, {}, {}, nullptr};
+    srv.attach(ctx);
+    nooob.attach(ctx);
+    srv.listen(qmp::listen_address::unix_socket(path));
+    nooob.listen(qmp::listen_address::unix_socket(path_nooob));
+    std::thread th([&] {
+        auto guard = boost::asio::make_work_guard(loop);
+        loop.run();
+    });
+
+    {
+        client a(path);
+        CHECK(a.line() == greeting());
+        CHECK(a.cmd(R"({"execute":"query-version","id":0})") ==
+              R"({"id": 0, "error": {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}})");
+        CHECK(a.cmd(R"({"execute":"qmp_capabilities","arguments":{"enable":["foo"]},"id":1})") ==
+              R"({"id": 1, "error": {"class": "GenericError", "desc": "Parameter 'null' does not accept value 'foo'"}})");
+        CHECK(a.cmd(R"({"execute":"qmp_capabilities","arguments":{"enable":"oob"},"id":1})") ==
+              R"({"id": 1, "error": {"class": "GenericError", "desc": "Invalid parameter type for 'enable', expected: array"}})");
+        CHECK(a.cmd(R"({"execute":"qmp_capabilities","arguments":{"enable":["oob","oob"]},"id":2})") ==
+              R"({"return": {}, "id": 2})");
+        CHECK(a.cmd(R"({"execute":"qmp_capabilities","id":3})") ==
+              R"({"id": 3, "error": {"class": "CommandNotFound", "desc": "Capabilities negotiation is already complete, command ignored"}})");
+        CHECK(a.cmd(R"({"exec-oob":"query-version","id":4})") ==
+              R"({"id": 4, "error": {"class": "GenericError", "desc": "The command query-version does not support OOB"}})");
+        CHECK(a.cmd(R"({"execute":"query-version"})") ==
+              R"({"return": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "blockjobd )" +
+                  std::string(BJD_VERSION) + R"("}})");
+        std::string cmds = a.cmd(R"({"execute":"query-commands"})");
+        for (const auto& c : qapi::command_table()) {
+            CHECK(cmds.find(R"({"name": ")" + std::string(c.name) + R"("})") != std::string::npos);
+        }
+        CHECK(a.cmd(R"({"execute":"query-qmp-schema"})").rfind(R"({"return": [{)", 0) == 0);
+        CHECK(a.cmd(R"({"execute":"query-version","arguments":{"x":1}})") ==
+              R"({"error": {"class": "GenericError", "desc": "Parameter 'x' is unexpected"}})");
+    }
+    {
+        client n(path_nooob);
+        CHECK(n.line() == R"({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "blockjobd )" +
+                              std::string(BJD_VERSION) + R"("}, "capabilities": []}})");
+        CHECK(n.cmd(R"({"execute":"qmp_capabilities","arguments":{"enable":["oob"]}})") ==
+              R"({"error": {"class": "GenericError", "desc": "Capability oob not available"}})");
+        CHECK(n.cmd(R"({"execute":"qmp_capabilities"})") == R"({"return": {}})");
+    }
+    loop.stop();
+    th.join();
+    std::filesystem::remove_all(dir);
+}
