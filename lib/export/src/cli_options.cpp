@@ -120,6 +120,14 @@ nbd_server_options parse_nbd_server_option(std::string_view text)
 
 export_options parse_export_option(std::string_view text)
 {
+    // qsd's --export has an implied first key: "--export nbd,id=…" means type=nbd.
+    std::string with_type;
+    std::size_t first_end = text.find(',');
+    std::string_view first = text.substr(0, first_end);
+    if (!first.empty() && first.find('=') == std::string_view::npos) {
+        with_type = "type=" + std::string(text);
+        text = with_type;
+    }
     keyval kv = parse_keyval(text);
     std::string type = take(kv, "type", true);
     if (type != "nbd")

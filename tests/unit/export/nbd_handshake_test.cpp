@@ -228,4 +228,7 @@ TEST_CASE("export: command-line options in qemu-storage-daemon syntax", "[export
     CHECK_THROWS_WITH(exports::parse_export_option("type=nbd,id=e0,node-name=d,writable=maybe"),
                       "Parameter 'writable' expects 'on' or 'off'");
     CHECK_THROWS(exports::parse_export_option("type=vhost-user-blk,id=e0,node-name=d"));
+    auto implied = exports::parse_export_option("nbd,id=e1,node-name=d,description=a,,b");
+    CHECK(implied.id == "e1");
+    CHECK(implied.description == std::optional<std::string>("a,b"));
 }
