@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: MIT
+#include "setup.hpp"
+
+#include "bjd/log.hpp"
+#include "bjd/qapi/keyval.hpp"
+#include "bjd/qapi/types.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/json/parse.hpp>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <stdexcept>
+
+namespace bjd::daemon {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+
+namespace {
+
+[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
+
+/// `--blockdev` takes JSON (when it starts with '{') or key=value pairs, like QEMU.
+template <class T>
+T decode_option(const std::string& value)
+{
+    qapi::result<T> r = qapi::generic("empty option");
+    if (!value.empty() && value[0] == '{') {
+        boost::system::error_code ec;
+        json::value v = json::parse(value, ec);
+        if (ec)
+            fail("JSON parse error in '" + value + "': " + ec.message());
+        r = qapi::decode<T>(v);
+    } else {
+        auto kv = qapi::parse_keyval(value);
+        if (!kv)
+            fail(kv.error().desc);
+        r = qapi::decode_keyval<T>(json::value(std::move(*kv)), [](const json::value& v) { return qapi::decode<T>(v); });
+    }
+    if (!r)
+        fail(r.error().desc);
+    return std::move(*r);
+}
+
+std::string get_string(const json::object& o, const char* key, const std::string& def = {})
+{
+    auto it = o.find(key);
+    return it != o.end() && it->value().is_string() ? std::string(it->value().as_string()) : def;
+}
+
+bool is_on(const std::string& v) { return v == "on" || v == "yes" || v == "true" || v.empty(); }
+
+} // namespace
+
+runtime::runtime(asio::io_context& loop)
+    : loop_(loop), server_(loop), ctx_{loop, server_, {}, {}, {}, {}, {}, nullptr}
+{
+    std::string reason;
+    engine_ = io::make_engine(loop_, io::backend::io_uring, {}, &reason);
+    threads_ = io::make_engine(loop_, io::backend::threads);
+    ctx_.io.backend = io::to_string(engine_->kind());
+    ctx_.io.fallback_reason = reason;
+    if (!reason.empty())
+        log::get("daemon")->warn("io_uring is not available, using the thread pool for all I/O: {}", reason);
+    else
+        log::get("daemon")->info("I/O engine: io_uring");
+    graph_ = std::make_unique<block::graph>(*engine_, *threads_);
+    ctx_.graph = graph_.get();
+    jobs_ = std::make_unique<jobs::manager>(loop_, server_);
+    ctx_.jobs = jobs_.get();
+    ctx_.request_quit = [this] { request_quit(); };
+    server_.attach(ctx_);
+}
+
+runtime::~runtime() = default;
+
+asio::awaitable<void> runtime::apply(const options& opts)
+{
+    using k = ordered_option::kind;
+    for (const auto& o : opts.objects) {
+        switch (o.what) {
+        case k::blockdev: co_await add_blockdev(o.value); break;
+        case k::chardev: add_chardev(o.value); break;
+        case k::monitor: add_monitor(o.value); break;
+        case k::nbd_server:
+        case k::export_:
+        case k::object: fail("--" + std::string(o.what == k::object ? "object" : o.what == k::export_ ? "export" : "nbd-server") + " is not supported yet");
+        }
+    }
+    if (opts.pidfile) {
+        FILE* f = std::fopen(opts.pidfile->c_str(), "w");
+        if (!f)
+            fail("Cannot open pid file '" + *opts.pidfile + "'");
+        std::fprintf(f, "%d\n", static_cast<int>(::getpid()));
+        std::fclose(f);
+        pidfile_ = opts.pidfile;
+    }
+}
+
+asio::awaitable<void> runtime::add_blockdev(const std::string& value)
+{
+    auto bo = decode_option<qapi::blockdev_options>(value);
+    auto r = co_await graph_->add(bo);
+    if (!r)
+        fail(r.error().desc);
+}
+
+void runtime::add_chardev(const std::string& value)
+{
+    auto kv = qapi::parse_keyval(value, "backend");
+    if (!kv)
+        fail(kv.error().desc);
+    std::string backend = get_string(*kv, "backend");
+    std::string id = get_string(*kv, "id");
+    if (id.empty())
+        fail("chardev: \"id\" is required");
+    if (chardevs_.count(id))
+        fail("attempt to add duplicate property '" + id + "' to object (type 'container')");
+    if (backend != "socket")
+        fail("chardev '" + id + "': backend '" + backend + "' is not supported (only 'socket')");
+    if (!is_on(get_string(*kv, "server", "off")))
+        fail("chardev '" + id + "': only server=on sockets are supported");
+    qmp::listen_address addr;
+    if (auto path = get_string(*kv, "path"); !path.empty()) {
+        addr = qmp::listen_address::unix_socket(path);
+    } else {
+        std::string port = get_string(*kv, "port");
+        if (port.empty())
+            fail("chardev '" + id + "': socket needs path= or host=/port=");
+        addr = qmp::listen_address::tcp(get_string(*kv, "host", "127.0.0.1"), static_cast<std::uint16_t>(std::stoul(port)));
+    }
+    chardevs_[id] = addr;
+}
+
+void runtime::add_monitor(const std::string& value)
+{
+    auto kv = qapi::parse_keyval(value, "chardev");
+    if (!kv)
+        fail(kv.error().desc);
+    std::string id = get_string(*kv, "chardev");
+    auto it = chardevs_.find(id);
+    if (it == chardevs_.end())
+        fail("chardev \"" + id + "\" not found");
+    if (auto mode = get_string(*kv, "mode", "control"); mode != "control")
+        fail("Only QMP is supported");
+    try {
+        server_.listen(it->second);
+    } catch (const std::exception& e) {
+        fail("Failed to listen on chardev '" + id + "': " + e.what());
+    }
+    log::get("daemon")->info("QMP monitor on chardev '{}' ({})", id,
+                             it->second.type == qmp::listen_address::kind::unix_socket
+                                 ? it->second.path
+                                 : it->second.host + ":" + std::to_string(it->second.port));
+}
+
+void runtime::request_quit()
+{
+    if (quitting_)
+        return;
+    quitting_ = true;
+    asio::co_spawn(loop_, shutdown(), asio::detached);
+}
+
+asio::awaitable<void> runtime::shutdown()
+{
+    try {
+        co_await jobs_->shutdown();   // force-cancel every job; their events still go out
+        co_await server_.shutdown();
+    } catch (const std::exception& e) {
+        log::get("daemon")->error("shutdown: {}", e.what());
+    }
+    if (pidfile_)
+        ::unlink(pidfile_->c_str());
+    co_await engine_->drain();
+    co_await threads_->drain();
+    loop_.stop();
+}
+
+} // namespace bjd::daemon

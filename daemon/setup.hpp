@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// The daemon's objects and their lifetimes, and applying the command line to them.
+#include "options.hpp"
+
+#include "bjd/block/graph.hpp"
+#include "bjd/io/engine.hpp"
+#include "bjd/jobs/job.hpp"
+#include "bjd/qmp/context.hpp"
+#include "bjd/qmp/server.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace bjd::daemon {
+
+class runtime {
+public:
+    explicit runtime(boost::asio::io_context& loop);
+    ~runtime();
+
+    /// Creates every object of the command line, in order. Throws std::runtime_error with a
+    /// message for the user on the first failure (startup errors are exceptions).
+    boost::asio::awaitable<void> apply(const options& opts);
+
+    /// Starts an orderly shutdown (quit, SIGTERM): jobs are cancelled, responses flushed, the
+    /// loop stops. Safe to call more than once.
+    void request_quit();
+
+    int exit_code() const noexcept { return exit_code_; }
+
+private:
+    boost::asio::awaitable<void> shutdown();
+    void add_chardev(const std::string& value);
+    void add_monitor(const std::string& value);
+    boost::asio::awaitable<void> add_blockdev(const std::string& value);
+
+    boost::asio::io_context& loop_;
+    std::unique_ptr<io::engine> engine_;
+    std::unique_ptr<io::engine> threads_;
+    std::unique_ptr<block::graph> graph_;
+    qmp::server server_;
+    std::unique_ptr<jobs::manager> jobs_;   // after graph_: jobs hold nodes, so they go first
+    qmp::context ctx_;
+    std::map<std::string, qmp::listen_address> chardevs_;
+    std::optional<std::string> pidfile_;
+    bool quitting_ = false;
+    int exit_code_ = 0;
+};
+
+} // namespace bjd::daemon
