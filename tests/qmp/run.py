@@ -779,6 +779,8 @@ def main():
         ap.error("--daemon ours:PATH needs the binary path")
     opts.kind = kind
     opts.bin = path or "/usr/bin/qemu-storage-daemon"
+    if os.sep in opts.bin:
+        opts.bin = os.path.abspath(opts.bin)     # the daemon runs in the scenario's temp dir
     files = []
     for s in opts.scenarios:
         if os.path.isdir(s):
