@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// Mirror jobs (blockdev-mirror, drive-mirror): argument checks in QEMU 7.2's order and texts
+/// (spec §2.2), then a job that copies `device` to `target` through a dirty bitmap and, on
+/// completion, replaces `device` (or `replaces`) by the target in all its parents.
+#include "bjd/jobs/job.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace bjd::block { class graph; }
+
+namespace bjd::jobs {
+
+/// The union of blockdev-mirror's and drive-mirror's arguments, defaults not yet applied
+/// (absent and 0 mean "default", as on the wire).
+struct mirror_params {
+    bool drive = false;                          ///< drive-mirror: `target` is a file name
+    std::optional<std::string> job_id;
+    std::string device;
+    std::string target;
+    std::optional<std::string> replaces;
+    qapi::mirror_sync_mode sync = qapi::mirror_sync_mode::full;
+    std::int64_t speed = 0;
+    std::uint32_t granularity = 0;
+    std::int64_t buf_size = 0;
+    qapi::blockdev_on_error on_source_error = qapi::blockdev_on_error::report;
+    qapi::blockdev_on_error on_target_error = qapi::blockdev_on_error::report;
+    std::optional<std::string> filter_node_name; ///< blockdev-mirror only
+    qapi::mirror_copy_mode copy_mode = qapi::mirror_copy_mode::background;
+    bool auto_finalize = true;
+    bool auto_dismiss = true;
+    bool unmap = true;                           ///< drive-mirror only (blockdev-mirror: true)
+    std::optional<std::string> format;           ///< drive-mirror: only "raw"
+    std::optional<std::string> node_name;        ///< drive-mirror: name of the opened target
+    qapi::new_image_mode mode = qapi::new_image_mode::absolute_paths;
+};
+
+/// Checks `p`, creates the job (JOB_STATUS_CHANGE created; null again if a later check
+/// fails) and starts it (running). Errors are the command's, with QEMU 7.2's texts.
+/// Main loop only; returns before any data is copied.
+qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params& p);
+
+/// Granularity used when the caller gives 0: the target's cluster size clamped to
+/// [4 KiB, 64 KiB], 64 KiB without clusters.
+std::uint32_t default_granularity(std::uint32_t target_cluster_size) noexcept;
+
+/// buf-size after defaults: 0 → 16 MiB, then rounded up to a multiple of `granularity`.
+std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularity) noexcept;
+
+} // namespace bjd::jobs

@@ -1,0 +1,538 @@
+// SPDX-License-Identifier: MIT
+// The mirror copy loop (spec §2.4–§2.11): initial dirty bitmap per sync mode, chunk-merging
+// iterations with bounded in-flight ops, READY, convergence, write-blocking, pivot.
+#include "mirror/mirror_job.hpp"
+
+#include "bjd/log.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+
+#include <algorithm>
+#include <cassert>
+#include <cstring>
+
+namespace bjd::jobs::detail {
+
+namespace {
+
+constexpr unsigned max_in_flight = 16;
+constexpr std::uint64_t min_io = 1 << 20;
+constexpr auto slice = std::chrono::milliseconds(100);
+
+auto logger() { return log::get("jobs"); }
+
+} // namespace
+
+mirror_job::mirror_job(mirror_setup s, asio::any_io_executor ex)
+    : s_(std::move(s)),
+      ex_(ex),
+      bitmap_(s_.source->size(), s_.granularity),
+      in_flight_(bitmap_.chunks()),
+      op_done_(ex),
+      max_io_(std::max(s_.buf_size / max_in_flight, min_io))
+{
+    max_io_ = std::min(max_io_, s_.buf_size);
+    active_ = s_.copy_mode == qapi::mirror_copy_mode::write_blocking;
+}
+
+mirror_job::~mirror_job()
+{
+    // clean() normally did this already; a job that never started still has its hooks.
+    if (!exited_ && s_.filter)
+        exit_common(false);
+    s_.source->remove_write_observer(this);
+}
+
+void mirror_job::attach(job& j)
+{
+    job_ = &j;
+    limiter_.set_speed(j.speed());
+    s_.source->add_write_observer(this);
+    const std::string why = "block device is in use by block job: mirror";
+    s_.source->set_blocker(why);
+    s_.target->set_blocker(why);
+    target_edge_ = std::make_unique<block::edge>(block::parent_kind::job, "block job '" + j.id() + "'", "target");
+    target_edge_->attach(s_.target);
+    s_.filter->attach_job(this);
+    // Every parent of the source now goes through the filter.
+    s_.graph->insert(s_.filter);
+    block::replace_node(*s_.source, s_.filter);
+}
+
+// ---- bookkeeping -----------------------------------------------------------------------------
+
+void mirror_job::hold_chunks(std::uint64_t offset, std::uint64_t length, int delta)
+{
+    if (length == 0)
+        return;
+    std::uint64_t g = bitmap_.granularity();
+    for (std::uint64_t c = offset / g; c <= (offset + length - 1) / g && c < in_flight_.size(); ++c)
+        in_flight_[c] = static_cast<std::uint16_t>(in_flight_[c] + delta);
+}
+
+bool mirror_job::chunks_busy(std::uint64_t offset, std::uint64_t length) const
+{
+    if (length == 0)
+        return false;
+    std::uint64_t g = bitmap_.granularity();
+    for (std::uint64_t c = offset / g; c <= (offset + length - 1) / g && c < in_flight_.size(); ++c)
+        if (in_flight_[c])
+            return true;
+    return false;
+}
+
+int mirror_job::take_slot()
+{
+    if (slot_used_.empty())
+        slot_used_.assign(max_in_flight, false);
+    for (unsigned i = 0; i < max_in_flight; ++i) {
+        if (slot_used_[i])
+            continue;
+        if (slots_.size() <= i)
+            slots_.resize(i + 1);
+        if (!slots_[i])
+            slots_[i] = io::aligned_buffer(max_io_);
+        slot_used_[i] = true;
+        return static_cast<int>(i);
+    }
+    return -1;
+}
+
+void mirror_job::account_rate(std::uint64_t bytes)
+{
+    auto now = std::chrono::steady_clock::now();
+    if (rate_window_start_ == std::chrono::steady_clock::time_point{})
+        rate_window_start_ = now;
+    rate_window_bytes_ += bytes;
+    auto el = now - rate_window_start_;
+    if (el >= std::chrono::seconds(1)) {
+        last_rate_ = static_cast<std::int64_t>(rate_window_bytes_ / std::chrono::duration<double>(el).count());
+        rate_window_start_ = now;
+        rate_window_bytes_ = 0;
+    }
+}
+
+std::int64_t mirror_job::current_rate() const
+{
+    auto el = std::chrono::steady_clock::now() - rate_window_start_;
+    if (rate_window_start_ == std::chrono::steady_clock::time_point{} || el > std::chrono::seconds(2))
+        return 0;   // idle for a while: nothing is being copied
+    return last_rate_;
+}
+
+void mirror_job::handle_error(bool is_read, const std::error_code& ec)
+{
+    actively_synced_ = false;
+    auto action = job_->error_action(is_read ? s_.on_source_error : s_.on_target_error, is_read, ec.value());
+    if (action == qapi::block_error_action::report && !error_)
+        error_ = strerror_text(ec);
+}
+
+// ---- ops -------------------------------------------------------------------------------------
+
+void mirror_job::launch(op_kind kind, std::uint64_t offset, std::uint64_t length, int slot)
+{
+    ++ops_;
+    in_flight_bytes_ += length;
+    hold_chunks(offset, length, +1);
+    // Ownership: the op coroutine uses `this`; run() waits for every op before it returns.
+    asio::co_spawn(ex_, run_op(this, kind, offset, length, slot),
+                   [](std::exception_ptr e) {
+                       if (!e)
+                           return;
+                       try {
+                           std::rethrow_exception(e);
+                       } catch (const std::exception& ex) {
+                           logger()->critical("mirror op threw: {}", ex.what());
+                       }
+                   });
+}
+
+asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
+                                         int slot)
+{
+    bool ok = false;
+    try {
+        result<void> r;
+        bool read_failed = false;
+        if (kind == op_kind::copy) {
+            std::span<std::byte> buf(self->slots_[slot].data(), length);
+            r = co_await self->s_.source->read(offset, buf);
+            read_failed = !r;
+            if (r)
+                r = co_await self->s_.target->write(offset, buf, false);
+        } else if (kind == op_kind::zero) {
+            r = co_await self->s_.target->write_zeroes(offset, length, block::zero_flags{.may_unmap = self->s_.unmap});
+        } else {
+            r = co_await self->s_.target->discard(offset, length);
+        }
+        if (r) {
+            ok = true;
+            self->job_->progress_done(length);
+            if (kind == op_kind::copy)
+                self->account_rate(length);
+        } else {
+            self->bitmap_.set(offset, length);
+            self->handle_error(read_failed, r.error());
+        }
+    } catch (const std::exception& e) {
+        logger()->error("mirror '{}': op at {} threw: {}", self->job_->id(), offset, e.what());
+        self->bitmap_.set(offset, length);
+        if (!self->error_)
+            self->error_ = e.what();
+    }
+    (void)ok;
+    if (slot >= 0)
+        self->slot_used_[slot] = false;
+    self->hold_chunks(offset, length, -1);
+    self->in_flight_bytes_ -= length;
+    --self->ops_;
+    self->op_done_.notify_all();
+}
+
+asio::awaitable<void> mirror_job::wait_all_ops()
+{
+    while (ops_ > 0 || active_bytes_ > 0)
+        co_await wait_op();
+}
+
+// ---- initial bitmap (spec §2.4) --------------------------------------------------------------
+
+asio::awaitable<void> mirror_job::init_bitmap()
+{
+    std::uint64_t size = s_.source->size();
+    if (s_.sync == qapi::mirror_sync_mode::none)
+        co_return;
+    if (s_.sync == qapi::mirror_sync_mode::full && s_.zero_target) {
+        if (!s_.target->options().discard_unmap) {
+            bitmap_.set(0, size);   // zero areas get written as write-zeroes by the loop
+            co_return;
+        }
+        // Pre-zero the target cheaply, then copy only what the source has allocated.
+        for (std::uint64_t off = 0; off < size && !job_->is_cancelled();) {
+            std::uint64_t n = std::min<std::uint64_t>(size - off, std::uint64_t(1) << 30);
+            auto r = co_await s_.target->write_zeroes(off, n, block::zero_flags{.may_unmap = true});
+            if (!r) {
+                bitmap_.set(0, size);   // fall back to copying everything
+                co_return;
+            }
+            off += n;
+        }
+    }
+    bool top = s_.sync == qapi::mirror_sync_mode::top;
+    for (std::uint64_t off = 0; off < size && !job_->is_cancelled();) {
+        auto st = co_await s_.source->block_status(off, size - off);
+        if (!st) {
+            bitmap_.set(off, size - off);
+            co_return;
+        }
+        unsigned f = st->flags;
+        bool copy = top ? (f & block::status_allocated) != 0
+                        : (f & (block::status_allocated | block::status_data)) != 0 ||
+                              !((f & block::status_zero) && s_.target->zero_init());
+        if (copy)
+            bitmap_.set(off, st->length);
+        off += st->length;
+        co_await job_->pause_point();
+    }
+}
+
+// ---- one iteration (spec §2.5) ---------------------------------------------------------------
+
+asio::awaitable<void> mirror_job::iteration()
+{
+    auto first = bitmap_.next_dirty(cursor_);
+    if (!first)
+        co_return;
+    std::uint64_t g = bitmap_.granularity();
+    if (in_flight_[*first]) {
+        cursor_ = *first + 1;   // look elsewhere next time
+        // Busy with a background op or an active write: both notify op_done_ when they end.
+        co_await wait_op();
+        co_return;
+    }
+    // One request per iteration when throttled, so the bucket overshoots by one request at most.
+    std::uint64_t limit = limiter_.speed() > 0 ? max_io_ : s_.buf_size;
+    limit = std::min(limit, s_.buf_size - std::min(s_.buf_size, in_flight_bytes_));
+    std::uint64_t last = *first;
+    std::uint64_t bytes = bitmap_.chunk_bytes(last);
+    while (last + 1 < bitmap_.chunks() && bitmap_.test(last + 1) && !in_flight_[last + 1] &&
+           bytes + bitmap_.chunk_bytes(last + 1) <= limit) {
+        ++last;
+        bytes += bitmap_.chunk_bytes(last);
+    }
+    cursor_ = last + 1;
+    std::uint64_t offset = *first * g;
+    std::uint64_t end = offset + bytes;
+    // Clear before issuing: writes racing with the copy dirty the chunks again.
+    bitmap_.reset(offset, bytes);
+    hold_chunks(offset, bytes, +1);   // reservation while block_status runs
+    for (std::uint64_t pos = offset; pos < end && !job_->is_cancelled();) {
+        unsigned flags = block::status_data;
+        std::uint64_t n = end - pos;
+        if (auto st = co_await s_.source->block_status(pos, n))
+            flags = st->flags, n = st->length;
+        if (!(flags & block::status_data) && (flags & block::status_zero)) {
+            while (ops_ >= max_in_flight)
+                co_await wait_op();
+            launch(op_kind::zero, pos, n, -1);
+            pos += n;
+            continue;
+        }
+        for (std::uint64_t done = 0; done < n;) {
+            std::uint64_t len = std::min(n - done, max_io_);
+            int slot = -1;
+            while (ops_ >= max_in_flight || (slot = take_slot()) < 0)
+                co_await wait_op();
+            launch(op_kind::copy, pos + done, len, slot);
+            limiter_.charge(len);
+            done += len;
+        }
+        pos += n;
+    }
+    hold_chunks(offset, bytes, -1);
+}
+
+// ---- the loop --------------------------------------------------------------------------------
+
+asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
+{
+    assert(job_ == &j);
+    if (s_.source->size() != s_.target->size())
+        co_return qapi::generic("Source and target image have different sizes");
+
+    co_await init_bitmap();
+    bool converged = false;
+    for (;;) {
+        if (error_)
+            break;
+        if (j.should_pause())
+            co_await wait_all_ops();   // pause only once in-flight I/O has drained
+        co_await j.pause_point();
+        if (j.is_cancelled())
+            break;
+        std::uint64_t dirty = bitmap_.dirty_bytes();
+        j.progress_set_remaining(in_flight_bytes_ + dirty + active_bytes_);
+        if (ops_ >= max_in_flight || (dirty == 0 && ops_ > 0) ||
+            (ops_ > 0 && in_flight_bytes_ + s_.granularity > s_.buf_size)) {
+            co_await wait_op();
+            continue;
+        }
+        if (dirty > 0) {
+            if (auto d = limiter_.delay(); d.count() > 0) {
+                co_await j.sleep(d);
+                continue;
+            }
+            co_await iteration();
+            continue;
+        }
+        if (active_bytes_ > 0) {
+            co_await wait_op();
+            continue;
+        }
+        // Nothing dirty, nothing in flight.
+        if (!j.is_ready()) {
+            auto r = co_await s_.target->flush();
+            if (!r) {
+                handle_error(false, r.error());
+                continue;
+            }
+            if (bitmap_.dirty_bytes() == 0 && ops_ == 0 && active_bytes_ == 0) {
+                j.progress_set_remaining(0);
+                actively_synced_ = active_;
+                j.transition_to_ready();
+            }
+            continue;
+        }
+        if (active_)
+            actively_synced_ = true;
+        if (should_complete_ || j.cancel_requested()) {
+            // Converge: hold new requests on the source, let the ones in flight finish.
+            co_await s_.filter->drain();
+            if (bitmap_.dirty_bytes() == 0 && ops_ == 0 && active_bytes_ == 0) {
+                auto r = co_await s_.target->flush();
+                if (r && bitmap_.dirty_bytes() == 0) {
+                    converged = true;
+                    break;
+                }
+                if (!r)
+                    handle_error(false, r.error());
+            }
+            s_.filter->release(nullptr);
+            continue;
+        }
+        co_await j.sleep(slice);   // on_write() wakes us earlier
+    }
+    co_await wait_all_ops();
+    if (!converged)
+        co_await s_.filter->drain();   // held until prepare/abort moves the filter out
+    // The source stays drained until finalization: query shows paused (spec §3.2).
+    j.pause();
+    drain_paused_ = true;
+    if (error_)
+        co_return qapi::generic(*error_);
+    if (converged)
+        j.progress_set_remaining(0);
+    co_return qapi::result<void>{};
+}
+
+void mirror_job::on_write(std::uint64_t offset, std::uint64_t length)
+{
+    bitmap_.set(offset, length);
+    if (job_ && job_->sleeping_timed())
+        job_->enter();
+}
+
+asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind kind, std::uint64_t offset,
+                                                       std::span<const std::byte> buf, std::uint64_t length, bool fua,
+                                                       bool may_unmap)
+{
+    // Wait for background ops on these chunks: one of them may have read older data.
+    while (chunks_busy(offset, length))
+        co_await wait_op();
+    hold_chunks(offset, length, +1);
+    active_bytes_ += length;
+    result<void> r;
+    if (kind == op_kind::copy)
+        r = co_await src.write(offset, buf, fua);
+    else if (kind == op_kind::zero)
+        r = co_await src.write_zeroes(offset, length, block::zero_flags{.may_unmap = may_unmap});
+    else
+        r = co_await src.discard(offset, length);
+    if (r && active()) {
+        result<void> t;
+        if (kind == op_kind::copy)
+            t = co_await s_.target->write(offset, buf, fua);
+        else if (kind == op_kind::zero)
+            t = co_await s_.target->write_zeroes(offset, length, block::zero_flags{.may_unmap = may_unmap});
+        else
+            t = co_await s_.target->discard(offset, length);
+        if (t) {
+            // The source write dirtied these chunks; those fully written to the target are in
+            // sync again. Partial edge chunks stay for the background loop.
+            bitmap_.reset_covered(offset, length);
+            job_->progress_done(length);
+            if (kind == op_kind::copy)
+                account_rate(length);
+        } else {
+            handle_error(false, t.error());
+        }
+    }
+    active_bytes_ -= length;
+    hold_chunks(offset, length, -1);
+    op_done_.notify_all();
+    co_return r;
+}
+
+// ---- verbs -----------------------------------------------------------------------------------
+
+qapi::result<void> mirror_job::complete(job& j)
+{
+    if (s_.replaces && !s_.graph->find(*s_.replaces))
+        return qapi::generic("Node name '" + *s_.replaces + "' not found");
+    should_complete_ = true;
+    if (!j.paused())
+        j.enter();
+    return {};
+}
+
+bool mirror_job::cancel(job& j, bool force)
+{
+    // Before READY every cancel is a force cancel.
+    return force || !j.is_ready();
+}
+
+void mirror_job::set_speed(job& j, std::int64_t speed)
+{
+    limiter_.set_speed(speed);
+    if (j.sleeping_timed())
+        j.enter();   // recompute the delay with the new limit now
+}
+
+qapi::result<void> mirror_job::change(job& j, const qapi::block_job_change_options& opts)
+{
+    if (opts.type != qapi::job_type::mirror || !opts.u.mirror)
+        return qapi::generic("Job type '" + std::string(qapi::to_string(opts.type)) +
+                             "' does not match the job's type 'mirror'");
+    bool want = opts.u.mirror->copy_mode == qapi::mirror_copy_mode::write_blocking;
+    if (want != active_)
+        logger()->info("mirror '{}': copy mode -> {}", j.id(), std::string(qapi::to_string(opts.u.mirror->copy_mode)));
+    active_ = want;
+    if (!want)
+        actively_synced_ = false;
+    return {};
+}
+
+void mirror_job::fill_info(const job&, qapi::block_job_info& info) const
+{
+    info.actively_synced = actively_synced_ && active_;
+    info.dirty_bytes = static_cast<std::int64_t>(bitmap_.dirty_bytes());
+    info.rate = current_rate();
+}
+
+// ---- completion (spec §2.9) ------------------------------------------------------------------
+
+void mirror_job::exit_common(bool pivot)
+{
+    if (exited_)
+        return;
+    exited_ = true;
+    auto& filter = s_.filter;
+    std::shared_ptr<block::node> below = s_.source;
+    if (pivot) {
+        std::shared_ptr<block::node> replaced = s_.source;
+        if (s_.replaces)
+            replaced = s_.graph->find(*s_.replaces);
+        if (replaced && replaced != s_.target) {
+            // Every parent of the replaced node (the filter included) now uses the target.
+            block::replace_node(*replaced, s_.target);
+            logger()->info("mirror '{}': pivoted '{}' to '{}'", job_ ? job_->id() : "", replaced->name(),
+                           s_.target->name());
+        }
+        below = s_.target;
+    }
+    // The filter always leaves the graph; its parents go to what it filtered.
+    block::replace_node(*filter, below);
+    // Drop the filter's own edge so `below` keeps only its real parents.
+    for (const auto& e : filter->children())
+        e->detach();
+    filter->attach_job(nullptr);
+    filter->release(below);
+    if (s_.graph->find(filter->name()) == filter)
+        s_.graph->erase(*filter);
+}
+
+qapi::result<void> mirror_job::prepare(job& j)
+{
+    exit_common(should_complete_);
+    return {};
+}
+
+void mirror_job::abort(job& j)
+{
+    exit_common(false);
+}
+
+void mirror_job::clean(job& j)
+{
+    exit_common(false);
+    s_.source->remove_write_observer(this);
+    s_.source->set_blocker({});
+    s_.target->set_blocker({});
+    target_edge_.reset();
+    if (drain_paused_) {
+        drain_paused_ = false;
+        j.resume();
+    }
+    // drive-mirror's target exists for the job only: without parents it goes away.
+    if (s_.release_target && s_.target->parents().empty() && !s_.target->monitor_owned()) {
+        std::vector<std::shared_ptr<block::node>> drop{s_.target};
+        for (const auto& c : s_.target->children())
+            if (c->shared() && !c->shared()->monitor_owned())
+                drop.push_back(c->shared());
+        for (const auto& n : drop)
+            s_.graph->erase(*n);
+    }
+}
+
+} // namespace bjd::jobs::detail

@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// Mirror internals shared by the filter (mirror_top.cpp), the copy loop (mirror_job.cpp) and
+/// the command entry points (mirror_start.cpp). Main loop only.
+#include "bjd/block/graph.hpp"
+#include "bjd/block/node.hpp"
+#include "bjd/io/buffer.hpp"
+#include "bjd/jobs/job_driver.hpp"
+#include "bjd/jobs/mirror.hpp"
+#include "mirror/dirty_bitmap.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bjd::jobs::detail {
+
+class mirror_job;
+
+/// A broadcast "condition variable" on the main loop: waiters sleep until `notify_all`.
+class event_flag {
+public:
+    explicit event_flag(asio::any_io_executor ex) : timer_(ex, std::chrono::steady_clock::time_point::max()) {}
+    asio::awaitable<void> wait();
+    void notify_all() { timer_.cancel(); }
+
+private:
+    asio::steady_timer timer_;
+};
+
+/// The mirror_top filter inserted above the source. Forwards everything to the source; in
+/// write-blocking mode writes also go to the target before they complete. `drain` holds new
+/// requests and waits for in-flight ones (convergence and pivot); `release` lets held
+/// requests go on, to `redirect` when the filter has left the graph.
+class mirror_top final : public block::node {
+public:
+    mirror_top(block::node_options o, std::shared_ptr<block::node> source, bool is_implicit, asio::any_io_executor ex);
+
+    std::string_view driver() const noexcept override { return "mirror_top"; }
+    bool implicit() const noexcept override { return implicit_; }
+    std::uint64_t size() const noexcept override { return source_->size(); }
+    std::uint32_t cluster_size() const noexcept override { return source_->cluster_size(); }
+    std::uint32_t request_alignment() const noexcept override { return source_->request_alignment(); }
+    bool zero_init() const noexcept override { return source_->zero_init(); }
+    block::node* primary_child() const noexcept override { return child("backing"); }
+
+    void attach_job(mirror_job* j) noexcept { job_ = j; }
+    asio::awaitable<void> drain();
+    /// Stops holding; held and future requests go to `to` (null: the source).
+    void release(std::shared_ptr<block::node> to);
+    bool drained() const noexcept { return held_; }
+
+protected:
+    asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
+    asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
+    asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, block::zero_flags f) override;
+    asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override;
+    asio::awaitable<result<void>> do_flush() override;
+    asio::awaitable<result<block::extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
+
+private:
+    asio::awaitable<block::node*> enter_request();
+    void leave_request();
+
+    std::shared_ptr<block::node> source_;
+    std::shared_ptr<block::node> redirect_;
+    bool implicit_;
+    bool held_ = false;
+    unsigned inflight_ = 0;
+    mirror_job* job_ = nullptr;
+    event_flag changed_;
+};
+
+/// Byte-accurate token bucket: tokens accrue at `speed` B/s up to one 100 ms slice; a caller
+/// may dispatch while the balance is not negative, so the overshoot is at most one request.
+class rate_limiter {
+public:
+    void set_speed(std::int64_t speed);
+    std::int64_t speed() const noexcept { return speed_; }
+    void charge(std::uint64_t bytes);
+    /// How long to wait before the next request; zero when it may go now.
+    std::chrono::nanoseconds delay();
+
+private:
+    void refill(std::chrono::steady_clock::time_point now);
+    std::int64_t speed_ = 0;
+    double tokens_ = 0;
+    std::chrono::steady_clock::time_point last_{};
+};
+
+enum class op_kind { copy, zero, discard };
+
+/// What the copy loop needs, resolved by mirror_start.cpp.
+struct mirror_setup {
+    block::graph* graph = nullptr;
+    std::shared_ptr<block::node> source;
+    std::shared_ptr<block::node> target;
+    std::shared_ptr<mirror_top> filter;
+    std::optional<std::string> replaces;   ///< explicit replaces (else the source)
+    qapi::mirror_sync_mode sync = qapi::mirror_sync_mode::full;
+    qapi::mirror_copy_mode copy_mode = qapi::mirror_copy_mode::background;
+    qapi::blockdev_on_error on_source_error = qapi::blockdev_on_error::report;
+    qapi::blockdev_on_error on_target_error = qapi::blockdev_on_error::report;
+    std::uint64_t granularity = 65536;
+    std::uint64_t buf_size = 16 << 20;
+    bool unmap = true;
+    bool zero_target = false;
+    bool release_target = false;   ///< drive-mirror: drop the target node at the end if unused
+};
+
+class mirror_job final : public job_driver, public block::write_observer {
+public:
+    mirror_job(mirror_setup s, asio::any_io_executor ex);
+    ~mirror_job() override;
+
+    /// Connects the job to the graph (observer, blockers, target edge). Called once the job
+    /// exists, before start.
+    void attach(job& j);
+    std::uint64_t granularity() const noexcept { return s_.granularity; }
+    std::uint64_t buf_size() const noexcept { return s_.buf_size; }
+
+    // job_driver
+    asio::awaitable<qapi::result<void>> run(job& j) override;
+    qapi::result<void> complete(job& j) override;
+    qapi::result<void> prepare(job& j) override;
+    void abort(job& j) override;
+    void clean(job& j) override;
+    bool cancel(job& j, bool force) override;
+    void set_speed(job& j, std::int64_t speed) override;
+    qapi::result<void> change(job& j, const qapi::block_job_change_options& opts) override;
+    void fill_info(const job& j, qapi::block_job_info& info) const override;
+
+    // write_observer (source)
+    void on_write(std::uint64_t offset, std::uint64_t length) override;
+
+    /// The filter's write path in write-blocking mode.
+    bool active() const noexcept { return active_ && job_ && !job_->is_cancelled() && !error_; }
+    asio::awaitable<result<void>> active_write(block::node& src, op_kind kind, std::uint64_t offset,
+                                               std::span<const std::byte> buf, std::uint64_t length, bool fua,
+                                               bool may_unmap);
+
+private:
+    asio::awaitable<void> init_bitmap();
+    asio::awaitable<void> iteration();
+    asio::awaitable<void> wait_op() { co_await op_done_.wait(); }
+    asio::awaitable<void> wait_all_ops();
+    static asio::awaitable<void> run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
+                                        int slot);
+    void launch(op_kind kind, std::uint64_t offset, std::uint64_t length, int slot);
+    void hold_chunks(std::uint64_t offset, std::uint64_t length, int delta);
+    bool chunks_busy(std::uint64_t offset, std::uint64_t length) const;
+    int take_slot();
+    void handle_error(bool is_read, const std::error_code& ec);
+    void account_rate(std::uint64_t bytes);
+    std::int64_t current_rate() const;
+    void exit_common(bool pivot);
+
+    mirror_setup s_;
+    asio::any_io_executor ex_;
+    job* job_ = nullptr;
+    dirty_bitmap bitmap_;
+    std::vector<std::uint16_t> in_flight_;   ///< per chunk: ops and reservations covering it
+    std::vector<io::aligned_buffer> slots_;
+    std::vector<bool> slot_used_;
+    std::unique_ptr<block::edge> target_edge_;
+    event_flag op_done_;
+    rate_limiter limiter_;
+    std::uint64_t max_io_;
+    std::uint64_t cursor_ = 0;                ///< next chunk to look at
+    unsigned ops_ = 0;
+    std::uint64_t in_flight_bytes_ = 0;
+    std::uint64_t active_bytes_ = 0;
+    bool active_ = false;
+    bool actively_synced_ = false;
+    bool should_complete_ = false;
+    bool exited_ = false;
+    bool drain_paused_ = false;
+    std::optional<std::string> error_;
+    std::chrono::steady_clock::time_point rate_window_start_{};
+    std::uint64_t rate_window_bytes_ = 0;
+    std::int64_t last_rate_ = 0;
+};
+
+} // namespace bjd::jobs::detail

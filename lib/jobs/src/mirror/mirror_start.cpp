@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: MIT
+// blockdev-mirror / drive-mirror: argument checks in QEMU 7.2's order (spec §2.2), target
+// creation for drive-mirror, filter insertion, job creation and start.
+#include "bjd/block/driver.hpp"
+#include "bjd/block/graph.hpp"
+#include "bjd/jobs/mirror.hpp"
+#include "bjd/log.hpp"
+#include "mirror/mirror_job.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace bjd::jobs {
+
+using detail::mirror_job;
+using detail::mirror_setup;
+using detail::mirror_top;
+
+std::uint32_t default_granularity(std::uint32_t cluster) noexcept
+{
+    if (cluster == 0)
+        return 64 * 1024;
+    return std::clamp<std::uint32_t>(cluster, 4096, 64 * 1024);
+}
+
+std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularity) noexcept
+{
+    std::uint64_t b = buf_size == 0 ? std::uint64_t(16) << 20 : static_cast<std::uint64_t>(buf_size);
+    return (b + granularity - 1) / granularity * granularity;
+}
+
+namespace {
+
+bool is_root(const block::node& n)
+{
+    return std::none_of(n.parents().begin(), n.parents().end(),
+                        [](const block::edge* e) { return e->kind() == block::parent_kind::node; });
+}
+
+qapi::result<void> check_blocker(const block::node& n)
+{
+    if (!n.blocker().empty())
+        return qapi::generic("Node '" + n.name() + "' is busy: " + n.blocker());
+    return {};
+}
+
+/// drive-mirror's target: a raw node over a file node, created (absolute-paths: created or
+/// truncated to `size`) or opened as it is (existing).
+qapi::result<std::shared_ptr<block::node>> open_drive_target(block::graph& g, const mirror_params& p,
+                                                             const block::node& source)
+{
+    if (p.format && *p.format != "raw")
+        return qapi::generic("Format '" + *p.format + "' is not supported for drive-mirror targets (only raw)");
+    if (p.node_name) {
+        if (auto r = block::check_node_name(*p.node_name); !r)
+            return r.error();
+        if (g.find(*p.node_name))
+            return qapi::generic("Duplicate nodes with node-name='" + *p.node_name + "'");
+    }
+    if (p.mode == qapi::new_image_mode::absolute_paths) {
+        int fd = ::open(p.target.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0 || ::ftruncate(fd, 0) < 0 || ::ftruncate(fd, static_cast<off_t>(source.size())) < 0) {
+            int e = errno;
+            if (fd >= 0)
+                ::close(fd);
+            return qapi::generic("Could not create '" + p.target + "': " + std::strerror(e));
+        }
+        ::close(fd);
+    }
+    // The source's open flags, read-write (spec §2.2).
+    block::node_options file_opts = source.options();
+    file_opts.name = g.auto_name();
+    file_opts.read_only = false;
+    file_opts.zeroes = block::node_options::detect_zeroes::off;
+    block::file_open_options fo;
+    fo.filename = p.target;
+    auto file = block::open_file(file_opts, fo, g.engine());
+    if (!file)
+        return file.error();
+    block::node_options raw_opts = file_opts;
+    raw_opts.name = p.node_name ? *p.node_name : g.auto_name();
+    auto raw = block::open_raw(raw_opts, *file, 0, std::nullopt);
+    if (!raw)
+        return raw.error();
+    g.insert(*file);
+    g.insert(*raw);
+    return *raw;
+}
+
+} // namespace
+
+qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params& p)
+{
+    // 2. device
+    auto src = g.lookup(p.device);
+    if (!src)
+        return src.error();
+    std::shared_ptr<block::node> source = *src;
+    if (!is_root(*source))
+        return qapi::generic("Need a root block node");
+
+    // 3. target (drive-mirror: early blocker check, then create/open the file)
+    std::shared_ptr<block::node> target;
+    bool opened_target = false;
+    if (p.drive) {
+        if (auto r = check_blocker(*source); !r)
+            return r;
+        if (p.replaces && !p.node_name)
+            return qapi::generic("a node-name must be provided when replacing a named node of the graph");
+        auto t = open_drive_target(g, p, *source);
+        if (!t)
+            return t.error();
+        target = *t;
+        opened_target = true;
+    } else {
+        auto t = g.lookup(p.target);
+        if (!t)
+            return t.error();
+        target = *t;
+    }
+    // From here on a drive-mirror target must go away again if a check fails.
+    auto fail = [&](qapi::error e) -> qapi::result<void> {
+        if (opened_target && target->parents().empty()) {
+            std::vector<std::shared_ptr<block::node>> drop{target};
+            for (const auto& c : target->children())
+                drop.push_back(c->shared());
+            for (const auto& n : drop)
+                g.erase(*n);
+        }
+        return e;
+    };
+
+    // 4. granularity: range before power of two
+    std::uint32_t gran = p.granularity;
+    if (gran != 0 && (gran < 512 || gran > 64u * 1024 * 1024))
+        return fail(qapi::generic("Parameter 'granularity' expects a value in range [512B, 64MB]"));
+    if (gran != 0 && !std::has_single_bit(gran))
+        return fail(qapi::generic("Parameter 'granularity' expects a power of 2"));
+
+    // 5. op blockers
+    if (auto r = check_blocker(*source); !r)
+        return fail(r.error());
+    if (auto r = check_blocker(*target); !r)
+        return fail(r.error());
+
+    // 6. sync=top without backing is full
+    auto sync = p.sync;
+    if (sync == qapi::mirror_sync_mode::top && !source->backing())
+        sync = qapi::mirror_sync_mode::full;
+
+    // 7. replaces
+    if (p.replaces) {
+        auto rep = g.find(*p.replaces);
+        if (!rep)
+            return fail(qapi::generic("Failed to find node with node-name='" + *p.replaces + "'"));
+        if (rep != source)
+            return fail(qapi::generic("Cannot replace '" + *p.replaces + "' by a node mirrored from '" +
+                                      source->name() +
+                                      "', because it cannot be guaranteed that doing so would not lead to an "
+                                      "abrupt change of visible data"));
+        if (rep->size() != source->size())
+            return fail(qapi::generic("cannot replace image with a mirror image of different size"));
+    }
+
+    // 8. sync modes mirror does not have
+    if (sync == qapi::mirror_sync_mode::incremental || sync == qapi::mirror_sync_mode::bitmap)
+        return fail(qapi::generic("Sync mode '" + std::string(qapi::to_string(sync)) + "' not supported"));
+
+    // 9. buf-size
+    if (p.buf_size < 0)
+        return fail(qapi::generic("Invalid parameter 'buf-size'"));
+    if (gran == 0)
+        gran = default_granularity(target->cluster_size());
+
+    // 10. same node
+    if (source == target)
+        return fail(qapi::generic("Can't mirror node into itself"));
+
+    // 11. filter node
+    std::string filter_name;
+    if (p.filter_node_name) {
+        if (auto r = block::check_node_name(*p.filter_node_name); !r)
+            return fail(r.error());
+        if (g.find(*p.filter_node_name))
+            return fail(qapi::generic("Duplicate nodes with node-name='" + *p.filter_node_name + "'"));
+        filter_name = *p.filter_node_name;
+    }
+
+    // 12. job (QEMU's default id is the BlockBackend name; a bare node has none: "")
+    mirror_setup s;
+    s.graph = &g;
+    s.source = source;
+    s.target = target;
+    s.replaces = p.replaces;
+    s.sync = sync;
+    s.copy_mode = p.copy_mode;
+    s.on_source_error = p.on_source_error;
+    s.on_target_error = p.on_target_error;
+    // Requests must also suit O_DIRECT on both sides.
+    s.granularity = std::max<std::uint64_t>({gran, source->request_alignment(), target->request_alignment()});
+    s.buf_size = effective_buf_size(p.buf_size, s.granularity);
+    s.unmap = p.unmap;
+    s.zero_target = sync == qapi::mirror_sync_mode::full &&
+                    (!p.drive || p.mode == qapi::new_image_mode::existing || !target->zero_init());
+    s.release_target = opened_target;
+    if (filter_name.empty())
+        filter_name = g.auto_name();
+    block::node_options fo = source->options();
+    fo.name = filter_name;
+    fo.zeroes = block::node_options::detect_zeroes::off;
+    fo.discard_unmap = true;   // pass discards through; the source applies its own policy
+    s.filter = std::make_shared<mirror_top>(fo, source, !p.filter_node_name, m.loop().get_executor());
+
+    auto drv = std::make_unique<mirror_job>(std::move(s), m.loop().get_executor());
+    mirror_job* mj = drv.get();
+    job_options jo;
+    jo.auto_finalize = p.auto_finalize;
+    jo.auto_dismiss = p.auto_dismiss;
+    jo.speed = std::max<std::int64_t>(p.speed, 0);
+    auto created = m.create(p.job_id.value_or(""), job_type::mirror, std::move(drv), jo);
+    if (!created)
+        return fail(created.error());
+    job& j = **created;
+
+    // 13. speed (the job exists: created → null on failure)
+    if (p.speed < 0) {
+        m.early_fail(j);
+        return fail(qapi::generic("Parameter 'speed' expects a non-negative value"));
+    }
+    // 14. target permissions
+    if (target->read_only()) {
+        m.early_fail(j);
+        return fail(qapi::generic("Block node is read-only"));
+    }
+    mj->attach(j);   // inserts the filter above the source
+    m.start(j);
+    log::get("jobs")->info("mirror '{}': {} -> {} (sync {}, granularity {}, buf-size {})", j.id(), source->name(),
+                           target->name(), std::string(qapi::to_string(sync)), mj->granularity(), mj->buf_size());
+    return {};
+}
+
+} // namespace bjd::jobs

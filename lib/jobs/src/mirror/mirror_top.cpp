@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: MIT
+// mirror_top: the filter above a mirror's source, plus the small helpers it shares with the
+// copy loop (event_flag, rate_limiter).
+#include "mirror/mirror_job.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+
+namespace bjd::jobs::detail {
+
+asio::awaitable<void> event_flag::wait()
+{
+    timer_.expires_at(std::chrono::steady_clock::time_point::max());
+    co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+}
+
+// ---- rate_limiter ----------------------------------------------------------------------------
+
+void rate_limiter::refill(std::chrono::steady_clock::time_point now)
+{
+    if (last_ == std::chrono::steady_clock::time_point{})
+        last_ = now;
+    double dt = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    double cap = std::max(1.0, static_cast<double>(speed_) * 0.1);   // one 100 ms slice
+    tokens_ = std::min(cap, tokens_ + dt * static_cast<double>(speed_));
+}
+
+void rate_limiter::set_speed(std::int64_t speed)
+{
+    refill(std::chrono::steady_clock::now());
+    speed_ = speed;
+    double cap = std::max(1.0, static_cast<double>(speed_) * 0.1);
+    tokens_ = std::min(tokens_, cap);
+}
+
+void rate_limiter::charge(std::uint64_t bytes)
+{
+    if (speed_ <= 0)
+        return;
+    refill(std::chrono::steady_clock::now());
+    tokens_ -= static_cast<double>(bytes);
+}
+
+std::chrono::nanoseconds rate_limiter::delay()
+{
+    if (speed_ <= 0)
+        return std::chrono::nanoseconds(0);
+    refill(std::chrono::steady_clock::now());
+    if (tokens_ >= 0)
+        return std::chrono::nanoseconds(0);
+    double secs = -tokens_ / static_cast<double>(speed_);
+    return std::chrono::nanoseconds(static_cast<std::int64_t>(secs * 1e9) + 1);
+}
+
+// ---- mirror_top ------------------------------------------------------------------------------
+
+mirror_top::mirror_top(block::node_options o, std::shared_ptr<block::node> source, bool is_implicit,
+                       asio::any_io_executor ex)
+    : node(std::move(o)), source_(source), implicit_(is_implicit), changed_(ex)
+{
+    add_child("backing", std::move(source));
+}
+
+asio::awaitable<block::node*> mirror_top::enter_request()
+{
+    while (held_)
+        co_await changed_.wait();
+    ++inflight_;
+    co_return redirect_ ? redirect_.get() : source_.get();
+}
+
+void mirror_top::leave_request()
+{
+    --inflight_;
+    if (inflight_ == 0)
+        changed_.notify_all();
+}
+
+asio::awaitable<void> mirror_top::drain()
+{
+    held_ = true;
+    while (inflight_ > 0)
+        co_await changed_.wait();
+}
+
+void mirror_top::release(std::shared_ptr<block::node> to)
+{
+    if (to)
+        redirect_ = std::move(to);
+    held_ = false;
+    changed_.notify_all();
+}
+
+asio::awaitable<result<void>> mirror_top::do_read(std::uint64_t offset, std::span<std::byte> buf)
+{
+    block::node* n = co_await enter_request();
+    auto r = co_await n->read(offset, buf);
+    leave_request();
+    co_return r;
+}
+
+asio::awaitable<result<void>> mirror_top::do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua)
+{
+    block::node* n = co_await enter_request();
+    result<void> r;
+    if (job_ && !redirect_ && job_->active())
+        r = co_await job_->active_write(*n, op_kind::copy, offset, buf, buf.size(), fua, false);
+    else
+        r = co_await n->write(offset, buf, fua);
+    leave_request();
+    co_return r;
+}
+
+asio::awaitable<result<void>> mirror_top::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                                          block::zero_flags f)
+{
+    block::node* n = co_await enter_request();
+    result<void> r;
+    if (job_ && !redirect_ && job_->active() && !f.no_fallback)
+        r = co_await job_->active_write(*n, op_kind::zero, offset, {}, length, false, f.may_unmap);
+    else
+        r = co_await n->write_zeroes(offset, length, f);
+    leave_request();
+    co_return r;
+}
+
+asio::awaitable<result<void>> mirror_top::do_discard(std::uint64_t offset, std::uint64_t length)
+{
+    block::node* n = co_await enter_request();
+    result<void> r;
+    if (job_ && !redirect_ && job_->active())
+        r = co_await job_->active_write(*n, op_kind::discard, offset, {}, length, false, true);
+    else
+        r = co_await n->discard(offset, length);
+    leave_request();
+    co_return r;
+}
+
+asio::awaitable<result<void>> mirror_top::do_flush()
+{
+    block::node* n = co_await enter_request();
+    auto r = co_await n->flush();
+    leave_request();
+    co_return r;
+}
+
+asio::awaitable<result<block::extent>> mirror_top::do_block_status(std::uint64_t offset, std::uint64_t length)
+{
+    block::node* n = co_await enter_request();
+    auto r = co_await n->block_status(offset, length);
+    leave_request();
+    co_return r;
+}
+
+} // namespace bjd::jobs::detail
