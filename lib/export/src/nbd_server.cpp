@@ -87,7 +87,7 @@ qapi::result<void> nbd_server::listen(const nbd_server_options& opts)
             ::unlink(path.c_str());
         acceptor_type acc(loop);
         generic_proto::endpoint ep(&sun, sizeof sun);
-        acc.open(generic_proto(AF_UNIX, SOCK_STREAM), ec);
+        acc.open(generic_proto(AF_UNIX, 0), ec);
         if (!ec)
             acc.bind(ep, ec);
         if (ec)
@@ -113,7 +113,7 @@ qapi::result<void> nbd_server::listen(const nbd_server_options& opts)
         int last = 0;
         for (addrinfo* ai = res; ai && state_->acceptors.empty(); ai = ai->ai_next) {
             acceptor_type acc(loop);
-            acc.open(generic_proto(ai->ai_family, SOCK_STREAM), ec);
+            acc.open(generic_proto(ai->ai_family, ai->ai_protocol), ec);
             if (ec) { last = ec.value(); continue; }
             acc.set_option(asio::socket_base::reuse_address(true), ec);
             acc.bind(generic_proto::endpoint(ai->ai_addr, ai->ai_addrlen), ec);

@@ -146,7 +146,7 @@ struct client_conn {
     {
         asio::local::stream_protocol::socket server(m.loop());
         asio::local::connect_pair(sock, server);
-        asio::generic::stream_protocol::socket g(m.loop(), asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM),
+        asio::generic::stream_protocol::socket g(m.loop(), asio::generic::stream_protocol(AF_UNIX, 0),
                                                  server.release());
         m.serve(std::move(g));
     }
