@@ -134,6 +134,7 @@ namespace {
 struct opener {
     graph& g;
     std::vector<std::shared_ptr<node>> made;
+    std::vector<std::string> auto_names;   ///< names this opener generated (exempt from checks)
 
     asio::awaitable<qapi::result<std::shared_ptr<node>>> child_ref(const qapi::blockdev_ref& ref, const inherited& inh)
     {
@@ -146,24 +147,24 @@ struct opener {
                                                                   const inherited& inh, bool top)
     {
         std::string name;
-        if (o.node_name) {
+        if (o.node_name)
             name = *o.node_name;
-            if (auto r = check_node_name(name); !r)
-                co_return r.error();
-            if (g.find(name) || std::any_of(made.begin(), made.end(), [&](auto& n) { return n->name() == name; }))
-                co_return qapi::generic("Duplicate nodes with node-name='" + name + "'");
-        } else if (top) {
+        else if (top)
             co_return qapi::generic("'node-name' must be specified for the root node");
-        } else {
-            name = g.auto_name();
-        }
+        else
+            auto_names.push_back(name = g.auto_name());
         auto common = common_options(o, inh, name);
         if (!common)
             co_return common.error();
         inherited mine{common->read_only, common->cache_direct, common->cache_no_flush, common->discard_unmap};
 
+        // QEMU opens a format's file child before it names the node, so a bad child is reported
+        // before a bad or duplicate name of its parent: name checks run right before each
+        // driver creates its node.
         qapi::result<std::shared_ptr<node>> n = qapi::generic("Driver not supported");
         if (o.u.file) {
+            if (auto r = check_name(name); !r)
+                co_return r.error();
             const auto& f = *o.u.file;
             file_open_options fo;
             fo.filename = f.filename;
@@ -181,18 +182,22 @@ struct opener {
             std::optional<std::uint64_t> size;
             if (r.size) {
                 if (*r.size < 0)
-                    co_return qapi::generic("size must be a non-negative number");
+                    co_return qapi::generic("Parameter 'size' expects a non-negative number below 2^64");
                 size = static_cast<std::uint64_t>(*r.size);
             }
             std::int64_t offset = r.offset.value_or(0);
             if (offset < 0)
-                co_return qapi::generic("offset must be a non-negative number");
+                co_return qapi::generic("Parameter 'offset' expects a non-negative number below 2^64");
+            if (auto rn = check_name(name); !rn)
+                co_return rn.error();
             n = open_raw(std::move(*common), *file, static_cast<std::uint64_t>(offset), size);
         } else if (o.u.null_co || o.u.null_aio) {
             const auto& nu = o.u.null_co ? *o.u.null_co : *o.u.null_aio;
             std::int64_t size = nu.size.value_or(std::int64_t(1) << 30);
-            if (size < 0)
-                co_return qapi::generic("size must be a non-negative number");
+            if (size < 0)   // QEMU 7.2 aborts here; we refuse
+                co_return qapi::generic("Parameter 'size' expects a non-negative number below 2^64");
+            if (auto r = check_name(name); !r)
+                co_return r.error();
             n = open_null(std::move(*common), o.u.null_co ? "null-co" : "null-aio", static_cast<std::uint64_t>(size),
                           nu.latency_ns.value_or(0), nu.read_zeroes.value_or(false));
         } else if (o.u.qcow2) {
@@ -201,6 +206,17 @@ struct opener {
         if (n)
             made.push_back(*n);
         co_return n;
+    }
+
+    qapi::result<void> check_name(const std::string& name) const
+    {
+        if (std::find(auto_names.begin(), auto_names.end(), name) != auto_names.end())
+            return {};
+        if (auto r = check_node_name(name); !r)
+            return r;
+        if (g.find(name) || std::any_of(made.begin(), made.end(), [&](auto& n) { return n->name() == name; }))
+            return qapi::generic("Duplicate nodes with node-name='" + name + "'");
+        return {};
     }
 
     // ---- qcow2 and backing chains ----
@@ -230,6 +246,8 @@ struct opener {
         auto file = co_await child_ref(q.file, mine);
         if (!file)
             co_return file.error();
+        if (auto r = check_name(common.name); !r)
+            co_return r.error();
         auto n = co_await open_qcow2(std::move(common), *file, qo);
         if (!n)
             co_return n;
@@ -241,12 +259,12 @@ struct opener {
             if (const auto* ref = std::get_if<std::string>(&*q.backing)) {
                 auto b = g.lookup(*ref);
                 if (!b)
-                    co_return b.error();
+                    co_return qapi::generic("Could not open backing file: " + b.error().desc);
                 backing = *b;
             } else if (const auto* def = std::get_if<qapi::box<qapi::blockdev_options>>(&*q.backing)) {
                 auto b = co_await open_one(**def, binh, false);
                 if (!b)
-                    co_return b.error();
+                    co_return qapi::generic("Could not open backing file: " + b.error().desc);
                 backing = *b;
             }
         } else if (const auto* info = qcow2_info(**n); info && !info->backing_file.empty()) {
@@ -337,7 +355,7 @@ struct opener {
 
 asio::awaitable<qapi::result<std::shared_ptr<node>>> graph::open(const qapi::blockdev_options& opts, bool top_level)
 {
-    opener op{*this, {}};
+    opener op{*this, {}, {}};
     auto r = co_await op.open_one(opts, inherited{}, top_level);
     if (!r)
         co_return r;   // nodes made so far die with `op`

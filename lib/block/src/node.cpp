@@ -2,6 +2,7 @@
 #include "bjd/block/node.hpp"
 
 #include "bjd/io/buffer.hpp"
+#include "bjd/log.hpp"
 
 #include <algorithm>
 #include <cassert>
@@ -30,13 +31,37 @@ edge::~edge() { detach(); }
 
 void edge::attach(std::shared_ptr<node> n)
 {
-    if (node_) {
-        auto& ps = node_->parents_;
+    std::shared_ptr<node> old = std::move(node_);
+    if (old) {
+        auto& ps = old->parents_;
         ps.erase(std::remove(ps.begin(), ps.end(), this), ps.end());
+        (void)old->refresh_permissions();   // giving up permissions cannot fail
     }
     node_ = std::move(n);
-    if (node_)
+    if (node_) {
         node_->parents_.push_back(this);
+        if (perm_ != 0 || shared_ != perm_all) {
+            if (auto r = node_->refresh_permissions(); !r)
+                log::get("block")->warn("{} keeps node '{}' without its permissions: {}", owner_, node_->name(),
+                                        r.error().desc);
+        }
+    }
+}
+
+qapi::result<void> edge::set_perms(unsigned perm, unsigned shared)
+{
+    unsigned old_perm = perm_, old_shared = shared_;
+    perm_ = perm;
+    shared_ = shared;
+    if (!node_)
+        return {};
+    if (auto r = node_->refresh_permissions(); !r) {
+        perm_ = old_perm;
+        shared_ = old_shared;
+        (void)node_->refresh_permissions();
+        return r;
+    }
+    return {};
 }
 
 void replace_node(node& from, const std::shared_ptr<node>& to)
@@ -89,6 +114,39 @@ edge& node::add_child(std::string role, std::shared_ptr<node> n)
     children_.push_back(std::move(e));
     return *children_.back();
 }
+
+qapi::result<void> node::refresh_permissions()
+{
+    unsigned perm = 0, shared = perm_all;
+    for (const edge* e : parents_) {
+        perm |= e->perm();
+        shared &= e->shared_perm();
+    }
+    if (perm == held_perm_ && shared == held_shared_)
+        return {};
+    if ((perm & (perm_write | perm_resize)) && opts_.read_only)
+        return qapi::generic("Block node is read-only");
+    for (const auto& c : children_) {
+        unsigned cp = 0, cs = perm_all;
+        child_permissions(*c, perm, shared, cp, cs);
+        if (auto r = c->set_perms(cp, cs); !r)
+            return r;
+    }
+    if (auto r = apply_permissions(perm, shared); !r)
+        return r;
+    held_perm_ = perm;
+    held_shared_ = shared;
+    return {};
+}
+
+void node::child_permissions(const edge&, unsigned perm, unsigned shared, unsigned& child_perm,
+                             unsigned& child_shared) const
+{
+    child_perm = perm;
+    child_shared = shared;
+}
+
+qapi::result<void> node::apply_permissions(unsigned, unsigned) { return {}; }
 
 void node::add_write_observer(write_observer* o) { observers_.push_back(o); }
 

@@ -1,12 +1,70 @@
 // SPDX-License-Identifier: MIT
 #include "bjd/block/query.hpp"
 
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <vector>
+
 namespace bjd::block {
+
+namespace {
+
+void write_compact(std::string& out, const boost::json::value& v)
+{
+    switch (v.kind()) {
+    case boost::json::kind::object: {
+        const auto& o = v.get_object();
+        std::vector<std::string_view> keys;
+        for (const auto& kv : o)
+            keys.push_back(kv.key());
+        std::sort(keys.begin(), keys.end());
+        out += '{';
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            if (i)
+                out += ", ";
+            out += boost::json::serialize(boost::json::value(keys[i]));
+            out += ": ";
+            write_compact(out, o.at(keys[i]));
+        }
+        out += '}';
+        break;
+    }
+    default:
+        out += boost::json::serialize(v);
+    }
+}
+
+} // namespace
+
+boost::json::object options_json(const node& n)
+{
+    if (auto o = n.json_options())
+        return *o;
+    return {{"driver", std::string(n.driver())}, {"filename", n.filename()}};
+}
+
+std::string display_filename(const node& n)
+{
+    auto o = n.json_options();
+    if (!o)
+        return n.filename();
+    std::string out = "json:";
+    write_compact(out, *o);
+    return out;
+}
 
 qapi::image_info describe_image(const node& n, bool with_backing_chain)
 {
     qapi::image_info img;
-    img.filename = n.filename();
+    img.filename = display_filename(n);
+    // QEMU reports dirty-flag when bdrv_get_info works: formats forward to their file
+    // child, and null-co has none.
+    const node* bottom = &n;
+    while (bottom->primary_child())
+        bottom = bottom->primary_child();
+    if (bottom->driver() != "null-co" && bottom->driver() != "null-aio")
+        img.dirty_flag = false;
     img.format = std::string(n.driver());
     img.virtual_size = static_cast<std::int64_t>(n.size());
     if (auto a = n.allocated_size(); a >= 0)
@@ -26,7 +84,7 @@ qapi::image_info describe_image(const node& n, bool with_backing_chain)
 qapi::block_device_info describe_node(const node& n, bool flat)
 {
     qapi::block_device_info info;
-    info.file = n.filename();
+    info.file = display_filename(n);
     info.node_name = n.name();
     info.ro = n.read_only();
     info.drv = std::string(n.driver());

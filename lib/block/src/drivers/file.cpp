@@ -23,8 +23,6 @@ namespace {
 constexpr off_t lock_perm_base = 100;
 constexpr off_t lock_shared_base = 200;
 constexpr std::array<const char*, 4> perm_names{"consistent read", "write", "write unchanged", "resize"};
-constexpr unsigned perm_consistent_read = 1, perm_write = 2, perm_resize = 8;
-constexpr unsigned perm_all = 0xf;
 
 bool lock_held_by_other(int fd, off_t byte)
 {
@@ -38,17 +36,17 @@ bool lock_held_by_other(int fd, off_t byte)
     return fl.l_type != F_UNLCK;
 }
 
-bool lock_byte(int fd, off_t byte)
+bool set_lock(int fd, off_t byte, bool locked)
 {
     struct flock fl{};
-    fl.l_type = F_RDLCK;
+    fl.l_type = locked ? F_RDLCK : F_UNLCK;
     fl.l_whence = SEEK_SET;
     fl.l_start = byte;
     fl.l_len = 1;
     return ::fcntl(fd, F_OFD_SETLK, &fl) == 0;
 }
 
-/// Takes the locks for holding `perm` while sharing only `shared`; QEMU's texts on conflict.
+/// Holds the lock bytes for `perm` and for not sharing `~shared`; QEMU's texts on conflict.
 qapi::result<void> apply_locks(int fd, unsigned perm, unsigned shared)
 {
     for (unsigned i = 0; i < perm_names.size(); ++i) {
@@ -64,10 +62,9 @@ qapi::result<void> apply_locks(int fd, unsigned perm, unsigned shared)
                                "Is another process using the image?"};
     }
     for (unsigned i = 0; i < perm_names.size(); ++i) {
-        if ((perm & (1u << i)) && !lock_byte(fd, lock_perm_base + i))
-            return qapi::generic(std::string("Failed to lock byte ") + std::to_string(lock_perm_base + i));
-        if (!(shared & (1u << i)) && !lock_byte(fd, lock_shared_base + i))
-            return qapi::generic(std::string("Failed to lock byte ") + std::to_string(lock_shared_base + i));
+        if (!set_lock(fd, lock_perm_base + i, perm & (1u << i)) ||
+            !set_lock(fd, lock_shared_base + i, !(shared & (1u << i))))
+            return qapi::generic("Failed to lock byte " + std::to_string(lock_perm_base + i));
     }
     return {};
 }
@@ -75,9 +72,9 @@ qapi::result<void> apply_locks(int fd, unsigned perm, unsigned shared)
 class file_node final : public node {
 public:
     file_node(node_options o, std::string filename, int fd, std::uint64_t size, bool is_block, std::uint32_t align,
-              io::engine& engine)
+              bool locking, io::engine& engine)
         : node(std::move(o)), filename_(std::move(filename)), fd_(fd), size_(size), is_block_(is_block),
-          align_(align), engine_(engine)
+          align_(align), locking_(locking), engine_(engine)
     {
     }
     ~file_node() override { ::close(fd_); }
@@ -96,6 +93,15 @@ public:
     }
 
 protected:
+    // Locks follow the permissions users of the node take (QEMU's scheme): a node nobody
+    // writes through blocks nobody.
+    qapi::result<void> apply_permissions(unsigned perm, unsigned shared) override
+    {
+        if (!locking_)
+            return {};
+        return apply_locks(fd_, perm, shared);
+    }
+
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
     {
         if (misaligned(off, buf.size(), buf.data()))
@@ -216,6 +222,7 @@ private:
     std::uint64_t size_;
     bool is_block_;
     std::uint32_t align_;
+    bool locking_;
     io::engine& engine_;
 };
 
@@ -269,18 +276,9 @@ qapi::result<std::shared_ptr<node>> open_file(node_options common, const file_op
         return qapi::generic("Could not open '" + fo.filename + "': " + std::strerror(e));
     }
 
-    if (fo.locking) {
-        unsigned perm = perm_consistent_read | (common.read_only ? 0 : perm_write);
-        unsigned shared = perm_all & ~(perm_write | perm_resize);
-        if (auto r = apply_locks(fd, perm, shared); !r) {
-            ::close(fd);
-            return r.error();
-        }
-    }
-
     std::uint32_t align = common.cache_direct ? probe_alignment(fd, is_block) : 1;
     return std::shared_ptr<node>(
-        std::make_shared<file_node>(std::move(common), fo.filename, fd, size, is_block, align, engine));
+        std::make_shared<file_node>(std::move(common), fo.filename, fd, size, is_block, align, fo.locking, engine));
 }
 
 } // namespace bjd::block

@@ -15,12 +15,26 @@ namespace {
 class null_node final : public node {
 public:
     null_node(node_options o, std::string_view drv, std::uint64_t size, std::uint64_t latency_ns, bool read_zeroes)
-        : node(std::move(o)), driver_(drv), size_(size), latency_ns_(latency_ns), read_zeroes_(read_zeroes)
+        : node(std::move(o)), driver_(drv), requested_size_(size), size_((size + 511) / 512 * 512),
+          latency_ns_(latency_ns), read_zeroes_(read_zeroes)
     {
     }
 
     std::string_view driver() const noexcept override { return driver_; }
-    std::string filename() const override { return "null-co://"; }
+    std::string filename() const override { return driver_ + "://"; }
+    std::optional<boost::json::object> json_options() const override
+    {
+        if (requested_size_ == std::uint64_t(1) << 30 && !read_zeroes_ && latency_ns_ == 0)
+            return std::nullopt;
+        boost::json::object o{{"driver", driver_}};
+        if (requested_size_ != std::uint64_t(1) << 30)
+            o["size"] = requested_size_;
+        if (read_zeroes_)
+            o["read-zeroes"] = true;
+        if (latency_ns_)
+            o["latency-ns"] = latency_ns_;
+        return o;
+    }
     std::uint64_t size() const noexcept override { return size_; }
     std::int64_t allocated_size() const override { return 0; }
     bool zero_init() const noexcept override { return read_zeroes_; }
@@ -68,6 +82,7 @@ private:
     }
 
     std::string driver_;
+    std::uint64_t requested_size_;
     std::uint64_t size_;
     std::uint64_t latency_ns_;
     bool read_zeroes_;
@@ -78,7 +93,6 @@ private:
 std::shared_ptr<node> open_null(node_options common, std::string_view driver, std::uint64_t size,
                                 std::uint64_t latency_ns, bool read_zeroes)
 {
-    size = (size + 511) / 512 * 512;
     return std::make_shared<null_node>(std::move(common), driver, size, latency_ns, read_zeroes);
 }
 

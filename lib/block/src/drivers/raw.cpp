@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // raw: the format driver without a format: a window of its file child.
 #include "bjd/block/driver.hpp"
+#include "bjd/block/query.hpp"
 
 #include <string>
 
@@ -9,13 +10,25 @@ namespace {
 
 class raw_node final : public node {
 public:
-    raw_node(node_options o, std::shared_ptr<node> file, std::uint64_t offset, std::uint64_t size)
-        : node(std::move(o)), offset_(offset), size_(size)
+    raw_node(node_options o, std::shared_ptr<node> file, std::uint64_t offset, std::uint64_t size, bool explicit_size)
+        : node(std::move(o)), offset_(offset), size_(size), explicit_size_(explicit_size)
     {
         add_child("file", std::move(file));
     }
 
     std::string_view driver() const noexcept override { return "raw"; }
+    std::optional<boost::json::object> json_options() const override
+    {
+        auto child = file()->json_options();
+        if (offset_ == 0 && !explicit_size_ && !child)
+            return std::nullopt;
+        boost::json::object o{{"driver", "raw"}, {"file", options_json(*file())}};
+        if (offset_ || explicit_size_)
+            o["offset"] = offset_;
+        if (explicit_size_)
+            o["size"] = size_;
+        return o;
+    }
     std::uint64_t size() const noexcept override { return size_; }
     std::int64_t allocated_size() const override { return file()->allocated_size(); }
     std::uint32_t request_alignment() const noexcept override { return file()->request_alignment(); }
@@ -51,6 +64,7 @@ private:
 
     std::uint64_t offset_;
     std::uint64_t size_;
+    bool explicit_size_;
 };
 
 } // namespace
@@ -58,17 +72,19 @@ private:
 qapi::result<std::shared_ptr<node>> open_raw(node_options common, std::shared_ptr<node> file, std::uint64_t offset,
                                             std::optional<std::uint64_t> size)
 {
+    // QEMU's raw_read_options checks, in its order and words.
     std::uint64_t fsize = file->size();
     if (offset > fsize)
-        return qapi::generic("The sum of offset (" + std::to_string(offset) + ") and size (0) has to be smaller or equal to the  actual size of the containing file (" + std::to_string(fsize) + ")");
+        return qapi::generic("Offset (" + std::to_string(offset) + ") cannot be greater than size of the containing file (" +
+                             std::to_string(fsize) + ")");
     std::uint64_t sz = size.value_or(fsize - offset);
-    if (offset + sz > fsize || offset + sz < offset)
+    if (size && (fsize - offset < sz))
         return qapi::generic("The sum of offset (" + std::to_string(offset) + ") and size (" + std::to_string(sz) +
                              ") has to be smaller or equal to the  actual size of the containing file (" +
                              std::to_string(fsize) + ")");
-    if (common.read_only == false && file->read_only())
-        return qapi::generic("Block node is read-only");
-    return std::shared_ptr<node>(std::make_shared<raw_node>(std::move(common), std::move(file), offset, sz));
+    if (size && sz % 512 != 0)
+        return qapi::generic("Specified size is not multiple of 512");
+    return std::shared_ptr<node>(std::make_shared<raw_node>(std::move(common), std::move(file), offset, sz, size.has_value()));
 }
 
 } // namespace bjd::block

@@ -12,14 +12,17 @@
 /// asserting, because the ranges come from clients (NBD). Every write-type request (write,
 /// write_zeroes, discard) that reaches a node is reported to its write observers when it
 /// finishes, whichever path it came from — that is what keeps mirror dirty bitmaps honest.
+#include "bjd/qapi/error.hpp"
 #include "bjd/result.hpp"
 #include "bjd/stats/block_acct.hpp"
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <span>
 #include <string>
@@ -68,6 +71,17 @@ struct node_options {
     enum class detect_zeroes { off, on, unmap } zeroes = detect_zeroes::off;
 };
 
+/// Permissions a parent takes on a node through its edge, and the ones it lets other users
+/// take (QEMU's BLK_PERM_*; the bit numbers are QEMU's, since file nodes turn them into OFD
+/// lock bytes that QEMU processes read).
+enum perm : unsigned {
+    perm_consistent_read = 1u << 0,
+    perm_write = 1u << 1,
+    perm_write_unchanged = 1u << 2,
+    perm_resize = 1u << 3,
+    perm_all = 0xfu,
+};
+
 /// Who holds an edge to a node: another node, a named drive, an export, or a job.
 enum class parent_kind { node, backend, export_, job };
 
@@ -81,9 +95,18 @@ public:
     edge(const edge&) = delete;
     edge& operator=(const edge&) = delete;
 
-    /// Points the edge at `n` (null detaches).
+    /// Points the edge at `n` (null detaches), keeping this edge's permissions. The old node
+    /// gives up what this edge held; errors taking them on `n` are logged, not returned: use
+    /// `set_perms` first where a conflict must fail the operation.
     void attach(std::shared_ptr<node> n);
     void detach() { attach(nullptr); }
+
+    /// Takes `perm` on the node while letting others take only `shared`, down the whole
+    /// subtree (a file node turns them into image locks). On failure nothing changes and the
+    /// error says why: "Failed to get \"write\" lock", "Block node is read-only".
+    qapi::result<void> set_perms(unsigned perm, unsigned shared);
+    unsigned perm() const noexcept { return perm_; }
+    unsigned shared_perm() const noexcept { return shared_; }
 
     node* get() const noexcept { return node_.get(); }
     const std::shared_ptr<node>& shared() const noexcept { return node_; }
@@ -99,6 +122,8 @@ private:
     std::string owner_;
     std::string role_;
     std::shared_ptr<node> node_;
+    unsigned perm_ = 0;
+    unsigned shared_ = perm_all;
 };
 
 /// Redirects every parent edge of `from` to `to`, except edges owned by `to` itself (so a
@@ -119,6 +144,10 @@ public:
     virtual std::string_view driver() const noexcept = 0;
     /// The file name shown in query-named-block-nodes (`file`, `image.filename`).
     virtual std::string filename() const;
+    /// The driver options QEMU's "json:{…}" pseudo-filename shows when a plain file name does
+    /// not describe the node (non-default options, a window of a file); nullopt when
+    /// `filename()` says it all. See `display_filename` in query.hpp.
+    virtual std::optional<boost::json::object> json_options() const { return std::nullopt; }
     /// Implicit filters (mirror_top without filter-node-name) are skipped by device views.
     virtual bool implicit() const noexcept { return false; }
 
@@ -168,6 +197,13 @@ public:
     const std::string& blocker() const noexcept { return blocker_; }
     void set_blocker(std::string why) { blocker_ = std::move(why); }
 
+    // ---- permissions --------------------------------------------------------------------------
+    /// Recomputes what the parents' edges ask of this node and passes it down to the children.
+    qapi::result<void> refresh_permissions();
+    /// What this node currently holds (union of its parents' perms) and shares (intersection).
+    unsigned held_perm() const noexcept { return held_perm_; }
+    unsigned held_shared() const noexcept { return held_shared_; }
+
     // ---- observers ----------------------------------------------------------------------------
     void add_write_observer(write_observer* o);
     void remove_write_observer(write_observer* o);
@@ -190,6 +226,13 @@ protected:
     // Driver hooks: called with the contract already checked. Defaults: ENOTSUP for
     // write_zeroes/discard/truncate (the wrapper emulates write_zeroes with zero buffers), a
     // successful no-op flush, and "all data, allocated" for block_status.
+    /// What a child edge must hold when this node holds `perm` and shares `shared`. Default:
+    /// the same (filters and raw); formats with metadata take more and share less.
+    virtual void child_permissions(const edge& child, unsigned perm, unsigned shared, unsigned& child_perm,
+                                   unsigned& child_shared) const;
+    /// Applies the node's own part of a permission change (file nodes: image locks).
+    virtual qapi::result<void> apply_permissions(unsigned perm, unsigned shared);
+
     virtual asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
     virtual asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) = 0;
     virtual asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags);
@@ -212,6 +255,8 @@ private:
     std::vector<edge*> parents_;
     std::vector<write_observer*> observers_;
     std::uint64_t wr_highest_offset_ = 0;
+    unsigned held_perm_ = 0;
+    unsigned held_shared_ = perm_all;
     stats::block_acct acct_;
 };
 

@@ -7,6 +7,13 @@
 
 namespace bjd::block {
 
+/// The options describing `n` as an object: its json_options(), or {driver, filename}.
+boost::json::object options_json(const node& n);
+
+/// What QEMU shows as a node's file name: the plain name, or "json:{…}" built from
+/// `json_options()` (keys sorted, QEMU's ", " and ": " separators).
+std::string display_filename(const node& n);
+
 /// BlockDeviceInfo for `n`. With `flat == false`, `image.backing-image` is filled in down the
 /// backing chain (QEMU's default for query-named-block-nodes).
 qapi::block_device_info describe_node(const node& n, bool flat);
