@@ -132,7 +132,7 @@ TEST_CASE("block: qcow2 explicit backing: null, by name, inline", "[qcow2]")
     {
         auto top = e.add(qcow2_opts("top", e.path("top.qcow2"), R"(,"backing":"nope")"));
         REQUIRE(!top);
-        CHECK(top.error().desc == "Cannot find device='nope' nor node-name='nope'");
+        CHECK(top.error().desc == "Could not open backing file: Cannot find device='nope' nor node-name='nope'");
         CHECK(e.g.nodes().empty());
     }
 }
@@ -213,16 +213,21 @@ TEST_CASE("block: qcow2 refuses crafted headers with clear errors", "[qcow2]")
     SECTION("cluster bits") { poke_be32(img, 20, 31); expect("Unsupported cluster size: 2^31"); }
     SECTION("absurd L1 size") { poke_be32(img, 36, 0x40000000); expect("Active L1 table too large"); }
     SECTION("L1 too small for the size") { poke_be64(img, 24, 1ull << 50); expect("L1 table is too small"); }
-    SECTION("L1 past the end") { poke_be64(img, 40, 1ull << 40); expect("Invalid L1 table offset"); }
-    SECTION("L1 unaligned") { poke_be64(img, 40, 0x30001); expect("Invalid L1 table offset"); }
+    SECTION("L1 past the end") { poke_be64(img, 40, 1ull << 40); expect("Active L1 table offset invalid"); }
+    SECTION("L1 unaligned") { poke_be64(img, 40, 0x30001); expect("Active L1 table offset invalid"); }
     SECTION("absurd refcount table") { poke_be32(img, 56, 0x10000000); expect("Reference count table too large"); }
-    SECTION("refcount table over the header") { poke_be64(img, 48, 0); expect("Invalid reference count table offset"); }
+    SECTION("refcount table over the header") { poke_be64(img, 48, 0); expect("Reference count table offset invalid"); }
     SECTION("overlapping tables")
     {
         poke_be64(img, 48, peek_be64(img, 40));   // refcount table on top of the L1 table
         expect("qcow2 metadata tables overlap");
     }
     SECTION("unknown incompatible feature") { poke_be64(img, 72, 1ull << 40); expect("Unsupported qcow2 feature(s): Unknown incompatible feature: 10000000000"); }
+    SECTION("named and unknown features together")
+    {
+        poke_be64(img, 72, (1ull << 4) | (1ull << 40) | (1ull << 41));
+        expect("Unsupported qcow2 feature(s): extended L2 entries, Unknown incompatible feature: 30000000000");
+    }
     SECTION("extended L2 entries (named by the feature table)")
     {
         poke_be64(img, 72, 1ull << 4);

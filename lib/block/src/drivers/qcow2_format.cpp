@@ -39,23 +39,34 @@ const char* known_incompatible_name(unsigned bit)
     }
 }
 
+/// Names of the set bits (from the image's feature table, else ours), then the unnamed rest
+/// as one mask — QEMU's wording.
 std::string describe_unsupported(std::uint64_t bits, const std::map<unsigned, std::string>& names)
 {
     std::string out;
+    std::uint64_t unnamed = 0;
     for (unsigned b = 0; b < 64; ++b) {
         if (!(bits & (1ull << b)))
             continue;
+        const char* n = nullptr;
+        if (auto it = names.find(b); it != names.end() && !it->second.empty())
+            n = it->second.c_str();
+        else
+            n = known_incompatible_name(b);
+        if (!n) {
+            unnamed |= 1ull << b;
+            continue;
+        }
         if (!out.empty())
             out += ", ";
-        if (auto it = names.find(b); it != names.end() && !it->second.empty()) {
-            out += it->second;
-        } else if (const char* n = known_incompatible_name(b)) {
-            out += n;
-        } else {
-            char buf[64];
-            std::snprintf(buf, sizeof buf, "Unknown incompatible feature: %llx", 1ull << b);
-            out += buf;
-        }
+        out += n;
+    }
+    if (unnamed) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "Unknown incompatible feature: %llx", static_cast<unsigned long long>(unnamed));
+        if (!out.empty())
+            out += ", ";
+        out += buf;
     }
     return out;
 }
@@ -166,7 +177,7 @@ bool parse_header(std::span<const std::byte> first, std::uint64_t file_size, hea
     }
 
     if (h.size > max_virtual_size)
-        return fail(error, "Image size is too large");
+        return fail(error, "Image is too big");
     // Entries one L1 entry maps: one L2 table of cs/8 entries, each one cluster.
     const std::uint64_t bytes_per_l1 = cs * (cs / 8);
     const std::uint64_t l1_needed = (h.size + bytes_per_l1 - 1) / bytes_per_l1;
@@ -176,7 +187,7 @@ bool parse_header(std::span<const std::byte> first, std::uint64_t file_size, hea
         return fail(error, "L1 table is too small");
     if (h.l1_size > 0 && ((h.l1_table_offset & (cs - 1)) != 0 || h.l1_table_offset == 0 ||
                           !range_in_file(h.l1_table_offset, std::uint64_t(h.l1_size) * 8, file_size)))
-        return fail(error, "Invalid L1 table offset");
+        return fail(error, "Active L1 table offset invalid");
 
     if (h.refcount_table_clusters == 0)
         return fail(error, "Image does not contain a reference count table");
@@ -184,12 +195,12 @@ bool parse_header(std::span<const std::byte> first, std::uint64_t file_size, hea
         return fail(error, "Reference count table too large");
     if ((h.refcount_table_offset & (cs - 1)) != 0 || h.refcount_table_offset == 0 ||
         !range_in_file(h.refcount_table_offset, std::uint64_t(h.refcount_table_clusters) * cs, file_size))
-        return fail(error, "Invalid reference count table offset");
+        return fail(error, "Reference count table offset invalid");
 
     if (h.nb_snapshots > 65536)
         return fail(error, "Too many snapshots");
     if (h.nb_snapshots > 0 && ((h.snapshots_offset & (cs - 1)) != 0 || h.snapshots_offset >= file_size))
-        return fail(error, "Invalid snapshot table offset");
+        return fail(error, "Snapshot table offset invalid");
 
     if (ranges_overlap(h.l1_table_offset, std::uint64_t(h.l1_size) * 8, 0, cs) ||
         ranges_overlap(h.refcount_table_offset, std::uint64_t(h.refcount_table_clusters) * cs, 0, cs) ||
