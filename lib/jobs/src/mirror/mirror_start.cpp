@@ -36,10 +36,13 @@ std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularit
 
 namespace {
 
+/// QEMU's bdrv_is_root_node: every parent is a device/export (BlockBackend); a node parent
+/// (a mirror_top filter, a format node) or a job's reference makes it a non-root node.
 bool is_root(const block::node& n)
 {
-    return std::none_of(n.parents().begin(), n.parents().end(),
-                        [](const block::edge* e) { return e->kind() == block::parent_kind::node; });
+    return std::none_of(n.parents().begin(), n.parents().end(), [](const block::edge* e) {
+        return e->kind() == block::parent_kind::node || e->kind() == block::parent_kind::job;
+    });
 }
 
 qapi::result<void> check_blocker(const block::node& n)
