@@ -71,6 +71,8 @@ runtime::runtime(asio::io_context& loop)
     ctx_.graph = graph_.get();
     jobs_ = std::make_unique<jobs::manager>(loop_, server_);
     ctx_.jobs = jobs_.get();
+    exports_ = std::make_unique<exports::manager>(loop_, server_);
+    ctx_.exports = exports_.get();
     ctx_.request_quit = [this] { request_quit(); };
     server_.attach(ctx_);
 }
@@ -85,9 +87,9 @@ asio::awaitable<void> runtime::apply(const options& opts)
         case k::blockdev: co_await add_blockdev(o.value); break;
         case k::chardev: add_chardev(o.value); break;
         case k::monitor: add_monitor(o.value); break;
-        case k::nbd_server:
-        case k::export_:
-        case k::object: fail("--" + std::string(o.what == k::object ? "object" : o.what == k::export_ ? "export" : "nbd-server") + " is not supported yet");
+        case k::nbd_server: add_nbd_server(o.value); break;
+        case k::export_: add_export(o.value); break;
+        case k::object: fail("--object is not supported: blockjobd has no QOM objects (iothreads, secrets, throttle groups)");
         }
     }
     if (opts.pidfile) {
@@ -105,6 +107,33 @@ asio::awaitable<void> runtime::add_blockdev(const std::string& value)
     auto bo = decode_option<qapi::blockdev_options>(value);
     auto r = co_await graph_->add(bo);
     if (!r)
+        fail(r.error().desc);
+}
+
+void runtime::add_nbd_server(const std::string& value)
+{
+    try {
+        if (auto r = exports_->start_server(exports::parse_nbd_server_option(value)); !r)
+            fail(r.error().desc);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+}
+
+void runtime::add_export(const std::string& value)
+{
+    exports::export_options eo;
+    try {
+        eo = exports::parse_export_option(value);
+    } catch (const std::invalid_argument& e) {
+        fail(e.what());
+    }
+    if (auto r = exports_->check_new_id(eo.id); !r)
+        fail(r.error().desc);
+    auto n = graph_->lookup(eo.node_name);
+    if (!n)
+        fail(n.error().desc);
+    if (auto r = exports_->add(std::move(eo), *n); !r)
         fail(r.error().desc);
 }
 
@@ -169,6 +198,7 @@ asio::awaitable<void> runtime::shutdown()
 {
     try {
         co_await jobs_->shutdown();   // force-cancel every job; their events still go out
+        co_await exports_->shutdown();   // BLOCK_EXPORT_DELETED for each, clients drained
         co_await server_.shutdown();
     } catch (const std::exception& e) {
         log::get("daemon")->error("shutdown: {}", e.what());

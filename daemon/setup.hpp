@@ -4,6 +4,7 @@
 #include "options.hpp"
 
 #include "bjd/block/graph.hpp"
+#include "bjd/export/manager.hpp"
 #include "bjd/io/engine.hpp"
 #include "bjd/jobs/job.hpp"
 #include "bjd/qmp/context.hpp"
@@ -39,6 +40,8 @@ private:
     void add_chardev(const std::string& value);
     void add_monitor(const std::string& value);
     boost::asio::awaitable<void> add_blockdev(const std::string& value);
+    void add_nbd_server(const std::string& value);
+    void add_export(const std::string& value);
 
     boost::asio::io_context& loop_;
     std::unique_ptr<io::engine> engine_;
@@ -46,6 +49,7 @@ private:
     std::unique_ptr<block::graph> graph_;
     qmp::server server_;
     std::unique_ptr<jobs::manager> jobs_;   // after graph_: jobs hold nodes, so they go first
+    std::unique_ptr<exports::manager> exports_;   // likewise: exports hold nodes
     qmp::context ctx_;
     std::map<std::string, qmp::listen_address> chardevs_;
     std::optional<std::string> pidfile_;
