@@ -16,6 +16,13 @@ block_export::block_export(export_options opts, std::shared_ptr<block::node> n)
 
 block_export::~block_export() = default;
 
+qapi::result<void> block_export::claim_permissions()
+{
+    // QEMU's block-export-add: read (and write when writable), sharing everything.
+    unsigned perm = block::perm_consistent_read | (opts_.writable ? block::perm_write : 0u);
+    return edge_.set_perms(perm, block::perm_all);
+}
+
 std::string block_export::node_name() const
 {
     return edge_ ? edge_->name() : std::string();

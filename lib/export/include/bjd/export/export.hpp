@@ -40,6 +40,9 @@ class block_export {
 public:
     block_export(export_options opts, std::shared_ptr<block::node> n);
     ~block_export();
+    /// Takes the permissions the export needs on its node (image locks included); fails
+    /// with "Failed to get \"write\" lock" and the like when another user forbids them.
+    qapi::result<void> claim_permissions();
     block_export(const block_export&) = delete;
     block_export& operator=(const block_export&) = delete;
 
