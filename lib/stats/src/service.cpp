@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 namespace bjd::stats {
 
@@ -26,8 +27,8 @@ void service::stop()
 void service::add(block_acct& a)
 {
     std::lock_guard lk(mu_);
-    if (std::find(accts_.begin(), accts_.end(), &a) == accts_.end())
-        accts_.push_back(&a);
+    if (std::none_of(accts_.begin(), accts_.end(), [&a](const entry& e) { return e.acct == &a; }))
+        accts_.push_back(entry{&a, 0});   // due now: the thread computes the real expiry
     changed_ = true;
     if (!thread_.joinable()) {
         thread_ = std::jthread([this](std::stop_token st) { run(st); });
@@ -40,7 +41,8 @@ void service::remove(block_acct& a)
 {
     // The thread holds mu_ while it rolls, so once we hold it the object is not in use.
     std::lock_guard lk(mu_);
-    accts_.erase(std::remove(accts_.begin(), accts_.end(), &a), accts_.end());
+    accts_.erase(std::remove_if(accts_.begin(), accts_.end(), [&a](const entry& e) { return e.acct == &a; }),
+                 accts_.end());
 }
 
 void service::wake()
@@ -71,18 +73,21 @@ bool service::running() const
 void service::run(std::stop_token st)
 {
     std::unique_lock lk(mu_);
+    constexpr std::int64_t never = std::numeric_limits<std::int64_t>::max();
     while (!st.stop_requested()) {
         const std::int64_t now = clock_.now_ns();
-        for (block_acct* a : accts_)
-            a->roll(now);
-        ++passes_;
+        const bool all = changed_;   // intervals changed somewhere: re-evaluate everyone
         changed_ = false;
-
-        std::optional<std::int64_t> due;
-        for (block_acct* a : accts_)
-            if (auto d = a->next_due_ns(now))
-                due = due ? std::min(*due, *d) : *d;
-        std::int64_t sleep_ns = due ? std::clamp<std::int64_t>(*due - now, 0, max_sleep_ns) : max_sleep_ns;
+        std::int64_t due = never;
+        for (entry& e : accts_) {
+            if (all || e.due <= now) {
+                e.acct->roll(now);
+                e.due = e.acct->next_due_ns(now).value_or(never);
+            }
+            due = std::min(due, e.due);
+        }
+        ++passes_;
+        std::int64_t sleep_ns = due == never ? max_sleep_ns : std::clamp<std::int64_t>(due - now, 0, max_sleep_ns);
         // Windows expire at `expiry <= now`; waking a hair late is harmless, early is not
         // useful, so round up to the next microsecond.
         auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(sleep_ns + 1000);

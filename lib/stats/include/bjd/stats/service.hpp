@@ -6,7 +6,7 @@
 ///
 /// One `std::jthread` per service, started when the first `block_acct` registers. It sleeps
 /// until the earliest window expiry among registered objects (re-evaluated on `wake()`), then
-/// calls `block_acct::roll(now)` on each. `block_acct` registers itself when intervals are
+/// calls `block_acct::roll(now)` on each object whose expiry has come. `block_acct` registers itself when intervals are
 /// configured and unregisters in its destructor; `remove()` returns only once the thread no
 /// longer uses the object.
 #include "bjd/stats/clock.hpp"
@@ -54,7 +54,11 @@ private:
     const clock& clock_;
     mutable std::mutex mu_;
     std::condition_variable_any cv_;
-    std::vector<block_acct*> accts_;
+    struct entry {
+        block_acct* acct;
+        std::int64_t due;   // next window expiry; INT64_MAX without intervals
+    };
+    std::vector<entry> accts_;
     bool changed_ = false;
     std::uint64_t passes_ = 0;
     std::jthread thread_;   // last: started lazily, joined first
