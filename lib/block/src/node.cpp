@@ -139,9 +139,18 @@ qapi::result<void> node::refresh_permissions()
     return {};
 }
 
-void node::child_permissions(const edge&, unsigned perm, unsigned shared, unsigned& child_perm,
+void node::child_permissions(const edge& child, unsigned perm, unsigned shared, unsigned& child_perm,
                              unsigned& child_shared) const
 {
+    if (child.role() == "backing") {
+        // A COW backing file is only read, and must not change under us (QEMU's
+        // bdrv_default_perms_for_cow): writers of the overlay never write the backing.
+        child_perm = perm & perm_consistent_read;
+        child_shared = perm_consistent_read | perm_write_unchanged;
+        if (perm == 0)
+            child_shared = perm_all;
+        return;
+    }
     child_perm = perm;
     child_shared = shared;
 }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "bjd/block/query.hpp"
 
+#include "bjd/block/driver.hpp"
+
 #include <boost/json.hpp>
 
 #include <algorithm>
@@ -66,13 +68,32 @@ qapi::image_info describe_image(const node& n, bool with_backing_chain)
     if (bottom->driver() != "null-co" && bottom->driver() != "null-aio")
         img.dirty_flag = false;
     img.format = std::string(n.driver());
-    img.virtual_size = static_cast<std::int64_t>(n.size());
+    // QEMU sizes nodes in 512-byte sectors: a file of 196616 bytes shows 197120.
+    img.virtual_size = static_cast<std::int64_t>((n.size() + 511) / 512 * 512);
     if (auto a = n.allocated_size(); a >= 0)
         img.actual_size = a;
     if (auto c = n.cluster_size())
         img.cluster_size = c;
+    if (const auto* q = qcow2_info(n)) {
+        qapi::image_info_specific_q_cow2 d;
+        d.compat = q->version >= 3 ? "1.1" : "0.10";
+        if (q->version >= 3) {
+            d.lazy_refcounts = q->lazy_refcounts;
+            d.corrupt = q->corrupt;
+            d.extended_l2 = false;
+        }
+        d.refcount_bits = q->refcount_bits;
+        d.compression_type = qapi::qcow2_compression_type::zlib;
+        qapi::image_info_specific spec;
+        spec.type = qapi::image_info_specific_kind::qcow2;
+        spec.u.qcow2 = qapi::image_info_specific_q_cow2_wrapper{std::move(d)};
+        img.format_specific = std::move(spec);
+        if (!q->backing_file.empty())
+            img.backing_filename = q->backing_file;   // the header's string, verbatim
+    }
     if (node* b = n.backing()) {
-        img.backing_filename = b->filename();
+        if (!img.backing_filename)
+            img.backing_filename = b->filename();
         img.full_backing_filename = b->filename();
         img.backing_filename_format = std::string(b->driver());
         if (with_backing_chain)
@@ -93,7 +114,7 @@ qapi::block_device_info describe_node(const node& n, bool flat)
         ++depth;
     if (node* b = n.backing())
         info.backing_file = b->filename();
-    info.backing_file_depth = depth;
+    info.backing_file_depth = flat ? 0 : depth;   // QEMU 7.2 counts the chain only when not flat
     info.encrypted = false;
     switch (n.options().zeroes) {
     case node_options::detect_zeroes::off: info.detect_zeroes = qapi::blockdev_detect_zeroes_options::off; break;

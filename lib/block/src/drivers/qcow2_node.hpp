@@ -134,6 +134,20 @@ public:
     std::uint32_t cluster_size() const noexcept override { return static_cast<std::uint32_t>(cs_); }
     bool zero_init() const noexcept override { return backing() == nullptr; }
 
+protected:
+    // QEMU's default for a format with metadata: the file must stay consistent, so a writer
+    // takes write and resize on it and nobody else may write or resize it.
+    void child_permissions(const edge& child, unsigned perm, unsigned shared, unsigned& child_perm,
+                           unsigned& child_shared) const override
+    {
+        if (child.role() != "file")
+            return node::child_permissions(child, perm, shared, child_perm, child_shared);
+        child_perm = perm_consistent_read | ((perm & perm_write) ? (perm_write | perm_resize) : 0u);
+        child_shared = shared & ~(perm_write | perm_resize);
+    }
+
+public:
+
     /// Reads the L1 and refcount tables and prepares the image for writing. Open-time errors
     /// are one phrase.
     asio::awaitable<qapi::result<void>> load();
