@@ -408,9 +408,11 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
         else
             t = co_await s_.target->discard(offset, length);
         if (t) {
-            // The source write dirtied these chunks; those fully written to the target are in
-            // sync again. Partial edge chunks stay for the background loop.
-            bitmap_.reset_covered(offset, length);
+            // Chunks fully written on both sides are in sync again, whatever the bitmap said
+            // (initial sync included). Partial edge chunks stay for the background loop, and so
+            // does a discarded range: its content is undefined on either side.
+            if (kind != op_kind::discard)
+                bitmap_.reset_covered(offset, length);
             job_->progress_done(length);
             if (kind == op_kind::copy)
                 account_rate(length);
