@@ -106,7 +106,7 @@ def parse_scenario(path):
                 raise ScenarioError(f"{path}:{lineno}: @only ours|qsd <reason>")
             only = (kind, reason.strip())
             continue
-        known = {"args", "shell", "shell-out", "shell-bg", "wait-file", "session", "raw",
+        known = {"args", "env", "shell", "shell-out", "shell-bg", "wait-file", "session", "raw",
                  "raw-nosync", "raw-repeat", "raw-repeat-nosync", "wait", "recv", "drain",
                  "sleep", "disconnect", "quit", "nowait", "group", "endgroup", "mask",
                  "filter-return-names", "schema-probe", "sort-return", "echo", "expect-exit"}
@@ -343,6 +343,7 @@ class Run:
         self.out = []                 # transcript lines
         self.failures = []            # reasons besides transcript mismatch
         self.args = []
+        self.env = dict(os.environ)
         self.proc = None
         self.stderr_path = os.path.join(self.tmp, "daemon.stderr")
         self.session_names = ["main"]
@@ -391,7 +392,7 @@ class Run:
         cmd += ["--pidfile", os.path.join(self.tmp, "daemon.pid")]
         cmd += self.args
         self.errf = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.tmp, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, cwd=self.tmp, stdin=subprocess.DEVNULL, env=self.env,
                                      stdout=self.errf, stderr=self.errf, start_new_session=True)
         deadline = time.monotonic() + self.timeout
         while True:
@@ -545,6 +546,11 @@ class Run:
             if self.proc:
                 raise ScenarioError(f"line {st.line}: @args after the daemon started")
             self.args += shlex.split(self.subst(a))
+        elif k == "env":
+            if self.proc:
+                raise ScenarioError(f"line {st.line}: @env after the daemon started")
+            name, _, value = self.subst(a).partition("=")
+            self.env[name.strip()] = value
         elif k == "cmd":
             text = self.subst(st.arg)
             self.command(json.loads(text) if text != st.arg else st.obj, text)
