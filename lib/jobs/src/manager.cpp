@@ -117,8 +117,28 @@ bool manager::idle() const
 
 asio::awaitable<void> manager::shutdown()
 {
-    cancel_all();
     asio::steady_timer t(loop_);
+    // Like QEMU's drain before cancelling: running jobs park at a pause point first (JSC
+    // paused/standby), then resume and are force-cancelled (spec §3.5, shutdown sequence).
+    std::vector<std::shared_ptr<job>> drained;
+    for (const auto& j : list()) {
+        if (j->started_ && !j->deferred_ && !j->is_completed()) {
+            j->pause();
+            drained.push_back(j);
+        }
+    }
+    auto parked = [](const job& j) {
+        return j.deferred_ || j.status() == job_status::paused || j.status() == job_status::standby;
+    };
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (std::any_of(drained.begin(), drained.end(), [&](const auto& j) { return !parked(*j); }) &&
+           std::chrono::steady_clock::now() < deadline) {
+        t.expires_after(std::chrono::milliseconds(5));
+        co_await t.async_wait(asio::use_awaitable);
+    }
+    for (const auto& j : drained)
+        j->resume();
+    cancel_all();
     while (!idle()) {
         t.expires_after(std::chrono::milliseconds(10));
         co_await t.async_wait(asio::use_awaitable);

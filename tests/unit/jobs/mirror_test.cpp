@@ -262,3 +262,33 @@ TEST_CASE("jobs: mirror argument checks", "[jobs]")
     CHECK(f.ev.data[3].at("error").as_string() == "Source and target image have different sizes");
     CHECK(f.ev.data[3].at("len").as_int64() == 0);
 }
+
+TEST_CASE("jobs: mirror rate limit is byte-accurate and set-speed acts at once", "[jobs]")
+{
+    fixture f;
+    constexpr std::uint64_t size = 256 << 20;
+    block::node_options o;
+    o.name = "src";
+    f.g.insert(block::open_null(o, "null-co", size, 0, false));
+    o.name = "dst";
+    f.g.insert(block::open_null(o, "null-co", size, 0, false));
+    auto p = f.params();
+    p.speed = 8 << 20;
+    REQUIRE(jobs::start_mirror(f.mgr, f.g, p));
+    auto j = f.mgr.find("m");
+    CHECK(j->block_info().len == static_cast<std::int64_t>(size));   // estimate before the first pass
+    auto t0 = std::chrono::steady_clock::now();
+    f.run_until([&] { return std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(1000); });
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double done = static_cast<double>(j->progress_current());
+    // speed × time, plus one 100 ms bucket and one request (1 MiB) of overshoot at most.
+    CHECK(done <= (8 << 20) * secs + (8 << 20) * 0.1 + (1 << 20));
+    CHECK(done >= (8 << 20) * (secs - 0.3));
+    CHECK(j->block_info().rate.value_or(0) > 0);
+    REQUIRE(j->set_speed(0));
+    auto t1 = std::chrono::steady_clock::now();
+    f.run_until([&] { return f.ev.has("BLOCK_JOB_READY"); });
+    CHECK(std::chrono::steady_clock::now() - t1 < std::chrono::seconds(5));
+    REQUIRE(j->user_cancel(true));
+    f.run_until([&] { return f.ev.has("JOB_STATUS_CHANGE:null"); });
+}

@@ -54,6 +54,9 @@ void mirror_job::attach(job& j)
     target_edge_ = std::make_unique<block::edge>(block::parent_kind::job, "block job '" + j.id() + "'", "target");
     target_edge_->attach(s_.target);
     s_.filter->attach_job(this);
+    // Until the bitmap is built, the whole device is the estimate: never len 0 with work ahead.
+    if (s_.sync != qapi::mirror_sync_mode::none && s_.source->size() == s_.target->size())
+        j.progress_set_remaining(s_.source->size());
     // Every parent of the source now goes through the filter.
     s_.graph->insert(s_.filter);
     block::replace_node(*s_.source, s_.filter);
@@ -114,9 +117,13 @@ void mirror_job::account_rate(std::uint64_t bytes)
 
 std::int64_t mirror_job::current_rate() const
 {
+    if (rate_window_start_ == std::chrono::steady_clock::time_point{})
+        return 0;
     auto el = std::chrono::steady_clock::now() - rate_window_start_;
-    if (rate_window_start_ == std::chrono::steady_clock::time_point{} || el > std::chrono::seconds(2))
+    if (el > std::chrono::seconds(2))
         return 0;   // idle for a while: nothing is being copied
+    if (last_rate_ == 0 && el >= std::chrono::milliseconds(100))   // first second: partial window
+        return static_cast<std::int64_t>(rate_window_bytes_ / std::chrono::duration<double>(el).count());
     return last_rate_;
 }
 
@@ -276,6 +283,9 @@ asio::awaitable<void> mirror_job::iteration()
             while (ops_ >= max_in_flight)
                 co_await wait_op();
             launch(op_kind::zero, pos, n, -1);
+            // Free only when the target can drop the range instead of writing zeroes (§2.6).
+            if (!(s_.unmap && s_.target->options().discard_unmap))
+                limiter_.charge(n);
             pos += n;
             continue;
         }
