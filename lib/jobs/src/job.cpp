@@ -461,14 +461,8 @@ void job::do_finalize()
 
 void job::completed_abort()
 {
-    // Cancelled or failed: the coroutine, if still running, is told to stop; finalization
-    // runs once it has returned (entry() calls completed()).
-    if (!deferred_ && started_) {
-        cancelled_ = true;
-        force_cancel_ = true;
-        enter();
-        return;
-    }
+    // Only reached once run() has returned (or never started): finalize with the failure.
+    assert(deferred_ || !started_);
     finalize_single();
 }
 
