@@ -23,9 +23,18 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
              [,<driver-specific options>]
   --blockdev <json>         configure a block node (drivers: file, raw, null-co, null-aio)
 
+  --drive id=<id>[,node-name=<node>][,removable=on|off][,tray=on|off]
+          [,tray-open=on|off][,locked=on|off][,stats-intervals.N=<secs>]
+          [,stats-account-invalid=on|off][,stats-account-failed=on|off]
+                            a named drive holding node <node> (or empty, if removable),
+                            as QMP's x-drive-add; exports of <id> follow its medium
+
   --chardev socket,id=<id>,path=<path>[,server=on][,wait=off]
   --chardev socket,id=<id>,host=<host>,port=<port>[,server=on][,wait=off]
                             a QMP listening socket (UNIX or loopback TCP)
+  --chardev ringbuf,id=<id>[,size=<bytes>]
+                            a ring buffer (size a power of two, default 65536), read and
+                            written with ringbuf-read/ringbuf-write; 'memory' is an alias
 
   --monitor [chardev=]<id>[,mode=control][,pretty=on|off]
                             run a QMP monitor on chardev <id>
@@ -90,6 +99,8 @@ options parse_options(int argc, char** argv)
             std::exit(0);
         } else if (arg == "--blockdev") {
             o.objects.push_back({k::blockdev, value()});
+        } else if (arg == "--drive") {
+            o.objects.push_back({k::drive, value()});
         } else if (arg == "--chardev") {
             o.objects.push_back({k::chardev, value()});
         } else if (arg == "--monitor") {

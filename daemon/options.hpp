@@ -10,7 +10,7 @@ namespace bjd::daemon {
 /// One object-creating option, kept in command-line order (QEMU processes them in order, so
 /// `--export` may name a node created by an earlier `--blockdev`).
 struct ordered_option {
-    enum class kind { blockdev, chardev, monitor, nbd_server, export_, object } what;
+    enum class kind { blockdev, chardev, monitor, nbd_server, export_, object, drive } what;
     std::string value;
 };
 

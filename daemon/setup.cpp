@@ -2,6 +2,7 @@
 #include "setup.hpp"
 
 #include "bjd/log.hpp"
+#include "bjd/qapi/commands.hpp"
 #include "bjd/qapi/keyval.hpp"
 #include "bjd/qapi/types.hpp"
 
@@ -11,7 +12,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 
 namespace bjd::daemon {
@@ -73,6 +76,7 @@ runtime::runtime(asio::io_context& loop)
     ctx_.jobs = jobs_.get();
     exports_ = std::make_unique<exports::manager>(loop_, server_);
     ctx_.exports = exports_.get();
+    ctx_.chardevs = &chardev_registry_;
     ctx_.request_quit = [this] { request_quit(); };
     server_.attach(ctx_);
 }
@@ -85,6 +89,7 @@ asio::awaitable<void> runtime::apply(const options& opts)
     for (const auto& o : opts.objects) {
         switch (o.what) {
         case k::blockdev: co_await add_blockdev(o.value); break;
+        case k::drive: co_await add_drive(o.value); break;
         case k::chardev: add_chardev(o.value); break;
         case k::monitor: add_monitor(o.value); break;
         case k::nbd_server: add_nbd_server(o.value); break;
@@ -110,6 +115,15 @@ asio::awaitable<void> runtime::add_blockdev(const std::string& value)
         fail(r.error().desc);
 }
 
+asio::awaitable<void> runtime::add_drive(const std::string& value)
+{
+    // The same members and checks as QMP's x-drive-add.
+    auto args = decode_option<qapi::x_drive_add_args>(value);
+    auto r = co_await qapi::qmp_x_drive_add(ctx_, std::move(args));
+    if (!r)
+        fail(r.error().desc);
+}
+
 void runtime::add_nbd_server(const std::string& value)
 {
     try {
@@ -130,10 +144,17 @@ void runtime::add_export(const std::string& value)
     }
     if (auto r = exports_->check_new_id(eo.id); !r)
         fail(r.error().desc);
-    auto n = graph_->lookup(eo.node_name);
-    if (!n)
-        fail(n.error().desc);
-    if (auto r = exports_->add(std::move(eo), *n); !r)
+    // A drive's name serves the drive (whatever medium it holds), else a node.
+    std::shared_ptr<block::node> node;
+    if (auto d = graph_->drives().find(eo.node_name)) {
+        node = d->front();
+    } else {
+        auto n = graph_->lookup(eo.node_name);
+        if (!n)
+            fail(n.error().desc);
+        node = *n;
+    }
+    if (auto r = exports_->add(std::move(eo), node); !r)
         fail(r.error().desc);
 }
 
@@ -146,10 +167,24 @@ void runtime::add_chardev(const std::string& value)
     std::string id = get_string(*kv, "id");
     if (id.empty())
         fail("chardev: \"id\" is required");
-    if (chardevs_.count(id))
+    if (chardevs_.count(id) || chardev_registry_.contains(id))
         fail("attempt to add duplicate property '" + id + "' to object (type 'container')");
+    if (backend == "ringbuf" || backend == "memory") {
+        std::int64_t size = chardev::default_ringbuf_size;
+        if (auto sz = get_string(*kv, "size"); !sz.empty()) {
+            char* end = nullptr;
+            errno = 0;
+            long long v = std::strtoll(sz.c_str(), &end, 0);
+            if (errno || *end)
+                fail("Parameter 'size' expects a size value");
+            size = v;
+        }
+        if (auto r = chardev_registry_.add_ringbuf(id, size, backend == "memory"); !r)
+            fail(r.error().desc);
+        return;
+    }
     if (backend != "socket")
-        fail("chardev '" + id + "': backend '" + backend + "' is not supported (only 'socket')");
+        fail("chardev '" + id + "': backend '" + backend + "' is not supported (only 'socket', 'ringbuf', 'memory')");
     if (!is_on(get_string(*kv, "server", "off")))
         fail("chardev '" + id + "': only server=on sockets are supported");
     qmp::listen_address addr;
@@ -162,6 +197,9 @@ void runtime::add_chardev(const std::string& value)
         addr = qmp::listen_address::tcp(get_string(*kv, "host", "127.0.0.1"), static_cast<std::uint16_t>(std::stoul(port)));
     }
     chardevs_[id] = addr;
+    (void)chardev_registry_.add_socket(
+        id, addr.type == qmp::listen_address::kind::unix_socket ? "unix:" + addr.path + ",server=on"
+                                                                 : "tcp:" + addr.host + ":" + std::to_string(addr.port) + ",server=on");
 }
 
 void runtime::add_monitor(const std::string& value)

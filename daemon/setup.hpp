@@ -4,6 +4,7 @@
 #include "options.hpp"
 
 #include "bjd/block/graph.hpp"
+#include "bjd/chardev/registry.hpp"
 #include "bjd/export/manager.hpp"
 #include "bjd/io/engine.hpp"
 #include "bjd/jobs/job.hpp"
@@ -40,6 +41,7 @@ private:
     void add_chardev(const std::string& value);
     void add_monitor(const std::string& value);
     boost::asio::awaitable<void> add_blockdev(const std::string& value);
+    boost::asio::awaitable<void> add_drive(const std::string& value);
     void add_nbd_server(const std::string& value);
     void add_export(const std::string& value);
 
@@ -52,6 +54,7 @@ private:
     std::unique_ptr<exports::manager> exports_;   // likewise: exports hold nodes
     qmp::context ctx_;
     std::map<std::string, qmp::listen_address> chardevs_;
+    chardev::registry chardev_registry_;   // ring buffers, and the sockets for query-chardev
     std::optional<std::string> pidfile_;
     bool quitting_ = false;
     int exit_code_ = 0;

@@ -41,6 +41,10 @@ LEGACY_COMMAND_NAMES = {
     'expire_password', 'set_password', 'human_monitor_command', 'add_client',
 }
 
+# Member names QEMU spelled in capitals (its 'member-name-exceptions' pragma): query-cpus'
+# CpuInfo.CPU and the MIPS/TriCore program counter PC.
+LEGACY_MEMBER_NAMES = {'CPU', 'PC'}
+
 COMMAND_RE = re.compile(r'^[a-z][a-z0-9]*(-[a-z0-9]+)*$')
 EVENT_RE = re.compile(r'^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$')
 TYPE_RE = re.compile(r'^[A-Z][A-Za-z0-9]*$')
@@ -152,7 +156,7 @@ def _members(info, data, what):
                                 % (what, name))
             feats = _features(info, val, '%s member %s' % (what, name))
             val = val['type']
-        if not MEMBER_RE.match(name):
+        if not MEMBER_RE.match(name) and name not in LEGACY_MEMBER_NAMES:
             raise QapiError(info, "%s member '%s' should be lowercase" % (what, name))
         if name.replace('_', '-') in names:
             raise QapiError(info, "%s has duplicate member '%s'" % (what, name))

@@ -100,6 +100,12 @@ std::shared_ptr<node> graph::find(std::string_view name) const
 
 qapi::result<std::shared_ptr<node>> graph::lookup(std::string_view device) const
 {
+    // QEMU's bdrv_lookup_bs: a drive of that name first, then a node.
+    if (auto b = drives_.find(device)) {
+        if (!b->medium())
+            return qapi::generic("Device '" + std::string(device) + "' has no medium");
+        return b->medium_shared();
+    }
     if (auto n = find(device))
         return n;
     return qapi::generic("Cannot find device='" + std::string(device) + "' nor node-name='" + std::string(device) + "'");
@@ -214,6 +220,8 @@ struct opener {
             return {};
         if (auto r = check_node_name(name); !r)
             return r;
+        if (g.drives().find(name))
+            return qapi::generic("node-name=" + name + " is conflicting with a device id");
         if (g.find(name) || std::any_of(made.begin(), made.end(), [&](auto& n) { return n->name() == name; }))
             return qapi::generic("Duplicate nodes with node-name='" + name + "'");
         return {};

@@ -83,7 +83,12 @@ boost::asio::awaitable<result<void>> qmp_block_export_add(qmp::context& ctx, blo
         co_return generic("NBD server not running");
     if (auto r = ctx.exports->check_new_id(args.id); !r)
         co_return r;
-    auto n = ctx.graph->find(args.node_name);
+    // A drive's name serves the drive, following its medium (bjd/block/backend.hpp).
+    std::shared_ptr<block::node> n;
+    if (auto d = ctx.graph->drives().find(args.node_name))
+        n = d->front();
+    else
+        n = ctx.graph->find(args.node_name);
     if (!n)
         co_return generic("Cannot find device='' nor node-name='" + args.node_name + "'");
     if (args.iothread)
@@ -115,7 +120,11 @@ boost::asio::awaitable<result<void>> qmp_nbd_server_add(qmp::context& ctx, nbd_s
     std::string name = args.name.value_or(args.device);
     if (auto r = ctx.exports->check_new_id(name); !r)
         co_return r;
-    auto n = ctx.graph->lookup(args.device);
+    qapi::result<std::shared_ptr<block::node>> n = generic("");
+    if (auto d = ctx.graph->drives().find(args.device))
+        n = d->front();   // a drive: follow its medium
+    else
+        n = ctx.graph->lookup(args.device);
     if (!n)
         co_return n.error();
     if (args.bitmap)

@@ -112,8 +112,22 @@ boost::asio::awaitable<result<std::vector<block_stats>>> qmp_query_blockstats(qm
 {
     std::vector<block_stats> out;
     if (!args.query_nodes.value_or(false)) {
-        // Device view: one entry per named drive. blockjobd has none yet (like
-        // qemu-storage-daemon, whose exports use anonymous backends), so the list is empty.
+        // Device view: one entry per named drive (bjd/block/backend.hpp), like QEMU's
+        // BlockBackends: the counters are the drive's, wr_highest_offset and the structure
+        // (parent, backing) its medium's. Exports of nodes use no drive and are not listed.
+        for (const auto& d : ctx.graph->drives().all()) {
+            block_stats e;
+            const block::node* m = d->visible_medium();
+            if (m) {
+                e = node_stats(*m);
+                if (const block::node* b = m->backing())
+                    e.backing = node_stats(*b);
+            }
+            e.device = d->name();
+            e.stats = encode_stats(d->acct().read());
+            e.stats.wr_highest_offset = m ? i64(m->wr_highest_offset()) : 0;
+            out.push_back(std::move(e));
+        }
         co_return out;
     }
     for (const auto& n : ctx.graph->nodes())
@@ -125,7 +139,8 @@ boost::asio::awaitable<result<void>> qmp_block_latency_histogram_set(qmp::contex
                                                                      block_latency_histogram_set_args args)
 {
     // `id` names a node: blockjobd has no guest devices (QEMU resolves a device id/QOM path).
-    auto n = ctx.graph->find(args.id);
+    auto drive = ctx.graph->drives().find(args.id);   // a drive first, as QEMU's device ids
+    auto n = drive ? drive->front() : ctx.graph->find(args.id);
     if (!n)
         co_return error{error_class::device_not_found, "Device '" + args.id + "' not found", {}};
     stats::block_acct& acct = n->acct();
@@ -153,7 +168,9 @@ boost::asio::awaitable<result<void>> qmp_block_latency_histogram_set(qmp::contex
 
 boost::asio::awaitable<result<void>> qmp_x_blockdev_set_stats(qmp::context& ctx, x_blockdev_set_stats_args args)
 {
-    auto n = ctx.graph->lookup(args.node_name);
+    // A drive's name configures the drive's own accounting (the device view).
+    auto drive = ctx.graph->drives().find(args.node_name);
+    auto n = drive ? result<std::shared_ptr<block::node>>(drive->front()) : ctx.graph->lookup(args.node_name);
     if (!n)
         co_return n.error();
     std::vector<std::uint32_t> intervals;

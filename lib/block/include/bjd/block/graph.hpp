@@ -3,6 +3,7 @@
 /// \file
 /// The block graph: every node by name, blockdev-add/blockdev-del, and lookups by the names
 /// QMP commands take. Lives on the main loop; every call must be made there.
+#include "bjd/block/backend.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/io/engine.hpp"
 #include "bjd/qapi/error.hpp"
@@ -45,8 +46,8 @@ public:
     /// The node called `name`, or null.
     std::shared_ptr<node> find(std::string_view name) const;
 
-    /// QEMU's lookup for `device` arguments (drive name or node-name):
-    /// "Cannot find device='X' nor node-name='X'".
+    /// QEMU's lookup for `device` arguments (drive name first, then node-name): a drive's
+    /// medium, "Device 'X' has no medium", "Cannot find device='X' nor node-name='X'".
     qapi::result<std::shared_ptr<node>> lookup(std::string_view device) const;
 
     /// Registers a node made elsewhere (filters, job targets). Its name must be unique; an empty
@@ -61,11 +62,16 @@ public:
     /// Every node, in creation order.
     std::vector<std::shared_ptr<node>> nodes() const;
 
+    /// The named drives (backend.hpp).
+    backend_table& drives() noexcept { return drives_; }
+    const backend_table& drives() const noexcept { return drives_; }
+
 private:
     io::engine& engine_;
     io::engine& threads_;
     std::vector<std::shared_ptr<node>> nodes_;
     unsigned next_auto_ = 0;
+    backend_table drives_{*this};   // after nodes_: drives go first, dropping their media edges
 };
 
 /// "Invalid node-name: 'X'" unless `name` starts with a letter and has only letters, digits,

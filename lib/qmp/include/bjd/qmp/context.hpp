@@ -16,6 +16,7 @@
 namespace bjd::block { class graph; }
 namespace bjd::jobs { class manager; }
 namespace bjd::exports { class manager; }
+namespace bjd::chardev { class registry; }
 
 namespace bjd::qmp {
 
@@ -34,6 +35,7 @@ public:
     block::graph* graph = nullptr;
     jobs::manager* jobs = nullptr;
     exports::manager* exports = nullptr;   ///< NBD server and block exports (lib/export)
+    chardev::registry* chardevs = nullptr; ///< ring buffers and monitor sockets (lib/chardev)
     io_report io;
 
     /// Asks the daemon to shut down after the current command has answered (`quit`).
