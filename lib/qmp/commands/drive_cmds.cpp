@@ -30,17 +30,15 @@ void tray_moved(qmp::context& ctx, const block::backend& b, const block::tray_ch
 /// not create them (media opened by blockdev-change-medium).
 void drop_if_orphan(block::graph& g, std::shared_ptr<block::node> n)
 {
-    std::vector<std::weak_ptr<block::node>> todo{n};
-    n.reset();
-    while (!todo.empty()) {
-        auto c = todo.back().lock();
-        todo.pop_back();
-        if (!c || c->monitor_owned() || !c->parents().empty() || g.find(c->name()) != c)
-            continue;
-        for (const auto& e : c->children())
-            todo.push_back(e->shared());
-        g.erase(*c);
-    }
+    if (!n || n->monitor_owned() || !n->parents().empty() || g.find(n->name()) != n)
+        return;
+    std::vector<std::weak_ptr<block::node>> children;
+    for (const auto& e : n->children())
+        children.push_back(e->shared());
+    g.erase(*n);
+    n.reset();   // the last reference: the child edges go, the children lose this parent
+    for (auto& c : children)
+        drop_if_orphan(g, c.lock());
 }
 
 result<void> remove_medium(qmp::context& ctx, block::backend& b)
@@ -204,6 +202,8 @@ boost::asio::awaitable<result<void>> qmp_blockdev_change_medium(qmp::context& ct
     case blockdev_change_read_only_mode::read_write: read_only = false; break;
     }
     std::string format = args.format.value_or(probe_format(args.filename));
+    if (blockdev_driver d; !parse_enum(format, d))
+        co_return generic("Unknown driver '" + format + "'");
     boost::json::object o{{"driver", format}, {"read-only", read_only}};
     if (format == "file")
         o["filename"] = args.filename;
@@ -215,7 +215,7 @@ boost::asio::awaitable<result<void>> qmp_blockdev_change_medium(qmp::context& ct
     auto opened = co_await ctx.graph->open(*opts, false);
     if (!opened)
         co_return opened.error();
-    std::shared_ptr<block::node> medium = *opened;
+    std::shared_ptr<block::node> medium = std::move(*opened);
 
     auto fail = [&](error e) -> result<void> {
         drop_if_orphan(*ctx.graph, std::move(medium));
