@@ -153,6 +153,9 @@ public:
     asio::awaitable<qapi::result<void>> load();
     void attach_backing(std::shared_ptr<node> b) { add_child("backing", std::move(b)); }
     const qcow2_image_info& info() const noexcept { return info_; }
+    /// change-backing-file (create_backing.cpp): rewrites the header's backing file name and
+    /// backing-format extension (none when `fmt` is empty), keeping the other extensions.
+    asio::awaitable<result<void>> change_backing_file(const std::string& file, const std::string& fmt);
 
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
