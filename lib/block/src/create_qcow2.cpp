@@ -123,15 +123,17 @@ qapi::result<qcow2_layout> qcow2_layout::plan(const qcow2_create_options& o)
     if (!prealloc)
         l.file_end_ = l.meta_end_;
 
-    // The header, its extensions and the backing name must fit in cluster 0.
+    // The header, its extensions and the backing name must fit in cluster 0. The feature
+    // table is informative: QEMU leaves it out when it does not fit with the name.
     std::uint64_t hdr = o.version >= 3 ? 112 : 72;
     if (o.backing_format)
         hdr += 8 + div_up(o.backing_format->size(), 8) * 8;
-    if (o.version >= 3)
-        hdr += 8 + sizeof(feature_table) / sizeof(feature_table[0]) * 48;
-    hdr += 8;
-    if (o.backing_file && hdr + o.backing_file->size() > cs)
-        return qapi::generic("Could not assign backing file '" + *o.backing_file + "' with format '" +
+    hdr += 8;   // end marker
+    const std::uint64_t name = o.backing_file ? o.backing_file->size() : 0;
+    const std::uint64_t features = 8 + sizeof(feature_table) / sizeof(feature_table[0]) * 48;
+    l.with_features_ = o.version >= 3 && hdr + features + name <= cs;
+    if (hdr + name > cs)
+        return qapi::generic("Could not assign backing file '" + o.backing_file.value_or("") + "' with format '" +
                              o.backing_format.value_or("(null)") + "': No space left on device");
     return l;
 }
@@ -162,7 +164,7 @@ void qcow2_layout::render_header(std::span<std::byte> c) const
     };
     if (o_.backing_format)
         ext(q::ext_backing_format, o_.backing_format->data(), o_.backing_format->size());
-    if (o_.version >= 3) {
+    if (with_features_) {
         std::byte table[sizeof(feature_table) / sizeof(feature_table[0]) * 48]{};
         std::size_t i = 0;
         for (const auto& f : feature_table) {

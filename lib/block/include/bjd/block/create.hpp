@@ -79,7 +79,8 @@ class qcow2_layout {
 public:
     /// Plans `o` (which passed `check_qcow2_create_options`). Error: "Could not resize image:
     /// Failed to grow the L1 table: File too large" when the L1 table would exceed 32 MiB,
-    /// "Backing file name too long" (> 1023 bytes), "qcow2 header too large for the cluster".
+    /// "Backing file name too long" (> 1023 bytes), "Could not assign backing file 'F' with
+    /// format 'B': No space left on device" (the name does not fit in the header cluster).
     static qapi::result<qcow2_layout> plan(const qcow2_create_options& o);
 
     std::uint64_t cluster_size() const noexcept { return cs_; }
@@ -112,6 +113,7 @@ private:
     std::uint64_t l2_off_ = 0, l2_count_ = 0;
     std::uint64_t data_off_ = 0;
     std::uint64_t meta_end_ = 0, file_end_ = 0;
+    bool with_features_ = false;      ///< the header carries the feature name table
 };
 
 /// Formats `file` (any node; it is overwritten from offset 0, grown as needed, never shrunk)
