@@ -11,7 +11,7 @@ jobs: randread 4k qd1, randread 4k qd32, randwrite 4k qd1, randwrite 4k qd32,
       read 1M qd8, write 1M qd8 (--seconds each, default 3)
 
 usage: nbd_bench.py --ours PATH [--qsd PATH] [--seconds N] [--reps N] [--size MiB]
-                    [--scratch DIR] [--no-direct] [--json FILE]
+                    [--scratch DIR] [--no-direct] [--json FILE] [--only FILTER]
 
 Prints one table per job: IOPS, MiB/s, p50/p99 completion latency (us; median over the
 repetitions), and the ratios ours/qsd and each/ceiling (IOPS). Standard library only.
@@ -158,7 +158,11 @@ def main():
     ap.add_argument("--scratch", default=None, help="directory for the image (default: /var/tmp)")
     ap.add_argument("--no-direct", action="store_true", help="cache.direct=off (page cache) for the exports")
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--only", help="comma-separated job filter, e.g. '1M' or 'randread 4k qd32'")
     a = ap.parse_args()
+    if a.only:
+        wanted = [w.strip() for w in a.only.split(",")]
+        JOBS[:] = [j for j in JOBS if any(w in f"{j[0]} {j[1]} qd{j[2]}" for w in wanted)]
     for tool in ("fio", shlex.split(a.qsd)[0], shlex.split(a.ours)[0]):
         if not shutil.which(tool) and not os.access(tool, os.X_OK):
             sys.exit(f"nbd_bench: {tool} not found")

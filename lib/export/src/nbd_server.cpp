@@ -26,6 +26,8 @@ namespace bjd::exports::detail {
 using generic_proto = asio::generic::stream_protocol;
 using acceptor_type = asio::basic_socket_acceptor<generic_proto>;
 
+constexpr std::size_t send_buffer_bytes = 4u << 20;
+
 struct nbd_server::state {
     manager* mgr;
     std::shared_ptr<connection_tracker> tracker;
@@ -173,6 +175,12 @@ asio::awaitable<void> nbd_server::accept_loop(std::shared_ptr<state> st, std::si
             boost::system::error_code ig;
             sock.close(ig);
             continue;
+        }
+        {
+            // Room for a whole maximum-size read reply in the kernel: fewer writer wake-ups
+            // for 1 MiB reads (the kernel caps this at net.core.wmem_max).
+            boost::system::error_code ig;
+            sock.set_option(asio::socket_base::send_buffer_size(int(send_buffer_bytes)), ig);
         }
         if (sock.local_endpoint().protocol().family() != AF_UNIX) {
             boost::system::error_code ig;
