@@ -57,8 +57,12 @@ qapi::result<void> check_blocker(const block::node& n)
 qapi::result<std::shared_ptr<block::node>> open_drive_target(block::graph& g, const mirror_params& p,
                                                              const block::node& source)
 {
-    if (p.format && *p.format != "raw")
-        return qapi::generic("Format '" + *p.format + "' is not supported for drive-mirror targets (only raw)");
+    // QEMU: `format`, else the source's format (absolute-paths) or a probe (existing). blockjobd
+    // creates and opens raw targets only, and says so rather than silently changing format.
+    std::string fmt = p.format ? *p.format
+                               : (p.mode == qapi::new_image_mode::existing ? "raw" : std::string(source.driver()));
+    if (fmt != "raw" && fmt != "file")
+        return qapi::generic("drive-mirror target format '" + fmt + "' is not supported (only raw)");
     if (p.node_name) {
         if (auto r = block::check_node_name(*p.node_name); !r)
             return r.error();
