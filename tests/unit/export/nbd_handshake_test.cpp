@@ -232,3 +232,32 @@ TEST_CASE("export: command-line options in qemu-storage-daemon syntax", "[export
     CHECK(implied.id == "e1");
     CHECK(implied.description == std::optional<std::string>("a,b"));
 }
+
+namespace {
+
+asio::awaitable<bool> second_client_refused(asio::io_context& io, std::string path)
+{
+    asio::local::stream_protocol::socket a(io), b(io);
+    co_await a.async_connect(asio::local::stream_protocol::endpoint(path), asio::use_awaitable);
+    bytes greeting(18);
+    co_await asio::async_read(a, asio::buffer(greeting), asio::use_awaitable);
+    co_await b.async_connect(asio::local::stream_protocol::endpoint(path), asio::use_awaitable);
+    std::byte x;
+    auto [ec, n] = co_await asio::async_read(b, asio::buffer(&x, 1), asio::as_tuple(asio::use_awaitable));
+    co_return nbd::load_be64(greeting.data()) == nbd::init_magic && ec == asio::error::eof;
+}
+
+} // namespace
+
+TEST_CASE("export: max-connections refuses clients over the limit", "[export]")
+{
+    asio::io_context io;
+    exports::manager m(io, [](const std::string&) {});
+    exports::nbd_server_options o;
+    o.addr.path = (std::filesystem::temp_directory_path() / ("bjd-nbd-max-" + std::to_string(::getpid()) + ".sock")).string();
+    o.max_connections = 1;
+    REQUIRE(m.start_server(o).has_value());
+    CHECK(m.server_address() == "unix:" + o.addr.path);
+    CHECK(run(io, second_client_refused(io, o.addr.path)));
+    run(io, m.shutdown());
+}
