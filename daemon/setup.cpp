@@ -59,7 +59,7 @@ bool is_on(const std::string& v) { return v == "on" || v == "yes" || v == "true"
 } // namespace
 
 runtime::runtime(asio::io_context& loop)
-    : loop_(loop), server_(loop), ctx_{loop, server_, {}, {}, {}, {}, {}, nullptr}
+    : loop_(loop), server_(loop), ctx_(loop, server_)
 {
     std::string reason;
     engine_ = io::make_engine(loop_, io::backend::io_uring, {}, &reason);

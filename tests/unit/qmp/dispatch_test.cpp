@@ -64,7 +64,7 @@ const qapi::command_def fake_table[] = {
 struct fixture {
     boost::asio::io_context loop;
     null_sink sink;
-    qmp::context ctx{loop, sink, nullptr, nullptr, {}, {}, nullptr};
+    qmp::context ctx{loop, sink};
     qmp::dispatcher d{fake_table};
     qmp::session s;
 

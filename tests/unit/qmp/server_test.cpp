@@ -167,7 +167,7 @@ struct fixture {
     std::string path;
     boost::asio::io_context loop;
     qmp::server srv{loop, table};
-    qmp::context ctx{loop, srv, nullptr, nullptr, {}, {}, nullptr};
+    qmp::context ctx{loop, srv};
     std::thread thread;
     std::promise<void> quit_done;
 
@@ -372,7 +372,7 @@ TEST_CASE("server: the real control commands", "[server]")
     const std::string path_nooob = (dir / "n").string();
     qmp::server srv(loop);   // the generated table
     qmp::server nooob(loop, qapi::command_table(), qmp::server_options{false, false});
-    qmp::context ctx{loop, srv, nullptr, nullptr, {}, {}, nullptr};
+    qmp::context ctx{loop, srv};
     srv.attach(ctx);
     nooob.attach(ctx);
     srv.listen(qmp::listen_address::unix_socket(path));

@@ -30,6 +30,9 @@ struct io_report {
 
 class context {
 public:
+    /// Subsystems are attached afterwards by the daemon (or left null by tests).
+    context(boost::asio::io_context& l, qapi::event_sink& e) : loop(l), events(e) {}
+
     boost::asio::io_context& loop;
     qapi::event_sink& events;
     block::graph* graph = nullptr;
