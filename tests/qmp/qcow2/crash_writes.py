@@ -90,6 +90,7 @@ def create_with_daemon(daemon, work, image, size, cluster, version):
             p.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def qemu_io_script(rng, size, n):
@@ -170,7 +171,15 @@ def main():
             except ProcessLookupError:
                 pass
             p.wait()
-        chk = run(["qemu-img", "check", image])
+        # The image's locks outlive the killed process while the kernel tears its io_uring
+        # down: requests still in flight hold file references until they complete (slow
+        # under ASan and load). Wait for that, as a restarted daemon would have to.
+        deadline = time.monotonic() + 20
+        while True:
+            chk = run(["qemu-img", "check", image])
+            if "lock" not in chk.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if chk.returncode not in (0, 3):
             corrupt += 1
             print(f"iteration {it}: CORRUPT (qemu-img check exit {chk.returncode}, seed {seed})")
