@@ -55,6 +55,10 @@ blockjobd options:
   --log-level <level>       trace, debug, info (default), warn or error
   --log-format <format>     terminal, or journal (syslog priority prefixes for
                             systemd-journald; the default when started by systemd)
+  --metrics unix:<path>
+  --metrics tcp:<host>:<port>
+                            serve Prometheus metrics (block statistics, job progress)
+                            over HTTP at /metrics (UNIX socket or loopback TCP)
 )";
 }
 
@@ -117,6 +121,10 @@ options parse_options(int argc, char** argv)
             o.daemonize = true;
         } else if (arg == "--log-level") {
             o.log_level = value();
+        } else if (arg == "--metrics") {
+            o.metrics = value();
+            if (!o.metrics->starts_with("unix:") && !o.metrics->starts_with("tcp:"))
+                usage_error("--metrics takes unix:<path> or tcp:<host>:<port>");
         } else if (arg == "--log-format") {
             o.log_format = value();
             if (*o.log_format != "terminal" && *o.log_format != "journal")

@@ -19,6 +19,7 @@ struct options {
     std::optional<std::string> pidfile;
     bool daemonize = false;
     std::string log_level = "info";
+    std::optional<std::string> metrics;      ///< --metrics unix:PATH | tcp:HOST:PORT
     std::optional<std::string> log_format;   ///< terminal | journal; default: journal under systemd
 };
 

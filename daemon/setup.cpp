@@ -97,6 +97,10 @@ asio::awaitable<void> runtime::apply(const options& opts)
         case k::object: fail("--object is not supported: blockjobd has no QOM objects (iothreads, secrets, throttle groups)");
         }
     }
+    if (opts.metrics) {
+        metrics_ = std::make_unique<metrics::server>(loop_, [this] { return metrics::render(*graph_, jobs_.get()); });
+        metrics_->listen(*opts.metrics);
+    }
     if (opts.pidfile) {
         FILE* f = std::fopen(opts.pidfile->c_str(), "w");
         if (!f)
@@ -234,6 +238,8 @@ void runtime::request_quit()
 
 asio::awaitable<void> runtime::shutdown()
 {
+    if (metrics_)
+        metrics_->stop();
     try {
         co_await jobs_->shutdown();   // force-cancel every job; their events still go out
         co_await exports_->shutdown();   // BLOCK_EXPORT_DELETED for each, clients drained

@@ -8,6 +8,7 @@
 #include "bjd/export/manager.hpp"
 #include "bjd/io/engine.hpp"
 #include "bjd/jobs/job.hpp"
+#include "bjd/metrics/metrics.hpp"
 #include "bjd/qmp/context.hpp"
 #include "bjd/qmp/server.hpp"
 
@@ -52,6 +53,7 @@ private:
     qmp::server server_;
     std::unique_ptr<jobs::manager> jobs_;   // after graph_: jobs hold nodes, so they go first
     std::unique_ptr<exports::manager> exports_;   // likewise: exports hold nodes
+    std::unique_ptr<metrics::server> metrics_;    // reads graph_ and jobs_
     qmp::context ctx_;
     std::map<std::string, qmp::listen_address> chardevs_;
     chardev::registry chardev_registry_;   // ring buffers, and the sockets for query-chardev

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// Prometheus metrics: block accounting and job progress in the text exposition format
+/// (version 0.0.4), served by a minimal HTTP/1.1 server on a UNIX socket or loopback TCP.
+///
+/// Families (HELP and TYPE lines first, all samples of a family together):
+/// * per node (label `node`) and per named drive (label `drive`): counters
+///   `bjd_{rd,wr,unmap}_bytes_total`, `bjd_{rd,wr,flush,unmap}_operations_total`,
+///   `bjd_{failed,invalid}_{rd,wr,flush,unmap}_operations_total`,
+///   `bjd_{rd,wr,flush,unmap}_time_seconds_total` (QEMU's *_total_time_ns); gauges
+///   `bjd_wr_highest_offset_bytes`, `bjd_idle_time_seconds` (once known),
+///   `bjd_stats_start_time_seconds` (when the counters started: a change means a reset);
+/// * per timed-statistics interval (extra label `interval`, seconds): gauges
+///   `bjd_timed_{rd,wr,flush}_latency_{min,avg,max}_seconds`, `bjd_timed_{rd,wr}_queue_depth`;
+/// * per job (labels `id`, `type`, `status`): gauges `bjd_job_current_progress_bytes`,
+///   `bjd_job_total_progress_bytes`.
+///
+/// Threading: everything runs on the main loop (the graph and the job manager live there).
+#include <boost/asio/io_context.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace bjd::block { class graph; }
+namespace bjd::jobs { class manager; }
+
+namespace bjd::metrics {
+
+/// The exposition text for every node and drive of `g` and every job of `jobs` (may be null).
+std::string render(const block::graph& g, const jobs::manager* jobs);
+
+/// `s` as a label value: backslash, double quote and newline escaped.
+std::string escape_label(std::string_view s);
+
+/// The HTTP endpoint. `GET /metrics` (or HEAD) answers 200 with `body()`; other paths 404,
+/// other methods 405, malformed or oversized requests 400. One request per connection; a
+/// client that stalls is dropped after a timeout and never blocks the loop.
+class server {
+public:
+    explicit server(boost::asio::io_context& loop, std::function<std::string()> body);
+    ~server();
+    server(const server&) = delete;
+    server& operator=(const server&) = delete;
+
+    /// `unix:PATH` (a stale socket file is replaced) or `tcp:HOST:PORT` (HOST a numeric
+    /// address; port 0 picks one). Returns the bound TCP port (0 for UNIX). Throws
+    /// std::runtime_error with a message for the user.
+    unsigned short listen(std::string_view spec);
+    /// Closes the listener (removing a UNIX socket file); open connections finish.
+    void stop();
+
+private:
+    struct impl;
+    std::shared_ptr<impl> impl_;
+};
+
+} // namespace bjd::metrics

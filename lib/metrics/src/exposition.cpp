@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: MIT
+// The Prometheus text exposition of block statistics and job progress.
+#include "bjd/metrics/metrics.hpp"
+
+#include "bjd/block/backend.hpp"
+#include "bjd/block/graph.hpp"
+#include "bjd/block/node.hpp"
+#include "bjd/jobs/job.hpp"
+#include "bjd/stats/block_acct.hpp"
+
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace bjd::metrics {
+
+namespace {
+
+using stats::op;
+
+/// One labelled source of block statistics (a node or a drive).
+struct source {
+    std::string labels;   // `node="r0"` or `drive="d0"`
+    stats::snapshot snap;
+    std::uint64_t wr_highest_offset;
+};
+
+/// Nanoseconds as exact decimal seconds.
+std::string seconds(std::int64_t ns)
+{
+    char buf[40];
+    const char* sign = ns < 0 ? "-" : "";
+    std::uint64_t u = ns < 0 ? std::uint64_t(0) - std::uint64_t(ns) : std::uint64_t(ns);
+    std::snprintf(buf, sizeof buf, "%s%llu.%09llu", sign, static_cast<unsigned long long>(u / 1'000'000'000),
+                  static_cast<unsigned long long>(u % 1'000'000'000));
+    return buf;
+}
+
+std::string number(double v)
+{
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v);
+    return std::string(buf, r.ptr);
+}
+
+class writer {
+public:
+    void family(const std::string& name, const char* type, const std::string& help)
+    {
+        out_ += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+    }
+    void sample(const std::string& name, const std::string& labels, const std::string& value)
+    {
+        out_ += name + "{" + labels + "} " + value + "\n";
+    }
+    std::string take() { return std::move(out_); }
+
+private:
+    std::string out_;
+};
+
+const char* const op_names[] = {"rd", "wr", "flush", "unmap"};
+const char* const op_words[] = {"read", "write", "flush", "unmap"};
+
+} // namespace
+
+std::string escape_label(std::string_view s)
+{
+    std::string r;
+    r.reserve(s.size());
+    for (char c : s) {
+        if (c == '\\')
+            r += "\\\\";
+        else if (c == '"')
+            r += "\\\"";
+        else if (c == '\n')
+            r += "\\n";
+        else
+            r += c;
+    }
+    return r;
+}
+
+std::string render(const block::graph& g, const jobs::manager* jobs)
+{
+    std::vector<source> srcs;
+    for (const auto& n : g.nodes())
+        srcs.push_back({"node=\"" + escape_label(n->name()) + "\"", n->acct().read(), n->wr_highest_offset()});
+    for (const auto& d : g.drives().all()) {
+        const block::node* m = d->visible_medium();
+        srcs.push_back({"drive=\"" + escape_label(d->name()) + "\"", d->acct().read(), m ? m->wr_highest_offset() : 0});
+    }
+
+    writer w;
+    // Per-type counters: a family per (field, type), every source in it.
+    struct counter {
+        const char* pattern;   // %s = rd|wr|flush|unmap
+        const char* help;      // %s = read|write|flush|unmap
+        std::string (*value)(const stats::op_totals&);
+        bool with_flush;
+    };
+    const counter counters[] = {
+        {"bjd_%s_bytes_total", "Bytes of successful %s requests.",
+         [](const stats::op_totals& t) { return std::to_string(t.bytes); }, false},
+        {"bjd_%s_operations_total", "Successful %s requests.",
+         [](const stats::op_totals& t) { return std::to_string(t.operations); }, true},
+        {"bjd_failed_%s_operations_total", "%s requests completed with an error.",
+         [](const stats::op_totals& t) { return std::to_string(t.failed); }, true},
+        {"bjd_invalid_%s_operations_total", "%s requests rejected before submission.",
+         [](const stats::op_totals& t) { return std::to_string(t.invalid); }, true},
+        {"bjd_%s_time_seconds_total", "Summed latency of accounted %s requests.",
+         [](const stats::op_totals& t) { return seconds(std::int64_t(t.total_time_ns)); }, true},
+    };
+    char name[64], help[96];
+    for (const counter& c : counters) {
+        for (unsigned o = 0; o < stats::op_count; ++o) {
+            if (!c.with_flush && o == unsigned(op::flush))
+                continue;
+            std::snprintf(name, sizeof name, c.pattern, op_names[o]);
+            std::snprintf(help, sizeof help, c.help, op_words[o]);
+            w.family(name, "counter", help);
+            for (const source& s : srcs)
+                w.sample(name, s.labels, c.value(s.snap.ops[o]));
+        }
+    }
+    w.family("bjd_wr_highest_offset_bytes", "gauge", "End of the furthest write.");
+    for (const source& s : srcs)
+        w.sample("bjd_wr_highest_offset_bytes", s.labels, std::to_string(s.wr_highest_offset));
+    w.family("bjd_idle_time_seconds", "gauge", "Time since the last accounted completion.");
+    for (const source& s : srcs)
+        if (s.snap.idle_time_ns)
+            w.sample("bjd_idle_time_seconds", s.labels, seconds(*s.snap.idle_time_ns));
+    w.family("bjd_stats_start_time_seconds", "gauge", "Unix time when these counters started.");
+    for (const source& s : srcs)
+        w.sample("bjd_stats_start_time_seconds", s.labels, seconds(s.snap.start_time_ns));
+
+    // Timed statistics: one series per configured interval.
+    using lat = stats::latency_summary;
+    using tt = stats::timed_totals;
+    const char* const kinds[] = {"min", "avg", "max"};
+    std::uint64_t lat::*const fields[] = {&lat::min_ns, &lat::avg_ns, &lat::max_ns};
+    lat tt::*const lats[] = {&tt::rd, &tt::wr, &tt::flush};
+    for (unsigned o = 0; o < stats::latency_op_count; ++o) {
+        for (unsigned k = 0; k < 3; ++k) {
+            std::snprintf(name, sizeof name, "bjd_timed_%s_latency_%s_seconds", op_names[o], kinds[k]);
+            std::snprintf(help, sizeof help, "%s %s latency in the current window.", kinds[k], op_words[o]);
+            w.family(name, "gauge", help);
+            for (const source& s : srcs)
+                for (const tt& t : s.snap.timed)
+                    w.sample(name, s.labels + ",interval=\"" + std::to_string(t.interval_length) + "\"",
+                             seconds(std::int64_t((t.*lats[o]).*fields[k])));
+        }
+    }
+    double tt::*const depths[] = {&tt::avg_rd_queue_depth, &tt::avg_wr_queue_depth};
+    for (unsigned o = 0; o < 2; ++o) {
+        std::snprintf(name, sizeof name, "bjd_timed_%s_queue_depth", op_names[o]);
+        std::snprintf(help, sizeof help, "Average %s queue depth in the current window.", op_words[o]);
+        w.family(name, "gauge", help);
+        for (const source& s : srcs)
+            for (const tt& t : s.snap.timed)
+                w.sample(name, s.labels + ",interval=\"" + std::to_string(t.interval_length) + "\"",
+                         number(t.*depths[o]));
+    }
+
+    // Jobs.
+    std::vector<std::shared_ptr<jobs::job>> js;
+    if (jobs)
+        js = jobs->list();
+    auto job_family = [&](const char* fam, const char* h, std::uint64_t (jobs::job::*get)() const noexcept) {
+        w.family(fam, "gauge", h);
+        for (const auto& j : js)
+            w.sample(fam,
+                     "id=\"" + escape_label(j->id()) + "\",type=\"" + std::string(to_string(j->type())) +
+                         "\",status=\"" + std::string(to_string(j->status())) + "\"",
+                     std::to_string((*j.*get)()));
+    };
+    job_family("bjd_job_current_progress_bytes", "Job progress so far.", &jobs::job::progress_current);
+    job_family("bjd_job_total_progress_bytes", "Job progress expected in total (an estimate).", &jobs::job::progress_total);
+    return w.take();
+}
+
+} // namespace bjd::metrics

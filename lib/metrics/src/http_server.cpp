@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: MIT
+// The metrics endpoint's HTTP/1.1 server: one request per connection, bounded in size and time.
+#include "bjd/log.hpp"
+#include "bjd/metrics/metrics.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <netinet/in.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+namespace bjd::metrics {
+
+namespace asio = boost::asio;
+using proto = asio::generic::stream_protocol;
+
+namespace {
+
+constexpr std::size_t max_request = 8192;
+constexpr auto request_timeout = std::chrono::seconds(5);
+constexpr unsigned max_clients = 32;
+
+std::string response(const char* status, const char* type, const std::string& body, bool head)
+{
+    std::string r = std::string("HTTP/1.1 ") + status + "\r\nContent-Type: " + type +
+                    "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+    if (!head)
+        r += body;
+    return r;
+}
+
+/// The response to the request head `req` (everything before the blank line).
+std::string answer(std::string_view req, const std::function<std::string()>& body)
+{
+    auto eol = req.find("\r\n");
+    std::string_view line = req.substr(0, eol);
+    auto sp1 = line.find(' ');
+    auto sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+    if (sp2 == std::string_view::npos || line.find(' ', sp2 + 1) != std::string_view::npos ||
+        !line.substr(sp2 + 1).starts_with("HTTP/1."))
+        return response("400 Bad Request", "text/plain", "bad request\n", false);
+    std::string_view method = line.substr(0, sp1), target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    bool head = method == "HEAD";
+    if (method != "GET" && !head)
+        return response("405 Method Not Allowed", "text/plain", "method not allowed\n", false);
+    if (target != "/metrics" && !target.starts_with("/metrics?"))
+        return response("404 Not Found", "text/plain", "not found\n", head);
+    return response("200 OK", "text/plain; version=0.0.4; charset=utf-8", body(), head);
+}
+
+} // namespace
+
+struct server::impl : std::enable_shared_from_this<server::impl> {
+    impl(asio::io_context& l, std::function<std::string()> b) : loop(l), body(std::move(b)) {}
+
+    asio::io_context& loop;
+    std::function<std::string()> body;
+    std::unique_ptr<asio::basic_socket_acceptor<proto>> acceptor;
+    std::string unix_path;
+    unsigned clients = 0;
+    bool stopped = false;
+
+    static asio::awaitable<void> serve(std::shared_ptr<impl> self, std::shared_ptr<proto::socket> sock)
+    {
+        asio::steady_timer deadline(self->loop, request_timeout);
+        deadline.async_wait([sock](boost::system::error_code ec) {
+            if (!ec) {
+                boost::system::error_code ignored;
+                sock->close(ignored);
+            }
+        });
+        std::string buf;
+        auto [ec, n] = co_await asio::async_read_until(*sock, asio::dynamic_buffer(buf, max_request), "\r\n\r\n",
+                                                       asio::as_tuple(asio::use_awaitable));
+        std::string reply;
+        if (!ec && !self->stopped)
+            reply = answer(std::string_view(buf).substr(0, n), self->body);
+        else if (ec == asio::error::not_found)   // over max_request without a blank line
+            reply = response("400 Bad Request", "text/plain", "request too large\n", false);
+        if (!reply.empty())
+            co_await asio::async_write(*sock, asio::buffer(reply), asio::as_tuple(asio::use_awaitable));
+        deadline.cancel();
+        boost::system::error_code ignored;
+        sock->shutdown(proto::socket::shutdown_both, ignored);
+        sock->close(ignored);
+    }
+
+    static asio::awaitable<void> accept_loop(std::shared_ptr<impl> self)
+    {
+        while (!self->stopped) {
+            auto [ec, s] = co_await self->acceptor->async_accept(asio::as_tuple(asio::use_awaitable));
+            if (self->stopped || ec == asio::error::operation_aborted)
+                co_return;
+            if (ec) {   // EMFILE and friends: back off instead of spinning
+                log::get("metrics")->warn("metrics accept failed: {}", ec.message());
+                asio::steady_timer t(self->loop, std::chrono::milliseconds(100));
+                co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+                continue;
+            }
+            if (self->clients >= max_clients)
+                continue;   // drops (closes) the connection
+            ++self->clients;
+            asio::co_spawn(self->loop, serve(self, std::make_shared<proto::socket>(std::move(s))),
+                           [self](std::exception_ptr e) {
+                               --self->clients;
+                               log_failure(e, "metrics client");
+                           });
+        }
+    }
+
+    static void log_failure(std::exception_ptr e, const char* what)
+    {
+        if (!e)
+            return;
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            log::get("metrics")->error("{} failed: {}", what, ex.what());
+        }
+    }
+};
+
+server::server(asio::io_context& loop, std::function<std::string()> body)
+    : impl_(std::make_shared<impl>(loop, std::move(body)))
+{
+}
+
+server::~server() { stop(); }
+
+unsigned short server::listen(std::string_view spec)
+{
+    auto fail = [&](const std::string& why) -> void {
+        throw std::runtime_error("--metrics " + std::string(spec) + ": " + why);
+    };
+    proto::endpoint ep;
+    if (spec.starts_with("unix:") && spec.size() > 5) {
+        impl_->unix_path = std::string(spec.substr(5));
+        struct stat st {};
+        if (::lstat(impl_->unix_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+            ::unlink(impl_->unix_path.c_str());
+        ep = asio::local::stream_protocol::endpoint(impl_->unix_path);
+    } else if (spec.starts_with("tcp:")) {
+        std::string_view hp = spec.substr(4);
+        auto colon = hp.rfind(':');
+        if (colon == std::string_view::npos)
+            fail("expected tcp:HOST:PORT");
+        boost::system::error_code ec;
+        auto ip = asio::ip::make_address(std::string(hp.substr(0, colon)), ec);
+        std::string port(hp.substr(colon + 1));
+        if (ec || port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+            std::stoul(port) > 65535)
+            fail("expected tcp:HOST:PORT with a numeric address and port");
+        ep = asio::ip::tcp::endpoint(ip, static_cast<unsigned short>(std::stoul(port)));
+    } else {
+        fail("expected unix:PATH or tcp:HOST:PORT");
+    }
+    auto acc = std::make_unique<asio::basic_socket_acceptor<proto>>(impl_->loop);
+    boost::system::error_code ec;
+    acc->open(ep.protocol(), ec);
+    if (!ec && impl_->unix_path.empty())
+        acc->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec)
+        acc->bind(ep, ec);
+    if (!ec)
+        acc->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+        fail(ec.message());
+    unsigned short port = 0;
+    if (impl_->unix_path.empty())
+        port = ntohs(reinterpret_cast<const sockaddr_in*>(acc->local_endpoint().data())->sin_port);   // v6: same offset
+    impl_->acceptor = std::move(acc);
+    asio::co_spawn(impl_->loop, impl::accept_loop(impl_),
+                   [](std::exception_ptr e) { impl::log_failure(e, "metrics accept loop"); });
+    log::get("metrics")->info("metrics on {}", spec);
+    return port;
+}
+
+void server::stop()
+{
+    if (impl_->stopped)
+        return;
+    impl_->stopped = true;
+    if (impl_->acceptor) {
+        boost::system::error_code ignored;
+        impl_->acceptor->close(ignored);
+        if (!impl_->unix_path.empty())
+            ::unlink(impl_->unix_path.c_str());
+    }
+}
+
+} // namespace bjd::metrics

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: MIT
+// The Prometheus exposition (exact counters, escaping, family order) and the HTTP endpoint
+// (200/404/405/400, bad listen specs), served by a loop on a background thread.
+#include "bjd/metrics/metrics.hpp"
+
+#include "bjd/block/driver.hpp"
+#include "bjd/block/graph.hpp"
+#include "bjd/io/engine.hpp"
+#include "bjd/jobs/job.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+using namespace bjd;
+
+namespace {
+
+bool has_line(const std::string& text, const std::string& line)
+{
+    return text.find("\n" + line + "\n") != std::string::npos || text.rfind(line + "\n", 0) == 0;
+}
+
+/// Sends `req` to 127.0.0.1:`port`, returns everything until the server closes.
+std::string exchange(unsigned short port, const std::string& req)
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == ssize_t(req.size()));
+    std::string out;
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+        out.append(buf, std::size_t(n));
+    ::close(fd);
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("label values are escaped per the text format", "[metrics]")
+{
+    CHECK(metrics::escape_label("plain-name_1.x") == "plain-name_1.x");
+    CHECK(metrics::escape_label("a\"b\\c\nd") == "a\\\"b\\\\c\\nd");
+}
+
+TEST_CASE("render: exact counters per node, families in order", "[metrics]")
+{
+    boost::asio::io_context io;
+    auto eng = io::make_engine(io, io::backend::threads);
+    block::graph g{*eng, *eng};
+    block::node_options o;
+    o.name = "n\"0";   // not a valid node-name, but it shows the escaping end to end
+    auto n = block::open_null(o, "null-co", 1 << 20, 0, true);
+    g.insert(n);
+    stats::block_acct& acct = n->acct();
+    acct.done(acct.start(stats::op::read, 4096));
+    acct.done(acct.start(stats::op::read, 512));
+    acct.failed(acct.start(stats::op::write, 8192));
+    acct.invalid(stats::op::flush);
+    acct.set_intervals(std::vector<std::uint32_t>{5});
+
+    const std::string t = metrics::render(g, nullptr);
+    CHECK(has_line(t, "bjd_rd_bytes_total{node=\"n\\\"0\"} 4608"));
+    CHECK(has_line(t, "bjd_rd_operations_total{node=\"n\\\"0\"} 2"));
+    CHECK(has_line(t, "bjd_wr_bytes_total{node=\"n\\\"0\"} 0"));
+    CHECK(has_line(t, "bjd_failed_wr_operations_total{node=\"n\\\"0\"} 1"));
+    CHECK(has_line(t, "bjd_invalid_flush_operations_total{node=\"n\\\"0\"} 1"));
+    CHECK(has_line(t, "bjd_timed_rd_queue_depth{node=\"n\\\"0\",interval=\"5\"} 0"));
+    CHECK(t.find("bjd_flush_bytes_total") == std::string::npos);
+    // HELP then TYPE then the samples, for every family.
+    auto help = t.find("# HELP bjd_rd_bytes_total ");
+    auto type = t.find("# TYPE bjd_rd_bytes_total counter\n");
+    auto sample = t.find("\nbjd_rd_bytes_total{");
+    CHECK(help < type);
+    CHECK(type < sample);
+    CHECK(sample != std::string::npos);
+    // No jobs: the job families are declared, without samples.
+    CHECK(t.find("# TYPE bjd_job_current_progress_bytes gauge\n") != std::string::npos);
+    CHECK(t.find("\nbjd_job_current_progress_bytes{") == std::string::npos);
+    // The start time is the accounting's own, in seconds.
+    auto st = acct.start_time_ns();
+    CHECK(t.find("bjd_stats_start_time_seconds{node=\"n\\\"0\"} " + std::to_string(st / 1'000'000'000) + ".") !=
+          std::string::npos);
+    acct.set_intervals({});
+}
+
+TEST_CASE("server: /metrics 200, other paths 404, methods 405, garbage 400", "[metrics]")
+{
+    boost::asio::io_context io;
+    metrics::server srv(io, [] { return std::string("bjd_x_total 1\n"); });
+    unsigned short port = srv.listen("tcp:127.0.0.1:0");
+    REQUIRE(port != 0);
+    auto guard = boost::asio::make_work_guard(io);
+    std::thread loop([&] { io.run(); });
+
+    std::string ok = exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(ok.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+    CHECK(ok.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+    CHECK(ok.find("Content-Length: 14\r\n") != std::string::npos);
+    CHECK(ok.size() >= 14);
+    CHECK(ok.substr(ok.size() - 14) == "bjd_x_total 1\n");
+    std::string head = exchange(port, "HEAD /metrics HTTP/1.0\r\n\r\n");
+    CHECK(head.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+    CHECK(head.find("bjd_x_total") == std::string::npos);
+    CHECK(exchange(port, "GET / HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 404 ", 0) == 0);
+    CHECK(exchange(port, "POST /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405 ", 0) == 0);
+    CHECK(exchange(port, "garbage\r\n\r\n").rfind("HTTP/1.1 400 ", 0) == 0);
+    CHECK(exchange(port, "GET /metrics SMTP/1.1\r\n\r\n").rfind("HTTP/1.1 400 ", 0) == 0);
+    CHECK(exchange(port, std::string(10000, 'A')).rfind("HTTP/1.1 400 ", 0) == 0);
+    // Still serving after all that.
+    CHECK(exchange(port, "GET /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+
+    boost::asio::post(io, [&] { srv.stop(); guard.reset(); });
+    loop.join();
+}
+
+TEST_CASE("server: bad listen specs are startup errors", "[metrics]")
+{
+    boost::asio::io_context io;
+    metrics::server srv(io, [] { return std::string(); });
+    CHECK_THROWS_AS(srv.listen("udp:1.2.3.4:5"), std::runtime_error);
+    CHECK_THROWS_AS(srv.listen("tcp:localhost:9100"), std::runtime_error);   // numeric addresses only
+    CHECK_THROWS_AS(srv.listen("tcp:127.0.0.1:99999"), std::runtime_error);
+    CHECK_THROWS_AS(srv.listen("tcp:127.0.0.1"), std::runtime_error);
+    CHECK_THROWS_AS(srv.listen("unix:/nonexistent-dir/m.sock"), std::runtime_error);
+}
