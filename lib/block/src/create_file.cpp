@@ -2,6 +2,7 @@
 // blockdev-create driver=file: create or truncate a host file and give it its size, with
 // QEMU 7.2's steps and texts (file-posix.c raw_co_create).
 #include "bjd/block/create.hpp"
+#include "image_lock.hpp"
 
 #include "bjd/log.hpp"
 
@@ -23,34 +24,7 @@ namespace bjd::block {
 
 namespace {
 
-// QEMU's image lock bytes (see file.cpp): 100 + bit "I hold it", 200 + bit "I do not share it".
-constexpr off_t lock_perm_base = 100;
-constexpr off_t lock_shared_base = 200;
-constexpr unsigned bit_write = 1, bit_resize = 3;
-
 std::string errno_text(int e) { return std::strerror(e); }
-
-bool held_by_other(int fd, off_t byte)
-{
-    struct flock fl{};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    if (::fcntl(fd, F_OFD_GETLK, &fl) == -1)
-        return false;
-    return fl.l_type != F_UNLCK;
-}
-
-bool lock_byte(int fd, off_t byte, bool on)
-{
-    struct flock fl{};
-    fl.l_type = on ? F_RDLCK : F_UNLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    return ::fcntl(fd, F_OFD_SETLK, &fl) == 0;
-}
 
 /// Closes the descriptor (dropping its locks) on every path.
 struct fd_guard {
@@ -62,21 +36,11 @@ struct fd_guard {
     }
 };
 
-/// raw_co_create's locking: take write and resize, do not share resize; then refuse when
+/// raw_co_create's locking: take write and resize, do not share resize; refused when
 /// someone else does not share write or holds resize.
 qapi::result<void> take_create_locks(int fd, const std::string& filename)
 {
-    const std::string hint = "Is another process using the image [" + filename + "]?";
-    for (off_t b : {lock_perm_base + bit_write, lock_perm_base + bit_resize, lock_shared_base + bit_resize})
-        if (!lock_byte(fd, b, true))
-            return qapi::generic("Failed to lock byte " + std::to_string(b));
-    if (held_by_other(fd, lock_shared_base + bit_write))
-        return qapi::error{qapi::error_class::generic_error, "Failed to get \"write\" lock", hint};
-    if (held_by_other(fd, lock_shared_base + bit_resize))
-        return qapi::error{qapi::error_class::generic_error, "Failed to get \"resize\" lock", hint};
-    if (held_by_other(fd, lock_perm_base + bit_resize))
-        return qapi::error{qapi::error_class::generic_error, "Failed to get shared \"resize\" lock", hint};
-    return {};
+    return detail::apply_image_locks(fd, perm_write | perm_resize, perm_all & ~perm_resize, filename);
 }
 
 /// Writes zeroes over the first block so that later alignment probes find it allocated

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // file: host files and block devices, through the loop's I/O engine.
 #include "bjd/block/driver.hpp"
+#include "image_lock.hpp"
 #include "bjd/io/buffer.hpp"
 #include "bjd/log.hpp"
 
@@ -16,58 +17,6 @@
 
 namespace bjd::block {
 namespace {
-
-// QEMU's image locking (file-posix.c), so that QEMU, qemu-img and blockjobd see each other:
-// one OFD byte lock per permission at 100 + bit ("I hold it") and 200 + bit ("I do not share
-// it"). Read locks only; a conflicting holder is detected with F_OFD_GETLK.
-constexpr off_t lock_perm_base = 100;
-constexpr off_t lock_shared_base = 200;
-constexpr std::array<const char*, 4> perm_names{"consistent read", "write", "write unchanged", "resize"};
-
-bool lock_held_by_other(int fd, off_t byte)
-{
-    struct flock fl{};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    if (::fcntl(fd, F_OFD_GETLK, &fl) == -1)
-        return false;
-    return fl.l_type != F_UNLCK;
-}
-
-bool set_lock(int fd, off_t byte, bool locked)
-{
-    struct flock fl{};
-    fl.l_type = locked ? F_RDLCK : F_UNLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    return ::fcntl(fd, F_OFD_SETLK, &fl) == 0;
-}
-
-/// Holds the lock bytes for `perm` and for not sharing `~shared`; QEMU's texts on conflict.
-qapi::result<void> apply_locks(int fd, unsigned perm, unsigned shared)
-{
-    for (unsigned i = 0; i < perm_names.size(); ++i) {
-        if ((perm & (1u << i)) && lock_held_by_other(fd, lock_shared_base + i))
-            return qapi::error{qapi::error_class::generic_error,
-                               std::string("Failed to get \"") + perm_names[i] + "\" lock",
-                               "Is another process using the image?"};
-    }
-    for (unsigned i = 0; i < perm_names.size(); ++i) {
-        if (!(shared & (1u << i)) && lock_held_by_other(fd, lock_perm_base + i))
-            return qapi::error{qapi::error_class::generic_error,
-                               std::string("Failed to get shared \"") + perm_names[i] + "\" lock",
-                               "Is another process using the image?"};
-    }
-    for (unsigned i = 0; i < perm_names.size(); ++i) {
-        if (!set_lock(fd, lock_perm_base + i, perm & (1u << i)) ||
-            !set_lock(fd, lock_shared_base + i, !(shared & (1u << i))))
-            return qapi::generic("Failed to lock byte " + std::to_string(lock_perm_base + i));
-    }
-    return {};
-}
 
 class file_node final : public node {
 public:
@@ -99,7 +48,7 @@ protected:
     {
         if (!locking_)
             return {};
-        return apply_locks(fd_, perm, shared);
+        return detail::apply_image_locks(fd_, perm, shared, filename_);
     }
 
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
