@@ -32,7 +32,7 @@ bool has_line(const std::string& text, const std::string& line)
 }
 
 /// Sends `req` to 127.0.0.1:`port`, returns everything until the server closes.
-std::string exchange(unsigned short port, const std::string& req)
+std::string http_exchange(unsigned short port, const std::string& req)
 {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     REQUIRE(fd >= 0);
@@ -108,22 +108,22 @@ TEST_CASE("server: /metrics 200, other paths 404, methods 405, garbage 400", "[m
     auto guard = boost::asio::make_work_guard(io);
     std::thread loop([&] { io.run(); });
 
-    std::string ok = exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::string ok = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     CHECK(ok.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
     CHECK(ok.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
     CHECK(ok.find("Content-Length: 14\r\n") != std::string::npos);
     CHECK(ok.size() >= 14);
     CHECK(ok.substr(ok.size() - 14) == "bjd_x_total 1\n");
-    std::string head = exchange(port, "HEAD /metrics HTTP/1.0\r\n\r\n");
+    std::string head = http_exchange(port, "HEAD /metrics HTTP/1.0\r\n\r\n");
     CHECK(head.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
     CHECK(head.find("bjd_x_total") == std::string::npos);
-    CHECK(exchange(port, "GET / HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 404 ", 0) == 0);
-    CHECK(exchange(port, "POST /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405 ", 0) == 0);
-    CHECK(exchange(port, "garbage\r\n\r\n").rfind("HTTP/1.1 400 ", 0) == 0);
-    CHECK(exchange(port, "GET /metrics SMTP/1.1\r\n\r\n").rfind("HTTP/1.1 400 ", 0) == 0);
-    CHECK(exchange(port, std::string(10000, 'A')).rfind("HTTP/1.1 400 ", 0) == 0);
+    CHECK(http_exchange(port, "GET / HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 404 ", 0) == 0);
+    CHECK(http_exchange(port, "POST /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405 ", 0) == 0);
+    CHECK(http_exchange(port, "garbage\r\n\r\n").rfind("HTTP/1.1 400 ", 0) == 0);
+    CHECK(http_exchange(port, "GET /metrics SMTP/1.1\r\n\r\n").rfind("HTTP/1.1 400 ", 0) == 0);
+    CHECK(http_exchange(port, std::string(10000, 'A')).rfind("HTTP/1.1 400 ", 0) == 0);
     // Still serving after all that.
-    CHECK(exchange(port, "GET /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+    CHECK(http_exchange(port, "GET /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
 
     boost::asio::post(io, [&] { srv.stop(); guard.reset(); });
     loop.join();
