@@ -26,7 +26,8 @@ boost::asio::awaitable<result<void>> qmp_blockdev_mirror(qmp::context& ctx, bloc
     p.copy_mode = args.copy_mode.value_or(mirror_copy_mode::background);
     p.auto_finalize = args.auto_finalize.value_or(true);
     p.auto_dismiss = args.auto_dismiss.value_or(true);
-    co_return jobs::start_mirror(*ctx.jobs, *ctx.graph, p);
+    p.target_is_zero = args.target_is_zero.value_or(false);
+    co_return co_await jobs::co_start_mirror(*ctx.jobs, *ctx.graph, p);
 }
 
 boost::asio::awaitable<result<void>> qmp_drive_mirror(qmp::context& ctx, drive_mirror args)
@@ -50,7 +51,7 @@ boost::asio::awaitable<result<void>> qmp_drive_mirror(qmp::context& ctx, drive_m
     p.copy_mode = args.copy_mode.value_or(mirror_copy_mode::background);
     p.auto_finalize = args.auto_finalize.value_or(true);
     p.auto_dismiss = args.auto_dismiss.value_or(true);
-    co_return jobs::start_mirror(*ctx.jobs, *ctx.graph, p);
+    co_return co_await jobs::co_start_mirror(*ctx.jobs, *ctx.graph, p);
 }
 
 boost::asio::awaitable<result<void>> qmp_block_job_change(qmp::context& ctx, block_job_change_options args)

@@ -3,6 +3,7 @@
 // iterations with bounded in-flight ops, READY, convergence, write-blocking, pivot.
 #include "mirror/mirror_job.hpp"
 
+#include "bjd/block/driver.hpp"
 #include "bjd/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -237,6 +238,9 @@ asio::awaitable<void> mirror_job::init_bitmap()
         bool copy = top ? (f & block::status_allocated) != 0
                         : (f & (block::status_allocated | block::status_data)) != 0 ||
                               !((f & block::status_zero) && s_.target->zero_init());
+        // target-is-zero: what reads as zeroes on the source already does on the target.
+        if (s_.target_is_zero && !top)
+            copy = (f & block::status_data) != 0 || !(f & block::status_zero);
         if (copy)
             bitmap_.set(off, st->length);
         off += st->length;
@@ -279,7 +283,9 @@ asio::awaitable<void> mirror_job::iteration()
         std::uint64_t n = end - pos;
         if (auto st = co_await s_.source->block_status(pos, n))
             flags = st->flags, n = st->length;
-        if (!(flags & block::status_data) && (flags & block::status_zero)) {
+        // A target whose backing is attached at completion copies zeroes as data: an
+        // unallocated cluster would show the backing there afterwards.
+        if (!(flags & block::status_data) && (flags & block::status_zero) && !s_.deferred_backing) {
             while (ops_ >= max_in_flight)
                 co_await wait_op();
             launch(op_kind::zero, pos, n, -1);
@@ -517,6 +523,12 @@ void mirror_job::exit_common(bool pivot)
 qapi::result<void> mirror_job::prepare(job& j)
 {
     exit_common(should_complete_);
+    // drive-mirror absolute-paths: the new image's backing (spec §2.9). After the pivot, so
+    // that sync=none's backing edge to the source is not itself redirected to the target.
+    if (s_.deferred_backing && !s_.target->backing()) {
+        if (auto r = block::set_qcow2_backing(*s_.target, s_.deferred_backing); !r)
+            logger()->warn("mirror '{}': cannot attach the target's backing: {}", j.id(), r.error().desc);
+    }
     return {};
 }
 

@@ -111,7 +111,18 @@ struct mirror_setup {
     bool unmap = true;
     bool zero_target = false;
     bool release_target = false;   ///< drive-mirror: drop the target node at the end if unused
+    bool target_is_zero = false;   ///< blockdev-mirror target-is-zero: skip zero source ranges
+    /// drive-mirror qcow2 target opened without its backing chain: the node attached as its
+    /// backing in prepare (spec §2.9). While it is pending, zero ranges are copied as data,
+    /// since an unallocated target cluster would show the backing afterwards.
+    std::shared_ptr<block::node> deferred_backing;
 };
+
+/// The checks and job start after the drive-mirror target exists (`pre_target`, null: opened
+/// here, raw only). mirror_start.cpp.
+qapi::result<void> start_prepared(manager& m, block::graph& g, const mirror_params& p,
+                                  std::shared_ptr<block::node> pre_target,
+                                  std::shared_ptr<block::node> deferred_backing);
 
 class mirror_job final : public job_driver, public block::write_observer {
 public:

@@ -59,10 +59,11 @@ qapi::result<std::shared_ptr<block::node>> open_drive_target(block::graph& g, co
 {
     // QEMU: `format`, else the source's format (absolute-paths) or a probe (existing). blockjobd
     // creates and opens raw targets only, and says so rather than silently changing format.
+    // (qcow2 targets are made by co_start_mirror, mirror_target.cpp.)
     std::string fmt = p.format ? *p.format
                                : (p.mode == qapi::new_image_mode::existing ? "raw" : std::string(source.driver()));
     if (fmt != "raw" && fmt != "file")
-        return qapi::generic("drive-mirror target format '" + fmt + "' is not supported (only raw)");
+        return qapi::generic("drive-mirror target format '" + fmt + "' is not supported (only raw and qcow2)");
     if (p.node_name) {
         if (auto r = block::check_node_name(*p.node_name); !r)
             return r.error();
@@ -101,7 +102,9 @@ qapi::result<std::shared_ptr<block::node>> open_drive_target(block::graph& g, co
 
 } // namespace
 
-qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params& p)
+qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mirror_params& p,
+                                          std::shared_ptr<block::node> pre_target,
+                                          std::shared_ptr<block::node> deferred_backing)
 {
     // 2. device
     auto src = g.lookup(p.device);
@@ -119,7 +122,7 @@ qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params
             return r;
         if (p.replaces && !p.node_name)
             return qapi::generic("a node-name must be provided when replacing a named node of the graph");
-        auto t = open_drive_target(g, p, *source);
+        auto t = pre_target ? qapi::result<std::shared_ptr<block::node>>(pre_target) : open_drive_target(g, p, *source);
         if (!t)
             return t.error();
         target = *t;
@@ -183,6 +186,10 @@ qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params
         return fail(qapi::generic("Invalid parameter 'buf-size'"));
     if (gran == 0)
         gran = default_granularity(target->cluster_size());
+    // A target whose backing file is attached only at completion must get whole clusters:
+    // a partial one would be completed with zeroes instead of the backing's data.
+    if (deferred_backing)
+        gran = std::max(gran, target->cluster_size());
 
     // 10. same node
     if (source == target)
@@ -212,8 +219,10 @@ qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params
     s.granularity = std::max<std::uint64_t>({gran, source->request_alignment(), target->request_alignment()});
     s.buf_size = effective_buf_size(p.buf_size, s.granularity);
     s.unmap = p.unmap;
-    s.zero_target = sync == qapi::mirror_sync_mode::full &&
+    s.zero_target = sync == qapi::mirror_sync_mode::full && !p.target_is_zero &&
                     (!p.drive || p.mode == qapi::new_image_mode::existing || !target->zero_init());
+    s.target_is_zero = p.target_is_zero;
+    s.deferred_backing = std::move(deferred_backing);
     s.release_target = opened_target;
     if (filter_name.empty())
         filter_name = g.auto_name();
@@ -249,6 +258,11 @@ qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params
     log::get("jobs")->info("mirror '{}': {} -> {} (sync {}, granularity {}, buf-size {})", j.id(), source->name(),
                            target->name(), std::string(qapi::to_string(sync)), mj->granularity(), mj->buf_size());
     return {};
+}
+
+qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params& p)
+{
+    return detail::start_prepared(m, g, p, nullptr, nullptr);
 }
 
 } // namespace bjd::jobs

@@ -33,15 +33,21 @@ struct mirror_params {
     bool auto_finalize = true;
     bool auto_dismiss = true;
     bool unmap = true;                           ///< drive-mirror only (blockdev-mirror: true)
-    std::optional<std::string> format;           ///< drive-mirror: only "raw"
+    std::optional<std::string> format;           ///< drive-mirror: "raw" or "qcow2"
     std::optional<std::string> node_name;        ///< drive-mirror: name of the opened target
     qapi::new_image_mode mode = qapi::new_image_mode::absolute_paths;
+    bool target_is_zero = false;                 ///< blockdev-mirror (QEMU 10.1): skip zeroes
 };
 
 /// Checks `p`, creates the job (JOB_STATUS_CHANGE created; null again if a later check
 /// fails) and starts it (running). Errors are the command's, with QEMU 7.2's texts.
 /// Main loop only; returns before any data is copied.
 qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params& p);
+
+/// As `start_mirror`, and the only entry point for drive-mirror targets in qcow2 format
+/// (created with `block::create_qcow2` for mode absolute-paths, opened as they are for
+/// existing): those need I/O before the job exists. Main loop only.
+asio::awaitable<qapi::result<void>> co_start_mirror(manager& m, block::graph& g, const mirror_params& p);
 
 /// Granularity used when the caller gives 0: the target's cluster size clamped to
 /// [4 KiB, 64 KiB], 64 KiB without clusters.
