@@ -272,15 +272,25 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
     if (!node)
         co_return fail(err_shutdown, "export is shutting down");
     const bool is_write = req.type == cmd_write || req.type == cmd_write_zeroes || req.type == cmd_trim;
+    // Requests refused before they reach the node are QEMU's "invalid" operations: the
+    // device model (here, the export) rejects them, and the node's statistics count them.
+    auto invalid = [&](std::uint32_t err, std::string_view msg) {
+        if (req.type != cmd_block_status)
+            node->acct().invalid(req.type == cmd_read    ? stats::op::read
+                                 : req.type == cmd_flush ? stats::op::flush
+                                 : req.type == cmd_trim  ? stats::op::unmap
+                                                         : stats::op::write);
+        return fail(err, msg);
+    };
     if (is_write && !exp_->writable())
-        co_return fail(err_perm, "export is read-only");
+        co_return invalid(err_perm, "export is read-only");
     if ((req.type == cmd_read || req.type == cmd_write) && req.length > max_payload)
-        co_return fail(err_inval, "request too large");
+        co_return invalid(err_inval, "request too large");
     if (req.type != cmd_flush) {
         std::uint64_t size = node->size();
         if (req.offset > size || req.length > size - req.offset)
-            co_return fail(req.type == cmd_write || req.type == cmd_write_zeroes ? err_nospc : err_inval,
-                           "request beyond the end of the export");
+            co_return invalid(req.type == cmd_write || req.type == cmd_write_zeroes ? err_nospc : err_inval,
+                              "request beyond the end of the export");
     }
     const bool fua = (req.flags & cmd_flag_fua) || exp_->options().writethrough;
 
