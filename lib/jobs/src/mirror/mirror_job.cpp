@@ -342,18 +342,22 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
             co_await iteration();
             continue;
         }
-        if (active_bytes_ > 0) {
+        // Active writes complete on both sides before the writer sees them: in write-blocking
+        // mode they do not stand between the job and READY. Waiting for them to settle made a
+        // busy source never converge (the bug QEMU fixed in "block/mirror: Do not wait for
+        // active writes"). Left over from a switch to background mode, they are waited for.
+        if (active_bytes_ > 0 && !active_) {
             co_await wait_op();
             continue;
         }
-        // Nothing dirty, nothing in flight.
+        // Nothing dirty, no background copy in flight.
         if (!j.is_ready()) {
             auto r = co_await s_.target->flush();
             if (!r) {
                 handle_error(false, r.error());
                 continue;
             }
-            if (bitmap_.dirty_bytes() == 0 && ops_ == 0 && active_bytes_ == 0) {
+            if (bitmap_.dirty_bytes() == 0 && ops_ == 0 && (active_ || active_bytes_ == 0)) {
                 j.progress_set_remaining(0);
                 actively_synced_ = active_;
                 j.transition_to_ready();
@@ -394,7 +398,8 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
 
 void mirror_job::on_write(std::uint64_t offset, std::uint64_t length)
 {
-    bitmap_.set(offset, length);
+    if (std::find(active_ranges_.begin(), active_ranges_.end(), std::pair{offset, length}) == active_ranges_.end())
+        bitmap_.set(offset, length);
     if (job_ && job_->sleeping_timed())
         job_->enter();
 }
@@ -408,6 +413,8 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
         co_await wait_op();
     hold_chunks(offset, length, +1);
     active_bytes_ += length;
+    const std::pair range{offset, length};
+    active_ranges_.push_back(range);
     result<void> r;
     if (kind == op_kind::copy)
         r = co_await src.write(offset, buf, fua);
@@ -415,6 +422,8 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
         r = co_await src.write_zeroes(offset, length, block::zero_flags{.may_unmap = may_unmap});
     else
         r = co_await src.discard(offset, length);
+    active_ranges_.erase(std::find(active_ranges_.begin(), active_ranges_.end(), range));
+    bool synced = false;
     if (r && active()) {
         result<void> t;
         if (kind == op_kind::copy)
@@ -429,6 +438,7 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
             // does a discarded range: its content is undefined on either side.
             if (kind != op_kind::discard)
                 bitmap_.reset_covered(offset, length);
+            synced = kind != op_kind::discard;
             job_->progress_done(length);
             if (kind == op_kind::copy)
                 account_rate(length);
@@ -436,6 +446,8 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
             handle_error(false, t.error());
         }
     }
+    if (!synced)
+        bitmap_.set(offset, length);   // the background loop copies what did not reach both sides
     active_bytes_ -= length;
     hold_chunks(offset, length, -1);
     op_done_.notify_all();

@@ -186,6 +186,10 @@ private:
     unsigned ops_ = 0;
     std::uint64_t in_flight_bytes_ = 0;
     std::uint64_t active_bytes_ = 0;
+    /// Ranges of active writes between their source and target halves: on_write() leaves
+    /// them clean, since the target gets the same request before the writer is answered
+    /// (QEMU disables the bitmap in write-blocking mode for the same reason).
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> active_ranges_;
     bool active_ = false;
     bool actively_synced_ = false;
     bool should_complete_ = false;
