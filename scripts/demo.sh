@@ -42,8 +42,8 @@ daemon_pid=$!
 
 python3 - "$dir/qmp.sock" <<'PY'
 import sys, time
-sys.path.insert(0, "scripts")
-from qmpclient import QMP
+sys.path.insert(0, "bench")
+from qmp import QMP   # the benchmarks' client: one QMP client for scripts
 q = QMP(sys.argv[1])
 print("demo: connected; starting blockdev-mirror source -> target at 100 MiB/s")
 q.cmd("blockdev-mirror", **{"job-id": "demo", "device": "source", "target": "target",
