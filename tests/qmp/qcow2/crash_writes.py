@@ -121,8 +121,9 @@ def main():
     corrupt = 0
     image = os.path.join(work, "crash.qcow2")
     for it in range(iterations):
-        # Each image takes two crashes (the second on the leftovers of the first).
-        fresh = it % 2 == 0
+        # Each image takes two crashes (the second on the leftovers of the first), unless
+        # the first left it corrupt: then it was set aside and a new one is made.
+        fresh = it % 2 == 0 or not os.path.exists(image)
         # (512-byte clusters leave no room for a v3 feature table and a backing name.)
         cluster, version = [(512, "v2"), (4096, "v3"), (65536, "v3"), (65536, "v2")][(it // 2) % 4]
         if fresh:
