@@ -208,6 +208,13 @@ struct opener {
                           nu.latency_ns.value_or(0), nu.read_zeroes.value_or(false));
         } else if (o.u.qcow2) {
             n = co_await open_qcow2_node(*o.u.qcow2, std::move(*common), mine);
+        } else if (o.u.blkdebug) {
+            auto image = co_await child_ref(o.u.blkdebug->image, mine);
+            if (!image)
+                co_return image.error();
+            if (auto r = check_name(name); !r)
+                co_return r.error();
+            n = open_blkdebug(std::move(*common), *image, *o.u.blkdebug);
         }
         if (n)
             made.push_back(*n);
@@ -371,6 +378,33 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> graph::open(const qapi::blo
         insert(n);
     log::get("block")->info("opened node '{}' (driver {}, {})", (*r)->name(), (*r)->driver(), (*r)->filename());
     co_return r;
+}
+
+asio::awaitable<qapi::result<void>> graph::open_backing_chain(node& n)
+{
+    const auto* info = qcow2_info(n);
+    node* file = n.child("file");
+    if (!info || info->backing_file.empty() || n.backing() || !file)
+        co_return qapi::result<void>{};
+    inherited inh;
+    inh.read_only = true;
+    inh.cache_direct = n.options().cache_direct;
+    inh.cache_no_flush = n.options().cache_no_flush;
+    inh.discard_unmap = n.options().discard_unmap;
+    std::vector<std::string> chain;
+    char real[PATH_MAX];
+    if (::realpath(file->filename().c_str(), real))
+        chain.emplace_back(real);
+    opener op{*this, {}, {}};
+    auto b = co_await op.open_backing_from_header(file->filename(), *info, inh, std::move(chain));
+    if (!b)
+        co_return b.error();   // nodes made so far die with `op`
+    if (auto r = set_qcow2_backing(n, *b); !r)
+        co_return r.error();
+    for (auto& m : op.made)
+        insert(m);
+    log::get("block")->info("node '{}': opened backing '{}'", n.name(), (*b)->filename());
+    co_return qapi::result<void>{};
 }
 
 qapi::result<void> graph::del(std::string_view node_name)

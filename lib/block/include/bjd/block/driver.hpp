@@ -19,6 +19,10 @@
 #include <optional>
 #include <string>
 
+namespace bjd::qapi {
+struct blockdev_options_blkdebug;
+}
+
 namespace bjd::block {
 
 /// file: a host file or block device.
@@ -35,6 +39,12 @@ qapi::result<std::shared_ptr<node>> open_file(node_options common, const file_op
 /// raw: a window [offset, offset+size) of its `file` child.
 qapi::result<std::shared_ptr<node>> open_raw(node_options common, std::shared_ptr<node> file,
                                             std::uint64_t offset, std::optional<std::uint64_t> size);
+
+/// blkdebug: passes every request to `image`, failing those its inject-error rules match
+/// (QEMU 7.2's rules and errors: "Could not read blkdebug config file: …", "Cannot meet
+/// constraints with align N", …). See drivers/blkdebug.cpp for how events fire.
+qapi::result<std::shared_ptr<node>> open_blkdebug(node_options common, std::shared_ptr<node> image,
+                                                 const qapi::blockdev_options_blkdebug& opts);
 
 /// null-co / null-aio: discards writes; reads return zeroes. `latency_ns` delays every request.
 std::shared_ptr<node> open_null(node_options common, std::string_view driver, std::uint64_t size,
