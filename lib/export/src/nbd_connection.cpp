@@ -194,7 +194,7 @@ asio::awaitable<void> connection::transmission()
                 enqueue(error_reply(req, err_inval, "request too large"));
                 continue;
             }
-            payload = io::aligned_buffer(req.length);
+            payload = tracker_->buffers.get(req.length);
             auto [ec2, n2] = co_await asio::async_read(socket_, asio::buffer(payload.data(), req.length), tok);
             if (ec2) {
                 log::get("nbd")->info("nbd {}: client vanished in the middle of a WRITE payload", peer_);
@@ -225,7 +225,7 @@ asio::awaitable<void> connection::process(std::shared_ptr<connection> self, requ
                                           io::aligned_buffer payload, std::size_t charge)
 {
     reply r = co_await self->execute(req, payload);
-    payload = {};
+    self->tracker_->buffers.put(std::move(payload));
     r.charge = charge;
     self->enqueue(std::move(r));
 }
@@ -262,7 +262,7 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
     case cmd_read: allowed |= structured_ ? cmd_flag_df : 0; break;
     case cmd_write_zeroes: allowed |= cmd_flag_no_hole | cmd_flag_fast_zero; break;
     case cmd_block_status: allowed |= cmd_flag_req_one; break;
-    case cmd_write: case cmd_flush: case cmd_trim: break;
+    case cmd_write: case cmd_flush: case cmd_trim: case cmd_cache: break;
     default: co_return fail(err_inval, "unsupported command");
     }
     if (req.flags & ~allowed)
@@ -275,7 +275,7 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
     // Requests refused before they reach the node are QEMU's "invalid" operations: the
     // device model (here, the export) rejects them, and the node's statistics count them.
     auto invalid = [&](std::uint32_t err, std::string_view msg) {
-        if (req.type != cmd_block_status)
+        if (req.type != cmd_block_status && req.type != cmd_cache)
             node->acct().invalid(req.type == cmd_read    ? stats::op::read
                                  : req.type == cmd_flush ? stats::op::flush
                                  : req.type == cmd_trim  ? stats::op::unmap
@@ -284,7 +284,7 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
     };
     if (is_write && !exp_->writable())
         co_return invalid(err_perm, "export is read-only");
-    if ((req.type == cmd_read || req.type == cmd_write) && req.length > max_payload)
+    if ((req.type == cmd_read || req.type == cmd_write || req.type == cmd_cache) && req.length > max_payload)
         co_return invalid(err_inval, "request too large");
     if (req.type != cmd_flush) {
         std::uint64_t size = node->size();
@@ -296,7 +296,16 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
 
     switch (req.type) {
     case cmd_read: {
-        io::aligned_buffer buf(req.length);
+        // QEMU flushes before a READ with FUA (the protocol only defines FUA for writes).
+        if (req.flags & cmd_flag_fua) {
+            auto fr = co_await node->flush();
+            if (!fr)
+                co_return fail_ec(fr.error());
+        }
+        // Without DF, a structured READ skips zero ranges as OFFSET_HOLE chunks, like QEMU.
+        if (structured_ && !(req.flags & cmd_flag_df) && req.length > 0)
+            co_return co_await sparse_read(req, *node);
+        io::aligned_buffer buf = tracker_->buffers.get(req.length);
         if (req.length > 0) {
             auto rr = co_await node->read(req.offset, buf.span());
             if (!rr)
@@ -356,8 +365,60 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
     }
     case cmd_block_status:
         co_return co_await block_status(req, *node);
+    case cmd_cache:
+        // QEMU's CACHE is a copy-on-read prefetch, which does nothing where the top layer
+        // holds the data (raw and file nodes); blockjobd has no copy-on-read, so CACHE is
+        // validated above and then succeeds without I/O on every node.
+        co_return ok_reply(req);
     }
     co_return fail(err_inval, "unsupported command");
+}
+
+asio::awaitable<connection::reply> connection::sparse_read(const request& req, block::node& n)
+{
+    // One chunk per extent the node reports: OFFSET_HOLE where it reads as zeroes (nothing is
+    // read there), OFFSET_DATA elsewhere; the last chunk carries DONE.
+    reply r;
+    r.data = tracker_->buffers.get(req.length);
+    std::size_t pos = 0;
+    auto error_chunk = [&](std::uint32_t err, std::string_view msg) {
+        // QEMU drops the connection when a read fails after the first chunk; an ERROR chunk
+        // ends the reply just as well and keeps the connection.
+        encode_chunk_header(r.head, chunk_flag_done, chunk_error, req.cookie, std::uint32_t(6 + msg.size()));
+        writer(r.head).u32(err).u16(std::uint16_t(msg.size())).bytes(msg);
+        r.pieces.push_back({r.head.size(), 0, 0});
+    };
+    while (pos < req.length) {
+        const std::uint64_t off = req.offset + pos;
+        const std::size_t left = req.length - pos;
+        auto st = co_await n.block_status(off, left);
+        if (!st) {
+            error_chunk(to_wire_error(st.error().value()),
+                        "unable to check for holes: " + strerror_text(st.error()));
+            co_return r;
+        }
+        std::size_t len = std::size_t(std::min<std::uint64_t>(st->length, left));
+        const bool zero = len > 0 && (st->flags & block::status_zero);
+        if (len == 0)
+            len = left;   // a node that cannot say: read the rest
+        const std::uint16_t done = pos + len == req.length ? chunk_flag_done : 0;
+        if (zero) {
+            encode_chunk_header(r.head, done, chunk_offset_hole, req.cookie, 12);
+            writer(r.head).u64(off).u32(std::uint32_t(len));
+            r.pieces.push_back({r.head.size(), 0, 0});
+        } else {
+            auto rr = co_await n.read(off, {r.data.data() + pos, len});
+            if (!rr) {
+                error_chunk(to_wire_error(rr.error().value()), strerror_text(rr.error()));
+                co_return r;
+            }
+            encode_chunk_header(r.head, done, chunk_offset_data, req.cookie, std::uint32_t(len + 8));
+            writer(r.head).u64(off);
+            r.pieces.push_back({r.head.size(), pos, len});
+        }
+        pos += len;
+    }
+    co_return r;
 }
 
 asio::awaitable<connection::reply> connection::block_status(const request& req, block::node& n)
@@ -417,9 +478,19 @@ asio::awaitable<void> connection::write_loop(std::shared_ptr<connection> self)
             batch.push_back(std::move(self->queue_.front()));
             self->queue_.pop_front();
             auto& r = batch.back();
-            bufs.push_back(asio::buffer(r.head));
-            if (r.data_len)
-                bufs.push_back(asio::buffer(r.data.data(), r.data_len));
+            if (r.pieces.empty()) {
+                bufs.push_back(asio::buffer(r.head));
+                if (r.data_len)
+                    bufs.push_back(asio::buffer(r.data.data(), r.data_len));
+            } else {
+                std::size_t h = 0;
+                for (auto& p : r.pieces) {
+                    bufs.push_back(asio::buffer(r.head.data() + h, p.head_end - h));
+                    h = p.head_end;
+                    if (p.data_len)
+                        bufs.push_back(asio::buffer(r.data.data() + p.data_off, p.data_len));
+                }
+            }
         }
         if (!self->closing_) {
             auto [ec, n] = co_await asio::async_write(self->socket_, bufs, tok);
@@ -433,6 +504,7 @@ asio::awaitable<void> connection::write_loop(std::shared_ptr<connection> self)
         for (auto& r : batch) {
             --self->in_flight_;
             self->buffered_ -= r.charge;
+            self->tracker_->buffers.put(std::move(r.data));
         }
         batch.clear();
         self->notify();

@@ -29,6 +29,7 @@ struct connection_tracker {
     std::size_t live = 0;
     std::vector<std::weak_ptr<class connection>> all;   // for closing everything at shutdown
     asio::steady_timer changed;   // expiry is never reset: cancel() wakes every waiter
+    io::buffer_pool buffers;      // WRITE payloads and READ replies (all connections, one loop)
 };
 
 class connection final : public client, public std::enable_shared_from_this<connection> {
@@ -49,6 +50,12 @@ private:
         io::aligned_buffer data;      // optional payload after head
         std::size_t data_len = 0;
         std::size_t charge = 0;       // bytes counted against the buffer limit
+        /// A reply of several chunks (a sparse READ): each piece is head bytes up to
+        /// `head_end`, then `data_len` bytes of `data` from `data_off`. Empty: head, then data.
+        struct piece {
+            std::size_t head_end, data_off, data_len;
+        };
+        std::vector<piece> pieces;
     };
 
     static asio::awaitable<void> run(std::shared_ptr<connection> self);
@@ -72,6 +79,7 @@ private:
                                          io::aligned_buffer payload, std::size_t charge);
     asio::awaitable<reply> execute(const nbd::request& req, io::aligned_buffer& payload);
     asio::awaitable<reply> block_status(const nbd::request& req, block::node& n);
+    asio::awaitable<reply> sparse_read(const nbd::request& req, block::node& n);
     reply error_reply(const nbd::request& req, std::uint32_t error, std::string_view message) const;
     reply ok_reply(const nbd::request& req) const;
     asio::awaitable<bool> discard_payload(std::uint32_t length);

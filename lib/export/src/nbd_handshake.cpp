@@ -51,7 +51,8 @@ asio::awaitable<bool> connection::send_error(std::uint32_t option, std::uint32_t
 
 std::uint16_t connection::transmission_flags(const block_export& e) const
 {
-    std::uint16_t f = tflag_has_flags | tflag_send_flush | tflag_send_fua;
+    // CACHE on every export, like QEMU (nbd_export_create).
+    std::uint16_t f = tflag_has_flags | tflag_send_flush | tflag_send_fua | tflag_send_cache;
     // Every connection reaches the same node on one thread, and FLUSH goes to the node, so a
     // flush on any connection covers writes completed on all of them: multi-conn is safe.
     f |= tflag_can_multi_conn;

@@ -135,6 +135,67 @@ asio::awaitable<void> structured_read_and_status(fixture& f)
     CHECK(ch.payload.size() == 12);
 }
 
+asio::awaitable<void> sparse_read_and_cache(fixture& f)
+{
+    client_conn c(f.mgr);
+    co_await c.open("disk");
+    bytes data = pattern(8192, 5);
+    co_await c.request(nbd::cmd_write, 1, 4096, 8192, 0, &data);
+    {
+        auto got_ = co_await c.simple_reply();
+        CHECK(got_.error == 0);
+    }
+    // Without DF: hole 0..4 KiB, data 4..12 KiB, hole 12..20 KiB (DONE on the last chunk only).
+    co_await c.request(nbd::cmd_read, 2, 0, 20480);
+    auto ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_offset_hole);
+    CHECK(ch.flags == 0);
+    CHECK(ch.cookie == 2);
+    REQUIRE(ch.payload.size() == 12);
+    CHECK(nbd::load_be64(ch.payload.data()) == 0);
+    CHECK(nbd::load_be32(ch.payload.data() + 8) == 4096);
+    ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_offset_data);
+    CHECK(ch.flags == 0);
+    REQUIRE(ch.payload.size() == 8 + 8192);
+    CHECK(nbd::load_be64(ch.payload.data()) == 4096);
+    CHECK(bytes(ch.payload.begin() + 8, ch.payload.end()) == data);
+    ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_offset_hole);
+    CHECK(ch.flags == nbd::chunk_flag_done);
+    REQUIRE(ch.payload.size() == 12);
+    CHECK(nbd::load_be64(ch.payload.data()) == 12288);
+    CHECK(nbd::load_be32(ch.payload.data() + 8) == 8192);
+    // All data: one OFFSET_DATA chunk with DONE, as with DF.
+    co_await c.request(nbd::cmd_read, 3, 4096, 8192);
+    ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_offset_data);
+    CHECK(ch.flags == nbd::chunk_flag_done);
+    CHECK(bytes(ch.payload.begin() + 8, ch.payload.end()) == data);
+    // A READ with FUA flushes first (as QEMU does).
+    unsigned flushes = f.disk->flushes;
+    co_await c.request(nbd::cmd_read, 4, 0, 4096, nbd::cmd_flag_fua);
+    ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_offset_hole);
+    CHECK(ch.flags == nbd::chunk_flag_done);
+    CHECK(f.disk->flushes == flushes + 1);
+    // CACHE: succeeds in range, EINVAL past the end or with a flag it does not take.
+    co_await c.request(nbd::cmd_cache, 5, 0, 1u << 20);
+    {
+        auto got_ = co_await c.simple_reply();   // success: a simple reply, as QEMU sends
+        CHECK(got_.error == 0);
+        CHECK(got_.cookie == 5);
+    }
+    co_await c.request(nbd::cmd_cache, 6, 1u << 20, 4096);
+    ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_error);
+    CHECK(nbd::load_be32(ch.payload.data()) == nbd::err_inval);
+    co_await c.request(nbd::cmd_cache, 7, 0, 4096, nbd::cmd_flag_df);
+    ch = co_await c.chunk_reply();
+    CHECK(ch.type == nbd::chunk_error);
+    CHECK(nbd::load_be32(ch.payload.data()) == nbd::err_inval);
+}
+
 asio::awaitable<void> many_in_flight(fixture& f, unsigned n)
 {
     client_conn c(f.mgr);
@@ -224,6 +285,12 @@ TEST_CASE("export: structured READ and base:allocation BLOCK_STATUS", "[export]"
 {
     fixture f;
     run(f.io, structured_read_and_status(f));
+}
+
+TEST_CASE("export: structured READ without DF sends holes; CACHE", "[export]")
+{
+    fixture f;
+    run(f.io, sparse_read_and_cache(f));
 }
 
 TEST_CASE("export: many requests in flight on one connection", "[export]")

@@ -67,6 +67,7 @@ enum tflag : std::uint16_t {
     tflag_send_write_zeroes = 1u << 6,
     tflag_send_df = 1u << 7,
     tflag_can_multi_conn = 1u << 8,
+    tflag_send_cache = 1u << 10,
     tflag_send_fast_zero = 1u << 11,
 };
 
