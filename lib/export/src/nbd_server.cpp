@@ -35,6 +35,12 @@ struct nbd_server::state {
     std::vector<std::weak_ptr<connection>> conns;
     std::uint32_t max_connections = 0;
     bool stopped = false;
+
+    std::size_t live_connections()
+    {
+        std::erase_if(conns, [](auto& w) { return w.expired(); });
+        return conns.size();
+    }
 };
 
 nbd_server::nbd_server(manager& m, std::shared_ptr<connection_tracker> tracker)
@@ -149,6 +155,7 @@ void nbd_server::stop()
     boost::system::error_code ec;
     for (auto& a : state_->acceptors)
         a.close(ec);
+    state_->tracker->changed.cancel();   // wakes accept loops waiting for a free slot
     if (!unix_path_.empty())
         ::unlink(unix_path_.c_str());
 }
@@ -157,6 +164,12 @@ asio::awaitable<void> nbd_server::accept_loop(std::shared_ptr<state> st, std::si
 {
     auto tok = asio::as_tuple(asio::use_awaitable);
     while (!st->stopped) {
+        // Like QEMU (nbd_update_server_watch), a server at max-connections stops accepting:
+        // further clients wait in the listen backlog until a connection ends.
+        while (!st->stopped && st->max_connections && st->live_connections() >= st->max_connections)
+            co_await st->tracker->changed.async_wait(tok);
+        if (st->stopped)
+            break;
         auto [ec, sock] = co_await st->acceptors[index].async_accept(tok);
         if (st->stopped)
             break;
@@ -167,13 +180,6 @@ asio::awaitable<void> nbd_server::accept_loop(std::shared_ptr<state> st, std::si
             log::get("nbd")->warn("nbd accept failed: {}", ec.message());
             asio::steady_timer t(st->acceptors[index].get_executor(), std::chrono::milliseconds(100));
             co_await t.async_wait(tok);
-            continue;
-        }
-        std::erase_if(st->conns, [](auto& w) { return w.expired(); });
-        if (st->max_connections && st->conns.size() >= st->max_connections) {
-            log::get("nbd")->info("nbd: refusing client, max-connections {} reached", st->max_connections);
-            boost::system::error_code ig;
-            sock.close(ig);
             continue;
         }
         {
