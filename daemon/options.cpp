@@ -44,8 +44,10 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
                             start an NBD server (no TLS)
 
   --export [type=]nbd,id=<id>,node-name=<node>[,name=<name>]
-           [,writable=on|off][,description=<text>]
-                            export a block node over NBD
+           [,writable=on|off][,description=<text>][,stats-intervals.N=<secs>]
+           [,stats-account-invalid=on|off][,stats-account-failed=on|off]
+                            export a block node (or a drive) over NBD; the stats-*
+                            keys (blockjobd's) configure the exported node's accounting
 
   --pidfile <path>          write the process ID to <path> once everything is set up
   --daemonize               detach from the terminal once set up; the parent exits only

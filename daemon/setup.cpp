@@ -141,8 +141,9 @@ void runtime::add_nbd_server(const std::string& value)
 void runtime::add_export(const std::string& value)
 {
     exports::export_options eo;
+    exports::export_stats_options st;
     try {
-        eo = exports::parse_export_option(value);
+        eo = exports::parse_export_option(value, &st);
     } catch (const std::invalid_argument& e) {
         fail(e.what());
     }
@@ -160,6 +161,15 @@ void runtime::add_export(const std::string& value)
     }
     if (auto r = exports_->add(std::move(eo), node); !r)
         fail(r.error().desc);
+    // blockjobd's extension: the statistics settings of what the export serves (the drive's
+    // accounting for a drive, else the node's), as x-blockdev-set-stats.
+    stats::block_acct& acct = node->acct();
+    if (st.intervals)
+        acct.set_intervals(*st.intervals);
+    if (st.account_invalid)
+        acct.set_account_invalid(*st.account_invalid);
+    if (st.account_failed)
+        acct.set_account_failed(*st.account_failed);
 }
 
 void runtime::add_chardev(const std::string& value)

@@ -4,6 +4,8 @@
 #include "bjd/export/manager.hpp"
 
 #include <map>
+#include <optional>
+#include <vector>
 #include <stdexcept>
 
 namespace bjd::exports {
@@ -77,6 +79,45 @@ bool take_bool(keyval& kv, std::string_view key, bool dflt)
     throw std::invalid_argument("Parameter '" + std::string(key) + "' expects 'on' or 'off'");
 }
 
+/// blockjobd's statistics keys (same names and checks as --drive / x-drive-add).
+void take_stats(keyval& kv, export_stats_options& st)
+{
+    constexpr std::string_view prefix = "stats-intervals.";
+    std::map<unsigned long, std::string> items;   // index -> value
+    for (auto it = kv.lower_bound(prefix); it != kv.end() && it->first.starts_with(prefix);) {
+        std::string_view idx = std::string_view(it->first).substr(prefix.size());
+        if (idx.empty() || idx.size() > 9 || idx.find_first_not_of("0123456789") != std::string_view::npos ||
+            (idx.size() > 1 && idx[0] == '0'))
+            throw std::invalid_argument("Parameter '" + it->first + "' is unexpected");
+        items.emplace(std::stoul(std::string(idx)), std::move(it->second));
+        it = kv.erase(it);
+    }
+    if (!items.empty()) {
+        std::vector<std::uint32_t> v;
+        for (auto& [i, text] : items) {
+            if (i != v.size())
+                throw std::invalid_argument("Parameter 'stats-intervals." + std::to_string(v.size()) + "' missing");
+            std::size_t pos = 0;
+            long long n = 0;
+            try {
+                n = std::stoll(text, &pos, 10);
+            } catch (const std::logic_error&) {
+                pos = 0;
+            }
+            if (text.empty() || pos != text.size())
+                throw std::invalid_argument("Parameter 'stats-intervals." + std::to_string(i) + "' expects an integer");
+            if (n <= 0 || n > 0xffffffffLL)
+                throw std::invalid_argument("Invalid interval length: " + std::to_string(n));
+            v.push_back(std::uint32_t(n));
+        }
+        st.intervals = std::move(v);
+    }
+    if (kv.count("stats-account-invalid"))
+        st.account_invalid = take_bool(kv, "stats-account-invalid", true);
+    if (kv.count("stats-account-failed"))
+        st.account_failed = take_bool(kv, "stats-account-failed", true);
+}
+
 void reject_rest(const keyval& kv)
 {
     if (!kv.empty())
@@ -118,7 +159,7 @@ nbd_server_options parse_nbd_server_option(std::string_view text)
     return o;
 }
 
-export_options parse_export_option(std::string_view text)
+export_options parse_export_option(std::string_view text, export_stats_options* stats)
 {
     // qsd's --export has an implied first key: "--export nbd,id=…" means type=nbd.
     std::string with_type;
@@ -143,6 +184,8 @@ export_options parse_export_option(std::string_view text)
     // Accepted for compatibility and ignored: blockjobd runs exports on the main loop.
     take_opt(kv, "iothread");
     take_bool(kv, "fixed-iothread", false);
+    if (stats)
+        take_stats(kv, *stats);
     reject_rest(kv);
     return o;
 }
