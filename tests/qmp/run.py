@@ -26,7 +26,7 @@ import time
 DEFAULT_TIMEOUT = 10.0      # seconds for a response, an event or a daemon exit
 SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)"
                           r"|runtime error: |SUMMARY: UndefinedBehaviorSanitizer")
-DEFAULT_MASKS = ("pid", "thread-id")
+DEFAULT_MASKS = ("pid", "thread-id", "start_time_ns")   # start_time_ns: wall clock
 MAX_DEPTH = 12              # deeper values are abbreviated in transcripts
 LONG_STRING = 200           # longer strings are abbreviated in transcripts
 SHUTDOWN = object()

@@ -55,6 +55,7 @@ block_device_stats encode_stats(const stats::snapshot& s)
     d.invalid_unmap_operations = i64(s[op::unmap].invalid);
     d.account_invalid = s.account_invalid;
     d.account_failed = s.account_failed;
+    d.start_time_ns = s.start_time_ns;   // blockjobd's: exporters detect resets
     for (const auto& t : s.timed) {
         block_device_timed_stats ts;
         ts.interval_length = t.interval_length;
