@@ -39,6 +39,13 @@ public:
     /// drive-mirror targets). `top_level` requires a node-name.
     asio::awaitable<qapi::result<std::shared_ptr<node>>> open(const qapi::blockdev_options& opts, bool top_level);
 
+    /// Opens the backing chain a qcow2 node's header names, as blockdev-add does without
+    /// `backing` (relative to the image, read-only, "#blockN" names, loops refused), and
+    /// attaches it as the node's backing child (drive-mirror mode=existing at completion).
+    /// No-op for other drivers, an empty header backing file, or an attached backing. On
+    /// error ("Could not open backing file: …") nothing is attached or registered.
+    asio::awaitable<qapi::result<void>> open_backing_chain(node& n);
+
     /// blockdev-del: "Failed to find node with node-name='X'", "Node X is not owned by the
     /// monitor", "Node 'X' is busy: …", "Node X is in use", "Block device X is in use".
     qapi::result<void> del(std::string_view node_name);
