@@ -39,6 +39,16 @@ std::string seconds(std::int64_t ns)
     return buf;
 }
 
+/// Nanoseconds as decimal seconds without trailing zeros ("0.00001", "1"): a bucket's `le`.
+std::string seconds_short(std::uint64_t ns)
+{
+    std::string s = seconds(std::int64_t(ns));
+    s.erase(s.find_last_not_of('0') + 1);
+    if (s.back() == '.')
+        s.pop_back();
+    return s;
+}
+
 std::string number(double v)
 {
     char buf[64];
@@ -163,6 +173,37 @@ std::string render(const block::graph& g, const jobs::manager* jobs)
             for (const tt& t : s.snap.timed)
                 w.sample(name, s.labels + ",interval=\"" + std::to_string(t.interval_length) + "\"",
                          number(t.*depths[o]));
+    }
+
+    // Latency histograms (block-latency-histogram-set) as Prometheus histograms. QEMU's bin i
+    // counts [b(i-1), b(i)): bucket le=b(i) is the sum of the bins below b(i), i.e. latencies
+    // strictly under b(i) ns (at nanosecond resolution, <= b(i) - 1 ns). Setting a histogram
+    // again starts it afresh: its _created time changes.
+    for (unsigned o = 0; o < stats::latency_op_count; ++o) {
+        std::string fam = std::string("bjd_") + op_names[o] + "_latency_seconds";
+        w.family(fam, "histogram",
+                 std::string("Latency of completed ") + op_words[o] +
+                     " requests, failed ones included (block-latency-histogram-set).");
+        for (const source& s : srcs) {
+            const auto& h = s.snap.histograms[o];
+            if (!h)
+                continue;
+            std::uint64_t cum = 0;
+            for (std::size_t i = 0; i < h->boundaries.size(); ++i) {
+                cum += h->bins[i];
+                w.sample(fam + "_bucket", s.labels + ",le=\"" + seconds_short(h->boundaries[i]) + "\"",
+                         std::to_string(cum));
+            }
+            cum += h->bins.back();
+            w.sample(fam + "_bucket", s.labels + ",le=\"+Inf\"", std::to_string(cum));
+            w.sample(fam + "_sum", s.labels, seconds(std::int64_t(h->sum_ns)));
+            w.sample(fam + "_count", s.labels, std::to_string(cum));
+        }
+        w.family(fam + "_created", "gauge",
+                 std::string("Unix time when the ") + op_words[o] + " latency histogram was set.");
+        for (const source& s : srcs)
+            if (const auto& h = s.snap.histograms[o])
+                w.sample(fam + "_created", s.labels, seconds(h->start_time_ns));
     }
 
     // Jobs.

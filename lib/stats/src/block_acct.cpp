@@ -167,6 +167,7 @@ bool block_acct::set_histogram(op type, std::span<const std::uint64_t> boundarie
     }
     auto fresh = std::make_shared<detail::histogram_set>();
     fresh->bounds.assign(boundaries.begin(), boundaries.end());
+    fresh->start_time_ns = realtime_ns();
     std::lock_guard lk(ctl_mu_);
     hist_[t].store(fresh.get(), std::memory_order_release);
     keep(std::move(fresh));
@@ -240,8 +241,12 @@ snapshot block_acct::read() const
     if (const detail::timed_set* ts = timed_.load(std::memory_order_acquire))
         out.timed = detail::read_timed(*ts, now);
     for (unsigned t = 0; t < latency_op_count; ++t)
-        if (const detail::histogram_set* h = hist_[t].load(std::memory_order_acquire))
-            out.histograms[t] = histogram_totals{h->bounds, h->sum()};
+        if (const detail::histogram_set* h = hist_[t].load(std::memory_order_acquire)) {
+            histogram_totals& ht = out.histograms[t].emplace();
+            ht.boundaries = h->bounds;
+            ht.bins = h->sum(ht.sum_ns);
+            ht.start_time_ns = h->start_time_ns;
+        }
     return out;
 }
 

@@ -104,11 +104,14 @@ struct timed_set {
 
 struct histogram_set {
     std::vector<std::uint64_t> bounds;
-    std::array<std::atomic<counter*>, max_shards> bins{};   // each: bounds.size()+1 counters
+    std::int64_t start_time_ns = 0;   // realtime
+    // each: bounds.size()+1 bin counters, then the latency sum
+    std::array<std::atomic<counter*>, max_shards> bins{};
 
     ~histogram_set();
     void add(std::size_t idx, std::uint64_t lat) noexcept;
-    std::vector<std::uint64_t> sum() const;
+    /// The bins summed over all shards, and the latency sum in `sum_ns`.
+    std::vector<std::uint64_t> sum(std::uint64_t& sum_ns) const;
 };
 
 } // namespace bjd::stats::detail

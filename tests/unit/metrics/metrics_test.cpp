@@ -99,6 +99,53 @@ TEST_CASE("render: exact counters per node, families in order", "[metrics]")
     acct.set_intervals({});
 }
 
+TEST_CASE("render: latency histograms as Prometheus histograms", "[metrics]")
+{
+    boost::asio::io_context io;
+    auto eng = io::make_engine(io, io::backend::threads);
+    block::graph g{*eng, *eng};
+    block::node_options o;
+    o.name = "h0";
+    auto n = block::open_null(o, "null-co", 1 << 20, 0, true);
+    g.insert(n);
+    stats::block_acct& acct = n->acct();
+    const std::uint64_t bounds[] = {1'000'000, 10'000'000'000};   // 1 ms, 10 s
+    REQUIRE(acct.set_histogram(stats::op::read, bounds));
+    // Latencies far from the boundaries (a request "started" 5 ms or 20 s ago), so that the
+    // bins do not depend on how fast this machine is (the monotonic clock is past 20 s).
+    auto started_ago = [&](std::int64_t ns) {
+        auto c = acct.start(stats::op::read, 512);
+        c.start_ns -= ns;
+        return c;
+    };
+    acct.done(started_ago(5'000'000));
+    acct.failed(started_ago(5'000'000));   // histograms count failed requests too
+    acct.done(started_ago(20'000'000'000));
+
+    const std::string t = metrics::render(g, nullptr);
+    CHECK(t.find("# TYPE bjd_rd_latency_seconds histogram\n") != std::string::npos);
+    CHECK(has_line(t, "bjd_rd_latency_seconds_bucket{node=\"h0\",le=\"0.001\"} 0"));
+    CHECK(has_line(t, "bjd_rd_latency_seconds_bucket{node=\"h0\",le=\"10\"} 2"));
+    CHECK(has_line(t, "bjd_rd_latency_seconds_bucket{node=\"h0\",le=\"+Inf\"} 3"));
+    CHECK(has_line(t, "bjd_rd_latency_seconds_count{node=\"h0\"} 3"));
+    // _sum: 20 s + 2 × 5 ms + the time the test itself took.
+    auto at = t.find("\nbjd_rd_latency_seconds_sum{node=\"h0\"} ");
+    REQUIRE(at != std::string::npos);
+    double sum = std::stod(t.substr(t.find(' ', at + 1) + 1));
+    CHECK(sum >= 20.01);
+    CHECK(sum < 20.01 + 600);
+    // Samples in order: buckets, then sum, then count; the _created gauge after the family.
+    CHECK(t.find("le=\"+Inf\"") < t.find("bjd_rd_latency_seconds_sum{"));
+    CHECK(t.find("bjd_rd_latency_seconds_sum{") < t.find("bjd_rd_latency_seconds_count{"));
+    auto created = acct.read().histograms[0]->start_time_ns;
+    CHECK(t.find("bjd_rd_latency_seconds_created{node=\"h0\"} " + std::to_string(created / 1'000'000'000) + ".") !=
+          std::string::npos);
+    // No write or flush histogram set: families declared, no samples.
+    CHECK(t.find("# TYPE bjd_wr_latency_seconds histogram\n") != std::string::npos);
+    CHECK(t.find("\nbjd_wr_latency_seconds_bucket{") == std::string::npos);
+    CHECK(t.find("\nbjd_flush_latency_seconds_created{") == std::string::npos);
+}
+
 TEST_CASE("server: /metrics 200, other paths 404, methods 405, garbage 400", "[metrics]")
 {
     boost::asio::io_context io;

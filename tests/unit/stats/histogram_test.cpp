@@ -89,3 +89,36 @@ TEST_CASE("stats: histogram boundaries are validated; setting resets, clearing r
         CHECK(a.read()[op::read].operations == 2);
     }
 }
+
+TEST_CASE("stats: histograms carry their latency sum and start time", "[stats]")
+{
+    manual_clock clk(0);
+    block_acct a(clk, nullptr);
+    a.set_account_failed(false);   // the sum follows the bins, not total_time_ns
+    const std::int64_t before = realtime_ns();
+    REQUIRE(a.set_histogram(op::read, v({10, 20})));
+    const std::int64_t after = realtime_ns();
+    for (std::int64_t lat : {0, 9, 10, 19, 20, 1000})
+        issue(a, clk, op::read, 512, lat);
+    issue(a, clk, op::read, 512, 5, false);
+    auto s = a.read();
+    REQUIRE(s.histograms[0]);
+    CHECK(s.histograms[0]->sum_ns == 0 + 9 + 10 + 19 + 20 + 1000 + 5);
+    CHECK(s[op::read].total_time_ns == 0 + 9 + 10 + 19 + 20 + 1000);
+    const std::int64_t first = s.histograms[0]->start_time_ns;
+    CHECK(first >= before);
+    CHECK(first <= after);
+    CHECK(first >= s.start_time_ns);   // the counters started with the object, before
+
+    SECTION("setting again restarts bins, sum and start time")
+    {
+        while (realtime_ns() == first) {
+        }
+        REQUIRE(a.set_histogram(op::read, v({10, 20})));
+        auto t = a.read();
+        CHECK(t.histograms[0]->bins == v({0, 0, 0}));
+        CHECK(t.histograms[0]->sum_ns == 0);
+        CHECK(t.histograms[0]->start_time_ns != first);
+        CHECK(t.start_time_ns == s.start_time_ns);   // the node's counters go on
+    }
+}

@@ -13,6 +13,11 @@
 ///   `bjd_stats_start_time_seconds` (when the counters started: a change means a reset);
 /// * per timed-statistics interval (extra label `interval`, seconds): gauges
 ///   `bjd_timed_{rd,wr,flush}_latency_{min,avg,max}_seconds`, `bjd_timed_{rd,wr}_queue_depth`;
+/// * per latency histogram set with block-latency-histogram-set: histograms
+///   `bjd_{rd,wr,flush}_latency_seconds` (`_bucket{le=...}` cumulative, `+Inf`, `_sum`,
+///   `_count`; bucket `le=B` counts latencies below B, QEMU's half-open bins) and gauges
+///   `bjd_{rd,wr,flush}_latency_seconds_created` (when the histogram was set: a change means
+///   its buckets restarted from zero);
 /// * per job (labels `id`, `type`, `status`): gauges `bjd_job_current_progress_bytes`,
 ///   `bjd_job_total_progress_bytes`.
 ///

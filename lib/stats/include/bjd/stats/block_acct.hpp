@@ -82,6 +82,8 @@ struct timed_totals {
 struct histogram_totals {
     std::vector<std::uint64_t> boundaries;   ///< ns, strictly increasing, all > 0
     std::vector<std::uint64_t> bins;         ///< bin i counts [b(i-1), b(i)); first [0,b0), last [b_last,∞)
+    std::uint64_t sum_ns = 0;                ///< latency sum of the requests in the bins
+    std::int64_t start_time_ns = 0;          ///< realtime_ns() when the histogram was (re)set
 };
 
 /// Everything `snapshot()` reports, aggregated over all threads.
@@ -154,7 +156,8 @@ public:
     void set_intervals(std::span<const std::uint32_t> seconds);
     std::vector<std::uint32_t> intervals() const;
 
-    /// Sets the latency histogram of `type` (read, write or flush) and zeroes its bins.
+    /// Sets the latency histogram of `type` (read, write or flush) and zeroes its bins (a new
+    /// histogram: its start time is now).
     /// Returns false, changing nothing, unless `boundaries` is strictly increasing and > 0.
     /// An empty list is valid: a single bin counts everything.
     bool set_histogram(op type, std::span<const std::uint64_t> boundaries);
