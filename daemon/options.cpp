@@ -59,7 +59,8 @@ blockjobd options:
                             systemd-journald; the default when started by systemd)
   --metrics unix:<path>
   --metrics tcp:<host>:<port>
-                            serve Prometheus metrics (block statistics, job progress)
+                            serve Prometheus metrics (block statistics with their start
+                            time, timed statistics, latency histograms, job progress)
                             over HTTP at /metrics (UNIX socket or loopback TCP)
 )";
 }
