@@ -4,6 +4,7 @@
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qapi/events.hpp"
+#include "bjd/result.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -239,6 +240,8 @@ qapi::block_error_action job::error_action(qapi::blockdev_on_error on_err, bool 
     ev.device = id_;
     ev.operation = is_read ? qapi::io_operation_type::read : qapi::io_operation_type::write;
     ev.action = action;
+    if (errnum > 0)
+        ev.error_code = errno_name(errno_error(errnum));
     qapi::emit_block_job_error(mgr_.events(), ev);
     if (action == block_error_action::stop) {
         if (!user_paused_) {
@@ -406,6 +409,7 @@ void job::update_rc()
     if (!failed_ && is_cancelled()) {
         failed_ = true;
         error_ = std::strerror(ECANCELED);   // "Operation canceled"
+        error_errno_ = ECANCELED;
     }
     if (failed_)
         transition(job_status::aborting);
@@ -493,6 +497,7 @@ void job::finalize_single()
             ev.speed = opts_.speed;
             if (failed_)
                 ev.error = error_;
+            ev.error_code = error_code_name();
             qapi::emit_block_job_completed(mgr_.events(), ev);
         }
     }
@@ -515,6 +520,13 @@ void job::do_dismiss()
 
 // ---- query ---------------------------------------------------------------------------------
 
+std::optional<std::string> job::error_code_name() const
+{
+    if (int e = error_errno())
+        return errno_name(errno_error(e));
+    return std::nullopt;
+}
+
 qapi::job_info job::info() const
 {
     qapi::job_info i;
@@ -525,6 +537,7 @@ qapi::job_info job::info() const
     i.total_progress = static_cast<std::int64_t>(total_);
     if (failed_)
         i.error = error_;
+    i.error_code = error_code_name();
     return i;
 }
 
@@ -545,6 +558,7 @@ qapi::block_job_info job::block_info() const
     i.auto_dismiss = opts_.auto_dismiss;
     if (failed_)
         i.error = error_;
+    i.error_code = error_code_name();
     driver_->fill_info(*this, i);
     return i;
 }

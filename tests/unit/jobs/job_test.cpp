@@ -7,6 +7,7 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <ostream>
 #include <string>
@@ -45,14 +46,17 @@ struct fake_driver : jobs::job_driver {
     bool finish = false;
     bool fail = false;
     bool fail_prepare = false;
+    int fail_errno = 0;   ///< reported with `fail` (0: a failure without an errno)
     strings calls;
 
     boost::asio::awaitable<qapi::result<void>> run(jobs::job& j) override
     {
         j.progress_set_remaining(100);
         while (!j.is_cancelled()) {
-            if (fail)
+            if (fail) {
+                j.set_error_errno(fail_errno);
                 co_return qapi::generic("Input/output error");
+            }
             if (make_ready && !j.is_ready()) {
                 j.progress_done(100);
                 j.transition_to_ready();
@@ -369,4 +373,80 @@ TEST_CASE("jobs: error actions", "[jobs]")
     f.mgr.cancel_all();
     f.io.poll();
     CHECK(f.mgr.list().empty());
+}
+
+TEST_CASE("jobs: error-code beside the error text", "[jobs]")
+{
+    fixture f;
+
+    SECTION("BLOCK_JOB_ERROR names the errno")
+    {
+        auto j = f.started();
+        j->error_action(qapi::blockdev_on_error::report, false, EIO);
+        j->error_action(qapi::blockdev_on_error::enospc, true, ENOSPC);
+        REQUIRE(f.ev.data.size() >= 2);
+        CHECK(f.ev.data[0].at("error-code").as_string() == "EIO");
+        CHECK(f.ev.data[1].at("error-code").as_string() == "ENOSPC");
+        // An error action does not fail the job by itself: nothing in the query yet.
+        CHECK_FALSE(j->info().error_code);
+        CHECK(j->error_errno() == 0);
+        f.mgr.cancel_all();
+        f.io.poll();
+    }
+
+    SECTION("a failure with an errno")
+    {
+        auto j = f.make({.auto_dismiss = false});
+        f.drv->fail = true;
+        f.drv->fail_errno = ENOSPC;
+        f.mgr.start(*j);
+        f.io.poll();
+        CHECK(j->status() == job_status::concluded);
+        CHECK(j->info().error == std::optional<std::string>("Input/output error"));
+        CHECK(j->info().error_code == std::optional<std::string>("ENOSPC"));
+        CHECK(j->block_info().error_code == std::optional<std::string>("ENOSPC"));
+        auto it = std::find(f.ev.seen.begin(), f.ev.seen.end(), "BLOCK_JOB_COMPLETED");
+        REQUIRE(it != f.ev.seen.end());
+        const auto& d = f.ev.data[static_cast<std::size_t>(it - f.ev.seen.begin())];
+        CHECK(d.at("error").as_string() == "Input/output error");
+        CHECK(d.at("error-code").as_string() == "ENOSPC");
+    }
+
+    SECTION("a failure without an errno has no error-code")
+    {
+        auto j = f.make({.auto_dismiss = false});
+        f.drv->fail = true;
+        f.mgr.start(*j);
+        f.io.poll();
+        CHECK(j->status() == job_status::concluded);
+        CHECK(j->info().error);
+        CHECK_FALSE(j->info().error_code);
+        CHECK_FALSE(j->block_info().error_code);
+    }
+
+    SECTION("a cancelled job is ECANCELED")
+    {
+        auto j = f.make({.auto_dismiss = false});
+        f.mgr.start(*j);
+        f.io.poll();
+        REQUIRE(j->user_cancel(true));
+        f.io.poll();
+        CHECK(j->info().error == std::optional<std::string>("Operation canceled"));
+        CHECK(j->info().error_code == std::optional<std::string>("ECANCELED"));
+        CHECK(j->block_info().error_code == std::optional<std::string>("ECANCELED"));
+    }
+
+    SECTION("success has neither")
+    {
+        auto j = f.make({.auto_dismiss = false});
+        f.drv->finish = true;
+        f.mgr.start(*j);
+        f.io.poll();
+        CHECK(j->status() == job_status::concluded);
+        CHECK_FALSE(j->info().error);
+        CHECK_FALSE(j->info().error_code);
+        auto it = std::find(f.ev.seen.begin(), f.ev.seen.end(), "BLOCK_JOB_COMPLETED");
+        REQUIRE(it != f.ev.seen.end());
+        CHECK_FALSE(f.ev.data[static_cast<std::size_t>(it - f.ev.seen.begin())].contains("error-code"));
+    }
 }

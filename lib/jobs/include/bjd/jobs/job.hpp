@@ -81,6 +81,9 @@ public:
     /// The failure message ("Input/output error", "Operation canceled"), set once the job
     /// failed or was cancelled; absent for success and while running.
     const std::optional<std::string>& error() const noexcept { return error_; }
+    /// The errno behind `error()` (ECANCELED for a cancelled job), 0 when there is none or the
+    /// job has not failed. Shown as `error-code` (its symbolic name).
+    int error_errno() const noexcept { return failed_ ? error_errno_ : 0; }
     job_driver& driver() noexcept { return *driver_; }
 
     qapi::job_info info() const;
@@ -127,6 +130,9 @@ public:
     /// Resolves `on_err` for `errnum`, emits BLOCK_JOB_ERROR, and for stop pauses the job as
     /// a user pause and sets io-status (once). Returns the resolved action.
     qapi::block_error_action error_action(qapi::blockdev_on_error on_err, bool is_read, int errnum);
+    /// Records the errno behind the failure run() is about to return (error-code). Without
+    /// it a failed job has no error-code. The first call wins.
+    void set_error_errno(int errnum) noexcept { if (!error_errno_) error_errno_ = errnum; }
     /// Internal pause/resume (drain): counts, not user-visible except as `paused`.
     void pause();
     void resume();
@@ -152,6 +158,7 @@ private:
     asio::awaitable<void> do_yield(std::optional<std::chrono::steady_clock::time_point> deadline);
     static asio::awaitable<void> entry(std::shared_ptr<job> self);
     void emit_pending_event();
+    std::optional<std::string> error_code_name() const;
 
     manager& mgr_;
     std::string id_;
@@ -172,6 +179,7 @@ private:
     bool ready_event_sent_ = false;
     bool failed_ = false;        ///< ret != 0 (error_ holds the text)
     std::optional<std::string> error_;
+    int error_errno_ = 0;        ///< see set_error_errno
     qapi::block_device_io_status io_status_ = qapi::block_device_io_status::ok;
     std::uint64_t current_ = 0;
     std::uint64_t total_ = 0;
