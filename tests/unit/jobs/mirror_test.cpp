@@ -292,3 +292,53 @@ TEST_CASE("jobs: mirror rate limit is byte-accurate and set-speed acts at once",
     REQUIRE(j->user_cancel(true));
     f.run_until([&] { return f.ev.has("JOB_STATUS_CHANGE:null"); });
 }
+
+TEST_CASE("jobs: mirror force-cancel does not wait for a slow target", "[jobs]")
+{
+    fixture f;
+    constexpr std::size_t size = 8 << 20;
+    auto src = f.file("src", random_bytes(size, 7));
+    block::node_options o;
+    o.name = "dst";
+    // Every request, flush included, takes an hour: the job never gets READY.
+    constexpr std::uint64_t hour_ns = 3600ull * 1000 * 1000 * 1000;
+    f.g.insert(block::open_null(o, "null-co", size, hour_ns, false));
+
+    SECTION("background copy")
+    {
+        auto p = f.params();
+        p.auto_dismiss = false;
+        REQUIRE(jobs::start_mirror(f.mgr, f.g, p));
+        f.io.run_for(std::chrono::milliseconds(100));   // the copy requests are sent, none answers
+        auto j = f.mgr.find("m");
+        REQUIRE(j);
+        CHECK(j->status() == jobs::job_status::running);
+        REQUIRE(j->user_cancel(true));
+        f.run_until([&] { return j->status() == jobs::job_status::concluded; });
+        CHECK(f.ev.has("BLOCK_JOB_CANCELLED"));
+        CHECK(j->info().error_code == std::optional<std::string>("ECANCELED"));
+        CHECK(src->blocker().empty());
+        CHECK(src->parents().empty());   // the filter is gone
+        REQUIRE(j->dismiss());
+    }
+
+    SECTION("write-blocking: the writer is answered, the source has its data")
+    {
+        auto p = f.params();
+        p.copy_mode = qapi::mirror_copy_mode::write_blocking;
+        p.filter_node_name = "top";
+        p.buf_size = 1 << 20;   // the background copy holds the first MiB only
+        REQUIRE(jobs::start_mirror(f.mgr, f.g, p));
+        f.io.run_for(std::chrono::milliseconds(100));
+        auto w = random_bytes(65536, 8);
+        bool done = false;
+        boost::asio::co_spawn(f.io, write_at(f.g.find("top"), 6 << 20, w, &done), boost::asio::detached);
+        f.io.run_for(std::chrono::milliseconds(100));
+        CHECK_FALSE(done);   // on the source, waiting for its target half
+        REQUIRE(f.mgr.find("m")->user_cancel(true));
+        f.run_until([&] { return done && f.ev.has("JOB_STATUS_CHANGE:null"); });
+        CHECK(f.ev.has("BLOCK_JOB_CANCELLED"));
+        auto out = slurp(f.dir + "/src");
+        CHECK(std::vector<char>(out.begin() + (6 << 20), out.begin() + (6 << 20) + 65536) == w);
+    }
+}

@@ -95,7 +95,7 @@ int mirror_job::take_slot()
         if (slots_.size() <= i)
             slots_.resize(i + 1);
         if (!slots_[i])
-            slots_[i] = io::aligned_buffer(max_io_);
+            slots_[i] = std::make_shared<io::aligned_buffer>(max_io_);
         slot_used_[i] = true;
         return static_cast<int>(i);
     }
@@ -132,11 +132,70 @@ void mirror_job::handle_error(bool is_read, const std::error_code& ec)
 {
     actively_synced_ = false;
     auto action = job_->error_action(is_read ? s_.on_source_error : s_.on_target_error, is_read, ec.value());
-    if (action == qapi::block_error_action::report && !error_)
+    if (action == qapi::block_error_action::report && !error_) {
         error_ = strerror_text(ec);
+        bool posix = ec.category() == std::generic_category() || ec.category() == std::system_category();
+        error_errno_ = posix ? ec.value() : 0;
+    }
 }
 
 // ---- ops -------------------------------------------------------------------------------------
+
+std::shared_ptr<target_request> mirror_job::make_request(op_kind kind, std::uint64_t offset, std::uint64_t length)
+{
+    auto req = std::make_shared<target_request>(ex_);
+    req->target = s_.target;
+    req->kind = kind;
+    req->offset = offset;
+    req->length = length;
+    req->may_unmap = s_.unmap;
+    return req;
+}
+
+asio::awaitable<void> mirror_job::perform(std::shared_ptr<target_request> req)
+{
+    // Touches only `req`: the job may be gone when the target answers.
+    auto& t = *req->target;
+    result<void> r;
+    switch (req->kind) {
+    case op_kind::copy:
+        r = co_await t.write(req->offset, std::span<const std::byte>(req->buf->data(), req->length), req->fua);
+        break;
+    case op_kind::zero:
+        r = co_await t.write_zeroes(req->offset, req->length, block::zero_flags{.may_unmap = req->may_unmap});
+        break;
+    case op_kind::discard:
+        r = co_await t.discard(req->offset, req->length);
+        break;
+    case op_kind::flush:
+        r = co_await t.flush();
+        break;
+    }
+    req->outcome = r;
+    req->done.notify_all();
+}
+
+asio::awaitable<std::optional<result<void>>> mirror_job::target_io(std::shared_ptr<target_request> req)
+{
+    if (force_cancelled_)
+        co_return std::nullopt;   // the target no longer matters: do not start anything
+    requests_.push_back(req);
+    // Ownership: the request coroutine shares `req` (node, buffer) and outlives this wait if a
+    // force-cancel ends it; it never touches the job.
+    asio::co_spawn(ex_, perform(req), [](std::exception_ptr e) {
+        if (!e)
+            return;
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            logger()->critical("mirror target request threw: {}", ex.what());
+        }
+    });
+    while (!req->outcome && !force_cancelled_)
+        co_await req->done.wait();
+    requests_.erase(std::find(requests_.begin(), requests_.end(), req));
+    co_return req->outcome;
+}
 
 void mirror_job::launch(op_kind kind, std::uint64_t offset, std::uint64_t length, int slot)
 {
@@ -163,18 +222,25 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
     try {
         result<void> r;
         bool read_failed = false;
+        bool abandoned = false;
+        auto req = self->make_request(kind, offset, length);
         if (kind == op_kind::copy) {
-            std::span<std::byte> buf(self->slots_[slot].data(), length);
+            req->buf = self->slots_[slot];
+            std::span<std::byte> buf(req->buf->data(), length);
             r = co_await self->s_.source->read(offset, buf);
             read_failed = !r;
-            if (r)
-                r = co_await self->s_.target->write(offset, buf, false);
-        } else if (kind == op_kind::zero) {
-            r = co_await self->s_.target->write_zeroes(offset, length, block::zero_flags{.may_unmap = self->s_.unmap});
-        } else {
-            r = co_await self->s_.target->discard(offset, length);
         }
         if (r) {
+            auto t = co_await self->target_io(req);
+            abandoned = !t;
+            if (t)
+                r = *t;
+            else if (slot >= 0 && req.use_count() > 1)
+                self->slots_[slot].reset();   // still being written: the request keeps it
+        }
+        if (abandoned) {
+            self->bitmap_.set(offset, length);   // force-cancelled: not known to be copied
+        } else if (r) {
             ok = true;
             self->job_->progress_done(length);
             if (kind == op_kind::copy)
@@ -212,15 +278,21 @@ asio::awaitable<void> mirror_job::init_bitmap()
     if (s_.sync == qapi::mirror_sync_mode::none)
         co_return;
     if (s_.sync == qapi::mirror_sync_mode::full && s_.zero_target) {
-        if (!s_.target->options().discard_unmap) {
+        // Pre-zeroing may leave clusters unallocated, which would show the backing file that
+        // is attached at the end: copy everything (zeroes as data) instead.
+        if (!s_.target->options().discard_unmap || s_.backing_pending()) {
             bitmap_.set(0, size);   // zero areas get written as write-zeroes by the loop
             co_return;
         }
         // Pre-zero the target cheaply, then copy only what the source has allocated.
         for (std::uint64_t off = 0; off < size && !job_->is_cancelled();) {
             std::uint64_t n = std::min<std::uint64_t>(size - off, std::uint64_t(1) << 30);
-            auto r = co_await s_.target->write_zeroes(off, n, block::zero_flags{.may_unmap = true});
-            if (!r) {
+            auto req = make_request(op_kind::zero, off, n);
+            req->may_unmap = true;
+            auto r = co_await target_io(req);
+            if (!r)
+                co_return;   // force-cancelled
+            if (!*r) {
                 bitmap_.set(0, size);   // fall back to copying everything
                 co_return;
             }
@@ -285,7 +357,7 @@ asio::awaitable<void> mirror_job::iteration()
             flags = st->flags, n = st->length;
         // A target whose backing is attached at completion copies zeroes as data: an
         // unallocated cluster would show the backing there afterwards.
-        if (!(flags & block::status_data) && (flags & block::status_zero) && !s_.deferred_backing) {
+        if (!(flags & block::status_data) && (flags & block::status_zero) && !s_.backing_pending()) {
             while (ops_ >= max_in_flight)
                 co_await wait_op();
             launch(op_kind::zero, pos, n, -1);
@@ -314,8 +386,10 @@ asio::awaitable<void> mirror_job::iteration()
 asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
 {
     assert(job_ == &j);
-    if (s_.source->size() != s_.target->size())
+    if (s_.source->size() != s_.target->size()) {
+        j.set_error_errno(EINVAL);   // QEMU's mirror_run returns -EINVAL here too
         co_return qapi::generic("Source and target image have different sizes");
+    }
 
     co_await init_bitmap();
     bool converged = false;
@@ -352,9 +426,11 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         }
         // Nothing dirty, no background copy in flight.
         if (!j.is_ready()) {
-            auto r = co_await s_.target->flush();
-            if (!r) {
-                handle_error(false, r.error());
+            auto r = co_await target_io(make_request(op_kind::flush, 0, 0));
+            if (!r)
+                continue;   // force-cancelled
+            if (!*r) {
+                handle_error(false, r->error());
                 continue;
             }
             if (bitmap_.dirty_bytes() == 0 && ops_ == 0 && (active_ || active_bytes_ == 0)) {
@@ -370,13 +446,13 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
             // Converge: hold new requests on the source, let the ones in flight finish.
             co_await s_.filter->drain();
             if (bitmap_.dirty_bytes() == 0 && ops_ == 0 && active_bytes_ == 0) {
-                auto r = co_await s_.target->flush();
-                if (r && bitmap_.dirty_bytes() == 0) {
+                auto r = co_await target_io(make_request(op_kind::flush, 0, 0));
+                if (r && *r && bitmap_.dirty_bytes() == 0) {
                     converged = true;
                     break;
                 }
-                if (!r)
-                    handle_error(false, r.error());
+                if (r && !*r)
+                    handle_error(false, r->error());
             }
             s_.filter->release(nullptr);
             continue;
@@ -389,8 +465,20 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
     // The source stays drained until finalization: query shows paused (spec §3.2).
     j.pause();
     drain_paused_ = true;
-    if (error_)
+    if (error_) {
+        j.set_error_errno(error_errno_);
         co_return qapi::generic(*error_);
+    }
+    if (converged && s_.open_header_backing) {
+        // mode=existing: the target's own backing chain, from its header, before the pivot
+        // (QEMU opens it while finalizing; a failure there still pivots and fails the job,
+        // here it fails the job with the source left in place).
+        auto r = co_await s_.graph->open_backing_chain(*s_.target);
+        if (!r) {
+            logger()->warn("mirror '{}': cannot open the target's backing chain: {}", j.id(), r.error().desc);
+            co_return r.error();
+        }
+    }
     if (converged)
         j.progress_set_remaining(0);
     co_return qapi::result<void>{};
@@ -425,14 +513,20 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
     active_ranges_.erase(std::find(active_ranges_.begin(), active_ranges_.end(), range));
     bool synced = false;
     if (r && active()) {
-        result<void> t;
-        if (kind == op_kind::copy)
-            t = co_await s_.target->write(offset, buf, fua);
-        else if (kind == op_kind::zero)
-            t = co_await s_.target->write_zeroes(offset, length, block::zero_flags{.may_unmap = may_unmap});
-        else
-            t = co_await s_.target->discard(offset, length);
-        if (t) {
+        auto req = make_request(kind, offset, length);
+        req->fua = fua;
+        req->may_unmap = may_unmap;
+        if (kind == op_kind::copy) {
+            // A bounce copy: a force-cancel answers the writer before the target has the
+            // request, and the writer's buffer is gone then.
+            req->buf = std::make_shared<io::aligned_buffer>(length);
+            std::memcpy(req->buf->data(), buf.data(), length);
+        }
+        auto answer = co_await target_io(req);
+        result<void> t = answer ? *answer : result<void>(errno_error(ECANCELED));
+        if (!answer) {
+            // Force-cancelled: the source has the data, the target no longer matters.
+        } else if (t) {
             // Chunks fully written on both sides are in sync again, whatever the bitmap said
             // (initial sync included). Partial edge chunks stay for the background loop, and so
             // does a discarded range: its content is undefined on either side.
@@ -469,7 +563,16 @@ qapi::result<void> mirror_job::complete(job& j)
 bool mirror_job::cancel(job& j, bool force)
 {
     // Before READY every cancel is a force cancel.
-    return force || !j.is_ready();
+    bool effective = force || !j.is_ready();
+    if (effective && !j.is_completed()) {
+        // Stop waiting for the target (QEMU: bdrv_cancel_in_flight). Requests already sent
+        // finish on their own; the source has everything its writers were answered for,
+        // only the target is left as it happens to be, which a force-cancel allows.
+        force_cancelled_ = true;
+        for (const auto& r : requests_)
+            r->done.notify_all();
+    }
+    return effective;
 }
 
 void mirror_job::set_speed(job& j, std::int64_t speed)
@@ -562,10 +665,12 @@ void mirror_job::clean(job& j)
     }
     // drive-mirror's target exists for the job only: without parents it goes away.
     if (s_.release_target && s_.target->parents().empty() && !s_.target->monitor_owned()) {
+        // With everything the job opened below it: its file, and a backing chain (mode existing).
         std::vector<std::shared_ptr<block::node>> drop{s_.target};
-        for (const auto& c : s_.target->children())
-            if (c->shared() && !c->shared()->monitor_owned())
-                drop.push_back(c->shared());
+        for (std::size_t i = 0; i < drop.size(); ++i)
+            for (const auto& c : drop[i]->children())
+                if (c->shared() && !c->shared()->monitor_owned() && c->shared()->parents().size() == 1)
+                    drop.push_back(c->shared());
         for (const auto& n : drop)
             s_.graph->erase(*n);
     }

@@ -93,7 +93,22 @@ private:
     std::chrono::steady_clock::time_point last_{};
 };
 
-enum class op_kind { copy, zero, discard };
+enum class op_kind { copy, zero, discard, flush };
+
+/// One request to the target that a force-cancel may stop waiting for (spec §2.10: in-flight
+/// target I/O is cancelled). It owns what the request uses, so it can finish after the job.
+struct target_request {
+    explicit target_request(asio::any_io_executor ex) : done(ex) {}
+    std::shared_ptr<block::node> target;
+    std::shared_ptr<io::aligned_buffer> buf;   ///< copy only
+    op_kind kind = op_kind::copy;
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+    bool fua = false;
+    bool may_unmap = false;
+    std::optional<result<void>> outcome;       ///< set when the target answered
+    event_flag done;                           ///< notified on the answer or on force-cancel
+};
 
 /// What the copy loop needs, resolved by mirror_start.cpp.
 struct mirror_setup {
@@ -116,6 +131,12 @@ struct mirror_setup {
     /// backing in prepare (spec §2.9). While it is pending, zero ranges are copied as data,
     /// since an unallocated target cluster would show the backing afterwards.
     std::shared_ptr<block::node> deferred_backing;
+    /// drive-mirror mode=existing into a qcow2 whose header names a backing file: the image
+    /// was opened without it, and the chain is opened from the header once the job converged
+    /// (QEMU's MIRROR_OPEN_BACKING_CHAIN). Copies like `deferred_backing` meanwhile.
+    bool open_header_backing = false;
+    /// A backing file will appear under the target: zeroes are copied as data, whole clusters.
+    bool backing_pending() const noexcept { return deferred_backing || open_header_backing; }
 };
 
 /// The checks and job start after the drive-mirror target exists (`pre_target`, null: opened
@@ -160,6 +181,11 @@ private:
     asio::awaitable<void> iteration();
     asio::awaitable<void> wait_op() { co_await op_done_.wait(); }
     asio::awaitable<void> wait_all_ops();
+    /// Sends `req` to the target and waits for its answer; null when a force-cancel stopped
+    /// the wait (the request finishes on its own, holding the node and buffer).
+    asio::awaitable<std::optional<result<void>>> target_io(std::shared_ptr<target_request> req);
+    static asio::awaitable<void> perform(std::shared_ptr<target_request> req);
+    std::shared_ptr<target_request> make_request(op_kind kind, std::uint64_t offset, std::uint64_t length);
     static asio::awaitable<void> run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
                                         int slot);
     void launch(op_kind kind, std::uint64_t offset, std::uint64_t length, int slot);
@@ -176,7 +202,11 @@ private:
     job* job_ = nullptr;
     dirty_bitmap bitmap_;
     std::vector<std::uint16_t> in_flight_;   ///< per chunk: ops and reservations covering it
-    std::vector<io::aligned_buffer> slots_;
+    /// Copy buffers; shared with the request writing them, which keeps one alive when a
+    /// force-cancel stops waiting for it (the slot then gets a fresh buffer).
+    std::vector<std::shared_ptr<io::aligned_buffer>> slots_;
+    std::vector<std::shared_ptr<target_request>> requests_;   ///< target requests awaited
+    bool force_cancelled_ = false;   ///< stop waiting for the target (set by cancel())
     std::vector<bool> slot_used_;
     std::unique_ptr<block::edge> target_edge_;
     event_flag op_done_;
@@ -196,6 +226,7 @@ private:
     bool exited_ = false;
     bool drain_paused_ = false;
     std::optional<std::string> error_;
+    int error_errno_ = 0;   ///< errno behind error_ (0: none, e.g. an op threw)
     std::chrono::steady_clock::time_point rate_window_start_{};
     std::uint64_t rate_window_bytes_ = 0;
     std::int64_t last_rate_ = 0;

@@ -188,7 +188,12 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
         gran = default_granularity(target->cluster_size());
     // A target whose backing file is attached only at completion must get whole clusters:
     // a partial one would be completed with zeroes instead of the backing's data.
-    if (deferred_backing)
+    // drive-mirror mode=existing opens a qcow2 target without the backing file its header
+    // names; the chain is opened at the end (QEMU's MIRROR_OPEN_BACKING_CHAIN).
+    const block::qcow2_image_info* tinfo = opened_target ? block::qcow2_info(*target) : nullptr;
+    const bool header_backing = p.mode == qapi::new_image_mode::existing && tinfo && !tinfo->backing_file.empty() &&
+                                !target->backing();
+    if (deferred_backing || header_backing)
         gran = std::max(gran, target->cluster_size());
 
     // 10. same node
@@ -223,6 +228,7 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
                     (!p.drive || p.mode == qapi::new_image_mode::existing || !target->zero_init());
     s.target_is_zero = p.target_is_zero;
     s.deferred_backing = std::move(deferred_backing);
+    s.open_header_backing = header_backing;
     s.release_target = opened_target;
     if (filter_name.empty())
         filter_name = g.auto_name();

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // drive-mirror targets in qcow2 format (spec §2.2 "Image creation"): mode absolute-paths
 // creates the image with the backing file the sync mode asks for and opens it without its
-// chain (attached at completion, §2.9); mode existing opens the image as it is.
+// chain (attached at completion, §2.9); mode existing opens the image without the backing
+// file its header names, which is opened once the job converged.
 #include "bjd/block/create.hpp"
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
@@ -130,7 +131,7 @@ asio::awaitable<qapi::result<void>> co_start_mirror(manager& m, block::graph& g,
     auto q = co_await block::open_qcow2(qo, file, {});
     if (!q)
         co_return q.error();
-    // mode existing: the image is used as it is, its backing file is not opened (see report).
+    // mode existing: the backing file its header names is opened once the job converged.
     g.insert(file);
     g.insert(*q);
     co_return detail::start_prepared(m, g, p, *q, deferred);
