@@ -2,6 +2,7 @@
 #include "setup.hpp"
 
 #include "bjd/log.hpp"
+#include "bjd/net/listener.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qapi/keyval.hpp"
 #include "bjd/qapi/types.hpp"
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <system_error>
 
 namespace bjd::daemon {
 
@@ -202,18 +204,34 @@ void runtime::add_chardev(const std::string& value)
     if (!is_on(get_string(*kv, "server", "off")))
         fail("chardev '" + id + "': only server=on sockets are supported");
     qmp::listen_address addr;
-    if (auto path = get_string(*kv, "path"); !path.empty()) {
+    if (auto fd = get_string(*kv, "fd"); !fd.empty()) {
+        try {
+            addr = qmp::listen_address::inherited(net::inherited_fd(fd));
+        } catch (const std::system_error& e) {
+            fail("chardev '" + id + "': " + e.what());
+        }
+    } else if (auto path = get_string(*kv, "path"); !path.empty()) {
         addr = qmp::listen_address::unix_socket(path);
+        if (auto mode = get_string(*kv, "mode"); !mode.empty()) {
+            char* end = nullptr;
+            unsigned long m = std::strtoul(mode.c_str(), &end, 8);
+            if (*end || m > 07777)
+                fail("chardev '" + id + "': mode=" + mode + " is not an octal permission mode");
+            addr.mode = static_cast<unsigned>(m);
+        }
+        addr.owner = get_string(*kv, "owner");
+        addr.group = get_string(*kv, "group");
     } else {
         std::string port = get_string(*kv, "port");
         if (port.empty())
-            fail("chardev '" + id + "': socket needs path= or host=/port=");
-        addr = qmp::listen_address::tcp(get_string(*kv, "host", "127.0.0.1"), static_cast<std::uint16_t>(std::stoul(port)));
+            fail("chardev '" + id + "': socket needs path=, host=/port= or fd=");
+        addr = qmp::listen_address::inet(get_string(*kv, "host", "127.0.0.1"), port);
     }
     chardevs_[id] = addr;
-    (void)chardev_registry_.add_socket(
-        id, addr.type == qmp::listen_address::kind::unix_socket ? "unix:" + addr.path + ",server=on"
-                                                                 : "tcp:" + addr.host + ":" + std::to_string(addr.port) + ",server=on");
+    (void)chardev_registry_.add_socket(id, addr.type == qmp::listen_address::kind::unix_socket ? "unix:" + addr.path + ",server=on"
+                                           : addr.type == qmp::listen_address::kind::inet
+                                               ? "tcp:" + addr.host + ":" + addr.port + ",server=on"
+                                               : "fd:" + std::to_string(addr.fd) + ",server=on");
 }
 
 void runtime::add_monitor(const std::string& value)
@@ -232,10 +250,6 @@ void runtime::add_monitor(const std::string& value)
     } catch (const std::exception& e) {
         fail("Failed to listen on chardev '" + id + "': " + e.what());
     }
-    log::get("daemon")->info("QMP monitor on chardev '{}' ({})", id,
-                             it->second.type == qmp::listen_address::kind::unix_socket
-                                 ? it->second.path
-                                 : it->second.host + ":" + std::to_string(it->second.port));
 }
 
 void runtime::request_quit()

@@ -10,7 +10,7 @@ pkgs=(
   libboost1.81-dev libboost-json1.81-dev liburing-dev catch2 libspdlog-dev libfmt-dev
   libsystemd-dev zlib1g-dev
   # test and benchmark peers
-  qemu-utils qemu-system-common libnbd-bin nbdkit fio socat
+  qemu-utils qemu-system-common libnbd-bin nbdkit fio socat systemd
 )
 
 missing=()

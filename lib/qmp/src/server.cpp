@@ -11,22 +11,17 @@
 #include "bjd/qmp/version.hpp"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/basic_socket_acceptor.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/array.hpp>
 
-#include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <list>
 #include <map>
 #include <system_error>
 #include <vector>
@@ -36,7 +31,7 @@ namespace bjd::qmp {
 namespace asio = boost::asio;
 namespace json = boost::json;
 using generic_proto = asio::generic::stream_protocol;
-using generic_acceptor = asio::basic_socket_acceptor<generic_proto>;
+using generic_acceptor = net::acceptor;
 
 struct server::impl : std::enable_shared_from_this<server::impl> {
     impl(asio::io_context& l, std::span<const qapi::command_def> t, server_options o)
@@ -50,8 +45,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     context* ctx = nullptr;
     bool stopping = false;
 
-    std::vector<std::unique_ptr<generic_acceptor>> acceptors;
-    std::vector<std::string> unix_paths;
+    std::list<net::listener> listeners;   // stable addresses: accept loops hold acceptor pointers
     std::map<std::uint64_t, std::shared_ptr<socket_session>> sessions;
 
     json_write_options write_opts() const { return {opts.pretty, json_order::qdict}; }
@@ -125,24 +119,6 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     }
 };
 
-listen_address listen_address::unix_socket(std::string path, std::optional<unsigned> mode)
-{
-    listen_address a;
-    a.type = kind::unix_socket;
-    a.path = std::move(path);
-    a.mode = mode;
-    return a;
-}
-
-listen_address listen_address::tcp(std::string host, std::uint16_t port)
-{
-    listen_address a;
-    a.type = kind::tcp;
-    a.host = std::move(host);
-    a.port = port;
-    return a;
-}
-
 server::server(asio::io_context& loop, std::span<const qapi::command_def> table, server_options opts)
     : impl_(std::make_shared<impl>(loop, table, opts))
 {
@@ -151,12 +127,8 @@ server::server(asio::io_context& loop, std::span<const qapi::command_def> table,
 server::~server()
 {
     impl_->stopping = true;
-    for (auto& a : impl_->acceptors) {
-        boost::system::error_code ec;
-        a->close(ec);
-    }
-    for (const std::string& p : impl_->unix_paths) {
-        ::unlink(p.c_str());
+    for (auto& l : impl_->listeners) {
+        l.close();
     }
     for (auto& [id, s] : impl_->sessions) {
         s->close();
@@ -170,75 +142,16 @@ void server::attach(context& ctx) noexcept
 
 std::uint16_t server::listen(const listen_address& addr)
 {
-    auto fail = [&](const boost::system::error_code& ec, const std::string& what) {
-        throw std::system_error(ec.value(), std::system_category(), what);
-    };
-    boost::system::error_code ec;
-    if (addr.type == listen_address::kind::unix_socket) {
-        // Replace a stale socket file (never another kind of file).
-        struct stat st {};
-        if (::lstat(addr.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-            ::unlink(addr.path.c_str());
-        }
-        asio::local::stream_protocol::endpoint lep(addr.path);
-        generic_proto::endpoint ep(lep);
-        auto acc = std::make_unique<generic_acceptor>(impl_->loop);
-        acc->open(ep.protocol(), ec);
-        if (!ec) {
-            acc->bind(ep, ec);
-        }
-        if (ec) {
-            fail(ec, "cannot bind QMP socket " + addr.path);
-        }
-        if (addr.mode && ::chmod(addr.path.c_str(), static_cast<mode_t>(*addr.mode)) != 0) {
-            fail(boost::system::error_code(errno, boost::system::system_category()), "cannot chmod " + addr.path);
-        }
-        acc->listen(asio::socket_base::max_listen_connections, ec);
-        if (ec) {
-            fail(ec, "cannot listen on " + addr.path);
-        }
-        impl_->unix_paths.push_back(addr.path);
-        impl_->acceptors.push_back(std::move(acc));
-        impl_->spawn_accept(impl_->acceptors.back().get(), false);
-        log::get("qmp")->info("QMP listening on {}", addr.path);
-        return 0;
+    net::listener& l = impl_->listeners.emplace_back(net::open_listener(impl_->loop, addr));
+    for (auto& acc : l.acceptors) {
+        impl_->spawn_accept(&acc, l.tcp);
     }
-
-    auto ip = asio::ip::make_address(addr.host, ec);
-    if (ec) {
-        fail(ec, "bad QMP address " + addr.host);
-    }
-    asio::ip::tcp::endpoint tep(ip, addr.port);
-    generic_proto::endpoint ep(tep);
-    auto acc = std::make_unique<generic_acceptor>(impl_->loop);
-    acc->open(ep.protocol(), ec);
-    if (!ec) {
-        acc->set_option(asio::socket_base::reuse_address(true), ec);
-    }
-    if (!ec) {
-        acc->bind(ep, ec);
-    }
-    if (!ec) {
-        acc->listen(asio::socket_base::max_listen_connections, ec);
-    }
-    if (ec) {
-        fail(ec, "cannot listen on " + addr.host + ":" + std::to_string(addr.port));
-    }
-    generic_proto::endpoint bound = acc->local_endpoint(ec);
-    std::uint16_t port = addr.port;
-    if (!ec) {
-        const auto* sa = reinterpret_cast<const sockaddr*>(bound.data());
-        port = sa->sa_family == AF_INET6 ? ntohs(reinterpret_cast<const sockaddr_in6*>(sa)->sin6_port)
-                                         : ntohs(reinterpret_cast<const sockaddr_in*>(sa)->sin_port);
-    }
-    if (!ip.is_loopback()) {
+    if (l.tcp && !l.loopback_only) {
         log::get("qmp")->warn("QMP listening on non-loopback address {}: anyone who can reach it controls the daemon",
-                              addr.host);
+                              l.description);
     }
-    impl_->acceptors.push_back(std::move(acc));
-    impl_->spawn_accept(impl_->acceptors.back().get(), true);
-    log::get("qmp")->info("QMP listening on {}:{}", addr.host, port);
-    return port;
+    log::get("qmp")->info("QMP listening on {}", l.description);
+    return l.port;
 }
 
 void server::emit(std::string_view event, json::object data)
@@ -267,14 +180,9 @@ asio::awaitable<void> server::shutdown()
 {
     auto self = impl_;
     self->stopping = true;
-    for (auto& a : self->acceptors) {
-        boost::system::error_code ec;
-        a->close(ec);
+    for (auto& l : self->listeners) {
+        l.close();
     }
-    for (const std::string& p : self->unix_paths) {
-        ::unlink(p.c_str());
-    }
-    self->unix_paths.clear();
     std::vector<std::shared_ptr<socket_session>> all;
     for (auto& [id, s] : self->sessions) {
         all.push_back(s);

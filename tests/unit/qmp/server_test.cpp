@@ -348,7 +348,7 @@ TEST_CASE("server: stale socket file and TCP on loopback", "[server]")
     REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
     ::close(fd);
     f.srv.listen(qmp::listen_address::unix_socket(f.path));
-    std::uint16_t port = f.srv.listen(qmp::listen_address::tcp("127.0.0.1", 0));
+    std::uint16_t port = f.srv.listen(qmp::listen_address::inet("127.0.0.1", "0"));
     REQUIRE(port != 0);
     f.start();
     client u(f.path);

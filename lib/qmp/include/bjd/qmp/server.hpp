@@ -16,6 +16,7 @@
 /// Everything runs on `loop`'s thread.
 #include "bjd/qapi/command.hpp"
 #include "bjd/qapi/event_sink.hpp"
+#include "bjd/net/listener.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -30,18 +31,8 @@ namespace bjd::qmp {
 
 class context;
 
-/// Where to listen.
-struct listen_address {
-    enum class kind { unix_socket, tcp };
-    kind type = kind::unix_socket;
-    std::string path;                 ///< unix_socket: filesystem path (a stale socket is replaced)
-    std::optional<unsigned> mode;     ///< unix_socket: chmod after bind (else umask decides)
-    std::string host = "127.0.0.1";   ///< tcp: numeric address (loopback is the intended use)
-    std::uint16_t port = 0;           ///< tcp: 0 picks a free port (see listen's result)
-
-    static listen_address unix_socket(std::string path, std::optional<unsigned> mode = std::nullopt);
-    static listen_address tcp(std::string host, std::uint16_t port);
-};
+/// Where to listen: a UNIX socket, TCP, or a socket inherited from systemd.
+using listen_address = net::listen_address;
 
 struct server_options {
     bool pretty = false;   ///< monitor pretty=on: indented output
@@ -60,8 +51,8 @@ public:
     /// The context handed to every command. Must be called before the first client connects.
     void attach(context& ctx) noexcept;
 
-    /// Binds and starts accepting. Throws std::system_error on failure (startup only).
-    /// Returns the bound TCP port (useful with port 0), or 0 for UNIX sockets.
+    /// Binds (see net::open_listener) and starts accepting. Throws std::system_error on
+    /// failure (startup only). Returns the bound TCP port (useful with port "0"), or 0.
     std::uint16_t listen(const listen_address& addr);
 
     /// Adds timestamp {seconds, microseconds} and sends to every session in command mode;
