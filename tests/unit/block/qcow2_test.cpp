@@ -176,7 +176,7 @@ TEST_CASE("block: qcow2 random workloads match a raw model and pass qemu-img che
     std::vector<config> configs = {
         {65536, true, base_kind::none, 16 * mib},
         {65536, false, base_kind::none, 16 * mib},
-        {512, true, base_kind::none, 6 * mib + 1536, 300, true},
+        {512, true, base_kind::none, 12 * mib + 1536, 300, true},
         {4096, true, base_kind::qcow2, 8 * mib},
         {4096, false, base_kind::raw, 8 * mib + 512},
         {65536, true, base_kind::raw, 12 * mib},

@@ -47,7 +47,7 @@ void co_mutex::unlock()
 
 qcow2_node::qcow2_node(node_options o, std::shared_ptr<node> file, header h, const qcow2_open_options& opts)
     : node(std::move(o)), h_(std::move(h)), cs_(h_.cluster_size()), l2_entries_(cs_ / 8),
-      rb_entries_(cs_ * 8 / (1u << h_.refcount_order))
+      rb_entries_(refblock_entries(h_))
 {
     add_child("file", std::move(file));
     info_.version = h_.version;
@@ -69,7 +69,6 @@ qcow2_node::qcow2_node(node_options o, std::shared_ptr<node> file, header h, con
 
 asio::awaitable<qapi::result<void>> qcow2_node::load()
 {
-    const std::uint64_t fsize = file()->size();
     // The header parser checked both tables lie inside the file and their sizes are bounded.
     std::vector<std::byte> buf(std::max<std::uint64_t>(std::uint64_t(h_.l1_size) * 8,
                                                        std::uint64_t(h_.refcount_table_clusters) * cs_));
@@ -89,14 +88,17 @@ asio::awaitable<qapi::result<void>> qcow2_node::load()
     for (std::size_t i = 0; i < reftable_.size(); ++i)
         reftable_[i] = load_be64(buf.data() + i * 8);
     reftable_offset_ = h_.refcount_table_offset;
-    next_free_ = (fsize + cs_ - 1) / cs_;
 
     if (!read_only()) {
         if (h_.incompatible & incompat_corrupt)
             co_return qapi::generic("qcow2: Image is corrupt; cannot be opened read/write");
-        if (h_.incompatible & incompat_dirty)
-            co_return qapi::generic("qcow2: Image is dirty (lazy refcounts were in use); repair it with "
-                                    "'qemu-img check -r all' before opening it read/write");
+        if (h_.incompatible & incompat_dirty) {
+            // Like QEMU: a writable open of an image left dirty by lazy refcounts repairs them.
+            std::string err;
+            if (auto rr = co_await repair_dirty(err); !rr)
+                co_return qapi::generic("qcow2: Could not repair dirty image: " +
+                                        (err.empty() ? strerror_text(rr.error()) : err));
+        }
         if (h_.autoclear != 0) {
             // We do not maintain what these bits vouch for (bitmaps): clear them before writing.
             std::byte zero[8]{};
@@ -120,36 +122,9 @@ std::error_code qcow2_node::corrupt(const std::string& what) const
 result<mapping> qcow2_node::decode(std::uint64_t e, std::uint64_t guest) const
 {
     mapping m;
-    const std::uint64_t fsize = file()->size();
-    if (e & oflag_compressed) {
-        const unsigned x = 62 - (h_.cluster_bits - 8);
-        m.k = kind::compressed;
-        m.host = e & ((1ull << x) - 1);
-        std::uint64_t extra = (e >> x) & ((1ull << (h_.cluster_bits - 8)) - 1);
-        m.comp_len = (extra + 1) * 512 - (m.host & 511);
-        if (m.host >= fsize || m.host < cs_)
-            return corrupt("compressed cluster for guest offset " + std::to_string(guest) + " is outside the image");
-        return m;
-    }
-    if (e & l2_reserved)
-        return corrupt("reserved bits set in the L2 entry for guest offset " + std::to_string(guest));
-    std::uint64_t off = e & offset_mask;
-    m.copied = (e & oflag_copied) != 0;
-    bool zero = h_.version >= 3 && (e & oflag_zero);
-    if (off == 0) {
-        if (m.copied && !zero)
-            return corrupt("L2 entry with host offset 0 for guest offset " + std::to_string(guest));
-        m.k = zero ? kind::zero_plain : kind::unallocated;
-        return m;
-    }
-    if ((off & (cs_ - 1)) != 0)
-        return corrupt("unaligned data cluster offset " + std::to_string(off));
-    if (overlaps_fixed_metadata(h_, off, cs_))
-        return corrupt("data cluster at " + std::to_string(off) + " overlaps image metadata");
-    if (!zero && off >= fsize)
-        return corrupt("data cluster at " + std::to_string(off) + " is past the end of the file");
-    m.k = zero ? kind::zero_alloc : kind::normal;
-    m.host = off;
+    std::string why;
+    if (!decode_l2_entry(h_, e, file()->size(), m, why))
+        return corrupt(why + " (guest offset " + std::to_string(guest) + ")");
     return m;
 }
 
@@ -281,6 +256,7 @@ asio::awaitable<result<void>> qcow2_node::do_read(std::uint64_t offset, std::spa
     while (done < buf.size()) {
         auto g = co_await meta_.lock();
         auto rn = co_await lookup_locked(offset + done, buf.size() - done);
+        io_pin pin(this);   // the clusters stay ours until the read is done
         g.release();
         if (!rn)
             co_return rn.error();

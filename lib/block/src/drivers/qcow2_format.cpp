@@ -2,6 +2,7 @@
 // qcow2 header parsing and validation, and refcount entry packing.
 #include "qcow2_format.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <utility>
@@ -216,6 +217,59 @@ bool overlaps_fixed_metadata(const header& h, std::uint64_t off, std::uint64_t l
     return ranges_overlap(off, len, 0, cs) ||
            ranges_overlap(off, len, h.l1_table_offset, (std::uint64_t(h.l1_size) * 8 + cs - 1) / cs * cs) ||
            ranges_overlap(off, len, h.refcount_table_offset, std::uint64_t(h.refcount_table_clusters) * cs);
+}
+
+bool decode_l2_entry(const header& h, std::uint64_t e, std::uint64_t file_size, mapping& m, std::string& error)
+{
+    m = mapping{};
+    const std::uint64_t cs = h.cluster_size();
+    if (e & oflag_compressed) {
+        // Bits 0..x-1: host byte offset; x..61: additional 512-byte sectors (x = 62 - (bits - 8)).
+        const unsigned x = 62 - (h.cluster_bits - 8);
+        m.k = kind::compressed;
+        m.host = e & ((1ull << x) - 1);
+        const std::uint64_t extra = (e >> x) & ((1ull << (h.cluster_bits - 8)) - 1);
+        m.comp_len = (extra + 1) * 512 - (m.host & 511);
+        if (m.host >= file_size || m.host < cs)
+            return fail(error, "compressed cluster at " + std::to_string(m.host) + " is outside the image");
+        return true;
+    }
+    if (e & l2_reserved)
+        return fail(error, "reserved bits set in L2 entry");
+    const std::uint64_t off = e & offset_mask;
+    m.copied = (e & oflag_copied) != 0;
+    const bool zero = h.version >= 3 && (e & oflag_zero);
+    if (off == 0) {
+        if (m.copied && !zero)
+            return fail(error, "L2 entry with host offset 0");
+        m.k = zero ? kind::zero_plain : kind::unallocated;
+        return true;
+    }
+    if ((off & (cs - 1)) != 0)
+        return fail(error, "unaligned data cluster offset " + std::to_string(off));
+    if (overlaps_fixed_metadata(h, off, cs))
+        return fail(error, "data cluster at " + std::to_string(off) + " overlaps image metadata");
+    if (!zero && off >= file_size)
+        return fail(error, "data cluster at " + std::to_string(off) + " is past the end of the file");
+    m.k = zero ? kind::zero_alloc : kind::normal;
+    m.host = off;
+    return true;
+}
+
+bool decode_l1_entry(const header& h, std::uint64_t e, std::uint64_t file_size, std::uint64_t& l2_off,
+                     std::string& error)
+{
+    const std::uint64_t cs = h.cluster_size();
+    l2_off = 0;
+    if (e & l1_reserved)
+        return fail(error, "reserved bits set in L1 entry");
+    const std::uint64_t off = e & offset_mask;
+    if (off == 0)
+        return true;
+    if ((off & (cs - 1)) != 0 || off > file_size - std::min(cs, file_size) || overlaps_fixed_metadata(h, off, cs))
+        return fail(error, "L2 table offset " + std::to_string(off) + " is invalid");
+    l2_off = off;
+    return true;
 }
 
 std::uint64_t refcount_get(std::span<const std::byte> block, unsigned order, std::uint64_t i)

@@ -107,6 +107,39 @@ bool parse_header(std::span<const std::byte> first, std::uint64_t file_size, hea
 /// refcount table. Used to refuse L2/refcount blocks placed on top of other metadata.
 bool overlaps_fixed_metadata(const header& h, std::uint64_t off, std::uint64_t len);
 
+/// What an L2 entry says about one guest cluster.
+enum class kind { unallocated, zero_plain, zero_alloc, normal, compressed };
+
+struct mapping {
+    kind k = kind::unallocated;
+    std::uint64_t host = 0;       ///< normal/zero_alloc: host cluster offset; compressed: byte offset
+    std::uint64_t comp_len = 0;   ///< compressed: bytes of compressed data (up to the sector end)
+    bool copied = false;          ///< OFLAG_COPIED
+};
+
+/// Decodes an L2 entry (host byte order) of the image `h` whose file has `file_size` bytes.
+/// Refuses (false, `error` set to one phrase) reserved bits, unaligned or out-of-file data
+/// offsets, data on top of the header/L1/refcount table, and compressed data outside the
+/// file. The zero flag only counts in version 3; a zero cluster may keep an offset past the
+/// end of the file (preallocated, never read).
+bool decode_l2_entry(const header& h, std::uint64_t e, std::uint64_t file_size, mapping& m, std::string& error);
+
+/// Decodes an L1 entry: `l2_off` is 0 for an unallocated table. Refuses reserved bits and
+/// table offsets that are unaligned, past the end of the file or on fixed metadata.
+bool decode_l1_entry(const header& h, std::uint64_t e, std::uint64_t file_size, std::uint64_t& l2_off,
+                     std::string& error);
+
+/// Refcount entries per refcount block: cluster size * 8 / 2^order.
+inline std::uint64_t refblock_entries(const header& h) noexcept
+{
+    return h.cluster_size() * 8 / (1u << h.refcount_order);
+}
+/// The largest refcount a 2^order-bit entry holds.
+inline std::uint64_t refcount_max(unsigned order) noexcept
+{
+    return order >= 6 ? ~0ull : (1ull << (1u << order)) - 1;
+}
+
 /// Reads entry `i` of a refcount block with 2^order-bit entries.
 std::uint64_t refcount_get(std::span<const std::byte> block, unsigned order, std::uint64_t i);
 /// Writes entry `i`; the caller checked that `v` fits in 2^order bits.

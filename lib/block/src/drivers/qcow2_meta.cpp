@@ -23,9 +23,9 @@ std::pair<std::uint64_t, std::uint64_t> sector_range(std::uint64_t lo, std::uint
 asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::get_l2(std::uint64_t l1i, bool create)
 {
     const std::uint64_t e = l1_[l1i];
-    if (e & l1_reserved)
-        co_return corrupt("reserved bits set in L1 entry " + std::to_string(l1i));
-    const std::uint64_t off = e & offset_mask;
+    std::uint64_t off = 0;
+    if (std::string why; !decode_l1_entry(h_, e, file()->size(), off, why))
+        co_return corrupt(why + " (L1 entry " + std::to_string(l1i) + ")");
     if (off == 0) {
         if (!create)
             co_return std::shared_ptr<l2_table>{};
@@ -45,10 +45,6 @@ asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::get_l2(std::uint6
         l2_cache_.insert(*host, t);
         co_return t;
     }
-    if ((off & (cs_ - 1)) != 0 || off > file()->size() - std::min<std::uint64_t>(cs_, file()->size()) ||
-        overlaps_fixed_metadata(h_, off, cs_))
-        co_return corrupt("L2 table offset " + std::to_string(off) + " of L1 entry " + std::to_string(l1i) +
-                          " is invalid");
     if (create && !(e & oflag_copied)) {
         // Shared with an internal snapshot unless its refcount says otherwise.
         auto rc = co_await get_refcount(off / cs_);
@@ -150,7 +146,7 @@ asio::awaitable<result<void>> qcow2_node::update_refcounts(std::uint64_t off, st
     if (len == 0)
         co_return result<void>{};
     const unsigned order = h_.refcount_order;
-    const std::uint64_t max_rc = order == 6 ? ~0ull : (1ull << (1u << order)) - 1;
+    const std::uint64_t max_rc = refcount_max(order);
     const std::uint64_t last = (off + len - 1) / cs_;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> freed;
     for (std::uint64_t c = off / cs_; c <= last;) {
@@ -185,6 +181,11 @@ asio::awaitable<result<void>> qcow2_node::update_refcounts(std::uint64_t off, st
             co_return r.error();
         c = end + 1;
     }
+    if (!freed.empty()) {
+        ++free_gen_;
+        for (auto [o, l] : freed)
+            held_[o / cs_] = held{(o + l) / cs_, free_gen_};
+    }
     for (auto [o, l] : freed)
         co_await release_host(o, l);
     co_return result<void>{};
@@ -192,35 +193,64 @@ asio::awaitable<result<void>> qcow2_node::update_refcounts(std::uint64_t off, st
 
 asio::awaitable<result<std::uint64_t>> qcow2_node::reserve(std::uint64_t n)
 {
-    // Append only: skip clusters that are refcounted past the end of the file (preallocated
-    // refcount blocks, or a file truncated behind our back).
-    for (;;) {
-        std::uint64_t start = next_free_;
-        std::uint64_t busy = 0;
-        for (std::uint64_t k = 0; k < n && !busy; ++k) {
-            auto rc = co_await get_refcount(start + k);
-            if (!rc)
-                co_return rc.error();
-            if (*rc != 0)
-                busy = start + k + 1;
-        }
-        if (busy) {
-            next_free_ = busy;
+    // First fit from the hint, skipping held-back ranges; past the last refcount block every
+    // cluster reads as free, so this ends. The refcount block at hand is kept across clusters.
+    const std::uint64_t limit = 1ull << (56 - h_.cluster_bits);
+    std::uint64_t start = free_hint_;
+    std::uint64_t c = start;
+    std::uint64_t blk_ti = ~0ull;
+    std::shared_ptr<refblock> blk;
+    while (c - start < n) {
+        if (c + (n - (c - start)) > limit)
+            co_return errno_error(EFBIG);
+        if (auto it = held_.upper_bound(c); it != held_.begin() && c < std::prev(it)->second.end) {
+            c = std::prev(it)->second.end;
+            start = c;
             continue;
         }
-        if (start + n > (1ull << (56 - h_.cluster_bits)))
-            co_return errno_error(EFBIG);
-        next_free_ = start + n;
-        const std::uint64_t end = next_free_ * cs_;
-        if (end > file()->size())
-            if (auto r = co_await file()->truncate(end); !r)
-                co_return r.error();
-        co_return start;
+        const std::uint64_t ti = c / rb_entries_;
+        if (ti != blk_ti) {
+            auto b = co_await get_refblock(ti, false);
+            if (!b)
+                co_return b.error();
+            blk = std::move(*b);
+            blk_ti = ti;
+        }
+        const bool busy = blk && refcount_get(*blk, h_.refcount_order, c % rb_entries_) != 0;
+        ++c;
+        if (busy) {
+            if (start == free_hint_)
+                free_hint_ = c;   // everything below is in use
+            start = c;
+        }
+    }
+    free_hint_ = start + n;
+    const std::uint64_t end = (start + n) * cs_;
+    if (end > file()->size())
+        if (auto r = co_await file()->truncate(end); !r)
+            co_return r.error();
+    co_return start;
+}
+
+void qcow2_node::reclaim()
+{
+    const std::uint64_t oldest = inflight_.empty() ? ~0ull : inflight_.begin()->first;
+    for (auto it = held_.begin(); it != held_.end();) {
+        if (it->second.gen <= oldest) {
+            free_hint_ = std::min(free_hint_, it->first);
+            it = held_.erase(it);
+        } else {
+            ++it;
+        }
     }
 }
 
 asio::awaitable<result<std::uint64_t>> qcow2_node::alloc_clusters(std::uint64_t n)
 {
+    // Only here, outside any reservation in progress, may the hint move down: a nested
+    // reserve (a refcount block or table for this allocation) must never see the clusters
+    // reserved above, whose refcounts are not set yet.
+    reclaim();
     auto start = co_await reserve(n);
     if (!start)
         co_return start.error();
@@ -285,6 +315,91 @@ asio::awaitable<void> qcow2_node::release_host(std::uint64_t off, std::uint64_t 
     // Advisory: the file node ignores it unless discard=unmap was inherited.
     if (off + len <= file()->size())
         (void)co_await file()->discard(off, len);
+}
+
+// ---- dirty images (lazy refcounts) -------------------------------------------------------------
+
+asio::awaitable<result<void>> qcow2_node::repair_dirty(std::string& error)
+{
+    if (h_.nb_snapshots != 0) {
+        error = "it has internal snapshots; run 'qemu-img check -r all' on it";
+        co_return errno_error(ENOTSUP);
+    }
+    // References counted per cluster of the file; nothing may point past its end (a zero
+    // cluster with a preallocated offset there included), which also bounds the table.
+    const std::uint64_t nclusters = (file()->size() + cs_ - 1) / cs_;
+    std::vector<std::uint32_t> refs(nclusters, 0);
+    auto add = [&](std::uint64_t off, std::uint64_t len, const char* what) -> bool {
+        if (len == 0)
+            return true;
+        for (std::uint64_t c = off / cs_; c <= (off + len - 1) / cs_; ++c) {
+            if (c >= nclusters || refs[c] == UINT32_MAX) {
+                error = std::string(what) + " at offset " + std::to_string(off) + " lies past the end of the file";
+                return false;
+            }
+            ++refs[c];
+        }
+        return true;
+    };
+    if (!add(0, cs_, "the header") || !add(h_.l1_table_offset, std::uint64_t(h_.l1_size) * 8, "the L1 table") ||
+        !add(reftable_offset_, reftable_.size() * 8, "the refcount table"))
+        co_return errno_error(EINVAL);
+    for (std::uint64_t ti = 0; ti < reftable_.size(); ++ti) {
+        if (reftable_[ti] & reftable_reserved)
+            co_return corrupt("reserved bits set in refcount table entry " + std::to_string(ti));
+        if (const std::uint64_t off = reftable_[ti]; off != 0 && !add(off, cs_, "a refcount block"))
+            co_return errno_error(EINVAL);
+    }
+    for (std::uint64_t l1i = 0; l1i < l1_.size(); ++l1i) {
+        auto t = co_await get_l2(l1i, false);   // validates the L1 entry and the table offset
+        if (!t)
+            co_return t.error();
+        if (!*t)
+            continue;
+        if (!add(l2_offset(l1i), cs_, "an L2 table"))
+            co_return errno_error(EINVAL);
+        for (std::uint64_t j = 0; j < l2_entries_; ++j) {
+            auto m = decode((**t)[j], (l1i * l2_entries_ + j) * cs_);
+            if (!m)
+                co_return m.error();
+            bool ok = true;
+            if (m->k == kind::normal || m->k == kind::zero_alloc)
+                ok = add(m->host, cs_, "a data cluster");
+            else if (m->k == kind::compressed)
+                ok = add(m->host & ~std::uint64_t(511), m->comp_len + (m->host & 511), "a compressed cluster");
+            if (!ok)
+                co_return errno_error(EINVAL);
+        }
+    }
+    // New refcount blocks go past everything counted above.
+    free_hint_ = nclusters;
+    std::uint64_t fixed = 0;
+    for (std::uint64_t c = 0; c < nclusters; ++c) {
+        if (refs[c] == 0)
+            continue;
+        auto rc = co_await get_refcount(c);
+        if (!rc)
+            co_return rc.error();
+        if (*rc >= refs[c])
+            continue;
+        if (auto r = co_await update_refcounts(c * cs_, cs_, std::int64_t(refs[c] - *rc)); !r)
+            co_return r;
+        ++fixed;
+    }
+    // The refcounts are durable before the header stops saying they may be wrong.
+    if (auto r = co_await file()->flush(); !r)
+        co_return r;
+    std::byte be[8];
+    store_be64(be, h_.incompatible & ~incompat_dirty);
+    if (auto r = co_await file()->write(off_incompatible, std::span<const std::byte>(be, 8)); !r)
+        co_return r;
+    if (auto r = co_await file()->flush(); !r)
+        co_return r;
+    h_.incompatible &= ~incompat_dirty;
+    free_hint_ = 0;
+    log::get("qcow2")->warn("qcow2 node '{}' ({}): image was not closed cleanly; repaired {} refcount(s)", name(),
+                            filename(), fixed);
+    co_return result<void>{};
 }
 
 } // namespace bjd::block::qcow2

@@ -8,14 +8,22 @@
 /// Concurrency: requests are coroutines on the node's loop. `meta_` serialises every access to
 /// the metadata (L1/L2/refcounts and their caches). Reads and in-place writes hold it only
 /// while mapping a run; a write that allocates, write_zeroes and discard hold it for the whole
-/// request, so two writes never allocate the same guest cluster twice. Allocation is append
-/// only (clusters freed in this session are not reused), so an in-flight in-place write can
-/// never land in a cluster that was handed to someone else.
+/// request, so two writes never allocate the same guest cluster twice.
+///
+/// Cluster reuse (like QEMU's free_cluster_index): allocation scans the refcounts upwards from
+/// `free_hint_` for clusters with refcount 0, so clusters freed by discard, write-zeroes or a
+/// rewrite are handed out again. A freed cluster is first held back ("quarantine", `held_`)
+/// until no read or in-place write that mapped it before the free is still in flight (those
+/// run without `meta_`; each pins the free generation it mapped at, `inflight_`), so such a
+/// request can never touch a cluster that belongs to someone else by then.
 ///
 /// Crash ordering for an allocation: refcounts (and new refcount blocks/tables) are written and
 /// flushed first, then the data, then the L2 entry (a new L2 table before its L1 entry), then
-/// old clusters are dereferenced. A crash in between leaks clusters but never leaves a
-/// reference to a cluster whose refcount is 0.
+/// old clusters are dereferenced. Dereferencing writes (and flushes) the L2 entries that drop
+/// a cluster before its refcount is decremented, and a cluster is only scanned for reuse
+/// after both are written; the reusing allocation flushes before its data and L2 entry. A
+/// crash in between leaks clusters but never leaves a reference to a cluster whose refcount
+/// is 0, nor two references to one cluster.
 #include "bjd/block/driver.hpp"
 #include "qcow2_format.hpp"
 
@@ -23,6 +31,7 @@
 
 #include <deque>
 #include <list>
+#include <map>
 #include <memory>
 #include <unordered_map>
 
@@ -105,16 +114,6 @@ private:
     std::unordered_map<std::uint64_t, slot> map_;
 };
 
-/// What an L2 entry says about one guest cluster.
-enum class kind { unallocated, zero_plain, zero_alloc, normal, compressed };
-
-struct mapping {
-    kind k = kind::unallocated;
-    std::uint64_t host = 0;       ///< normal/zero_alloc: host cluster offset; compressed: byte offset
-    std::uint64_t comp_len = 0;   ///< compressed: bytes of compressed data (up to the sector end)
-    bool copied = false;          ///< OFLAG_COPIED
-};
-
 /// A run of guest clusters that read the same way (one host extent for `normal`).
 struct run {
     mapping m;
@@ -185,7 +184,7 @@ private:
     asio::awaitable<result<void>> allocate_and_write_locked(std::uint64_t first_guest, std::uint64_t n,
                                                             std::uint64_t data_off, std::span<const std::byte> buf);
     /// Rewrites L2 entries of whole clusters [offset, offset+length) with `entry_for`.
-    enum class clear_mode { zero_keep, zero_unmap, deallocate };
+    enum class clear_mode { zero_keep, zero_unmap, discard, deallocate };
     asio::awaitable<result<void>> clear_clusters_locked(std::uint64_t offset, std::uint64_t length, clear_mode mode);
     /// Whether the guest cluster containing `offset` reads as zeroes without allocating.
     asio::awaitable<result<bool>> reads_as_zero_locked(std::uint64_t offset);
@@ -204,10 +203,40 @@ private:
     asio::awaitable<result<std::uint64_t>> alloc_clusters(std::uint64_t n);
     asio::awaitable<result<std::shared_ptr<refblock>>> get_refblock(std::uint64_t table_index, bool create);
     asio::awaitable<result<void>> grow_reftable(std::uint64_t min_entries);
-    /// Moves the end of the allocation area; grows the file to cover it.
+    /// Finds `n` contiguous clusters with refcount 0 that are not held back (first fit from
+    /// `free_hint_`, which moves past them); grows the file to cover them. The caller sets
+    /// their refcounts before anything can lower the hint again.
     asio::awaitable<result<std::uint64_t>> reserve(std::uint64_t n);
     /// Drops host clusters no longer referenced, after their refcount went to 0.
     asio::awaitable<void> release_host(std::uint64_t off, std::uint64_t len);
+    /// Makes held-back clusters that no in-flight request can still touch available again.
+    void reclaim();
+    /// Repairs the refcounts of an image left dirty by lazy refcounts (opening it read/write),
+    /// then clears the dirty bit: every cluster the image references gets at least that many
+    /// references counted; leaks stay. Images with internal snapshots are refused.
+    asio::awaitable<result<void>> repair_dirty(std::string& error);
+
+public:
+    /// Keeps clusters freed after a mapping was looked up out of reuse until the request that
+    /// uses the mapping (without `meta_`) is done. Take it while holding `meta_`.
+    class io_pin {
+    public:
+        explicit io_pin(qcow2_node* n) : n_(n), gen_(n->free_gen_) { ++n_->inflight_[gen_]; }
+        io_pin(io_pin&& o) noexcept : n_(std::exchange(o.n_, nullptr)), gen_(o.gen_) {}
+        io_pin& operator=(io_pin&&) = delete;
+        ~io_pin()
+        {
+            if (n_)
+                if (auto it = n_->inflight_.find(gen_); it != n_->inflight_.end() && --it->second == 0)
+                    n_->inflight_.erase(it);
+        }
+
+    private:
+        qcow2_node* n_;
+        std::uint64_t gen_;
+    };
+
+private:
     std::error_code corrupt(const std::string& what) const;
 
     header h_;
@@ -218,7 +247,14 @@ private:
     std::vector<std::uint64_t> l1_;       ///< host byte order
     std::vector<std::uint64_t> reftable_;
     std::uint64_t reftable_offset_ = 0;   ///< where reftable_ lives on disk
-    std::uint64_t next_free_ = 0;         ///< first cluster index of the append area
+    std::uint64_t free_hint_ = 0;         ///< no cluster below this index is free for reuse
+    struct held {
+        std::uint64_t end;                ///< cluster index past the range
+        std::uint64_t gen;                ///< free generation of the free that produced it
+    };
+    std::map<std::uint64_t, held> held_;  ///< freed cluster ranges not yet reusable, by start
+    std::uint64_t free_gen_ = 0;          ///< counts frees (batches)
+    std::map<std::uint64_t, std::uint64_t> inflight_;   ///< free generation -> pinned requests
     bool growing_reftable_ = false;
     lru_cache<l2_table> l2_cache_;
     lru_cache<refblock> rb_cache_;

@@ -46,6 +46,8 @@ asio::awaitable<result<void>> qcow2_node::do_write(std::uint64_t offset, std::sp
         r = co_await write_locked(offset, buf);
         g.release();
     } else {
+        // The clusters stay ours until the writes are done, even if a discard frees them.
+        io_pin pin(this);
         g.release();
         for (const piece& p : pieces) {
             r = co_await file()->write(p.host, p.data);
@@ -140,7 +142,13 @@ asio::awaitable<result<void>> qcow2_node::allocate_and_write_locked(std::uint64_
     if (auto r = co_await write_l2_entries(l2_off, *t, l2i, l2i + n - 1); !r)
         co_return r;
 
-    // Only now drop the clusters the entries used to reference.
+    // Only now drop the clusters the entries used to reference, once the new entries are
+    // durable: a refcount of 0 must never reach the disk before the entry that dropped it.
+    if (std::any_of(olds.begin(), olds.end(), [](const mapping& m) {
+            return m.k == kind::normal || m.k == kind::zero_alloc || m.k == kind::compressed;
+        }))
+        if (auto r = co_await file()->flush(); !r)
+            co_return r;
     for (const mapping& m : olds) {
         result<void> r;
         if (m.k == kind::normal || m.k == kind::zero_alloc)
@@ -196,6 +204,17 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
                     drop = m->k == kind::normal || m->k == kind::zero_alloc || m->k == kind::compressed;
                 }
                 break;
+            case clear_mode::discard:
+                // Like QEMU: a discarded allocated cluster becomes a zero cluster (it reads as
+                // zeroes, and stays "present" for block status); other clusters only change
+                // when a backing file would show through.
+                if (m->k == kind::normal || m->k == kind::zero_alloc || m->k == kind::compressed) {
+                    ne = oflag_zero;
+                    drop = true;
+                } else {
+                    ne = backing() ? oflag_zero : 0;
+                }
+                break;
             case clear_mode::deallocate:
                 ne = 0;
                 drop = m->k == kind::normal || m->k == kind::zero_alloc || m->k == kind::compressed;
@@ -213,6 +232,10 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
             if (auto r = co_await write_l2_entries(l2_offset(l1i), t, lo, hi); !r)
                 co_return r;
         }
+        // The entries that dropped clusters are durable before the refcounts that free them.
+        if (!freed.empty())
+            if (auto r = co_await file()->flush(); !r)
+                co_return r;
         for (const mapping& m : freed) {
             result<void> r = m.k == kind::compressed
                                  ? co_await update_refcounts(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511), -1)
@@ -302,8 +325,9 @@ asio::awaitable<result<void>> qcow2_node::do_discard(std::uint64_t offset, std::
     if (a_start >= a_end)
         co_return result<void>{};
     auto g = co_await meta_.lock();
-    // With a backing file, a dropped cluster must not show the backing data: zero flag (v3).
-    clear_mode mode = (h_.version >= 3 && backing()) ? clear_mode::zero_unmap : clear_mode::deallocate;
+    // v3 keeps a discarded cluster reading as zeroes with the zero flag (no backing data
+    // shows through); v2 has no zero flag and drops the cluster.
+    clear_mode mode = h_.version >= 3 ? clear_mode::discard : clear_mode::deallocate;
     co_return co_await clear_clusters_locked(a_start, a_end - a_start, mode);
 }
 
