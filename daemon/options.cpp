@@ -29,9 +29,13 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
                             a named drive holding node <node> (or empty, if removable),
                             as QMP's x-drive-add; exports of <id> follow its medium
 
-  --chardev socket,id=<id>,path=<path>[,server=on][,wait=off]
+  --chardev socket,id=<id>,path=<path>[,server=on][,wait=off][,owner=<user>][,group=<group>][,mode=<octal>]
   --chardev socket,id=<id>,host=<host>,port=<port>[,server=on][,wait=off]
-                            a QMP listening socket (UNIX or loopback TCP)
+  --chardev socket,id=<id>,fd=<n>|<name>[,server=on][,wait=off]
+                            a QMP listening socket (UNIX or loopback TCP); owner, group and
+                            mode are set before it listens, and it is never world-writable;
+                            fd= takes a socket passed by systemd (a FileDescriptorName= from
+                            LISTEN_FDNAMES, or a number)
   --chardev ringbuf,id=<id>[,size=<bytes>]
                             a ring buffer (size a power of two, default 65536), read and
                             written with ringbuf-read/ringbuf-write; 'memory' is an alias
