@@ -191,7 +191,7 @@ asio::awaitable<result<void>> qcow2_node::update_refcounts(std::uint64_t off, st
     co_return result<void>{};
 }
 
-asio::awaitable<result<std::uint64_t>> qcow2_node::reserve(std::uint64_t n)
+asio::awaitable<result<std::uint64_t>> qcow2_node::reserve(std::uint64_t n, std::uint64_t* got)
 {
     // First fit from the hint, skipping held-back ranges; past the last refcount block every
     // cluster reads as free, so this ends. The refcount block at hand is kept across clusters.
@@ -204,6 +204,8 @@ asio::awaitable<result<std::uint64_t>> qcow2_node::reserve(std::uint64_t n)
         if (c + (n - (c - start)) > limit)
             co_return errno_error(EFBIG);
         if (auto it = held_.upper_bound(c); it != held_.begin() && c < std::prev(it)->second.end) {
+            if (got && c > start)
+                break;
             c = std::prev(it)->second.end;
             start = c;
             continue;
@@ -217,6 +219,8 @@ asio::awaitable<result<std::uint64_t>> qcow2_node::reserve(std::uint64_t n)
             blk_ti = ti;
         }
         const bool busy = blk && refcount_get(*blk, h_.refcount_order, c % rb_entries_) != 0;
+        if (busy && got && c > start)
+            break;   // a shorter run will do
         ++c;
         if (busy) {
             if (start == free_hint_)
@@ -224,6 +228,9 @@ asio::awaitable<result<std::uint64_t>> qcow2_node::reserve(std::uint64_t n)
             start = c;
         }
     }
+    n = c - start;
+    if (got)
+        *got = n;
     free_hint_ = start + n;
     const std::uint64_t end = (start + n) * cs_;
     if (end > file()->size())
@@ -245,15 +252,17 @@ void qcow2_node::reclaim()
     }
 }
 
-asio::awaitable<result<std::uint64_t>> qcow2_node::alloc_clusters(std::uint64_t n)
+asio::awaitable<result<std::uint64_t>> qcow2_node::alloc_clusters(std::uint64_t n, std::uint64_t* got)
 {
     // Only here, outside any reservation in progress, may the hint move down: a nested
     // reserve (a refcount block or table for this allocation) must never see the clusters
     // reserved above, whose refcounts are not set yet.
     reclaim();
-    auto start = co_await reserve(n);
+    auto start = co_await reserve(n, got);
     if (!start)
         co_return start.error();
+    if (got)
+        n = *got;
     if (auto r = co_await update_refcounts(*start * cs_, n * cs_, +1); !r)
         co_return r.error();
     // Refcounts are durable before anything references the clusters.

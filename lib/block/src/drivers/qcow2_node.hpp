@@ -181,8 +181,11 @@ private:
     asio::awaitable<result<void>> write_locked(std::uint64_t offset, std::span<const std::byte> buf);
     /// Allocates `n` clusters for guest clusters starting at `offset` (cluster aligned) that
     /// need it, fills them with the old contents overlaid by `buf` (which starts at `data_off`).
-    asio::awaitable<result<void>> allocate_and_write_locked(std::uint64_t first_guest, std::uint64_t n,
-                                                            std::uint64_t data_off, std::span<const std::byte> buf);
+    /// Returns how many clusters it allocated (≥ 1, fewer than `n` when free space is
+    /// fragmented); the data past them is left for the caller.
+    asio::awaitable<result<std::uint64_t>> allocate_and_write_locked(std::uint64_t first_guest, std::uint64_t n,
+                                                                     std::uint64_t data_off,
+                                                                     std::span<const std::byte> buf);
     /// Rewrites L2 entries of whole clusters [offset, offset+length) with `entry_for`.
     enum class clear_mode { zero_keep, zero_unmap, discard, deallocate };
     asio::awaitable<result<void>> clear_clusters_locked(std::uint64_t offset, std::uint64_t length, clear_mode mode);
@@ -200,13 +203,15 @@ private:
     /// Adds `delta` to the refcount of every cluster overlapping [off, off+len).
     asio::awaitable<result<void>> update_refcounts(std::uint64_t off, std::uint64_t len, std::int64_t delta);
     /// `n` contiguous fresh clusters with refcount 1 (durable unless cache.no-flush).
-    asio::awaitable<result<std::uint64_t>> alloc_clusters(std::uint64_t n);
+    /// With `got`, takes the first free run even if shorter (at least 1 cluster) and stores
+    /// its length there, so fragmented free space is reused rather than the file grown.
+    asio::awaitable<result<std::uint64_t>> alloc_clusters(std::uint64_t n, std::uint64_t* got = nullptr);
     asio::awaitable<result<std::shared_ptr<refblock>>> get_refblock(std::uint64_t table_index, bool create);
     asio::awaitable<result<void>> grow_reftable(std::uint64_t min_entries);
     /// Finds `n` contiguous clusters with refcount 0 that are not held back (first fit from
     /// `free_hint_`, which moves past them); grows the file to cover them. The caller sets
     /// their refcounts before anything can lower the hint again.
-    asio::awaitable<result<std::uint64_t>> reserve(std::uint64_t n);
+    asio::awaitable<result<std::uint64_t>> reserve(std::uint64_t n, std::uint64_t* got = nullptr);
     /// Drops host clusters no longer referenced, after their refcount went to 0.
     asio::awaitable<void> release_host(std::uint64_t off, std::uint64_t len);
     /// Makes held-back clusters that no in-flight request can still touch available again.

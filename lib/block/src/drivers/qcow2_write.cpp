@@ -80,15 +80,15 @@ asio::awaitable<result<void>> qcow2_node::write_locked(std::uint64_t offset, std
         const std::uint64_t seg_end = std::min(pos + rn->bytes, first + n * cs_);
         auto r = co_await allocate_and_write_locked(first, n, pos, buf.subspan(pos - offset, seg_end - pos));
         if (!r)
-            co_return r;
-        pos = seg_end;
+            co_return r.error();
+        pos = std::min(seg_end, first + *r * cs_);
     }
     co_return result<void>{};
 }
 
-asio::awaitable<result<void>> qcow2_node::allocate_and_write_locked(std::uint64_t first_guest, std::uint64_t n,
-                                                                    std::uint64_t data_off,
-                                                                    std::span<const std::byte> data)
+asio::awaitable<result<std::uint64_t>> qcow2_node::allocate_and_write_locked(std::uint64_t first_guest,
+                                                                             std::uint64_t n, std::uint64_t data_off,
+                                                                             std::span<const std::byte> data)
 {
     const std::uint64_t cidx = first_guest / cs_;
     const std::uint64_t l1i = cidx / l2_entries_;
@@ -106,14 +106,22 @@ asio::awaitable<result<void>> qcow2_node::allocate_and_write_locked(std::uint64_
             co_return m.error();
         olds[j] = *m;
     }
-    auto host = co_await alloc_clusters(n);
+    std::uint64_t got = 0;
+    auto host = co_await alloc_clusters(n, &got);
     if (!host)
         co_return host.error();
+    if (got < n) {
+        // Fragmented free space: this run covers the first `got` clusters only.
+        n = got;
+        olds.resize(n);
+        const std::uint64_t run_end = first_guest + n * cs_;
+        data = data.first(std::min<std::uint64_t>(data.size(), run_end - data_off));
+    }
 
     const std::uint64_t span_bytes = n * cs_;
     if (data_off == first_guest && data.size() == span_bytes) {
         if (auto r = co_await file()->write(*host, data); !r)
-            co_return r;
+            co_return r.error();
     } else {
         // Copy-on-write: the untouched parts of the first and last cluster keep what they
         // read as before (backing data, zeroes, compressed or shared data).
@@ -123,24 +131,24 @@ asio::awaitable<result<void>> qcow2_node::allocate_and_write_locked(std::uint64_
         if (rel_start % cs_ != 0) {
             auto r = co_await read_mapped(olds[0], first_guest, std::span(bounce.data(), cs_));
             if (!r)
-                co_return r;
+                co_return r.error();
         }
         const std::uint64_t last = n - 1;
         if (rel_end < span_bytes && !(last == 0 && rel_start % cs_ != 0)) {
             auto r = co_await read_mapped(olds[last], first_guest + last * cs_,
                                           std::span(bounce.data() + last * cs_, cs_));
             if (!r)
-                co_return r;
+                co_return r.error();
         }
         std::memcpy(bounce.data() + rel_start, data.data(), data.size());
         if (auto r = co_await file()->write(*host, bounce); !r)
-            co_return r;
+            co_return r.error();
     }
 
     for (std::uint64_t j = 0; j < n; ++j)
         (*t)[l2i + j] = (*host + j * cs_) | oflag_copied;
     if (auto r = co_await write_l2_entries(l2_off, *t, l2i, l2i + n - 1); !r)
-        co_return r;
+        co_return r.error();
 
     // Only now drop the clusters the entries used to reference, once the new entries are
     // durable: a refcount of 0 must never reach the disk before the entry that dropped it.
@@ -148,7 +156,7 @@ asio::awaitable<result<void>> qcow2_node::allocate_and_write_locked(std::uint64_
             return m.k == kind::normal || m.k == kind::zero_alloc || m.k == kind::compressed;
         }))
         if (auto r = co_await file()->flush(); !r)
-            co_return r;
+            co_return r.error();
     for (const mapping& m : olds) {
         result<void> r;
         if (m.k == kind::normal || m.k == kind::zero_alloc)
@@ -156,9 +164,9 @@ asio::awaitable<result<void>> qcow2_node::allocate_and_write_locked(std::uint64_
         else if (m.k == kind::compressed)
             r = co_await update_refcounts(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511), -1);
         if (!r)
-            co_return r;
+            co_return r.error();
     }
-    co_return result<void>{};
+    co_return n;
 }
 
 asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t offset, std::uint64_t length,
