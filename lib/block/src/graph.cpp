@@ -29,6 +29,7 @@ bool id_wellformed(std::string_view id)
 /// bdrv_inherited_options: read-only, cache.*, discard, detect-zeroes pass down).
 struct inherited {
     bool read_only = false;
+    bool auto_read_only = false;
     bool cache_direct = false;
     bool cache_no_flush = false;
     bool discard_unmap = false;
@@ -39,6 +40,7 @@ qapi::result<node_options> common_options(const qapi::blockdev_options& o, const
     node_options n;
     n.name = std::move(name);
     n.read_only = o.read_only.value_or(inh.read_only);
+    n.auto_read_only = o.auto_read_only.value_or(inh.auto_read_only);
     n.cache_direct = inh.cache_direct;
     n.cache_no_flush = inh.cache_no_flush;
     if (o.cache) {
@@ -162,7 +164,8 @@ struct opener {
         auto common = common_options(o, inh, name);
         if (!common)
             co_return common.error();
-        inherited mine{common->read_only, common->cache_direct, common->cache_no_flush, common->discard_unmap};
+        inherited mine{common->read_only, common->auto_read_only, common->cache_direct, common->cache_no_flush,
+                       common->discard_unmap};
 
         // QEMU opens a format's file child before it names the node, so a bad child is reported
         // before a bad or duplicate name of its parent: name checks run right before each

@@ -20,10 +20,10 @@ namespace {
 
 class file_node final : public node {
 public:
-    file_node(node_options o, std::string filename, int fd, std::uint64_t size, bool is_block, std::uint32_t align,
-              bool locking, io::engine& engine)
-        : node(std::move(o)), filename_(std::move(filename)), fd_(fd), size_(size), is_block_(is_block),
-          align_(align), locking_(locking), engine_(engine)
+    file_node(node_options o, std::string filename, int fd, bool fd_writable, std::uint64_t size, bool is_block,
+              std::uint32_t align, bool locking, io::engine& engine)
+        : node(std::move(o)), filename_(std::move(filename)), fd_(fd), fd_writable_(fd_writable), size_(size),
+          is_block_(is_block), align_(align), locking_(locking), engine_(engine)
     {
     }
     ~file_node() override { ::close(fd_); }
@@ -46,9 +46,48 @@ protected:
     // writes through blocks nobody.
     qapi::result<void> apply_permissions(unsigned perm, unsigned shared) override
     {
-        if (!locking_)
-            return {};
-        return detail::apply_image_locks(fd_, perm, shared, filename_);
+        if ((perm & (perm_write | perm_resize)) && !fd_writable_) {
+            if (auto r = reopen_read_write(perm, shared); !r)
+                return r;
+        } else if (locking_) {
+            if (auto r = detail::apply_image_locks(fd_, perm, shared, filename_); !r)
+                return r;
+        }
+        locked_perm_ = perm;
+        locked_shared_ = shared;
+        return {};
+    }
+
+    /// auto-read-only: the file was opened read-only and a writer now attaches. Like QEMU's
+    /// dynamic auto-read-only, open it read-write now; if that fails, so does the writer.
+    /// dup2() swaps the open file under the same fd number, so requests queued for
+    /// submission with that number reach the new file and in-flight ones finish on the old.
+    qapi::result<void> reopen_read_write(unsigned perm, unsigned shared)
+    {
+        const int flags = (::fcntl(fd_, F_GETFL) & O_DIRECT) | O_CLOEXEC | O_RDWR;
+        int nfd = ::open(filename_.c_str(), flags);
+        if (nfd < 0)
+            return qapi::generic("Could not open '" + filename_ + "': " + std::strerror(errno));
+        if (locking_) {
+            // Our own locks on the old file would conflict with the new file's: drop them
+            // first, and take them back if the new file cannot be locked.
+            (void)detail::apply_image_locks(fd_, 0, perm_all, filename_);
+            if (auto r = detail::apply_image_locks(nfd, perm, shared, filename_); !r) {
+                ::close(nfd);
+                (void)detail::apply_image_locks(fd_, locked_perm_, locked_shared_, filename_);
+                return r;
+            }
+        }
+        if (::dup3(nfd, fd_, O_CLOEXEC) < 0) {
+            int e = errno;
+            ::close(nfd);
+            return qapi::generic("Could not reopen '" + filename_ + "' read-write: " + std::strerror(e));
+        }
+        ::close(nfd);
+        fd_writable_ = true;
+        log::get("block")->info("node '{}': auto-read-only file '{}' reopened read-write for a writer", name(),
+                                filename_);
+        return {};
     }
 
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
@@ -168,6 +207,8 @@ private:
 
     std::string filename_;
     int fd_;
+    bool fd_writable_;
+    unsigned locked_perm_ = 0, locked_shared_ = perm_all;
     std::uint64_t size_;
     bool is_block_;
     std::uint32_t align_;
@@ -200,7 +241,9 @@ std::uint32_t probe_alignment(int fd, bool is_block)
 
 qapi::result<std::shared_ptr<node>> open_file(node_options common, const file_open_options& fo, io::engine& engine)
 {
-    int flags = O_CLOEXEC | (common.read_only ? O_RDONLY : O_RDWR);
+    // auto-read-only (QEMU's dynamic auto-read-only): read-only until a writer attaches.
+    const bool writable = !common.read_only && !common.auto_read_only;
+    int flags = O_CLOEXEC | (writable ? O_RDWR : O_RDONLY);
     if (common.cache_direct)
         flags |= O_DIRECT;
     int fd = ::open(fo.filename.c_str(), flags);
@@ -227,7 +270,8 @@ qapi::result<std::shared_ptr<node>> open_file(node_options common, const file_op
 
     std::uint32_t align = common.cache_direct ? probe_alignment(fd, is_block) : 1;
     return std::shared_ptr<node>(
-        std::make_shared<file_node>(std::move(common), fo.filename, fd, size, is_block, align, fo.locking, engine));
+        std::make_shared<file_node>(std::move(common), fo.filename, fd, writable, size, is_block, align, fo.locking,
+                                    engine));
 }
 
 } // namespace bjd::block

@@ -65,6 +65,7 @@ public:
 struct node_options {
     std::string name;
     bool read_only = false;
+    bool auto_read_only = false;   ///< file: open read-only, reopen read-write when a writer attaches
     bool cache_direct = false;     ///< cache.direct: O_DIRECT, bypass the host page cache
     bool cache_no_flush = false;   ///< cache.no-flush: flush() succeeds without syncing
     bool discard_unmap = false;    ///< discard=unmap: pass discards down (else they are ignored)
