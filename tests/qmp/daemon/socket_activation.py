@@ -10,12 +10,13 @@ LISTEN_FDNAMES, as a .socket unit does. The daemon gets
 `--chardev socket,id=c,fd=FDSPEC,server=on,wait=off --monitor c`. Prints what the client saw (with --check-kept: whether the socket file survived the daemon's
 quit; qemu-storage-daemon removes it, blockjobd leaves it to its owner); if the daemon refuses to start, its exit status and last error line.
 """
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "bench"))
+from qmp import QMP  # noqa: E402  (the project's one QMP client, bench/qmp.py)
 
 
 def main():
@@ -34,35 +35,18 @@ def main():
                 print("systemd-socket-activate did not create the socket:", act.stderr.read())
                 return 1
             time.sleep(0.02)
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(30)
-        s.connect(path)
-        f = s.makefile("rwb")
         try:
-            line = f.readline()
-        except ConnectionResetError:
-            line = b""
-        if not line:
+            q = QMP(path, timeout=30, negotiate=False)
+        except (EOFError, ConnectionResetError):
             # The daemon refused to start: show why (its last stderr line, without a timestamp).
             print("connection closed; daemon exit status:", act.wait(timeout=30))
             err = [l for l in act.stderr.read().splitlines() if l.strip()]
             print("daemon said:", err[-1].split("] ")[-1] if err else "")
             return 0
-        greeting = json.loads(line)
-        print("greeting:", "QMP" in greeting)
-
-        def cmd(c):
-            f.write(json.dumps(c).encode() + b"\n")
-            f.flush()
-            while True:
-                m = json.loads(f.readline())
-                if "return" in m or "error" in m:
-                    return m
-
-        print("qmp_capabilities:", cmd({"execute": "qmp_capabilities"}))
-        v = cmd({"execute": "query-version"})
-        print("query-version:", "qemu" in v.get("return", {}))
-        print("quit:", cmd({"execute": "quit"}))
+        print("greeting:", "QMP" in q.greeting)
+        print("qmp_capabilities:", q.execute("qmp_capabilities"))
+        print("query-version:", "qemu" in q.execute("query-version").get("return", {}))
+        print("quit:", q.execute("quit"))
         rc = act.wait(timeout=30)
         print("daemon exit status:", rc)
         if check_kept:
