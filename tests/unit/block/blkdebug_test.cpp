@@ -67,6 +67,7 @@ struct fixture {
     std::shared_ptr<mem_node> mem = std::make_shared<mem_node>(1 << 20);
     qapi::blockdev_options_blkdebug opts;
     std::shared_ptr<node> dbg;
+    std::shared_ptr<node> top;   ///< raw over dbg: QEMU fires read_aio/write_aio from a format node
 
     fixture() { opts.image = std::string("mem"); }
 
@@ -82,6 +83,11 @@ struct fixture {
         if (!r)
             FAIL("open: " << r.error().desc);
         dbg = *r;
+        node_options o;
+        o.name = "top";
+        auto t = open_raw(o, dbg, 0, std::nullopt);
+        REQUIRE(t.has_value());
+        top = *t;
     }
 
     /// Runs one request to completion: 0 or its errno.
@@ -97,15 +103,26 @@ struct fixture {
     int read(std::uint64_t off, std::size_t len = 4096)
     {
         buf.resize(len);
-        return run(dbg->read(off, std::span<std::byte>(buf)));
+        return run(top->read(off, std::span<std::byte>(buf)));
     }
     int write(std::uint64_t off, std::size_t len = 4096)
     {
         buf.assign(len, std::byte{0x5a});
+        return run(top->write(off, std::span<const std::byte>(buf)));
+    }
+    int flush() { return run(top->flush()); }
+    int status(std::uint64_t off) { return run(top->block_status(off, 4096)); }
+    /// The same requests straight to the blkdebug node (no format node above).
+    int read_direct(std::uint64_t off)
+    {
+        buf.resize(4096);
+        return run(dbg->read(off, std::span<std::byte>(buf)));
+    }
+    int write_direct(std::uint64_t off)
+    {
+        buf.assign(4096, std::byte{0x5a});
         return run(dbg->write(off, std::span<const std::byte>(buf)));
     }
-    int flush() { return run(dbg->flush()); }
-    int status(std::uint64_t off) { return run(dbg->block_status(off, 4096)); }
 
     std::vector<std::byte> buf;
 };
@@ -235,6 +252,31 @@ TEST_CASE_METHOD(fixture, "an active rule fails every kind in its mask until ano
         CHECK(read(0) == ENOSPC);
         CHECK(read(8192) == EIO);
     }
+}
+
+TEST_CASE_METHOD(fixture, "read_aio and write_aio fire only below a format node, pwritev always")
+{
+    auto r = inject(ev::read_aio);
+    r.iotype = iot::read;
+    auto w = inject(ev::write_aio);
+    w.iotype = iot::write;
+    w.sector = 0;
+    auto p = inject(ev::pwritev);
+    p.iotype = iot::write;
+    p.sector = 8;
+    opts.inject_error = {r, w, p};
+    open();
+    auto raw = top;
+    top.reset();
+    raw.reset();                        // no format node above: read_aio/write_aio never fire
+    CHECK(read_direct(0) == 0);
+    CHECK(write_direct(0) == 0);        // only pwritev fired: its rule covers sector 8
+    CHECK(write_direct(4096) == EIO);
+    node_options o;
+    o.name = "top";
+    top = *open_raw(o, dbg, 0, std::nullopt);
+    CHECK(read(0) == EIO);
+    CHECK(write(0) == 0);               // write_aio's rule, then pwritev's replaced it
 }
 
 TEST_CASE_METHOD(fixture, "states: rules apply in their state, set-state moves after the event")

@@ -12,11 +12,13 @@
 // stays active until another event with error rules fires, so a `read_aio` rule without
 // `iotype` also fails the writes and flushes that follow the read: that is QEMU's behaviour.
 //
-// Events. QEMU fires read_aio/write_aio from the format driver above blkdebug and the
-// pwritev*/flush_to_* events from the generic block layer. Drivers here do not emit events,
-// so the node derives them from the request that reaches it (see BlkdebugEvent in
-// schemas/block-core.json). With a raw or qcow2 node on top (the usual setup) data requests
-// fire what QEMU fires; qcow2 metadata I/O fires read_aio/write_aio too instead of l2_load etc.
+// Events. QEMU fires read_aio/write_aio from the format driver above blkdebug (on its `file`
+// child) and the pwritev*/flush_to_* events from the generic block layer. Drivers here do not
+// emit events, so the node derives them from the request that reaches it (see BlkdebugEvent
+// in schemas/block-core.json): read_aio/write_aio only while a node holds it as its `file`
+// child (raw, qcow2), so a blkdebug node exported or mirrored directly sees only pwritev*
+// and flush events, as in QEMU. qcow2 metadata I/O fires read_aio/write_aio too instead of
+// l2_load etc.
 #include "bjd/block/driver.hpp"
 #include "bjd/block/query.hpp"
 
@@ -291,14 +293,16 @@ public:
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
     {
-        rules_.fire(qapi::blkdebug_event::read_aio);
+        if (under_format())
+            rules_.fire(qapi::blkdebug_event::read_aio);
         if (int e = co_await check(off, buf.size(), qapi::blkdebug_io_type::read))
             co_return errno_error(e);
         co_return co_await image()->read(off, buf);
     }
     asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
     {
-        rules_.fire(qapi::blkdebug_event::write_aio);
+        if (under_format())
+            rules_.fire(qapi::blkdebug_event::write_aio);
         rules_.fire(qapi::blkdebug_event::pwritev);
         ++write_gen_;
         result<void> r;
@@ -355,6 +359,15 @@ protected:
 
 private:
     node* image() const noexcept { return child("image"); }
+
+    /// Whether a format driver sits above (holds this node as its `file` child): the parent
+    /// that fires read_aio/write_aio in QEMU.
+    bool under_format() const noexcept
+    {
+        const auto& ps = parents();
+        return std::any_of(ps.begin(), ps.end(),
+                           [](const edge* e) { return e->kind() == parent_kind::node && e->role() == "file"; });
+    }
 
     /// The errno to fail with, 0 to pass the request on. Like QEMU, a failure is delivered
     /// after a trip through the event loop unless the rule says `immediately`.
