@@ -391,16 +391,13 @@ asio::awaitable<connection::reply> connection::sparse_read(const request& req, b
     while (pos < req.length) {
         const std::uint64_t off = req.offset + pos;
         const std::size_t left = req.length - pos;
+        // A node that cannot say (an error, as from a drive without a medium, or an empty
+        // extent): read the rest, so that the read reports (and counts) the real failure.
         auto st = co_await n.block_status(off, left);
-        if (!st) {
-            error_chunk(to_wire_error(st.error().value()),
-                        "unable to check for holes: " + strerror_text(st.error()));
-            co_return r;
-        }
-        std::size_t len = std::size_t(std::min<std::uint64_t>(st->length, left));
+        std::size_t len = st ? std::size_t(std::min<std::uint64_t>(st->length, left)) : 0;
         const bool zero = len > 0 && (st->flags & block::status_zero);
         if (len == 0)
-            len = left;   // a node that cannot say: read the rest
+            len = left;
         const std::uint16_t done = pos + len == req.length ? chunk_flag_done : 0;
         if (zero) {
             encode_chunk_header(r.head, done, chunk_offset_hole, req.cookie, 12);
