@@ -4,7 +4,13 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/pattern_formatter.h>
 
+#include <systemd/sd-journal.h>
+
+#include <sys/uio.h>
+#include <unistd.h>
+
 #include <mutex>
+#include <vector>
 
 namespace bjd::log {
 namespace {
@@ -13,6 +19,7 @@ std::mutex mu;
 spdlog::sink_ptr shared_sink;
 spdlog::level::level_enum current_level = spdlog::level::info;
 style current_style = style::terminal;
+bool journald_here = false;   // journal style and journald's native socket exists
 
 /// "%l" → sd-daemon priority prefix, so journald keeps levels without libsystemd's API.
 class journal_priority final : public spdlog::custom_flag_formatter {
@@ -52,6 +59,8 @@ void init_logging(spdlog::level::level_enum level, style s)
     std::lock_guard lk(mu);
     current_level = level;
     current_style = s;
+    // sd_journal_send succeeds silently when journald is absent, so look for it up front.
+    journald_here = s == style::journal && ::access("/run/systemd/journal/socket", W_OK) == 0;
     sink_locked()->set_formatter(make_formatter(s));
     spdlog::apply_all([level](const std::shared_ptr<spdlog::logger>& l) { l->set_level(level); });
 }
@@ -65,6 +74,46 @@ std::shared_ptr<spdlog::logger> get(const std::string& module)
     l->set_level(current_level);
     spdlog::register_logger(l);
     return l;
+}
+
+void with_fields(spdlog::level::level_enum level, const std::string& module, std::string_view text,
+                 std::initializer_list<field> fields)
+{
+    auto logger = get(module);
+    if (!logger->should_log(level))
+        return;
+    bool native;
+    {
+        std::lock_guard lk(mu);
+        native = journald_here;
+    }
+    if (native) {
+        static constexpr int prio[] = {7, 7, 6, 4, 3, 2, 6};
+        std::vector<std::string> lines;
+        lines.reserve(fields.size() + 4);
+        lines.push_back("MESSAGE=" + module + ": " + std::string(text));
+        lines.push_back("PRIORITY=" + std::to_string(prio[static_cast<int>(level)]));
+        lines.push_back("SYSLOG_IDENTIFIER=blockjobd");
+        lines.push_back("BJD_MODULE=" + module);
+        for (const field& f : fields)
+            lines.push_back(std::string(f.name) + "=" + std::string(f.value));
+        std::vector<iovec> iov;
+        iov.reserve(lines.size());
+        for (std::string& l : lines)
+            iov.push_back({l.data(), l.size()});
+        if (::sd_journal_sendv(iov.data(), static_cast<int>(iov.size())) >= 0)
+            return;
+    }
+    // No journald (a container, a terminal with --log-format journal): the stream.
+    std::string line(text);
+    for (const field& f : fields) {
+        line += " [";
+        line.append(f.name);
+        line += '=';
+        line.append(f.value);
+        line += ']';
+    }
+    logger->log(level, line);
 }
 
 } // namespace bjd::log

@@ -123,7 +123,9 @@ void job::transition(job_status to)
     status_ = to;
     if (from == to)
         return;   // aborting -> aborting is silent
-    log::get("jobs")->debug("job '{}': {} -> {}", id_, str(from), str(to));
+    // One line per state change, as operators of libvirt and Proxmox expect.
+    log::with_fields(spdlog::level::info, "jobs", fmt::format("job '{}': {} -> {}", id_, str(from), str(to)),
+                     {{"JOB_ID", id_}, {"JOB_STATUS", str(to)}});
     qapi::job_status_change_data ev;
     ev.id = id_;
     ev.status = to;
@@ -251,6 +253,11 @@ qapi::block_error_action job::error_action(qapi::blockdev_on_error on_err, bool 
         if (io_status_ == qapi::block_device_io_status::ok)
             io_status_ = errnum == ENOSPC ? qapi::block_device_io_status::nospace : qapi::block_device_io_status::failed;
     }
+    const std::string err = errnum > 0 ? errno_name(errno_error(errnum)) : std::string("?");
+    log::with_fields(spdlog::level::warn, "jobs",
+                     fmt::format("job '{}': {} error {} ({}), io-status {}", id_, is_read ? "read" : "write", err,
+                                 qapi::to_string(action), qapi::to_string(io_status_)),
+                     {{"JOB_ID", id_}, {"ERRNO", err}, {"IO_STATUS", qapi::to_string(io_status_)}});
     return action;
 }
 
@@ -399,7 +406,8 @@ asio::awaitable<void> job::entry(std::shared_ptr<job> self)
     if (!r) {
         self->failed_ = true;
         self->error_ = r.error().desc;
-        log::get("jobs")->info("job '{}' failed: {}", self->id_, r.error().desc);
+        log::with_fields(spdlog::level::warn, "jobs", fmt::format("job '{}' failed: {}", self->id_, r.error().desc),
+                         {{"JOB_ID", self->id_}});
     }
     self->completed();
 }

@@ -5,8 +5,10 @@
 /// Loggers are created on first use with the process-wide sink set by `init_logging`.
 #include <spdlog/spdlog.h>
 
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace bjd::log {
 
@@ -20,5 +22,22 @@ void init_logging(spdlog::level::level_enum level, style s);
 
 /// The named module logger. Never null; safe from any thread.
 std::shared_ptr<spdlog::logger> get(const std::string& module);
+
+/// A structured field of a log line: NAME is a journald field name (upper case, e.g.
+/// JOB_ID, NODE, IO_STATUS).
+struct field {
+    std::string_view name;
+    std::string_view value;
+};
+
+/// Logs `text` on `module`'s logger with structured fields, so operators can filter a job's
+/// or a node's lines: `journalctl JOB_ID=mirror0`. In journal style the entry goes to
+/// journald natively (sd_journal_send) with the fields attached if journald's socket existed
+/// at init_logging, else to the stream like any line; in terminal style the fields are appended as `[NAME=value]`.
+///
+///     log::with_fields(spdlog::level::info, "jobs", "job 'm0': running -> ready",
+///                      {{"JOB_ID", "m0"}, {"JOB_STATUS", "ready"}});
+void with_fields(spdlog::level::level_enum level, const std::string& module, std::string_view text,
+                 std::initializer_list<field> fields);
 
 } // namespace bjd::log
