@@ -19,11 +19,14 @@
 ///
 /// Crash ordering for an allocation: refcounts (and new refcount blocks/tables) are written and
 /// flushed first, then the data, then the L2 entry (a new L2 table before its L1 entry), then
-/// old clusters are dereferenced. Dereferencing writes (and flushes) the L2 entries that drop
-/// a cluster before its refcount is decremented, and a cluster is only scanned for reuse
-/// after both are written; the reusing allocation flushes before its data and L2 entry. A
-/// crash in between leaks clusters but never leaves a reference to a cluster whose refcount
-/// is 0, nor two references to one cluster.
+/// old clusters are dereferenced. Dereferencing writes the L2 entries that drop a cluster
+/// before its refcount is decremented, and a cluster is only scanned for reuse after both
+/// are written; the reusing allocation flushes before its data and L2 entry. A crash of the
+/// process in between leaks clusters but never leaves a reference to a cluster whose
+/// refcount is 0, nor two references to one cluster. Known gap: discard and write-zeroes do
+/// not flush between the L2 write and the decrement (QEMU orders them through its cache
+/// dependency, batched), so a power loss could persist the decrement alone; the fix is to
+/// apply decrements after the next flush instead of immediately.
 #include "bjd/block/driver.hpp"
 #include "qcow2_format.hpp"
 

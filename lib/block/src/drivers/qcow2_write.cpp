@@ -240,10 +240,9 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
             if (auto r = co_await write_l2_entries(l2_offset(l1i), t, lo, hi); !r)
                 co_return r;
         }
-        // The entries that dropped clusters are durable before the refcounts that free them.
-        if (!freed.empty())
-            if (auto r = co_await file()->flush(); !r)
-                co_return r;
+        // The entries that dropped clusters are written before the refcounts that free them.
+        // Not flushed in between (an fsync per discard stalls clients on a busy disk): a
+        // process crash cannot reorder the two, a power loss could (see qcow2_node.hpp).
         for (const mapping& m : freed) {
             result<void> r = m.k == kind::compressed
                                  ? co_await update_refcounts(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511), -1)
