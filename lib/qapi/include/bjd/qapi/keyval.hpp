@@ -38,14 +38,25 @@ result<T> decode_keyval(boost::json::value v, Decode&& decode)
         if (r)
             return r;
         const std::string& d = r.error().desc;
-        constexpr std::string_view prefix = "Invalid parameter type for '";
-        if (d.rfind(prefix, 0) != 0)
+        std::string_view path, expected;
+        // "Invalid parameter type for 'PATH', expected: TYPE", or, for uint64 members (QEMU
+        // words those as a bad value), "Parameter 'PATH' expects uint64".
+        constexpr std::string_view type_prefix = "Invalid parameter type for '";
+        constexpr std::string_view value_prefix = "Parameter '";
+        constexpr std::string_view uint_suffix = "' expects uint64";
+        if (d.rfind(type_prefix, 0) == 0) {
+            auto end = d.find("', expected: ", type_prefix.size());
+            if (end == std::string::npos)
+                return r;
+            path = std::string_view(d.data() + type_prefix.size(), end - type_prefix.size());
+            expected = std::string_view(d.data() + end + 13, d.size() - end - 13);
+        } else if (d.rfind(value_prefix, 0) == 0 && d.size() > value_prefix.size() + uint_suffix.size() &&
+                   d.compare(d.size() - uint_suffix.size(), uint_suffix.size(), uint_suffix) == 0) {
+            path = std::string_view(d.data() + value_prefix.size(), d.size() - value_prefix.size() - uint_suffix.size());
+            expected = "integer";
+        } else {
             return r;
-        auto end = d.find("', expected: ", prefix.size());
-        if (end == std::string::npos)
-            return r;
-        std::string_view path(d.data() + prefix.size(), end - prefix.size());
-        std::string_view expected(d.data() + end + 13, d.size() - end - 13);
+        }
         if (!coerce_keyval(v, path, expected))
             return r;
     }
