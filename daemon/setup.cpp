@@ -80,6 +80,7 @@ runtime::runtime(asio::io_context& loop)
     ctx_.exports = exports_.get();
     ctx_.chardevs = &chardev_registry_;
     ctx_.request_quit = [this] { request_quit(); };
+    ctx_.prepare_quit = [this]() -> asio::awaitable<void> { co_await stop_work(); };
     server_.attach(ctx_);
 }
 
@@ -260,13 +261,27 @@ void runtime::request_quit()
     asio::co_spawn(loop_, shutdown(), asio::detached);
 }
 
-asio::awaitable<void> runtime::shutdown()
+asio::awaitable<void> runtime::stop_work()
 {
+    if (work_stopped_)
+        co_return;
+    work_stopped_ = true;
     if (metrics_)
         metrics_->stop();
     try {
-        co_await jobs_->shutdown();   // force-cancel every job; their events still go out
-        co_await exports_->shutdown();   // BLOCK_EXPORT_DELETED for each, clients drained
+        // QEMU's order: exports first (BLOCK_EXPORT_DELETED, clients drained), then jobs
+        // (force-cancelled; their events still go out).
+        co_await exports_->shutdown();
+        co_await jobs_->shutdown();
+    } catch (const std::exception& e) {
+        log::get("daemon")->error("shutdown: {}", e.what());
+    }
+}
+
+asio::awaitable<void> runtime::shutdown()
+{
+    co_await stop_work();
+    try {
         co_await server_.shutdown();
     } catch (const std::exception& e) {
         log::get("daemon")->error("shutdown: {}", e.what());

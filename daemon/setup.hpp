@@ -39,6 +39,9 @@ public:
 
 private:
     boost::asio::awaitable<void> shutdown();
+    /// The first half of shutdown, also run by `quit` before it answers: stops /metrics,
+    /// closes the exports (BLOCK_EXPORT_DELETED), then force-cancels the jobs. Idempotent.
+    boost::asio::awaitable<void> stop_work();
     void add_chardev(const std::string& value);
     void add_monitor(const std::string& value);
     boost::asio::awaitable<void> add_blockdev(const std::string& value);
@@ -59,6 +62,7 @@ private:
     chardev::registry chardev_registry_;   // ring buffers, and the sockets for query-chardev
     std::optional<std::string> pidfile_;
     bool quitting_ = false;
+    bool work_stopped_ = false;
     int exit_code_ = 0;
 };
 

@@ -52,6 +52,9 @@ boost::asio::awaitable<result<std::vector<command_info>>> qmp_query_commands(qmp
 
 boost::asio::awaitable<result<void>> qmp_quit(qmp::context& ctx)
 {
+    if (ctx.prepare_quit) {
+        co_await ctx.prepare_quit();
+    }
     // Posted, so that this command's response is queued before the daemon starts shutting
     // down (server::shutdown flushes it).
     qmp::context* c = &ctx;

@@ -41,6 +41,10 @@ public:
     chardev::registry* chardevs = nullptr; ///< ring buffers and monitor sockets (lib/chardev)
     io_report io;
 
+    /// `quit`, before it answers: closes the exports and cancels the jobs, so their events
+    /// (BLOCK_EXPORT_DELETED, BLOCK_JOB_CANCELLED, ...) precede quit's return, as in QEMU.
+    std::function<boost::asio::awaitable<void>()> prepare_quit;
+
     /// Asks the daemon to shut down after the current command has answered (`quit`).
     std::function<void()> request_quit;
 
