@@ -45,7 +45,9 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
 
   --nbd-server addr.type=unix,addr.path=<path>[,max-connections=<n>]
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
-                            start an NBD server (no TLS)
+  --nbd-server addr.type=fd,addr.str=<n>|<name>
+                            start an NBD server (no TLS); fd takes a socket passed by
+                            systemd, by FileDescriptorName= or number
 
   --export [type=]nbd,id=<id>,node-name=<node>[,name=<name>]
            [,writable=on|off][,description=<text>][,stats-intervals.N=<secs>]

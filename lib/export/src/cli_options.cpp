@@ -138,9 +138,17 @@ nbd_server_options parse_nbd_server_option(std::string_view text)
         o.addr.type = listen_address::kind::inet;
         o.addr.host = take(kv, "addr.host", true);
         o.addr.port = take(kv, "addr.port", true);
+    } else if (type == "fd") {
+        // A socket passed by systemd: a FileDescriptorName= or a number (QEMU: a number).
+        o.addr.type = listen_address::kind::fd;
+        try {
+            o.addr.fd = net::inherited_fd(take(kv, "addr.str", true));
+        } catch (const std::system_error& e) {
+            throw std::invalid_argument(e.what());
+        }
     } else {
         throw std::invalid_argument("Parameter 'addr.type' does not accept value '" + type +
-                                    "' (blockjobd supports 'unix' and 'inet')");
+                                    "' (blockjobd supports 'unix', 'inet' and 'fd')");
     }
     o.tls_creds = take_opt(kv, "tls-creds");
     o.tls_authz = take_opt(kv, "tls-authz");

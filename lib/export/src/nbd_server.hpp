@@ -20,8 +20,8 @@ public:
     nbd_server(manager& m, std::shared_ptr<connection_tracker> tracker);
     ~nbd_server();
 
-    /// Binds and starts accepting. Errors: "Failed to bind socket to P: …" (unix),
-    /// "Failed to bind socket: …" / "address resolution failed for H:P: …" (inet).
+    /// Binds (net::open_listener) and starts accepting. Errors: "Failed to bind socket to
+    /// P: …" (unix), "Failed to bind socket: …" / "address resolution failed for H:P: …" (inet).
     qapi::result<void> listen(const nbd_server_options& opts);
     /// Stops accepting (existing connections are left alone) and unlinks a unix socket.
     void stop();
@@ -33,7 +33,6 @@ private:
 
     std::shared_ptr<state> state_;
     std::string address_;
-    std::string unix_path_;
 };
 
 } // namespace bjd::exports::detail

@@ -210,7 +210,7 @@ listener open_inet(asio::io_context& loop, const listen_address& addr)
         l.acceptors.push_back(std::move(acc));
     }
     if (l.acceptors.empty())
-        fail(last, "Failed to bind socket to " + addr.host + ":" + port);
+        fail(last, "Failed to bind socket");   // QEMU's words
     return l;
 }
 

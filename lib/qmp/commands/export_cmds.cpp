@@ -37,7 +37,14 @@ result<exports::listen_address> to_listen_address(const socket_address_legacy& a
     case socket_address_type::vsock:
         return generic("vsock addresses are not supported by blockjobd");
     case socket_address_type::fd:
-        return generic("only QEMU supports file descriptor passing");
+        // Sockets systemd passed (by FileDescriptorName= or number); there is no getfd.
+        try {
+            out.type = exports::listen_address::kind::fd;
+            out.fd = net::inherited_fd(a.u.fd->data.str);
+        } catch (const std::system_error& e) {
+            return generic(e.what());
+        }
+        return out;
     }
     return generic("unsupported address type");
 }

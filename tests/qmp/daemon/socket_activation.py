@@ -2,12 +2,13 @@
 # SPDX-License-Identifier: MIT
 """Starts DAEMON under systemd-socket-activate and talks QMP on the socket systemd made.
 
-Usage: socket_activation.py DAEMON WORKDIR FDSPEC [--check-kept]
+Usage: socket_activation.py DAEMON WORKDIR FDSPEC [--check-kept] [--nbd=FDSPEC]
 
 systemd-socket-activate binds WORKDIR/act.sock (FileDescriptorName "qmp") and starts the
 daemon on the first connection, passing the listening socket as fd 3 with LISTEN_FDS and
 LISTEN_FDNAMES, as a .socket unit does. The daemon gets
-`--chardev socket,id=c,fd=FDSPEC,server=on,wait=off --monitor c`. Prints what the client saw (with --check-kept: whether the socket file survived the daemon's
+`--chardev socket,id=c,fd=FDSPEC,server=on,wait=off --monitor c`. With --nbd=SPEC a second
+socket (fd 4, named "nbd") is passed and served by `--nbd-server addr.type=fd,addr.str=SPEC`. Prints what the client saw (with --check-kept: whether the socket file survived the daemon's
 quit; qemu-storage-daemon removes it, blockjobd leaves it to its owner); if the daemon refuses to start, its exit status and last error line.
 """
 import os
@@ -22,11 +23,21 @@ from qmp import QMP  # noqa: E402  (the project's one QMP client, bench/qmp.py)
 def main():
     daemon, work, spec = sys.argv[1], sys.argv[2], sys.argv[3]
     check_kept = "--check-kept" in sys.argv[4:]
+    nbd_spec = next((a.split("=", 1)[1] for a in sys.argv[4:] if a.startswith("--nbd=")), None)
     path = os.path.join(work, "act.sock")
-    if os.path.exists(path):
-        os.unlink(path)   # left by an earlier run (blockjobd keeps an activator's socket)
-    act = subprocess.Popen(["systemd-socket-activate", "-l", path, "--fdname=qmp", daemon,
-                            "--chardev", f"socket,id=c,fd={spec},server=on,wait=off", "--monitor", "c"],
+    nbd_path = os.path.join(work, "act-nbd.sock")
+    for p in (path, nbd_path):
+        if os.path.exists(p):
+            os.unlink(p)   # left by an earlier run (blockjobd keeps an activator's socket)
+    cmd = ["systemd-socket-activate", "-l", path, "--fdname=qmp"]
+    args = ["--chardev", f"socket,id=c,fd={spec},server=on,wait=off", "--monitor", "c"]
+    if nbd_spec:
+        # A second socket, fd 4, named "nbd": the NBD server takes it with addr.type=fd.
+        cmd = ["systemd-socket-activate", "-l", path, "-l", nbd_path, "--fdname=qmp:nbd"]
+        args += ["--blockdev", "driver=null-co,node-name=n0,size=1048576,read-zeroes=on",
+                 "--nbd-server", f"addr.type=fd,addr.str={nbd_spec}",
+                 "--export", "type=nbd,id=e0,node-name=n0,name=disk"]
+    act = subprocess.Popen(cmd + [daemon] + args,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         end = time.monotonic() + 30
@@ -46,6 +57,10 @@ def main():
         print("greeting:", "QMP" in q.greeting)
         print("qmp_capabilities:", q.execute("qmp_capabilities"))
         print("query-version:", "qemu" in q.execute("query-version").get("return", {}))
+        if nbd_spec:
+            info = subprocess.run(["nbdinfo", "--size", f"nbd+unix:///disk?socket={nbd_path}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+            print("nbdinfo --size over the passed NBD socket:", info.stdout.strip())
         print("quit:", q.execute("quit"))
         rc = act.wait(timeout=30)
         print("daemon exit status:", rc)

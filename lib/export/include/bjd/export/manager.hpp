@@ -7,6 +7,7 @@
 ///
 /// Lives on the main loop; every call must be made there. Owned by the daemon, which must call
 /// `shutdown()` before destroying it (and before the block graph goes away).
+#include "bjd/net/listener.hpp"
 #include "bjd/export/export.hpp"
 #include "bjd/qapi/error.hpp"
 #include "bjd/qapi/event_sink.hpp"
@@ -26,13 +27,8 @@ namespace bjd::exports {
 
 namespace asio = boost::asio;
 
-/// Where the NBD server listens (QEMU's SocketAddress, unix and inet only).
-struct listen_address {
-    enum class kind { unix_socket, inet } type = kind::unix_socket;
-    std::string path;   ///< unix
-    std::string host;   ///< inet
-    std::string port;   ///< inet: numeric port or service name; "0" picks a free port
-};
+/// Where the NBD server listens: unix, inet, or an fd passed by systemd (lib/net).
+using listen_address = net::listen_address;
 
 struct nbd_server_options {
     listen_address addr;
