@@ -65,9 +65,11 @@ blockjobd options:
                             systemd-journald; the default when started by systemd)
   --metrics unix:<path>
   --metrics tcp:<host>:<port>
+  --metrics fd:<n>|<name>
                             serve Prometheus metrics (block statistics with their start
                             time, timed statistics, latency histograms, job progress)
-                            over HTTP at /metrics (UNIX socket or loopback TCP)
+                            over HTTP at /metrics (UNIX socket, loopback TCP, or a socket
+                            passed by systemd)
 )";
 }
 

@@ -2,23 +2,21 @@
 // The metrics endpoint's HTTP/1.1 server: one request per connection, bounded in size and time.
 #include "bjd/log.hpp"
 #include "bjd/metrics/metrics.hpp"
+#include "bjd/net/listener.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
-#include <netinet/in.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <stdexcept>
+#include <system_error>
 #include <string>
 
 namespace bjd::metrics {
@@ -67,8 +65,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 
     asio::io_context& loop;
     std::function<std::string()> body;
-    std::unique_ptr<asio::basic_socket_acceptor<proto>> acceptor;
-    std::string unix_path;
+    net::listener listener;
     unsigned clients = 0;
     bool stopped = false;
 
@@ -100,7 +97,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     static asio::awaitable<void> accept_loop(std::shared_ptr<impl> self)
     {
         while (!self->stopped) {
-            auto [ec, s] = co_await self->acceptor->async_accept(asio::as_tuple(asio::use_awaitable));
+            auto [ec, s] = co_await self->listener.acceptors.front().async_accept(asio::as_tuple(asio::use_awaitable));
             if (self->stopped || ec == asio::error::operation_aborted)
                 co_return;
             if (ec) {   // EMFILE and friends: back off instead of spinning
@@ -144,43 +141,37 @@ unsigned short server::listen(std::string_view spec)
     auto fail = [&](const std::string& why) -> void {
         throw std::runtime_error("--metrics " + std::string(spec) + ": " + why);
     };
-    proto::endpoint ep;
+    net::listen_address addr;
     if (spec.starts_with("unix:") && spec.size() > 5) {
-        impl_->unix_path = std::string(spec.substr(5));
-        struct stat st {};
-        if (::lstat(impl_->unix_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
-            ::unlink(impl_->unix_path.c_str());
-        ep = asio::local::stream_protocol::endpoint(impl_->unix_path);
+        addr = net::listen_address::unix_socket(std::string(spec.substr(5)));
+    } else if (spec.starts_with("fd:") && spec.size() > 3) {
+        try {
+            addr = net::listen_address::inherited(net::inherited_fd(std::string(spec.substr(3))));
+        } catch (const std::system_error& e) {
+            fail(e.what());
+        }
     } else if (spec.starts_with("tcp:")) {
         std::string_view hp = spec.substr(4);
         auto colon = hp.rfind(':');
         if (colon == std::string_view::npos)
             fail("expected tcp:HOST:PORT");
         boost::system::error_code ec;
-        auto ip = asio::ip::make_address(std::string(hp.substr(0, colon)), ec);
+        std::string host(hp.substr(0, colon));
+        (void)asio::ip::make_address(host, ec);
         std::string port(hp.substr(colon + 1));
         if (ec || port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
             std::stoul(port) > 65535)
             fail("expected tcp:HOST:PORT with a numeric address and port");
-        ep = asio::ip::tcp::endpoint(ip, static_cast<unsigned short>(std::stoul(port)));
+        addr = net::listen_address::inet(host, port);
     } else {
-        fail("expected unix:PATH or tcp:HOST:PORT");
+        fail("expected unix:PATH, tcp:HOST:PORT or fd:NAME");
     }
-    auto acc = std::make_unique<asio::basic_socket_acceptor<proto>>(impl_->loop);
-    boost::system::error_code ec;
-    acc->open(ep.protocol(), ec);
-    if (!ec && impl_->unix_path.empty())
-        acc->set_option(asio::socket_base::reuse_address(true), ec);
-    if (!ec)
-        acc->bind(ep, ec);
-    if (!ec)
-        acc->listen(asio::socket_base::max_listen_connections, ec);
-    if (ec)
-        fail(ec.message());
-    unsigned short port = 0;
-    if (impl_->unix_path.empty())
-        port = ntohs(reinterpret_cast<const sockaddr_in*>(acc->local_endpoint().data())->sin_port);   // v6: same offset
-    impl_->acceptor = std::move(acc);
+    try {
+        impl_->listener = net::open_listener(impl_->loop, addr);
+    } catch (const std::system_error& e) {
+        fail(e.what());
+    }
+    const unsigned short port = impl_->listener.port;
     asio::co_spawn(impl_->loop, impl::accept_loop(impl_),
                    [](std::exception_ptr e) { impl::log_failure(e, "metrics accept loop"); });
     log::get("metrics")->info("metrics on {}", spec);
@@ -192,12 +183,7 @@ void server::stop()
     if (impl_->stopped)
         return;
     impl_->stopped = true;
-    if (impl_->acceptor) {
-        boost::system::error_code ignored;
-        impl_->acceptor->close(ignored);
-        if (!impl_->unix_path.empty())
-            ::unlink(impl_->unix_path.c_str());
-    }
+    impl_->listener.close();
 }
 
 } // namespace bjd::metrics

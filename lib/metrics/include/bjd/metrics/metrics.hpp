@@ -50,8 +50,8 @@ public:
     server(const server&) = delete;
     server& operator=(const server&) = delete;
 
-    /// `unix:PATH` (a stale socket file is replaced) or `tcp:HOST:PORT` (HOST a numeric
-    /// address; port 0 picks one). Returns the bound TCP port (0 for UNIX). Throws
+    /// `unix:PATH` (a stale socket file is replaced), `tcp:HOST:PORT` (HOST a numeric
+    /// address; port 0 picks one) or `fd:NAME` (a socket systemd passed; see net::listener). Returns the bound TCP port (0 for UNIX). Throws
     /// std::runtime_error with a message for the user.
     unsigned short listen(std::string_view spec);
     /// Closes the listener (removing a UNIX socket file); open connections finish.
