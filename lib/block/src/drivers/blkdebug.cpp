@@ -289,6 +289,7 @@ public:
     }
     bool zero_init() const noexcept override { return image()->zero_init(); }
     node* primary_child() const noexcept override { return child("image"); }
+    bool is_filter() const noexcept override { return true; }
 
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override

@@ -168,7 +168,12 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
         auto rep = g.find(*p.replaces);
         if (!rep)
             return fail(qapi::generic("Failed to find node with node-name='" + *p.replaces + "'"));
-        if (rep != source)
+        // QEMU's bdrv_recurse_can_replace: the source itself, or a node below it through
+        // filters only.
+        bool reachable = false;
+        for (const block::node* n = source.get(); n && !reachable; n = n->is_filter() ? n->primary_child() : nullptr)
+            reachable = n == rep.get();
+        if (!reachable)
             return fail(qapi::generic("Cannot replace '" + *p.replaces + "' by a node mirrored from '" +
                                       source->name() +
                                       "', because it cannot be guaranteed that doing so would not lead to an "

@@ -187,6 +187,9 @@ public:
     /// The child that carries the data this node reads (file for raw/qcow2, the filtered node
     /// for filters), or null for protocol nodes.
     virtual node* primary_child() const noexcept;
+    /// A filter passes its primary child's data through unchanged (blkdebug, mirror_top):
+    /// replacing the filtered node cannot change what readers of the filter see.
+    virtual bool is_filter() const noexcept { return false; }
     /// The backing node (COW base) or null.
     node* backing() const noexcept { return child("backing"); }
 
