@@ -76,6 +76,19 @@ std::shared_ptr<spdlog::logger> get(const std::string& module)
     return l;
 }
 
+void on_failure::operator()(std::exception_ptr e) const
+{
+    if (!e)
+        return;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        get(module_)->log(level_, "{} failed: {}", what_, ex.what());
+    } catch (...) {
+        get(module_)->log(level_, "{} failed", what_);
+    }
+}
+
 void with_fields(spdlog::level::level_enum level, const std::string& module, std::string_view text,
                  std::initializer_list<field> fields)
 {

@@ -73,15 +73,7 @@ void connection::start(std::shared_ptr<connection> c)
     auto& all = c->tracker_->all;
     std::erase_if(all, [](auto& w) { return w.expired(); });
     all.push_back(c);
-    asio::co_spawn(exec, run(std::move(c)), [](std::exception_ptr e) {
-        if (!e)
-            return;
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            log::get("nbd")->error("nbd connection failed: {}", ex.what());
-        }
-    });
+    asio::co_spawn(exec, run(std::move(c)), log::on_failure("nbd", "nbd connection"));
 }
 
 void connection::close()
@@ -154,12 +146,7 @@ asio::awaitable<bool> connection::discard_payload(std::uint32_t length)
 asio::awaitable<void> connection::transmission()
 {
     auto self = shared_from_this();
-    asio::co_spawn(socket_.get_executor(), write_loop(self), [](std::exception_ptr e) {
-        if (e) {
-            try { std::rethrow_exception(e); }
-            catch (const std::exception& ex) { log::get("nbd")->error("nbd writer failed: {}", ex.what()); }
-        }
-    });
+    asio::co_spawn(socket_.get_executor(), write_loop(self), log::on_failure("nbd", "nbd writer"));
 
     const auto& lim = mgr_.limits();
     for (;;) {
@@ -204,14 +191,7 @@ asio::awaitable<void> connection::transmission()
         ++in_flight_;
         buffered_ += charge;
         asio::co_spawn(socket_.get_executor(), process(self, req, std::move(payload), charge),
-                       [](std::exception_ptr e) {
-                           if (e) {
-                               try { std::rethrow_exception(e); }
-                               catch (const std::exception& ex) {
-                                   log::get("nbd")->error("nbd request failed: {}", ex.what());
-                               }
-                           }
-                       });
+                       log::on_failure("nbd", "nbd request"));
     }
 
     reading_done_ = true;

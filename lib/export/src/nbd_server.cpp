@@ -60,12 +60,7 @@ qapi::result<void> nbd_server::listen(const nbd_server_options& opts)
     }
     address_ = state_->listener.description;
     for (std::size_t i = 0; i < state_->listener.acceptors.size(); ++i) {
-        asio::co_spawn(loop, accept_loop(state_, i), [](std::exception_ptr e) {
-            if (e) {
-                try { std::rethrow_exception(e); }
-                catch (const std::exception& ex) { log::get("nbd")->error("nbd accept loop failed: {}", ex.what()); }
-            }
-        });
+        asio::co_spawn(loop, accept_loop(state_, i), log::on_failure("nbd", "nbd accept loop"));
     }
     log::get("nbd")->info("NBD server listening on {}", address_);
     return {};

@@ -112,19 +112,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             asio::co_spawn(self->loop, serve(self, std::make_shared<proto::socket>(std::move(s))),
                            [self](std::exception_ptr e) {
                                --self->clients;
-                               log_failure(e, "metrics client");
+                               log::on_failure("metrics", "metrics client")(e);
                            });
-        }
-    }
-
-    static void log_failure(std::exception_ptr e, const char* what)
-    {
-        if (!e)
-            return;
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            log::get("metrics")->error("{} failed: {}", what, ex.what());
         }
     }
 };
@@ -173,7 +162,7 @@ unsigned short server::listen(std::string_view spec)
     }
     const unsigned short port = impl_->listener.port;
     asio::co_spawn(impl_->loop, impl::accept_loop(impl_),
-                   [](std::exception_ptr e) { impl::log_failure(e, "metrics accept loop"); });
+                   log::on_failure("metrics", "metrics accept loop"));
     log::get("metrics")->info("metrics on {}", spec);
     return port;
 }

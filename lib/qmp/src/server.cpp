@@ -107,15 +107,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 
     void spawn_accept(generic_acceptor* acc, bool tcp)
     {
-        asio::co_spawn(loop, accept_loop(shared_from_this(), acc, tcp), [](std::exception_ptr e) {
-            if (e) {
-                try {
-                    std::rethrow_exception(e);
-                } catch (const std::exception& ex) {
-                    log::get("qmp")->error("QMP accept loop failed: {}", ex.what());
-                }
-            }
-        });
+        asio::co_spawn(loop, accept_loop(shared_from_this(), acc, tcp), log::on_failure("qmp", "QMP accept loop"));
     }
 };
 

@@ -5,6 +5,7 @@
 /// Loggers are created on first use with the process-wide sink set by `init_logging`.
 #include <spdlog/spdlog.h>
 
+#include <exception>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -22,6 +23,24 @@ void init_logging(spdlog::level::level_enum level, style s);
 
 /// The named module logger. Never null; safe from any thread.
 std::shared_ptr<spdlog::logger> get(const std::string& module);
+
+/// A completion handler for `asio::co_spawn`: an exception that escaped the coroutine is
+/// logged as "WHAT failed: <what()>" on `module` at `level`, never lost or fatal.
+///
+///     asio::co_spawn(ex, run(conn), log::on_failure("nbd", "nbd connection"));
+class on_failure {
+public:
+    on_failure(std::string module, std::string what, spdlog::level::level_enum level = spdlog::level::err)
+        : module_(std::move(module)), what_(std::move(what)), level_(level)
+    {
+    }
+    void operator()(std::exception_ptr e) const;
+
+private:
+    std::string module_;
+    std::string what_;
+    spdlog::level::level_enum level_;
+};
 
 /// A structured field of a log line: NAME is a journald field name (upper case, e.g.
 /// JOB_ID, NODE, IO_STATUS).

@@ -182,15 +182,7 @@ asio::awaitable<std::optional<result<void>>> mirror_job::target_io(std::shared_p
     requests_.push_back(req);
     // Ownership: the request coroutine shares `req` (node, buffer) and outlives this wait if a
     // force-cancel ends it; it never touches the job.
-    asio::co_spawn(ex_, perform(req), [](std::exception_ptr e) {
-        if (!e)
-            return;
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            logger()->critical("mirror target request threw: {}", ex.what());
-        }
-    });
+    asio::co_spawn(ex_, perform(req), log::on_failure("jobs", "mirror target request", spdlog::level::critical));
     while (!req->outcome && !force_cancelled_)
         co_await req->done.wait();
     requests_.erase(std::find(requests_.begin(), requests_.end(), req));
@@ -204,15 +196,7 @@ void mirror_job::launch(op_kind kind, std::uint64_t offset, std::uint64_t length
     hold_chunks(offset, length, +1);
     // Ownership: the op coroutine uses `this`; run() waits for every op before it returns.
     asio::co_spawn(ex_, run_op(this, kind, offset, length, slot),
-                   [](std::exception_ptr e) {
-                       if (!e)
-                           return;
-                       try {
-                           std::rethrow_exception(e);
-                       } catch (const std::exception& ex) {
-                           logger()->critical("mirror op threw: {}", ex.what());
-                       }
-                   });
+                   log::on_failure("jobs", "mirror op", spdlog::level::critical));
 }
 
 asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
