@@ -28,6 +28,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from qmp import QMP  # noqa: E402  (bench/qmp.py, the benchmarks' one QMP client)
+
 MiB = 1 << 20
 JOBS = [("randread", "4k", 1), ("randread", "4k", 32), ("randwrite", "4k", 1), ("randwrite", "4k", 32),
         ("read", "1M", 8), ("write", "1M", 8)]
@@ -35,46 +38,6 @@ JOBS = [("randread", "4k", 1), ("randread", "4k", 32), ("randwrite", "4k", 1), (
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-class QMP:
-    """A minimal synchronous QMP client: commands in order, events skipped."""
-
-    def __init__(self, path, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.f = self.sock.makefile("rw")
-        json.loads(self.f.readline())   # greeting
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.f.write(json.dumps(msg) + "\n")
-        self.f.flush()
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise RuntimeError(f"{name}: connection closed")
-            r = json.loads(line)
-            if "event" in r:
-                continue
-            if "error" in r:
-                raise RuntimeError(f"{name}: {r['error']['desc']}")
-            return r["return"]
-
-    def close(self):
-        self.sock.close()
 
 
 class Daemon:

@@ -17,52 +17,14 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-
-class Qmp:
-    def __init__(self, path, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        self.f = self.sock.makefile("rb")   # buffered: readline must not read byte by byte
-        self._read()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise RuntimeError("QMP connection closed")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg, len(line)
-
-    def cmd(self, name, **args):
-        req = {"execute": name}
-        if args:
-            req["arguments"] = args
-        self.sock.sendall(json.dumps(req).encode() + b"\n")
-        msg, size = self._read()
-        if "error" in msg:
-            raise RuntimeError(f"{name}: {msg['error']}")
-        return msg["return"], size
-
-    def close(self):
-        self.sock.close()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from qmp import QMP  # noqa: E402  (bench/qmp.py, the benchmarks' one QMP client)
 
 
 class Daemon:
@@ -74,7 +36,7 @@ class Daemon:
         self.log = open(os.path.join(tmp, "daemon.log"), "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
-        self.qmp = Qmp(self.sock)
+        self.qmp = QMP(self.sock, timeout=10.0)
 
     def stop(self):
         try:
@@ -111,7 +73,8 @@ def bench_query(argv0, nodes, iters, intervals):
         size = 0
         for _ in range(iters):
             t0 = time.perf_counter_ns()
-            ret, size = d.qmp.cmd("query-blockstats", **{"query-nodes": True})
+            ret = d.qmp.cmd("query-blockstats", **{"query-nodes": True})
+            size = d.qmp.last_size
             lat.append((time.perf_counter_ns() - t0) / 1000.0)
         assert len(ret) == nodes, f"expected {nodes} entries, got {len(ret)}"
         lat.sort()
@@ -140,7 +103,7 @@ def bench_nbd(argv0, mode, runtime, iodepth):
              "--time_based", "--size=1g", "--output-format=json"],
             check=True, capture_output=True, text=True).stdout
         job = json.loads(out[out.index("{"):])["jobs"][0]
-        stats, _ = d.qmp.cmd("query-blockstats", **{"query-nodes": True})
+        stats = d.qmp.cmd("query-blockstats", **{"query-nodes": True})
         rd_ops = stats[0]["stats"]["rd_operations"]
         return {"iops": job["read"]["iops"], "fio_reads": job["read"]["total_ios"], "rd_operations": rd_ops}
     finally:
