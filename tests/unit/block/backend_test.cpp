@@ -9,6 +9,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include "check_result.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <cerrno>
@@ -19,14 +21,7 @@ using namespace bjd::block;
 namespace asio = boost::asio;
 
 
-/// Whether a control-path result succeeded; its error text is shown when it did not.
-template <class T>
-bool ok(const bjd::qapi::result<T>& r)
-{
-    if (!r.has_value())
-        UNSCOPED_INFO("error: " << r.error().desc);
-    return r.has_value();
-}
+using bjd::test::ok;
 
 namespace {
 

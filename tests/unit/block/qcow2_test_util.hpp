@@ -9,6 +9,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "check_result.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -28,14 +30,7 @@ namespace bjd::block::test {
 
 namespace asio = boost::asio;
 
-/// Whether a control-path result succeeded; its error text is shown when it did not.
-template <class T>
-bool ok(const qapi::result<T>& r)
-{
-    if (!r.has_value())
-        UNSCOPED_INFO("error: " << r.error().desc);
-    return r.has_value();
-}
+using bjd::test::ok;
 
 /// Runs `cmd` with /bin/sh; returns its exit status (stdout/stderr to `out` when given).
 inline int sh(const std::string& cmd, std::string* out = nullptr)

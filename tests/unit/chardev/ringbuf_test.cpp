@@ -3,19 +3,14 @@
 #include "bjd/chardev/registry.hpp"
 #include "bjd/chardev/ringbuf.hpp"
 
+#include "check_result.hpp"
+
 #include <catch2/catch.hpp>
 
 using namespace bjd::chardev;
 
 
-/// Whether a control-path result succeeded; its error text is shown when it did not.
-template <class T>
-bool ok(const bjd::qapi::result<T>& r)
-{
-    if (!r.has_value())
-        UNSCOPED_INFO("error: " << r.error().desc);
-    return r.has_value();
-}
+using bjd::test::ok;
 
 TEST_CASE("ringbuf keeps the newest bytes and reads consume")
 {
