@@ -69,9 +69,11 @@ class Step:
 
 
 def parse_scenario(path):
-    """Returns (steps, only) where only is None or (daemon-kind, reason)."""
+    """Returns (steps, only, timeout): only is None or (daemon-kind, reason); timeout is the
+    scenario's @timeout in seconds, or None."""
     steps = []
     only = None
+    timeout = None
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     i = 0
@@ -106,6 +108,12 @@ def parse_scenario(path):
                 raise ScenarioError(f"{path}:{lineno}: @only ours|qsd <reason>")
             only = (kind, reason.strip())
             continue
+        if name == "timeout":
+            try:
+                timeout = float(rest)
+            except ValueError:
+                raise ScenarioError(f"{path}:{lineno}: @timeout <seconds>") from None
+            continue
         known = {"args", "env", "shell", "shell-out", "shell-bg", "wait-file", "session", "raw",
                  "raw-nosync", "raw-repeat", "raw-repeat-nosync", "wait", "recv", "drain",
                  "sleep", "disconnect", "quit", "nowait", "group", "endgroup", "mask",
@@ -113,7 +121,7 @@ def parse_scenario(path):
         if name not in known:
             raise ScenarioError(f"{path}:{lineno}: unknown directive @{name}")
         steps.append(Step(name, rest, lineno))
-    return steps, only
+    return steps, only, timeout
 
 
 # ---------------------------------------------------------------- filtering
@@ -728,12 +736,12 @@ def run_one(scn, opts):
     name = display_name(scn)
     start = time.monotonic()
     try:
-        steps, only = parse_scenario(scn)
+        steps, only, timeout = parse_scenario(scn)
     except (ScenarioError, OSError) as e:
         return "FAIL", f"FAIL {name}: {e}", ""
     if only and only[0] != opts.kind:
         return "SKIP", f"SKIP {name} (only {only[0]}: {only[1]})", ""
-    r = Run(scn, opts.kind, opts.bin, opts.keep, opts.timeout)
+    r = Run(scn, opts.kind, opts.bin, opts.keep, max(opts.timeout, timeout or 0))
     got = r.run(steps)
     exp_path = expected_path(scn, opts.kind)
     detail = []
