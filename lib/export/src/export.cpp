@@ -33,6 +33,11 @@ void block_export::attach(client* c)
     clients_.push_back(c);
 }
 
+std::size_t block_export::active_clients() const
+{
+    return std::size_t(std::count_if(clients_.begin(), clients_.end(), [](client* c) { return !c->hung_up(); }));
+}
+
 void block_export::detach(client* c)
 {
     auto it = std::find(clients_.begin(), clients_.end(), c);

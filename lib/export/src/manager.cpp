@@ -138,7 +138,7 @@ qapi::result<void> manager::del(std::string_view id, bool hard)
         return qapi::generic("Export '" + std::string(id) + "' is not found");
     if (e->shutting_down())
         return qapi::generic("Export '" + std::string(id) + "' is already shutting down");
-    if (!hard && e->clients() > 0)
+    if (!hard && e->active_clients() > 0)
         return qapi::error{qapi::error_class::generic_error, "export '" + std::string(id) + "' still in use",
                            "Use mode='hard' to force client disconnect"};
     std::string sid(id);

@@ -12,6 +12,8 @@
 
 #include <cstring>
 
+#include <poll.h>
+
 namespace bjd::exports::detail {
 
 using namespace nbd;
@@ -87,6 +89,16 @@ void connection::close()
     socket_.shutdown(asio::socket_base::shutdown_both, ec);
     handshake_timer_.cancel();
     notify();
+}
+
+bool connection::hung_up() const
+{
+    if (closing_ || !socket_.is_open())
+        return true;
+    // The client may have sent NBD_CMD_DISC and closed its end a moment ago while the read
+    // loop has not run yet (qemu-img exits, the orchestrator deletes the export at once).
+    pollfd p{const_cast<socket_type&>(socket_).native_handle(), POLLRDHUP, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
 asio::awaitable<void> connection::run(std::shared_ptr<connection> self)

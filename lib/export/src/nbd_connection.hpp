@@ -43,6 +43,7 @@ public:
     static void start(std::shared_ptr<connection> c);
 
     void close() override;
+    bool hung_up() const override;
 
 private:
     struct reply {

@@ -341,6 +341,23 @@ TEST_CASE("export: block-export-del modes and BLOCK_EXPORT_DELETED", "[export]")
     CHECK(f.disk->parents().empty());
 }
 
+TEST_CASE("export: a client that has hung up does not keep a safe delete out", "[export]")
+{
+    // qemu-img exits and the orchestrator deletes the export at once: the server may not have
+    // read the client's EOF yet, but the client is gone, so mode=safe must not refuse.
+    fixture f;
+    client_conn c(f.mgr);
+    run(f.io, open_and_hold(f, c));
+    settle(f.io);
+    REQUIRE(f.mgr.find_by_id("e0")->clients() == 1);
+    c.sock.close();   // the server's read loop has not run since
+    REQUIRE(f.mgr.find_by_id("e0")->clients() == 1);
+    REQUIRE(f.mgr.del("e0", false).has_value());
+    CHECK(f.deleted.empty());   // finishes once the connection has noticed and detached
+    settle(f.io);
+    CHECK(f.deleted == std::vector<std::string>{"e0"});
+}
+
 TEST_CASE("export: add errors use qemu-storage-daemon's texts", "[export]")
 {
     fixture f;

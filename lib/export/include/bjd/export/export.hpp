@@ -34,6 +34,9 @@ public:
     /// Closes the connection; in-flight requests still complete (acknowledged writes are never
     /// lost), replies that cannot be sent any more are dropped.
     virtual void close() = 0;
+    /// True once the peer has hung up (EOF seen by the kernel, not necessarily by us yet) or
+    /// the connection is closing: such a client no longer keeps a safe block-export-del out.
+    virtual bool hung_up() const = 0;
 };
 
 class block_export {
@@ -66,6 +69,8 @@ public:
     /// idle callback (the manager then finishes the deletion).
     void detach(client* c);
     std::size_t clients() const noexcept { return clients_.size(); }
+    /// Clients that have not hung up: what makes a safe block-export-del fail.
+    std::size_t active_clients() const;
 
     // ---- lifecycle (used by the manager) -----------------------------------------------------
     /// Marks the export as going away; `on_idle` runs once no client is attached (possibly
