@@ -224,6 +224,7 @@ TEST_CASE("block: qcow2 reads what qemu-io wrote, including compressed and zero 
     REQUIRE(e.run((*n)->write_zeroes(0, 65536, {.may_unmap = true})));
     std::memset(model.data(), 0, 65536);
     REQUIRE(read_all(e, **n) == model);
+    REQUIRE(e.run((*n)->flush()));   // metadata is write-back: the graph flushes before a close
     n->reset();
     check_image(e, comp, model);
 }
@@ -294,6 +295,7 @@ TEST_CASE("block: qcow2 concurrent writes into one unallocated cluster are all k
     e.ctx.run_for(std::chrono::seconds(60));
     REQUIRE(left == 0);
     REQUIRE(read_all(e, *n) == model);
+    REQUIRE(e.run(n->flush()));
     n.reset();
     check_image(e, top, model);
 }
@@ -306,6 +308,14 @@ asio::awaitable<void> fill_range(node* n, std::uint64_t off, std::uint64_t len, 
     auto r = co_await n->write(off, d);
     if (!r)
         throw std::runtime_error("write failed");
+    --*left;
+}
+
+asio::awaitable<void> flush_node(node* n, unsigned* left)
+{
+    auto r = co_await n->flush();
+    if (!r)
+        throw std::runtime_error("flush failed");
     --*left;
 }
 
@@ -333,14 +343,16 @@ TEST_CASE("block: qcow2 reuses freed clusters, with writes and discards in fligh
     // Per cluster k of the first 2 MiB, in this lock order: an in-place write (which maps the
     // cluster, then writes it without the metadata lock), a discard that frees the cluster,
     // and an allocating write elsewhere. Handing the freed cluster to that allocation while
-    // the first write is in flight would let the first write land in the new data. (On a
-    // fast file the first write is usually done before the discard's flush returns, so this
-    // mostly shows that reuse under concurrency keeps every byte and the image consistent.)
+    // the first write is in flight would let the first write land in the new data. Freed
+    // clusters become free at the flush after the discard, so a flush follows each trio. (On a
+    // fast file the first write is usually done by then, so this mostly shows that reuse under
+    // concurrency keeps every byte and the image consistent.)
     unsigned left = 0;
     for (std::uint64_t k = 0; k < 32; ++k) {
-        left += 3;
+        left += 4;
         asio::co_spawn(e.ctx, fill_range(n.get(), k * cs, cs, std::byte{0xaa}, &left), asio::detached);
         asio::co_spawn(e.ctx, discard_range(n.get(), k * cs, cs, &left), asio::detached);
+        asio::co_spawn(e.ctx, flush_node(n.get(), &left), asio::detached);
         const std::byte fill{static_cast<unsigned char>(k + 1)};
         asio::co_spawn(e.ctx, fill_range(n.get(), 4 * mib + k * cs, cs, fill, &left), asio::detached);
         std::memset(model.data() + 4 * mib + k * cs, static_cast<int>(fill), cs);
@@ -352,10 +364,12 @@ TEST_CASE("block: qcow2 reuses freed clusters, with writes and discards in fligh
     REQUIRE(e.run(n->flush()));
     const auto size_before = std::filesystem::file_size(img);
 
-    // Nothing is in flight now: clusters freed by a discard take the next 2 MiB of data.
+    // Nothing is in flight now: clusters freed by a discard take the next 2 MiB of data,
+    // once the discard is durable.
     unsigned one = 1;
     e.run_void(discard_range(n.get(), 4 * mib, 2 * mib, &one));
     REQUIRE(one == 0);
+    REQUIRE(e.run(n->flush()));
     std::memset(model.data() + 4 * mib, 0, 2 * mib);
     std::vector<std::byte> data(2 * mib, std::byte{0x77});
     REQUIRE(e.run(n->write(6 * mib, data)));

@@ -67,6 +67,14 @@ qcow2_node::qcow2_node(node_options o, std::shared_ptr<node> file, header h, con
     rb_cache_.set_capacity(std::max<std::uint64_t>(4, rb_bytes / cs_));
 }
 
+qcow2_node::~qcow2_node()
+{
+    if (!dirty_l2_.empty() || !dirty_rb_.empty() || !dirty_l1_.empty() || !pending_free_.empty())
+        log::get("qcow2")->error("qcow2 node '{}' ({}): closed without a flush; {} L2 table(s) and {} refcount "
+                                 "block(s) were not written back",
+                                 name(), filename(), dirty_l2_.size(), dirty_rb_.size());
+}
+
 asio::awaitable<qapi::result<void>> qcow2_node::load()
 {
     // The header parser checked both tables lie inside the file and their sizes are bounded.
@@ -296,7 +304,8 @@ asio::awaitable<result<extent>> qcow2_node::do_block_status(std::uint64_t offset
 
 asio::awaitable<result<void>> qcow2_node::do_flush()
 {
-    co_return co_await file()->flush();
+    auto g = co_await meta_.lock();
+    co_return co_await flush_metadata_locked();
 }
 
 } // namespace qcow2

@@ -29,20 +29,16 @@ asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::get_l2(std::uint6
     if (off == 0) {
         if (!create)
             co_return std::shared_ptr<l2_table>{};
+        // A new table lives in memory until the next metadata flush writes it, and only then
+        // the L1 entry that makes it reachable.
         auto host = co_await alloc_clusters(1);
         if (!host)
             co_return host.error();
-        // The new table is written before the L1 entry that makes it reachable.
-        std::vector<std::byte> zero(cs_);
-        if (auto r = co_await file()->write(*host, zero); !r)
-            co_return r.error();
-        std::byte be[8];
-        store_be64(be, *host | oflag_copied);
-        if (auto r = co_await file()->write(h_.l1_table_offset + l1i * 8, std::span<const std::byte>(be, 8)); !r)
-            co_return r.error();
         l1_[l1i] = *host | oflag_copied;
+        dirty_l1_.insert(l1i);
         auto t = std::make_shared<l2_table>(l2_entries_, 0);
         l2_cache_.insert(*host, t);
+        mark_dirty(*host, t);
         co_return t;
     }
     if (create && !(e & oflag_copied)) {
@@ -59,6 +55,10 @@ asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::get_l2(std::uint6
     }
     if (auto t = l2_cache_.find(off))
         co_return t;
+    if (auto it = dirty_l2_.find(off); it != dirty_l2_.end()) {
+        l2_cache_.insert(off, it->second);   // evicted but not written yet: memory is the truth
+        co_return it->second;
+    }
     std::vector<std::byte> raw(cs_);
     if (auto r = co_await file()->read(off, raw); !r)
         co_return r.error();
@@ -69,14 +69,74 @@ asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::get_l2(std::uint6
     co_return t;
 }
 
-asio::awaitable<result<void>> qcow2_node::write_l2_entries(std::uint64_t l2_off, const l2_table& t,
-                                                           std::uint64_t first, std::uint64_t last)
+asio::awaitable<result<void>> qcow2_node::write_refblocks()
 {
-    auto [lo, hi] = sector_range(first * 8, (last + 1) * 8, cs_);
-    std::vector<std::byte> raw(hi - lo);
-    for (std::uint64_t b = lo; b < hi; b += 8)
-        store_be64(raw.data() + (b - lo), t[b / 8]);
-    co_return co_await file()->write(l2_off + lo, raw);
+    for (auto it = dirty_rb_.begin(); it != dirty_rb_.end();) {
+        if (auto r = co_await file()->write(it->first, *it->second); !r)
+            co_return r;
+        it = dirty_rb_.erase(it);
+    }
+    co_return result<void>{};
+}
+
+asio::awaitable<result<void>> qcow2_node::flush_metadata_locked()
+{
+    // 1. Refcount blocks, so every increment is durable before a reference to its cluster.
+    //    The flush also makes the data written so far durable.
+    if (auto r = co_await write_refblocks(); !r)
+        co_return r;
+    if (!dirty_l2_.empty() || !dirty_l1_.empty() || !pending_free_.empty())
+        if (auto r = co_await file()->flush(); !r)
+            co_return r;
+    // 2. L2 tables, then (after a flush) the L1 entries of new ones.
+    std::vector<std::byte> raw(cs_);
+    for (auto it = dirty_l2_.begin(); it != dirty_l2_.end();) {
+        const l2_table& t = *it->second;
+        for (std::uint64_t i = 0; i < l2_entries_; ++i)
+            store_be64(raw.data() + i * 8, t[i]);
+        if (auto r = co_await file()->write(it->first, raw); !r)
+            co_return r;
+        it = dirty_l2_.erase(it);
+    }
+    if (!dirty_l1_.empty()) {
+        if (auto r = co_await file()->flush(); !r)
+            co_return r;
+        // Whole sectors, like QEMU; the table's cluster is zero past its end.
+        const std::uint64_t lo = *dirty_l1_.begin() * 8 / 512 * 512;
+        const std::uint64_t hi = std::min((*dirty_l1_.rbegin() * 8 + 8 + 511) / 512 * 512,
+                                          (l1_.size() * 8 + 511) / 512 * 512);
+        std::vector<std::byte> l1raw(hi - lo);
+        for (std::uint64_t b = lo; b < hi && b / 8 < l1_.size(); b += 8)
+            store_be64(l1raw.data() + (b - lo), l1_[b / 8]);
+        if (auto r = co_await file()->write(h_.l1_table_offset + lo, l1raw); !r)
+            co_return r;
+        dirty_l1_.clear();
+    }
+    if (auto r = co_await file()->flush(); !r)
+        co_return r;
+    // 3. The references dropped so far are gone on disk: now their clusters may be freed.
+    if (!pending_free_.empty()) {
+        auto frees = std::move(pending_free_);
+        pending_free_.clear();
+        for (std::size_t i = 0; i < frees.size(); ++i) {
+            if (auto r = co_await update_refcounts(frees[i].first, frees[i].second, -1); !r) {
+                pending_free_.insert(pending_free_.end(), frees.begin() + std::ptrdiff_t(i) + 1, frees.end());
+                co_return r;
+            }
+        }
+        if (auto r = co_await write_refblocks(); !r)
+            co_return r;
+        if (auto r = co_await file()->flush(); !r)
+            co_return r;
+    }
+    co_return result<void>{};
+}
+
+asio::awaitable<result<void>> qcow2_node::bound_dirty_locked()
+{
+    if (dirty_l2_.size() > l2_cache_.capacity() || dirty_rb_.size() > rb_cache_.capacity())
+        co_return co_await flush_metadata_locked();
+    co_return result<void>{};
 }
 
 // ---- refcounts -----------------------------------------------------------------------------------
@@ -100,12 +160,17 @@ asio::awaitable<result<std::shared_ptr<refblock>>> qcow2_node::get_refblock(std:
         if (!c)
             co_return c.error();
         auto blk = std::make_shared<refblock>(cs_);
-        const bool self_covered = *c / rb_entries_ == ti;
-        if (self_covered)
+        if (*c / rb_entries_ == ti) {
             refcount_set(*blk, h_.refcount_order, *c % rb_entries_, 1);
+        } else if (auto r = co_await update_refcounts(*c * cs_, cs_, +1); !r) {
+            co_return r.error();
+        }
+        // The block and its own refcount must be on disk before the table entry that points
+        // at it.
         if (auto r = co_await file()->write(*c * cs_, *blk); !r)
             co_return r.error();
-        // The block must be on disk before the table entry that points at it.
+        if (auto r = co_await write_refblocks(); !r)
+            co_return r.error();
         if (auto r = co_await file()->flush(); !r)
             co_return r.error();
         std::byte be[8];
@@ -114,9 +179,6 @@ asio::awaitable<result<std::shared_ptr<refblock>>> qcow2_node::get_refblock(std:
             co_return r.error();
         reftable_[ti] = *c * cs_;
         rb_cache_.insert(*c * cs_, blk);
-        if (!self_covered)
-            if (auto r = co_await update_refcounts(*c * cs_, cs_, +1); !r)
-                co_return r.error();
         co_return blk;
     }
     if ((off & (cs_ - 1)) != 0 || off > file()->size() - std::min<std::uint64_t>(cs_, file()->size()) ||
@@ -124,6 +186,10 @@ asio::awaitable<result<std::shared_ptr<refblock>>> qcow2_node::get_refblock(std:
         co_return corrupt("refcount block offset " + std::to_string(off) + " is invalid");
     if (auto b = rb_cache_.find(off))
         co_return b;
+    if (auto it = dirty_rb_.find(off); it != dirty_rb_.end()) {
+        rb_cache_.insert(off, it->second);
+        co_return it->second;
+    }
     auto blk = std::make_shared<refblock>(cs_);
     if (auto r = co_await file()->read(off, *blk); !r)
         co_return r.error();
@@ -175,10 +241,7 @@ asio::awaitable<result<void>> qcow2_node::update_refcounts(std::uint64_t off, st
                     freed.emplace_back(k * cs_, cs_);
             }
         }
-        const std::uint64_t bits = 1u << order;
-        auto [lo, hi] = sector_range((c % rb_entries_) * bits / 8, ((end % rb_entries_ + 1) * bits + 7) / 8, cs_);
-        if (auto r = co_await file()->write(blk_off + lo, std::span<const std::byte>(b.data() + lo, hi - lo)); !r)
-            co_return r.error();
+        dirty_rb_[blk_off] = *blk;
         c = end + 1;
     }
     if (!freed.empty()) {
@@ -263,10 +326,8 @@ asio::awaitable<result<std::uint64_t>> qcow2_node::alloc_clusters(std::uint64_t 
         co_return start.error();
     if (got)
         n = *got;
+    // In memory; flush_metadata_locked() writes them before anything that references them.
     if (auto r = co_await update_refcounts(*start * cs_, n * cs_, +1); !r)
-        co_return r.error();
-    // Refcounts are durable before anything references the clusters.
-    if (auto r = co_await file()->flush(); !r)
         co_return r.error();
     co_return *start * cs_;
 }
@@ -301,6 +362,9 @@ asio::awaitable<result<void>> qcow2_node::grow_reftable(std::uint64_t min_entrie
     std::vector<std::byte> raw(entries * 8);
     for (std::uint64_t i = 0; i < entries; ++i)
         store_be64(raw.data() + i * 8, reftable_[i]);
+    // The new table's own refcounts go to disk with it, before the header points at it.
+    if (r = co_await write_refblocks(); !r)
+        co_return r;
     if (r = co_await file()->write(reftable_offset_, raw); !r)
         co_return r;
     if (r = co_await file()->flush(); !r)
@@ -396,7 +460,7 @@ asio::awaitable<result<void>> qcow2_node::repair_dirty(std::string& error)
         ++fixed;
     }
     // The refcounts are durable before the header stops saying they may be wrong.
-    if (auto r = co_await file()->flush(); !r)
+    if (auto r = co_await flush_metadata_locked(); !r)
         co_return r;
     std::byte be[8];
     store_be64(be, h_.incompatible & ~incompat_dirty);

@@ -5,10 +5,27 @@
 /// qcow2_write.cpp (writes, zeroes, discard) and qcow2_meta.cpp (L2 cache, refcounts,
 /// allocation).
 ///
+/// Metadata is a write-back cache, like QEMU's qcow2 caches: L2 tables, refcount blocks and
+/// L1 entries change in memory (`dirty_l2_`, `dirty_rb_`, `dirty_l1_`) and reach the file in
+/// flush_metadata_locked(), on a guest flush, a FUA write, when too many tables are dirty, and
+/// before the graph lets the node go (it flushes first). An allocating write therefore costs
+/// its data write only.
+///
+/// Crash ordering (flush_metadata_locked): refcount blocks first, fsync (which also covers the
+/// data written so far), then L2 tables, fsync, then the L1 entries that point at new tables,
+/// fsync. Increments are thus durable before any reference to their clusters. A cluster whose
+/// last reference goes away (rewrite, discard, write-zeroes) is not decremented at once: it
+/// waits in `pending_free_` until the L2 entries that dropped it are durable, so a refcount of 0
+/// never reaches the disk before the reference is gone. A process kill or power loss at any
+/// point leaves the image as of the last flush, plus leaked clusters at most; writes not yet
+/// flushed may be lost, as the block layer allows.
+///
 /// Concurrency: requests are coroutines on the node's loop. `meta_` serialises every access to
 /// the metadata (L1/L2/refcounts and their caches). Reads and in-place writes hold it only
-/// while mapping a run; a write that allocates, write_zeroes and discard hold it for the whole
-/// request, so two writes never allocate the same guest cluster twice.
+/// while mapping a run. An allocating write plans under the lock (clusters reserved in memory,
+/// its guest clusters registered in `allocating_`), writes its data without it, and takes it
+/// again to link the new clusters into the L2 table; writes, write-zeroes and discards that
+/// overlap an allocation in flight wait for it, so a guest cluster is never allocated twice.
 ///
 /// Cluster reuse (like QEMU's free_cluster_index): allocation scans the refcounts upwards from
 /// `free_hint_` for clusters with refcount 0, so clusters freed by discard, write-zeroes or a
@@ -16,17 +33,6 @@
 /// until no read or in-place write that mapped it before the free is still in flight (those
 /// run without `meta_`; each pins the free generation it mapped at, `inflight_`), so such a
 /// request can never touch a cluster that belongs to someone else by then.
-///
-/// Crash ordering for an allocation: refcounts (and new refcount blocks/tables) are written and
-/// flushed first, then the data, then the L2 entry (a new L2 table before its L1 entry), then
-/// old clusters are dereferenced. Dereferencing writes the L2 entries that drop a cluster
-/// before its refcount is decremented, and a cluster is only scanned for reuse after both
-/// are written; the reusing allocation flushes before its data and L2 entry. A crash of the
-/// process in between leaks clusters but never leaves a reference to a cluster whose
-/// refcount is 0, nor two references to one cluster. Known gap: discard and write-zeroes do
-/// not flush between the L2 write and the decrement (QEMU orders them through its cache
-/// dependency, batched), so a power loss could persist the decrement alone; the fix is to
-/// apply decrements after the next flush instead of immediately.
 #include "bjd/block/driver.hpp"
 #include "qcow2_format.hpp"
 
@@ -36,6 +42,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <set>
 #include <unordered_map>
 
 namespace bjd::block::qcow2 {
@@ -45,9 +52,17 @@ class co_mutex {
 public:
     class guard {
     public:
+        guard() = default;
         explicit guard(co_mutex* m) : m_(m) {}
         guard(guard&& o) noexcept : m_(std::exchange(o.m_, nullptr)) {}
-        guard& operator=(guard&&) = delete;
+        guard& operator=(guard&& o) noexcept
+        {
+            if (this != &o) {
+                release();
+                m_ = std::exchange(o.m_, nullptr);
+            }
+            return *this;
+        }
         ~guard() { release(); }
         void release()
         {
@@ -56,7 +71,7 @@ public:
         }
 
     private:
-        co_mutex* m_;
+        co_mutex* m_ = nullptr;
     };
 
     asio::awaitable<guard> lock();
@@ -129,6 +144,8 @@ using refblock = std::vector<std::byte>;         // raw on-disk bytes
 class qcow2_node final : public node {
 public:
     qcow2_node(node_options o, std::shared_ptr<node> file, header h, const qcow2_open_options& opts);
+    /// Says so, loudly, if metadata was never written back (nobody flushed before the close).
+    ~qcow2_node() override;
 
     std::string_view driver() const noexcept override { return "qcow2"; }
     std::uint64_t size() const noexcept override { return h_.size; }
@@ -181,14 +198,37 @@ private:
     asio::awaitable<result<void>> read_compressed(const mapping& m, std::span<std::byte> cluster);
 
     // ---- qcow2_write.cpp ----
+    /// A write split into pieces that go to clusters the image already owns and runs of newly
+    /// allocated clusters (copy-on-write fills their head and tail from the old contents).
+    struct write_plan {
+        struct in_place {
+            std::uint64_t host;
+            std::span<const std::byte> data;
+        };
+        struct alloc {
+            std::uint64_t first_guest;   ///< cluster aligned
+            std::uint64_t n;             ///< clusters
+            std::uint64_t host;          ///< first of `n` contiguous new clusters
+            std::uint64_t data_off;      ///< guest offset of data[0]
+            std::span<const std::byte> data;
+            std::vector<mapping> olds;   ///< what the guest clusters mapped to before
+        };
+        std::vector<in_place> places;
+        std::vector<alloc> allocs;
+    };
+    /// Maps [offset, offset+buf) and reserves clusters for what is not writable in place.
+    asio::awaitable<result<void>> plan_write_locked(std::uint64_t offset, std::span<const std::byte> buf,
+                                                    write_plan& plan);
+    /// Writes the data (no lock needed: the plan's clusters belong to it).
+    asio::awaitable<result<void>> execute(const write_plan& plan);
+    /// Links the new clusters into the L2 tables (ok) or gives them back (failure).
+    asio::awaitable<result<void>> commit_locked(const write_plan& plan, bool ok);
+    /// plan + execute + commit, all under `meta_` (write-zeroes' partial clusters).
     asio::awaitable<result<void>> write_locked(std::uint64_t offset, std::span<const std::byte> buf);
-    /// Allocates `n` clusters for guest clusters starting at `offset` (cluster aligned) that
-    /// need it, fills them with the old contents overlaid by `buf` (which starts at `data_off`).
-    /// Returns how many clusters it allocated (≥ 1, fewer than `n` when free space is
-    /// fragmented); the data past them is left for the caller.
-    asio::awaitable<result<std::uint64_t>> allocate_and_write_locked(std::uint64_t first_guest, std::uint64_t n,
-                                                                     std::uint64_t data_off,
-                                                                     std::span<const std::byte> buf);
+    /// Waits until no allocating write in flight overlaps [offset, offset+length); returns
+    /// with `meta_` held by `g`.
+    asio::awaitable<void> wait_allocations(co_mutex::guard& g, std::uint64_t offset, std::uint64_t length);
+    bool overlaps_allocation(std::uint64_t offset, std::uint64_t length) const;
     /// Rewrites L2 entries of whole clusters [offset, offset+length) with `entry_for`.
     enum class clear_mode { zero_keep, zero_unmap, discard, deallocate };
     asio::awaitable<result<void>> clear_clusters_locked(std::uint64_t offset, std::uint64_t length, clear_mode mode);
@@ -199,9 +239,14 @@ private:
     /// The L2 table for L1 index `l1i`, or null if unallocated and !create. Caller holds `meta_`.
     asio::awaitable<result<std::shared_ptr<l2_table>>> get_l2(std::uint64_t l1i, bool create);
     std::uint64_t l2_offset(std::uint64_t l1i) const noexcept { return l1_[l1i] & offset_mask; }
-    /// Writes entries [first, last] of the L2 table at `l2_off`.
-    asio::awaitable<result<void>> write_l2_entries(std::uint64_t l2_off, const l2_table& t, std::uint64_t first,
-                                                   std::uint64_t last);
+    void mark_dirty(std::uint64_t l2_off, const std::shared_ptr<l2_table>& t) { dirty_l2_[l2_off] = t; }
+    /// Writes the dirty metadata back in crash-safe order and applies the pending frees (see
+    /// the file comment); ends with the file flushed. Caller holds `meta_`.
+    asio::awaitable<result<void>> flush_metadata_locked();
+    /// Writes the dirty refcount blocks (no flush).
+    asio::awaitable<result<void>> write_refblocks();
+    /// Flushes when more tables are dirty than the caches hold.
+    asio::awaitable<result<void>> bound_dirty_locked();
     asio::awaitable<result<std::uint64_t>> get_refcount(std::uint64_t cluster_index);
     /// Adds `delta` to the refcount of every cluster overlapping [off, off+len).
     asio::awaitable<result<void>> update_refcounts(std::uint64_t off, std::uint64_t len, std::int64_t delta);
@@ -263,6 +308,14 @@ private:
     std::map<std::uint64_t, held> held_;  ///< freed cluster ranges not yet reusable, by start
     std::uint64_t free_gen_ = 0;          ///< counts frees (batches)
     std::map<std::uint64_t, std::uint64_t> inflight_;   ///< free generation -> pinned requests
+    std::map<std::uint64_t, std::shared_ptr<l2_table>> dirty_l2_;   ///< by host offset
+    std::map<std::uint64_t, std::shared_ptr<refblock>> dirty_rb_;   ///< by host offset
+    std::set<std::uint64_t> dirty_l1_;                              ///< L1 indices
+    /// Host ranges no L2 entry (in memory) references any more; decremented once that is durable.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> pending_free_;
+    /// Guest cluster ranges [first, end) of allocating writes in flight, and who waits for them.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> allocating_;
+    std::vector<std::shared_ptr<asio::steady_timer>> alloc_waiters_;
     bool growing_reftable_ = false;
     lru_cache<l2_table> l2_cache_;
     lru_cache<refblock> rb_cache_;

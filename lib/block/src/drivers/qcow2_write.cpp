@@ -4,6 +4,10 @@
 
 #include "bjd/log.hpp"
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
 #include <algorithm>
 #include <cstring>
 
@@ -18,49 +22,76 @@ bool in_place(const mapping& m) { return m.k == kind::normal && m.copied; }
 
 } // namespace
 
+bool qcow2_node::overlaps_allocation(std::uint64_t offset, std::uint64_t length) const
+{
+    const std::uint64_t first = offset / cs_, end = (offset + std::max<std::uint64_t>(length, 1) + cs_ - 1) / cs_;
+    return std::any_of(allocating_.begin(), allocating_.end(),
+                       [&](const auto& a) { return a.first < end && first < a.second; });
+}
+
+asio::awaitable<void> qcow2_node::wait_allocations(co_mutex::guard& g, std::uint64_t offset, std::uint64_t length)
+{
+    g = co_await meta_.lock();
+    while (overlaps_allocation(offset, length)) {
+        auto t = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor,
+                                                      asio::steady_timer::time_point::max());
+        alloc_waiters_.push_back(t);
+        g.release();
+        co_await t->async_wait(asio::as_tuple(asio::use_awaitable));
+        g = co_await meta_.lock();
+    }
+}
+
 asio::awaitable<result<void>> qcow2_node::do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua)
 {
-    // Fast path: every cluster already allocated to this image: map under the lock, write
-    // without it. Otherwise the whole request runs under the lock (allocation).
-    struct piece {
-        std::uint64_t host;
-        std::span<const std::byte> data;
-    };
-    std::vector<piece> pieces;
-    auto g = co_await meta_.lock();
-    std::uint64_t done = 0;
-    bool allocate = false;
-    while (done < buf.size()) {
-        auto rn = co_await lookup_locked(offset + done, buf.size() - done);
-        if (!rn)
-            co_return rn.error();
-        if (!in_place(rn->m)) {
-            allocate = true;
-            break;
-        }
-        pieces.push_back({rn->m.host, buf.subspan(done, rn->bytes)});
-        done += rn->bytes;
+    co_mutex::guard g;
+    co_await wait_allocations(g, offset, buf.size());
+    write_plan plan;
+    auto r = co_await plan_write_locked(offset, buf, plan);
+    if (!r) {
+        (void)co_await commit_locked(plan, false);
+        co_return r;
     }
-    result<void> r;
-    if (allocate) {
-        r = co_await write_locked(offset, buf);
+    // Clusters the plan writes in place stay ours until the writes are done, even if a
+    // discard frees them meanwhile; new ones are ours anyway.
+    io_pin pin(this);
+    const bool allocates = !plan.allocs.empty();
+    for (const auto& a : plan.allocs)
+        allocating_.emplace_back(a.first_guest / cs_, a.first_guest / cs_ + a.n);
+    g.release();
+
+    r = co_await execute(plan);
+
+    if (allocates) {
+        g = co_await meta_.lock();
+        auto c = co_await commit_locked(plan, bool(r));
+        if (r && !c)
+            r = c;
+        for (const auto& a : plan.allocs)
+            std::erase(allocating_, std::pair{a.first_guest / cs_, a.first_guest / cs_ + a.n});
+        for (auto& t : std::exchange(alloc_waiters_, {}))
+            t->cancel();
+        if (r)
+            r = co_await bound_dirty_locked();
         g.release();
-    } else {
-        // The clusters stay ours until the writes are done, even if a discard frees them.
-        io_pin pin(this);
-        g.release();
-        for (const piece& p : pieces) {
-            r = co_await file()->write(p.host, p.data);
-            if (!r)
-                break;
-        }
     }
     if (r && fua)
-        r = co_await file()->flush();
+        r = co_await do_flush();   // the new mapping too, not just the data
     co_return r;
 }
 
 asio::awaitable<result<void>> qcow2_node::write_locked(std::uint64_t offset, std::span<const std::byte> buf)
+{
+    write_plan plan;
+    auto r = co_await plan_write_locked(offset, buf, plan);
+    if (r)
+        r = co_await execute(plan);
+    auto c = co_await commit_locked(plan, bool(r));
+    co_return r ? c : r;
+}
+
+asio::awaitable<result<void>> qcow2_node::plan_write_locked(std::uint64_t offset, std::span<const std::byte> buf,
+                                                            write_plan& plan)
 {
     std::uint64_t pos = offset;
     const std::uint64_t end = offset + buf.size();
@@ -69,104 +100,104 @@ asio::awaitable<result<void>> qcow2_node::write_locked(std::uint64_t offset, std
         if (!rn)
             co_return rn.error();
         if (in_place(rn->m)) {
-            if (auto r = co_await file()->write(rn->m.host, buf.subspan(pos - offset, rn->bytes)); !r)
-                co_return r;
+            plan.places.push_back({rn->m.host, buf.subspan(pos - offset, rn->bytes)});
             pos += rn->bytes;
             continue;
         }
         const std::uint64_t first = pos / cs_ * cs_;
         const std::uint64_t max_n = std::max<std::uint64_t>(1, max_alloc_bytes / cs_);
-        const std::uint64_t n = std::min(max_n, (pos + rn->bytes - first + cs_ - 1) / cs_);
+        std::uint64_t n = std::min(max_n, (pos + rn->bytes - first + cs_ - 1) / cs_);
+
+        const std::uint64_t cidx = first / cs_;
+        auto tab = co_await get_l2(cidx / l2_entries_, true);
+        if (!tab)
+            co_return tab.error();
+        const std::uint64_t l2i = cidx % l2_entries_;
+        std::vector<mapping> olds(n);
+        for (std::uint64_t j = 0; j < n; ++j) {
+            auto m = decode((**tab)[l2i + j], first + j * cs_);
+            if (!m)
+                co_return m.error();
+            olds[j] = *m;
+        }
+        std::uint64_t got = 0;
+        auto host = co_await alloc_clusters(n, &got);
+        if (!host)
+            co_return host.error();
+        n = got;   // fragmented free space: this run covers the first `got` clusters only
+        olds.resize(n);
         const std::uint64_t seg_end = std::min(pos + rn->bytes, first + n * cs_);
-        auto r = co_await allocate_and_write_locked(first, n, pos, buf.subspan(pos - offset, seg_end - pos));
-        if (!r)
-            co_return r.error();
-        pos = std::min(seg_end, first + *r * cs_);
+        plan.allocs.push_back({first, n, *host, pos, buf.subspan(pos - offset, seg_end - pos), std::move(olds)});
+        pos = seg_end;
     }
     co_return result<void>{};
 }
 
-asio::awaitable<result<std::uint64_t>> qcow2_node::allocate_and_write_locked(std::uint64_t first_guest,
-                                                                             std::uint64_t n, std::uint64_t data_off,
-                                                                             std::span<const std::byte> data)
+asio::awaitable<result<void>> qcow2_node::execute(const write_plan& plan)
 {
-    const std::uint64_t cidx = first_guest / cs_;
-    const std::uint64_t l1i = cidx / l2_entries_;
-    const std::uint64_t l2i = cidx % l2_entries_;
-    auto tab = co_await get_l2(l1i, true);
-    if (!tab)
-        co_return tab.error();
-    std::shared_ptr<l2_table> t = *tab;
-    const std::uint64_t l2_off = l2_offset(l1i);
-
-    std::vector<mapping> olds(n);
-    for (std::uint64_t j = 0; j < n; ++j) {
-        auto m = decode((*t)[l2i + j], first_guest + j * cs_);
-        if (!m)
-            co_return m.error();
-        olds[j] = *m;
-    }
-    std::uint64_t got = 0;
-    auto host = co_await alloc_clusters(n, &got);
-    if (!host)
-        co_return host.error();
-    if (got < n) {
-        // Fragmented free space: this run covers the first `got` clusters only.
-        n = got;
-        olds.resize(n);
-        const std::uint64_t run_end = first_guest + n * cs_;
-        data = data.first(std::min<std::uint64_t>(data.size(), run_end - data_off));
-    }
-
-    const std::uint64_t span_bytes = n * cs_;
-    if (data_off == first_guest && data.size() == span_bytes) {
-        if (auto r = co_await file()->write(*host, data); !r)
-            co_return r.error();
-    } else {
+    for (const auto& p : plan.places)
+        if (auto r = co_await file()->write(p.host, p.data); !r)
+            co_return r;
+    for (const auto& a : plan.allocs) {
+        const std::uint64_t span_bytes = a.n * cs_;
+        if (a.data_off == a.first_guest && a.data.size() == span_bytes) {
+            if (auto r = co_await file()->write(a.host, a.data); !r)
+                co_return r;
+            continue;
+        }
         // Copy-on-write: the untouched parts of the first and last cluster keep what they
-        // read as before (backing data, zeroes, compressed or shared data).
+        // read as before (backing data, zeroes, compressed or shared data). The old clusters
+        // are only freed once the new entries are linked and durable.
         std::vector<std::byte> bounce(span_bytes);
-        const std::uint64_t rel_start = data_off - first_guest;
-        const std::uint64_t rel_end = rel_start + data.size();
-        if (rel_start % cs_ != 0) {
-            auto r = co_await read_mapped(olds[0], first_guest, std::span(bounce.data(), cs_));
-            if (!r)
-                co_return r.error();
-        }
-        const std::uint64_t last = n - 1;
-        if (rel_end < span_bytes && !(last == 0 && rel_start % cs_ != 0)) {
-            auto r = co_await read_mapped(olds[last], first_guest + last * cs_,
-                                          std::span(bounce.data() + last * cs_, cs_));
-            if (!r)
-                co_return r.error();
-        }
-        std::memcpy(bounce.data() + rel_start, data.data(), data.size());
-        if (auto r = co_await file()->write(*host, bounce); !r)
-            co_return r.error();
+        const std::uint64_t rel_start = a.data_off - a.first_guest;
+        const std::uint64_t rel_end = rel_start + a.data.size();
+        if (rel_start % cs_ != 0)
+            if (auto r = co_await read_mapped(a.olds[0], a.first_guest, std::span(bounce.data(), cs_)); !r)
+                co_return r;
+        const std::uint64_t last = a.n - 1;
+        if (rel_end < span_bytes && !(last == 0 && rel_start % cs_ != 0))
+            if (auto r = co_await read_mapped(a.olds[last], a.first_guest + last * cs_,
+                                              std::span(bounce.data() + last * cs_, cs_));
+                !r)
+                co_return r;
+        std::memcpy(bounce.data() + rel_start, a.data.data(), a.data.size());
+        if (auto r = co_await file()->write(a.host, bounce); !r)
+            co_return r;
     }
+    co_return result<void>{};
+}
 
-    for (std::uint64_t j = 0; j < n; ++j)
-        (*t)[l2i + j] = (*host + j * cs_) | oflag_copied;
-    if (auto r = co_await write_l2_entries(l2_off, *t, l2i, l2i + n - 1); !r)
-        co_return r.error();
-
-    // Only now drop the clusters the entries used to reference, once the new entries are
-    // durable: a refcount of 0 must never reach the disk before the entry that dropped it.
-    if (std::any_of(olds.begin(), olds.end(), [](const mapping& m) {
-            return m.k == kind::normal || m.k == kind::zero_alloc || m.k == kind::compressed;
-        }))
-        if (auto r = co_await file()->flush(); !r)
-            co_return r.error();
-    for (const mapping& m : olds) {
-        result<void> r;
-        if (m.k == kind::normal || m.k == kind::zero_alloc)
-            r = co_await update_refcounts(m.host, cs_, -1);
-        else if (m.k == kind::compressed)
-            r = co_await update_refcounts(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511), -1);
-        if (!r)
-            co_return r.error();
+asio::awaitable<result<void>> qcow2_node::commit_locked(const write_plan& plan, bool ok)
+{
+    result<void> out;
+    for (const auto& a : plan.allocs) {
+        if (!ok) {
+            // Never referenced: the clusters can go back at once.
+            if (auto r = co_await update_refcounts(a.host, a.n * cs_, -1); !r && out)
+                out = r;
+            continue;
+        }
+        const std::uint64_t cidx = a.first_guest / cs_;
+        const std::uint64_t l1i = cidx / l2_entries_;
+        auto tab = co_await get_l2(l1i, false);   // made by the plan; dirty or on disk since
+        if (!tab || !*tab) {
+            out = tab ? result<void>(errno_error(EIO)) : result<void>(tab.error());
+            continue;
+        }
+        l2_table& t = **tab;
+        for (std::uint64_t j = 0; j < a.n; ++j)
+            t[cidx % l2_entries_ + j] = (a.host + j * cs_) | oflag_copied;
+        mark_dirty(l2_offset(l1i), *tab);
+        // The clusters the entries used to reference are freed once the new entries are
+        // durable (flush_metadata_locked).
+        for (const mapping& m : a.olds) {
+            if (m.k == kind::normal || m.k == kind::zero_alloc)
+                pending_free_.emplace_back(m.host, cs_);
+            else if (m.k == kind::compressed)
+                pending_free_.emplace_back(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511));
+        }
     }
-    co_return n;
+    co_return out;
 }
 
 asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t offset, std::uint64_t length,
@@ -236,19 +267,14 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
             if (drop)
                 freed.push_back(*m);
         }
-        if (lo <= hi) {
-            if (auto r = co_await write_l2_entries(l2_offset(l1i), t, lo, hi); !r)
-                co_return r;
-        }
-        // The entries that dropped clusters are written before the refcounts that free them.
-        // Not flushed in between (an fsync per discard stalls clients on a busy disk): a
-        // process crash cannot reorder the two, a power loss could (see qcow2_node.hpp).
+        if (lo <= hi)
+            mark_dirty(l2_offset(l1i), *tab);
+        // Freed once the entries that dropped the clusters are durable (flush_metadata_locked).
         for (const mapping& m : freed) {
-            result<void> r = m.k == kind::compressed
-                                 ? co_await update_refcounts(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511), -1)
-                                 : co_await update_refcounts(m.host, cs_, -1);
-            if (!r)
-                co_return r;
+            if (m.k == kind::compressed)
+                pending_free_.emplace_back(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511));
+            else
+                pending_free_.emplace_back(m.host, cs_);
         }
         pos += n * cs_;
     }
@@ -280,7 +306,8 @@ asio::awaitable<result<void>> qcow2_node::do_write_zeroes(std::uint64_t offset, 
     if (a_end < a_start)
         a_end = a_start;
 
-    auto g = co_await meta_.lock();
+    co_mutex::guard g;
+    co_await wait_allocations(g, offset, length);
     struct part {
         std::uint64_t off, len;
     };
@@ -320,7 +347,7 @@ asio::awaitable<result<void>> qcow2_node::do_write_zeroes(std::uint64_t offset, 
         if (auto r = co_await clear_clusters_locked(a_start, a_end - a_start, mode); !r)
             co_return r;
     }
-    co_return result<void>{};
+    co_return co_await bound_dirty_locked();
 }
 
 asio::awaitable<result<void>> qcow2_node::do_discard(std::uint64_t offset, std::uint64_t length)
@@ -331,11 +358,14 @@ asio::awaitable<result<void>> qcow2_node::do_discard(std::uint64_t offset, std::
     const std::uint64_t a_end = end == size() ? (end + cs_ - 1) / cs_ * cs_ : end / cs_ * cs_;
     if (a_start >= a_end)
         co_return result<void>{};
-    auto g = co_await meta_.lock();
+    co_mutex::guard g;
+    co_await wait_allocations(g, a_start, a_end - a_start);
     // v3 keeps a discarded cluster reading as zeroes with the zero flag (no backing data
     // shows through); v2 has no zero flag and drops the cluster.
     clear_mode mode = h_.version >= 3 ? clear_mode::discard : clear_mode::deallocate;
-    co_return co_await clear_clusters_locked(a_start, a_end - a_start, mode);
+    if (auto r = co_await clear_clusters_locked(a_start, a_end - a_start, mode); !r)
+        co_return r;
+    co_return co_await bound_dirty_locked();
 }
 
 } // namespace bjd::block::qcow2
