@@ -41,11 +41,11 @@ std::string describe_peer(const connection::socket_type& s)
         if (sa->sa_family == AF_INET) {
             auto* in = reinterpret_cast<const sockaddr_in*>(sa);
             ::inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-            return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+            return fmt::format("{}:{}", host, ntohs(in->sin_port));
         }
         auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
         ::inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-        return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
+        return fmt::format("[{}]:{}", host, ntohs(in6->sin6_port));
     }
     return "client";
 }
@@ -216,7 +216,17 @@ asio::awaitable<void> connection::transmission()
 asio::awaitable<void> connection::process(std::shared_ptr<connection> self, request req,
                                           io::aligned_buffer payload, std::size_t charge)
 {
-    reply r = co_await self->execute(req, payload);
+    // Every request is answered, whatever happens: the reply is what releases its in-flight
+    // slot, and a connection with a slot that never comes back would never finish closing.
+    reply r;
+    try {
+        r = co_await self->execute(req, payload);
+    } catch (const std::bad_alloc&) {
+        r = self->error_reply(req, err_nomem, "out of memory");
+    } catch (const std::exception& e) {
+        log::get("nbd")->error("nbd {}: request failed: {}", self->peer_, e.what());
+        r = self->error_reply(req, err_io, "internal error");
+    }
     self->tracker_->buffers.put(std::move(payload));
     r.charge = charge;
     self->enqueue(std::move(r));
