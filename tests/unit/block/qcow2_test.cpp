@@ -5,7 +5,10 @@
 
 #include "qcow2_test_util.hpp"
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <cstring>
 #include <filesystem>
@@ -379,4 +382,115 @@ TEST_CASE("block: qcow2 reuses freed clusters, with writes and discards in fligh
     REQUIRE(read_all(e, *n) == model);
     n.reset();
     check_image(e, img, model);
+}
+
+namespace {
+
+/// Passes everything to its file child; once armed, holds the next write until released.
+class gate_node final : public node {
+public:
+    gate_node(node_options o, std::shared_ptr<node> f, asio::io_context& ctx)
+        : node(std::move(o)), timer_(ctx, asio::steady_timer::time_point::max())
+    {
+        add_child("file", std::move(f));
+    }
+    std::string_view driver() const noexcept override { return "raw"; }
+    std::uint64_t size() const noexcept override { return file()->size(); }
+
+    bool armed = false;
+    bool holding = false;
+    void release() { timer_.cancel(); }
+
+protected:
+    asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
+    {
+        co_return co_await file()->read(off, buf);
+    }
+    asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
+    {
+        if (std::exchange(armed, false)) {
+            holding = true;
+            co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+            holding = false;
+        }
+        co_return co_await file()->write(off, buf, fua);
+    }
+    asio::awaitable<result<void>> do_discard(std::uint64_t off, std::uint64_t len) override
+    {
+        co_return co_await file()->discard(off, len);
+    }
+    asio::awaitable<result<void>> do_flush() override { co_return co_await file()->flush(); }
+    asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
+    {
+        co_return co_await file()->truncate(size);
+    }
+
+private:
+    node* file() const noexcept { return child("file"); }
+    asio::steady_timer timer_;
+};
+
+/// Runs `a` until it is done, even while other work (the held write) stays pending.
+template <class T>
+T run_until_done(env& e, asio::awaitable<T> a)
+{
+    std::optional<T> out;
+    asio::co_spawn(e.ctx, std::move(a), [&](std::exception_ptr ep, T v) {
+        if (ep)
+            std::rethrow_exception(ep);
+        out.emplace(std::move(v));
+    });
+    e.ctx.restart();
+    while (!out && e.ctx.run_one() > 0) {}
+    REQUIRE(out.has_value());
+    return std::move(*out);
+}
+
+} // namespace
+
+TEST_CASE("block: qcow2 holds a freed cluster back while a write that mapped it is in flight", "[qcow2]")
+{
+    // An in-place write maps its cluster and writes without the metadata lock. If a discard
+    // frees that cluster meanwhile and an allocation takes it, the late write would land in
+    // the new owner's data. The freed cluster must stay out of reuse until the write is done.
+    env e;
+    const std::uint64_t cs = 65536;
+    std::string img = e.path("h.qcow2");
+    REQUIRE(sh("qemu-img create -q -f qcow2 " + img + " 4M") == 0);
+    auto f = e.file(img, false);
+    REQUIRE(ok(f));
+    auto gate = std::make_shared<gate_node>(e.opts(false), *f, e.ctx);
+    auto q = e.run(open_qcow2(e.opts(false), gate, {}));
+    REQUIRE(ok(q));
+    auto n = *q;
+    std::vector<std::byte> a(cs, std::byte{0x11});
+    REQUIRE(e.run(n->write(0, a)));   // guest cluster 0 gets a host cluster
+    REQUIRE(e.run(n->flush()));
+
+    gate->armed = true;
+    unsigned left = 1;
+    asio::co_spawn(e.ctx, fill_range(n.get(), 0, 4096, std::byte{0xaa}, &left), asio::detached);
+    e.ctx.restart();
+    while (!gate->holding && e.ctx.run_one() > 0) {}
+    REQUIRE(gate->holding);   // the in-place write has its mapping and waits at the file
+
+    REQUIRE(run_until_done(e, n->discard(0, cs)));
+    REQUIRE(run_until_done(e, n->flush()));   // the discard is durable: the old cluster is free now
+    std::vector<std::byte> b(cs, std::byte{0xbb});
+    REQUIRE(run_until_done(e, n->write(cs, b)));   // an allocation, which must not get that cluster
+    REQUIRE(run_until_done(e, n->flush()));
+    REQUIRE(gate->holding);
+
+    gate->release();
+    e.ctx.restart();
+    e.ctx.run_for(std::chrono::seconds(10));
+    REQUIRE(left == 0);
+    std::vector<std::byte> back(cs);
+    REQUIRE(e.run(n->read(cs, back)));
+    CHECK(back == b);
+    REQUIRE(e.run(n->flush()));
+    n.reset();
+    gate.reset();
+    std::string out;
+    CHECK(sh("qemu-img check -f qcow2 " + img, &out) == 0);
 }
