@@ -6,11 +6,17 @@
 #include "bjd/log.hpp"
 #include "bjd/qapi/types.hpp"
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
 #include <algorithm>
 #include <cassert>
 #include <cctype>
 #include <climits>
 #include <cstdlib>
+#include <map>
 
 namespace bjd::block {
 
@@ -410,39 +416,148 @@ asio::awaitable<qapi::result<void>> graph::open_backing_chain(node& n)
     co_return qapi::result<void>{};
 }
 
-qapi::result<void> graph::del(std::string_view node_name)
+asio::awaitable<qapi::result<void>> graph::del(std::string node_name)
 {
     auto n = find(node_name);
     if (!n)
-        return qapi::generic("Failed to find node with node-name='" + std::string(node_name) + "'");
-    const std::string name(node_name);
+        co_return qapi::generic("Failed to find node with node-name='" + node_name + "'");
     for (const edge* e : n->parents())
         if (e->kind() != parent_kind::node)
-            return qapi::generic("Node " + name + " is in use");
+            co_return qapi::generic("Node " + node_name + " is in use");
     if (!n->blocker().empty())
-        return qapi::generic("Node '" + name + "' is busy: " + n->blocker());
+        co_return qapi::generic("Node '" + node_name + "' is busy: " + n->blocker());
     if (!n->monitor_owned())
-        return qapi::generic("Node " + name + " is not owned by the monitor");
+        co_return qapi::generic("Node " + node_name + " is not owned by the monitor");
     if (!n->parents().empty())
-        return qapi::generic("Block device " + name + " is in use");
+        co_return qapi::generic("Block device " + node_name + " is in use");
+    co_await close(std::move(n));
+    log::get("block")->info("deleted node '{}'", node_name);
+    co_return qapi::result<void>{};
+}
 
-    // Children created inline with this node go with it, unless something else holds them.
-    std::vector<std::weak_ptr<node>> candidates;
-    for (const auto& c : n->children())
-        candidates.push_back(c->shared());
-    erase(*n);
-    n.reset();
-    while (!candidates.empty()) {
-        auto c = candidates.back().lock();
-        candidates.pop_back();
-        if (!c || c->monitor_owned() || !c->parents().empty())
-            continue;
-        for (const auto& cc : c->children())
-            candidates.push_back(cc->shared());
-        erase(*c);
+std::vector<std::shared_ptr<node>> graph::take_closing(std::shared_ptr<node> n)
+{
+    std::vector<std::shared_ptr<node>> out;
+    if (!n || find(n->name()) != n || !n->parents().empty())
+        return out;
+    out.push_back(std::move(n));
+    auto closing = [&](const std::shared_ptr<node>& c) { return std::find(out.begin(), out.end(), c) != out.end(); };
+    auto from_closing = [&](const edge* e) {
+        return std::any_of(out.begin(), out.end(), [&](const auto& p) {
+            return std::any_of(p->children().begin(), p->children().end(), [&](const auto& c) { return c.get() == e; });
+        });
+    };
+    // A child joins once every edge to it comes from a closing node, so that each node is
+    // listed after all of its parents; the last parent to join is the one that adds it.
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        const node& p = *out[i];
+        for (const auto& e : p.children()) {
+            std::shared_ptr<node> c = e->shared();
+            if (!c || c->monitor_owned() || closing(c) || find(c->name()) != c)
+                continue;
+            if (std::all_of(c->parents().begin(), c->parents().end(), from_closing))
+                out.push_back(std::move(c));
+        }
     }
-    log::get("block")->info("deleted node '{}'", name);
-    return {};
+    for (const auto& c : out)
+        erase(*c);
+    return out;
+}
+
+namespace {
+
+bool needs_flush(const node& n) { return !n.read_only() && n.flush_on_close(); }
+
+/// QEMU's bdrv_close: flush a writable node, and let it go even when that fails.
+asio::awaitable<void> flush_before_close(node& n)
+{
+    if (!needs_flush(n))
+        co_return;
+    result<void> r;
+    try {
+        r = co_await n.flush();
+    } catch (const std::exception& e) {
+        log::get("block")->warn("node '{}': flush before close failed: {}", n.name(), e.what());
+        co_return;
+    }
+    if (!r)
+        log::get("block")->warn("node '{}': flush before close failed: {}", n.name(), strerror_text(r.error()));
+}
+
+} // namespace
+
+asio::awaitable<void> graph::close_taken(std::vector<std::shared_ptr<node>> nodes)
+{
+    for (auto& n : nodes) {
+        co_await flush_before_close(*n);
+        log::get("block")->debug("closed node '{}'", n->name());
+        n.reset();   // the last reference, unless a job still holds it: its child edges go
+    }
+    if (--closing_ == 0)
+        for (asio::steady_timer* t : close_waiters_)
+            t->cancel();
+}
+
+asio::awaitable<void> graph::close(std::shared_ptr<node> n)
+{
+    auto nodes = take_closing(std::move(n));
+    if (nodes.empty())
+        co_return;
+    ++closing_;
+    co_await close_taken(std::move(nodes));
+}
+
+void graph::close_later(asio::any_io_executor ex, std::shared_ptr<node> n)
+{
+    auto nodes = take_closing(std::move(n));
+    if (nodes.empty())
+        return;
+    ++closing_;
+    asio::co_spawn(std::move(ex), close_taken(std::move(nodes)), log::on_failure("block", "closing nodes"));
+}
+
+asio::awaitable<void> graph::wait_for_closes()
+{
+    if (closing_ == 0)
+        co_return;
+    auto ex = co_await asio::this_coro::executor;
+    while (closing_ > 0) {
+        asio::steady_timer t(ex, asio::steady_timer::time_point::max());
+        close_waiters_.push_back(&t);
+        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        std::erase(close_waiters_, &t);
+    }
+}
+
+asio::awaitable<void> graph::close_all()
+{
+    co_await wait_for_closes();
+    // Parents first (Kahn's order over the registered nodes, creation order among equals):
+    // a format's flush writes into its file, whose own flush must come after.
+    std::map<const node*, std::size_t> waiting;   // edges from registered parents not yet flushed
+    for (const auto& p : nodes_)
+        for (const auto& e : p->children())
+            if (e->get())
+                ++waiting[e->get()];
+    std::vector<std::shared_ptr<node>> order;
+    std::vector<std::shared_ptr<node>> left = nodes_;
+    while (!left.empty()) {
+        auto it = std::find_if(left.begin(), left.end(), [&](const auto& n) { return waiting[n.get()] == 0; });
+        if (it == left.end())
+            it = left.begin();   // cannot happen (no cycles); flush the rest anyway
+        std::shared_ptr<node> n = *it;
+        left.erase(it);
+        for (const auto& e : n->children())
+            if (e->get() && waiting[e->get()] > 0)
+                --waiting[e->get()];
+        order.push_back(std::move(n));
+    }
+    std::size_t flushed = 0;
+    for (const auto& n : order) {
+        flushed += needs_flush(*n);
+        co_await flush_before_close(*n);
+    }
+    log::get("block")->info("flushed {} writable node(s) before exit", flushed);
 }
 
 } // namespace bjd::block

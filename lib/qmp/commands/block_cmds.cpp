@@ -17,7 +17,7 @@ boost::asio::awaitable<result<void>> qmp_blockdev_add(qmp::context& ctx, blockde
 
 boost::asio::awaitable<result<void>> qmp_blockdev_del(qmp::context& ctx, blockdev_del_args args)
 {
-    co_return ctx.graph->del(args.node_name);
+    co_return co_await ctx.graph->del(std::move(args.node_name));
 }
 
 boost::asio::awaitable<result<std::vector<block_device_info>>> qmp_query_named_block_nodes(

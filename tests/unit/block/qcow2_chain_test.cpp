@@ -41,7 +41,7 @@ struct graph_env : env {
     {
         for (auto& n : g.nodes())
             if (n->monitor_owned() && n->parents().empty())
-                (void)g.del(n->name());
+                (void)run(g.del(n->name()));
     }
 };
 

@@ -38,6 +38,7 @@ public:
     std::uint64_t size() const noexcept override { return size_; }
     std::int64_t allocated_size() const override { return 0; }
     bool zero_init() const noexcept override { return read_zeroes_; }
+    bool flush_on_close() const noexcept override { return false; }   // nothing to write back
 
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t, std::span<std::byte> buf) override

@@ -3,12 +3,21 @@
 /// \file
 /// The block graph: every node by name, blockdev-add/blockdev-del, and lookups by the names
 /// QMP commands take. Lives on the main loop; every call must be made there.
+///
+/// Closing. A node's in-memory state (a qcow2 node's L2 tables and refcount blocks) is
+/// written back by `flush()`; the graph flushes before it lets a node go, as QEMU's
+/// bdrv_close() does. Code that is done with a node hands it to `close` (or `close_later`)
+/// rather than erasing it: the node leaves the graph, is flushed unless read-only (or it
+/// holds nothing to write back: `node::flush_on_close`), and is released, and so are the children nobody else holds — parent before child, since a
+/// format's flush writes into its file. At exit `close_all` flushes every node that is left.
 #include "bjd/block/backend.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/io/engine.hpp"
 #include "bjd/qapi/error.hpp"
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <map>
 #include <memory>
@@ -48,7 +57,28 @@ public:
 
     /// blockdev-del: "Failed to find node with node-name='X'", "Node X is not owned by the
     /// monitor", "Node 'X' is busy: …", "Node X is in use", "Block device X is in use".
-    qapi::result<void> del(std::string_view node_name);
+    /// On success the node is closed (`close`) before this returns: its metadata is in the
+    /// file and its image locks are released.
+    asio::awaitable<qapi::result<void>> del(std::string node_name);
+
+    /// Lets `n` go: it leaves the graph at once, then is flushed unless read-only or
+    /// `!flush_on_close()` (a failed flush is logged, not returned: the node goes anyway, as
+    /// in QEMU) and released. Each child the graph registered that is not monitor-owned and
+    /// that only closing nodes hold follows, parents before children. No-op when `n` is null, not in the graph, or still
+    /// has parents. Monitor ownership of `n` itself is the caller's business (blockdev-del
+    /// closes monitor-owned nodes; media commands only their own).
+    asio::awaitable<void> close(std::shared_ptr<node> n);
+    /// `close` for callers that cannot wait (job callbacks): `n` and its orphaned children
+    /// leave the graph before this returns, their flush and release run on `ex`; until then
+    /// they still hold their children and image locks. `wait_for_closes` waits for them.
+    void close_later(asio::any_io_executor ex, std::shared_ptr<node> n);
+    /// Returns once no close is in progress. The QMP dispatcher awaits it before each command,
+    /// so that a command sees the graph as a synchronous close (QEMU's) would have left it.
+    asio::awaitable<void> wait_for_closes();
+    /// Daemon exit, before the I/O engines drain: waits for closes in progress, then flushes
+    /// every writable node (`flush_on_close`), parents before children, so that everything still in memory
+    /// reaches the files. The nodes stay; the graph's destructor releases them.
+    asio::awaitable<void> close_all();
 
     /// The node called `name`, or null.
     std::shared_ptr<node> find(std::string_view name) const;
@@ -60,7 +90,7 @@ public:
     /// Registers a node made elsewhere (filters, job targets). Its name must be unique; an empty
     /// name is not allowed — use `auto_name()`.
     void insert(std::shared_ptr<node> n);
-    /// Forgets a node that is being destroyed (no parents left).
+    /// Forgets a node without flushing it. Code done with a node calls `close` instead.
     void erase(const node& n);
 
     /// A fresh "#blockNNN" name.
@@ -74,9 +104,15 @@ public:
     const backend_table& drives() const noexcept { return drives_; }
 
 private:
+    /// Erases `n` and the children that close with it; returns them parents first.
+    std::vector<std::shared_ptr<node>> take_closing(std::shared_ptr<node> n);
+    asio::awaitable<void> close_taken(std::vector<std::shared_ptr<node>> nodes);
+
     io::engine& engine_;
     io::engine& threads_;
     std::vector<std::shared_ptr<node>> nodes_;
+    unsigned closing_ = 0;                          ///< close_taken runs not yet finished
+    std::vector<asio::steady_timer*> close_waiters_;   ///< close_all calls waiting for them
     unsigned next_auto_ = 0;
     backend_table drives_{*this};   // after nodes_: drives go first, dropping their media edges
 };

@@ -190,6 +190,11 @@ public:
     /// A filter passes its primary child's data through unchanged (blkdebug, mirror_top):
     /// replacing the filtered node cannot change what readers of the filter see.
     virtual bool is_filter() const noexcept { return false; }
+    /// Whether closing the node flushes it first (graph.hpp, "Closing"): a node that keeps
+    /// nothing of its own in memory or on disk has nothing to write back. Filters pass flushes
+    /// to nodes that are closed, and flushed, on their own; null-co stores nothing (QEMU still
+    /// flushes it and waits out latency-ns; blockjobd does not, so quit never hangs on it).
+    virtual bool flush_on_close() const noexcept { return !is_filter(); }
     /// The backing node (COW base) or null.
     node* backing() const noexcept { return child("backing"); }
 
