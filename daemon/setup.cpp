@@ -282,6 +282,13 @@ asio::awaitable<void> runtime::shutdown()
 {
     co_await stop_work();
     try {
+        // QEMU's bdrv_close_all: with exports and jobs gone, every node's cached metadata
+        // goes to its file before the engines stop taking I/O.
+        co_await graph_->close_all();
+    } catch (const std::exception& e) {
+        log::get("daemon")->error("shutdown: {}", e.what());
+    }
+    try {
         co_await server_.shutdown();
     } catch (const std::exception& e) {
         log::get("daemon")->error("shutdown: {}", e.what());

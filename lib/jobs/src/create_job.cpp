@@ -24,23 +24,6 @@ block::prealloc_mode prealloc(const std::optional<qapi::prealloc_mode>& p)
     return block::prealloc_mode::off;
 }
 
-/// Forgets nodes opened only for the job (an inline `file` definition): the node and its
-/// children that nobody else holds.
-void drop_temporary(block::graph& g, std::shared_ptr<block::node> n)
-{
-    std::vector<std::weak_ptr<block::node>> todo{n};
-    n.reset();
-    while (!todo.empty()) {
-        auto c = todo.back().lock();
-        todo.pop_back();
-        if (!c || c->monitor_owned() || !c->parents().empty())
-            continue;
-        for (const auto& e : c->children())
-            todo.push_back(e->shared());
-        g.erase(*c);
-    }
-}
-
 class create_driver final : public job_driver {
 public:
     create_driver(block::graph& g, qapi::blockdev_create_options o) : g_(g), o_(std::move(o)) {}
@@ -102,8 +85,8 @@ private:
         o.extended_l2 = q.extended_l2.value_or(false);
         o.zstd = q.compression_type.value_or(qapi::qcow2_compression_type::zlib) == qapi::qcow2_compression_type::zstd;
         auto r = co_await block::format_qcow2(*file, o, "block job '" + j.id() + "'");
-        if (temporary)
-            drop_temporary(g_, std::move(file));
+        if (temporary)   // opened for the job only: it and its inline children go
+            co_await g_.close(std::move(file));
         co_return r;
     }
 

@@ -26,29 +26,29 @@ void tray_moved(qmp::context& ctx, const block::backend& b, const block::tray_ch
         emit_device_tray_moved(ctx.events, {b.name(), b.name(), c.open});
 }
 
-/// Forgets `n` and its inline children when nothing holds them any more and the monitor did
-/// not create them (media opened by blockdev-change-medium).
-void drop_if_orphan(block::graph& g, std::shared_ptr<block::node> n)
+/// Closes `n` (and its inline children) when nothing holds it any more and the monitor did
+/// not create it (media opened by blockdev-change-medium).
+boost::asio::awaitable<void> drop_if_orphan(block::graph& g, std::shared_ptr<block::node> n)
 {
-    if (!n || n->monitor_owned() || !n->parents().empty() || g.find(n->name()) != n)
-        return;
-    std::vector<std::weak_ptr<block::node>> children;
-    for (const auto& e : n->children())
-        children.push_back(e->shared());
-    g.erase(*n);
-    n.reset();   // the last reference: the child edges go, the children lose this parent
-    for (auto& c : children)
-        drop_if_orphan(g, c.lock());
+    if (n && !n->monitor_owned())
+        co_await g.close(std::move(n));
 }
 
-result<void> remove_medium(qmp::context& ctx, block::backend& b)
+boost::asio::awaitable<result<void>> remove_medium(qmp::context& ctx, backend_ptr b)
 {
-    std::shared_ptr<block::node> old = b.medium_shared();
-    if (auto r = b.remove_medium(); !r)
-        return r;
-    if (old && !b.medium())
-        drop_if_orphan(*ctx.graph, std::move(old));
-    return {};
+    std::shared_ptr<block::node> old = b->medium_shared();
+    if (auto r = b->remove_medium(); !r)
+        co_return r;
+    if (old && !b->medium())
+        co_await drop_if_orphan(*ctx.graph, std::move(old));
+    co_return result<void>{};
+}
+
+/// blockdev-change-medium after the new image was opened: it goes again, and `e` is the answer.
+boost::asio::awaitable<result<void>> change_failed(qmp::context& ctx, std::shared_ptr<block::node> medium, error e)
+{
+    co_await drop_if_orphan(*ctx.graph, std::move(medium));
+    co_return e;
 }
 
 result<void> insert_medium(qmp::context& ctx, const std::string& drive, const std::string& node_name)
@@ -131,7 +131,7 @@ boost::asio::awaitable<result<void>> qmp_x_drive_del(qmp::context& ctx, x_drive_
     if (auto r = ctx.graph->drives().del(args.id); !r)
         co_return r;
     if (old)
-        drop_if_orphan(*ctx.graph, std::move(old));
+        co_await drop_if_orphan(*ctx.graph, std::move(old));
     co_return result<void>{};
 }
 
@@ -164,7 +164,7 @@ boost::asio::awaitable<result<void>> qmp_blockdev_remove_medium(qmp::context& ct
     auto b = ctx.graph->drives().get(std::nullopt, args.id);
     if (!b)
         co_return b.error();
-    co_return remove_medium(ctx, **b);
+    co_return co_await remove_medium(ctx, *b);
 }
 
 boost::asio::awaitable<result<void>> qmp_x_blockdev_remove_medium(qmp::context& ctx,
@@ -173,7 +173,7 @@ boost::asio::awaitable<result<void>> qmp_x_blockdev_remove_medium(qmp::context& 
     auto b = ctx.graph->drives().get(args.device, std::nullopt);
     if (!b)
         co_return b.error();
-    co_return remove_medium(ctx, **b);
+    co_return co_await remove_medium(ctx, *b);
 }
 
 boost::asio::awaitable<result<void>> qmp_blockdev_insert_medium(qmp::context& ctx, blockdev_insert_medium_args args)
@@ -217,20 +217,16 @@ boost::asio::awaitable<result<void>> qmp_blockdev_change_medium(qmp::context& ct
         co_return opened.error();
     std::shared_ptr<block::node> medium = std::move(*opened);
 
-    auto fail = [&](error e) -> result<void> {
-        drop_if_orphan(*ctx.graph, std::move(medium));
-        return e;
-    };
     // 2. Open the tray (tray-less drives skip it), 3. remove, 4. insert, 5. close.
     bool no_tray = false;
     auto c = b->open_tray_checked(args.force.value_or(false), no_tray);
     if (!c)
-        co_return fail(c.error());
+        co_return co_await change_failed(ctx, std::move(medium), c.error());
     tray_moved(ctx, *b, *c);
-    if (auto r = remove_medium(ctx, *b); !r)
-        co_return fail(r.error());
+    if (auto r = co_await remove_medium(ctx, b); !r)
+        co_return co_await change_failed(ctx, std::move(medium), r.error());
     if (auto r = b->insert_medium(medium); !r)
-        co_return fail(r.error());
+        co_return co_await change_failed(ctx, std::move(medium), r.error());
     auto closed = b->close_tray();
     if (!closed)
         co_return closed.error();
@@ -248,7 +244,7 @@ boost::asio::awaitable<result<void>> qmp_eject(qmp::context& ctx, eject_args arg
     if (!c)
         co_return c.error();
     tray_moved(ctx, **b, *c);
-    co_return remove_medium(ctx, **b);
+    co_return co_await remove_medium(ctx, *b);
 }
 
 } // namespace bjd::qapi

@@ -3,6 +3,7 @@
 /// QMP request validation and dispatch (spec §1.3, §1.4).
 #include "bjd/qmp/dispatch.hpp"
 
+#include "bjd/block/graph.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qmp/context.hpp"
 #include "bjd/qmp/session.hpp"
@@ -121,6 +122,11 @@ boost::asio::awaitable<json::object> dispatcher::handle(context& ctx, session& s
     qapi::result<json::value> r = generic("internal error");
     ctx.current = &s;
     try {
+        // Nodes a job let go are flushed before they release their children and image locks
+        // (graph.hpp, "Closing"); QEMU does that before its events go out, so commands here
+        // see the graph only once it has.
+        if (ctx.graph)
+            co_await ctx.graph->wait_for_closes();
         r = co_await cmd->fn(ctx, args_obj);
     } catch (const std::exception& e) {
         log::get("qmp")->error("command {} threw: {}", name, e.what());

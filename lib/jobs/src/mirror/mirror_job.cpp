@@ -615,8 +615,7 @@ void mirror_job::exit_common(bool pivot)
         e->detach();
     filter->attach_job(nullptr);
     filter->release(below);
-    if (s_.graph->find(filter->name()) == filter)
-        s_.graph->erase(*filter);
+    s_.graph->close_later(ex_, filter);
 }
 
 qapi::result<void> mirror_job::prepare(job& j)
@@ -647,17 +646,10 @@ void mirror_job::clean(job& j)
         drain_paused_ = false;
         j.resume();
     }
-    // drive-mirror's target exists for the job only: without parents it goes away.
-    if (s_.release_target && s_.target->parents().empty() && !s_.target->monitor_owned()) {
-        // With everything the job opened below it: its file, and a backing chain (mode existing).
-        std::vector<std::shared_ptr<block::node>> drop{s_.target};
-        for (std::size_t i = 0; i < drop.size(); ++i)
-            for (const auto& c : drop[i]->children())
-                if (c->shared() && !c->shared()->monitor_owned() && c->shared()->parents().size() == 1)
-                    drop.push_back(c->shared());
-        for (const auto& n : drop)
-            s_.graph->erase(*n);
-    }
+    // drive-mirror's target exists for the job only: without parents it goes away, with
+    // everything the job opened below it (its file, a backing chain for mode=existing).
+    if (s_.release_target && !s_.target->monitor_owned())
+        s_.graph->close_later(ex_, s_.target);
 }
 
 } // namespace bjd::jobs::detail

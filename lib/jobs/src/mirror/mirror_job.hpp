@@ -48,6 +48,8 @@ public:
     std::uint32_t request_alignment() const noexcept override { return source_->request_alignment(); }
     bool zero_init() const noexcept override { return source_->zero_init(); }
     block::node* primary_child() const noexcept override { return child("backing"); }
+    /// Holds no data: its flush would only reach the node below, which is flushed when it goes.
+    bool flush_on_close() const noexcept override { return false; }
 
     void attach_job(mirror_job* j) noexcept { job_ = j; }
     asio::awaitable<void> drain();

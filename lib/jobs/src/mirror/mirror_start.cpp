@@ -135,13 +135,8 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
     }
     // From here on a drive-mirror target must go away again if a check fails.
     auto fail = [&](qapi::error e) -> qapi::result<void> {
-        if (opened_target && target->parents().empty()) {
-            std::vector<std::shared_ptr<block::node>> drop{target};
-            for (const auto& c : target->children())
-                drop.push_back(c->shared());
-            for (const auto& n : drop)
-                g.erase(*n);
-        }
+        if (opened_target)
+            g.close_later(m.loop().get_executor(), target);
         return e;
     };
 
