@@ -2,6 +2,8 @@
 # SPDX-License-Identifier: MIT
 # Installs every Debian package blockjobd needs to build, test and benchmark.
 # Idempotent: packages already present are skipped, so CI and developers can run it every time.
+# `setup.sh --fuzz` also installs clang and libFuzzer for scripts/fuzz.sh (CI does not need
+# them: its builds replay the fuzz corpus with g++).
 set -euo pipefail
 
 pkgs=(
@@ -12,6 +14,9 @@ pkgs=(
   # test and benchmark peers
   qemu-utils qemu-system-common libnbd-bin nbdkit fio socat systemd
 )
+if [ "${1:-}" = "--fuzz" ]; then
+  pkgs+=(clang-14 libclang-rt-14-dev libfuzzer-14-dev)
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do
