@@ -31,10 +31,11 @@ struct ctx {
 };
 
 std::shared_ptr<block::node> open(ctx& c, const std::vector<std::byte>& bytes, bool ro,
-                                  block::qcow2_open_options qo)
+                                  block::qcow2_open_options qo, bool yield = false)
 {
     auto f = std::make_shared<mem_file>("file" + std::to_string(c.n), bytes, ro,
                                         ro ? bytes.size() : bytes.size() + max_file_growth);
+    f->yield = yield;
     auto r = fuzz::run(c.io, block::open_qcow2(c.opts(ro), f, qo));
     if (!r) {
         if (r.error().desc.empty())
@@ -83,39 +84,82 @@ boost::asio::awaitable<bool> reads(block::node& n, fuzz::tape& t)
     co_return true;
 }
 
-boost::asio::awaitable<bool> writes(block::node& n, fuzz::tape& t)
+struct op {
+    std::uint8_t code;
+    std::uint64_t off, len;
+};
+
+/// One write-type request (or a read/flush); its outcome only has to be clean.
+boost::asio::awaitable<bool> do_op(std::shared_ptr<block::node> n, op o)
 {
+    switch (o.code % 6) {
+    case 0:
+    case 1: {
+        std::vector<std::byte> buf(o.len, std::byte(o.code));
+        (void)co_await n->write(o.off, buf, (o.code & 0x40) != 0);
+        break;
+    }
+    case 2:
+        (void)co_await n->write_zeroes(o.off, o.len,
+                                       {.may_unmap = (o.code & 0x40) != 0, .no_fallback = (o.code & 0x80) != 0});
+        break;
+    case 3:
+        (void)co_await n->discard(o.off, o.len);
+        break;
+    case 4:
+        (void)co_await n->flush();
+        break;
+    case 5: {
+        std::vector<std::byte> buf(o.len);
+        (void)co_await n->read(o.off, buf);
+        break;
+    }
+    }
+    co_return true;
+}
+
+std::vector<op> plan_ops(block::node& n, fuzz::tape& t)
+{
+    std::vector<op> ops;
     const std::uint64_t size = n.size();
     if (size == 0)
-        co_return true;
+        return ops;
     const std::uint64_t cs = std::max<std::uint32_t>(n.cluster_size(), 512);
-    std::vector<std::byte> buf;
     for (int i = 0; i < 6; ++i) {
         // Cluster-aligned most of the time (allocating paths), unaligned otherwise (COW).
-        std::uint8_t op = t.u8();
+        std::uint8_t code = t.u8();
         std::uint64_t off = t.below(size);
-        if (op & 0x10)
+        if (code & 0x10)
             off = off / cs * cs;
-        std::uint64_t len = std::min<std::uint64_t>(1 + t.below(op & 0x20 ? 4 * cs : max_io), size - off);
-        switch (op % 5) {
-        case 0:
-        case 1:
-            buf.assign(len, std::byte(op));
-            (void)co_await n.write(off, buf, (op & 0x40) != 0);
-            break;
-        case 2:
-            (void)co_await n.write_zeroes(off, len, {.may_unmap = (op & 0x40) != 0, .no_fallback = (op & 0x80) != 0});
-            break;
-        case 3:
-            (void)co_await n.discard(off, len);
-            break;
-        case 4:
-            (void)co_await n.flush();
-            break;
-        }
+        std::uint64_t len = std::min<std::uint64_t>(1 + t.below(code & 0x20 ? 4 * cs : max_io), size - off);
+        ops.push_back({code, off, len});
     }
-    (void)co_await n.flush();
-    co_return co_await reads(n, t);
+    return ops;
+}
+
+/// Runs `ops` one after the other, or all at once (their I/O interleaving on the loop, as with
+/// an NBD client's queue), then a flush and the reads again.
+void writes(ctx& c, const std::shared_ptr<block::node>& n, fuzz::tape& t, bool concurrent)
+{
+    auto ops = plan_ops(*n, t);
+    if (!concurrent) {
+        for (const op& o : ops)
+            fuzz::run(c.io, do_op(n, o));
+    } else {
+        std::size_t done = 0;
+        for (const op& o : ops)
+            boost::asio::co_spawn(c.io, do_op(n, o), [&](std::exception_ptr e, bool) {
+                if (e)
+                    std::rethrow_exception(e);
+                ++done;
+            });
+        c.io.restart();
+        while (done < ops.size() && c.io.run_one() > 0) {}
+        if (done < ops.size())
+            std::abort();   // a request never finished: a hang
+    }
+    fuzz::run(c.io, do_op(n, {4, 0, 0}));
+    fuzz::run(c.io, reads(*n, t));
 }
 
 } // namespace
@@ -136,7 +180,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         fuzz::tape t(tail);
         // Tiny caches half of the time: evictions and write-backs under pressure.
         block::qcow2_open_options qo;
-        if (t.u8() & 1) {
+        const std::uint8_t mode = t.u8();
+        const bool yield = mode & 2;   // I/O that suspends, and concurrent requests
+        if (mode & 1) {
             qo.l2_cache_bytes = 1;
             qo.refcount_cache_bytes = 1;
         }
@@ -144,9 +190,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             attach_backing(c, *n, t);
             fuzz::run(c.io, reads(*n, t));
         }
-        if (auto n = open(c, bytes, false, qo)) {
+        if (auto n = open(c, bytes, false, qo, yield)) {
             attach_backing(c, *n, t);
-            fuzz::run(c.io, writes(*n, t));
+            writes(c, n, t, yield);
         }
     }
     return 0;

@@ -9,6 +9,9 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -35,7 +38,8 @@ inline void quiet_logs()
 
 /// A memory-backed "file" node: reads past nothing (the node layer checks ranges), writes in
 /// place, truncate grows or shrinks up to `max_size` (beyond it: ENOSPC, like a full disk), so
-/// a format driver on top can allocate without touching the disk.
+/// a format driver on top can allocate without touching the disk. With `yield`, every request
+/// first goes round the loop, as real I/O does, so concurrent requests interleave.
 class mem_file final : public block::node {
 public:
     mem_file(std::string name, std::vector<std::byte> bytes, bool read_only, std::uint64_t max_size)
@@ -47,30 +51,54 @@ public:
     bool zero_init() const noexcept override { return true; }
 
     std::vector<std::byte> data_;
+    bool yield = false;
 
 protected:
+    asio::awaitable<void> pause()
+    {
+        if (yield)
+            co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    }
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
     {
+        co_await pause();
+        if (off > data_.size() || buf.size() > data_.size() - off)
+            co_return errno_error(EINVAL);
         std::memcpy(buf.data(), data_.data() + off, buf.size());
         co_return result<void>{};
     }
     asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool) override
     {
+        co_await pause();
+        if (off > data_.size() || buf.size() > data_.size() - off)
+            co_return errno_error(EINVAL);   // shrunk meanwhile
         std::memcpy(data_.data() + off, buf.data(), buf.size());
         co_return result<void>{};
     }
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t off, std::uint64_t len, block::zero_flags) override
     {
+        co_await pause();
+        if (off > data_.size() || len > data_.size() - off)
+            co_return errno_error(EINVAL);
         std::memset(data_.data() + off, 0, len);
         co_return result<void>{};
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t off, std::uint64_t len) override
     {
+        co_await pause();
+        if (off > data_.size() || len > data_.size() - off)
+            co_return errno_error(EINVAL);
         std::memset(data_.data() + off, 0, len);
+        co_return result<void>{};
+    }
+    asio::awaitable<result<void>> do_flush() override
+    {
+        co_await pause();
         co_return result<void>{};
     }
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
     {
+        co_await pause();
         if (size > max_size_)
             co_return errno_error(ENOSPC);
         data_.resize(size);
