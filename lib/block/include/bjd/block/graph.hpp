@@ -8,8 +8,9 @@
 /// written back by `flush()`; the graph flushes before it lets a node go, as QEMU's
 /// bdrv_close() does. Code that is done with a node hands it to `close` (or `close_later`)
 /// rather than erasing it: the node leaves the graph, is flushed unless read-only (or it
-/// holds nothing to write back: `node::flush_on_close`), and is released, and so are the children nobody else holds — parent before child, since a
-/// format's flush writes into its file. At exit `close_all` flushes every node that is left.
+/// holds nothing to write back: `node::flush_on_close`), and is released, and so are the
+/// children nobody else holds — parent before child, since a format's flush writes into its
+/// file. At exit `close_all` flushes every node that is left.
 #include "bjd/block/backend.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/io/engine.hpp"
@@ -64,8 +65,8 @@ public:
     /// Lets `n` go: it leaves the graph at once, then is flushed unless read-only or
     /// `!flush_on_close()` (a failed flush is logged, not returned: the node goes anyway, as
     /// in QEMU) and released. Each child the graph registered that is not monitor-owned and
-    /// that only closing nodes hold follows, parents before children. No-op when `n` is null, not in the graph, or still
-    /// has parents. Monitor ownership of `n` itself is the caller's business (blockdev-del
+    /// that only closing nodes hold follows, parents before children. No-op when `n` is null,
+    /// not in the graph, or still has parents. Monitor ownership of `n` itself is the caller's business (blockdev-del
     /// closes monitor-owned nodes; media commands only their own).
     asio::awaitable<void> close(std::shared_ptr<node> n);
     /// `close` for callers that cannot wait (job callbacks): `n` and its orphaned children
@@ -76,8 +77,8 @@ public:
     /// so that a command sees the graph as a synchronous close (QEMU's) would have left it.
     asio::awaitable<void> wait_for_closes();
     /// Daemon exit, before the I/O engines drain: waits for closes in progress, then flushes
-    /// every writable node (`flush_on_close`), parents before children, so that everything still in memory
-    /// reaches the files. The nodes stay; the graph's destructor releases them.
+    /// every writable node (`flush_on_close`), parents before children, so that everything
+    /// still in memory reaches the files. The nodes stay; the graph's destructor releases them.
     asio::awaitable<void> close_all();
 
     /// The node called `name`, or null.
