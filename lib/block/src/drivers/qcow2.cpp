@@ -100,6 +100,14 @@ asio::awaitable<qapi::result<void>> qcow2_node::load()
     if (!read_only()) {
         if (h_.incompatible & incompat_corrupt)
             co_return qapi::generic("qcow2: Image is corrupt; cannot be opened read/write");
+        // Shared tables would multiply what allocation and repair scan (issue #8): a crafted
+        // file of a few KiB could stall the loop for minutes on its first write.
+        if (std::uint64_t d = first_duplicate(l1_, offset_mask))
+            co_return qapi::generic("qcow2: Image is corrupt (L2 table at offset " + std::to_string(d) +
+                                    " is referenced twice by the L1 table); cannot be opened read/write");
+        if (std::uint64_t d = first_duplicate(reftable_, ~reftable_reserved))
+            co_return qapi::generic("qcow2: Image is corrupt (refcount block at offset " + std::to_string(d) +
+                                    " is referenced twice by the refcount table); cannot be opened read/write");
         if (h_.incompatible & incompat_dirty) {
             // Like QEMU: a writable open of an image left dirty by lazy refcounts repairs them.
             std::string err;

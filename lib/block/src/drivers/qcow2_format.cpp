@@ -272,6 +272,18 @@ bool decode_l1_entry(const header& h, std::uint64_t e, std::uint64_t file_size, 
     return true;
 }
 
+std::uint64_t first_duplicate(std::span<const std::uint64_t> entries, std::uint64_t mask)
+{
+    std::vector<std::uint64_t> offs;
+    offs.reserve(entries.size());
+    for (std::uint64_t e : entries)
+        if (e & mask)
+            offs.push_back(e & mask);
+    std::sort(offs.begin(), offs.end());
+    auto it = std::adjacent_find(offs.begin(), offs.end());
+    return it == offs.end() ? 0 : *it;
+}
+
 std::uint64_t refcount_get(std::span<const std::byte> block, unsigned order, std::uint64_t i)
 {
     const unsigned bits = 1u << order;

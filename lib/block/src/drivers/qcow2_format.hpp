@@ -129,6 +129,13 @@ bool decode_l2_entry(const header& h, std::uint64_t e, std::uint64_t file_size, 
 bool decode_l1_entry(const header& h, std::uint64_t e, std::uint64_t file_size, std::uint64_t& l2_off,
                      std::string& error);
 
+/// The first offset (entry & `mask`, ignoring 0) that appears twice in `entries`, or 0 when
+/// every table is listed once. Two L1 entries naming one L2 table, or two refcount table
+/// entries naming one refcount block, never happen in an image QEMU wrote; accepting them
+/// would let a small crafted file stand for a huge one (every scan over the refcounts or the
+/// L2 tables multiplied by the repeats), so writable opens refuse them.
+std::uint64_t first_duplicate(std::span<const std::uint64_t> entries, std::uint64_t mask);
+
 /// Refcount entries per refcount block: cluster size * 8 / 2^order.
 inline std::uint64_t refblock_entries(const header& h) noexcept
 {
