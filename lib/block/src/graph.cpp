@@ -466,7 +466,7 @@ std::vector<std::shared_ptr<node>> graph::take_closing(std::shared_ptr<node> n)
 
 namespace {
 
-bool needs_flush(const node& n) { return !n.read_only() && n.flush_on_close(); }
+bool needs_flush(const node& n) { return !n.read_only() && n.flush_on_close() && n.unflushed(); }
 
 /// QEMU's bdrv_close: flush a writable node, and let it go even when that fails.
 asio::awaitable<void> flush_before_close(node& n)
@@ -510,8 +510,14 @@ asio::awaitable<void> graph::close(std::shared_ptr<node> n)
 void graph::close_later(asio::any_io_executor ex, std::shared_ptr<node> n)
 {
     auto nodes = take_closing(std::move(n));
-    if (nodes.empty())
+    if (std::none_of(nodes.begin(), nodes.end(), [](const auto& c) { return needs_flush(*c); })) {
+        // Nothing to write back (a mirror flushed its target before it finished): let go now,
+        // as QEMU's synchronous close does, so the image locks are free before the job's
+        // events go out.
+        for (auto& c : nodes)
+            c.reset();
         return;
+    }
     ++closing_;
     asio::co_spawn(std::move(ex), close_taken(std::move(nodes)), log::on_failure("block", "closing nodes"));
 }

@@ -176,6 +176,7 @@ result<void> node::check_request(std::uint64_t offset, std::uint64_t length, boo
 
 void node::notify_write(std::uint64_t offset, std::uint64_t length)
 {
+    unflushed_ = true;
     wr_highest_offset_ = std::max(wr_highest_offset_, offset + length);
     acct_.note_write_end(offset + length);
     // Copy: an observer may detach itself (a job finishing) while being told.
@@ -270,7 +271,10 @@ asio::awaitable<result<void>> node::discard(std::uint64_t offset, std::uint64_t 
 asio::awaitable<result<void>> node::flush()
 {
     auto ck = acct_.start(stats::op::flush, 0);
+    unflushed_ = false;   // what completes from now on is not covered by this flush
     auto r = co_await do_flush();
+    if (!r)
+        unflushed_ = true;
     acct_.finish(ck, bool(r));
     co_return r;
 }
@@ -279,7 +283,10 @@ asio::awaitable<result<void>> node::truncate(std::uint64_t size)
 {
     if (opts_.read_only)
         co_return errno_error(EPERM);
-    co_return co_await do_truncate(size);
+    auto r = co_await do_truncate(size);
+    if (r)
+        unflushed_ = true;
+    co_return r;
 }
 
 asio::awaitable<result<extent>> node::block_status(std::uint64_t offset, std::uint64_t length)

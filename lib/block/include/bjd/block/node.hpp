@@ -195,6 +195,9 @@ public:
     /// to nodes that are closed, and flushed, on their own; null-co stores nothing (QEMU still
     /// flushes it and waits out latency-ns; blockjobd does not, so quit never hangs on it).
     virtual bool flush_on_close() const noexcept { return !is_filter(); }
+    /// Whether a write, write-zeroes, discard or resize completed since the last flush began:
+    /// only then does a close need to flush (a mirror flushed its target before it finished).
+    bool unflushed() const noexcept { return unflushed_; }
     /// The backing node (COW base) or null.
     node* backing() const noexcept { return child("backing"); }
 
@@ -264,6 +267,7 @@ private:
     std::vector<edge*> parents_;
     std::vector<write_observer*> observers_;
     std::uint64_t wr_highest_offset_ = 0;
+    bool unflushed_ = false;
     unsigned held_perm_ = 0;
     unsigned held_shared_ = perm_all;
     stats::block_acct acct_;
