@@ -34,6 +34,7 @@ manager::manager(asio::io_context& loop, std::function<void(const std::string&)>
     : loop_(loop)
     , on_deleted_(std::move(on_deleted))
     , tracker_(std::make_shared<detail::connection_tracker>(loop))
+    , gone_(loop, asio::steady_timer::time_point::max())
 {
 }
 
@@ -146,6 +147,19 @@ qapi::result<void> manager::del(std::string_view id, bool hard)
     return {};
 }
 
+asio::awaitable<qapi::result<void>> manager::remove(std::string id, bool hard)
+{
+    auto r = del(id, hard);
+    if (!r || hard)
+        co_return r;
+    for (;;) {
+        auto e = find_by_id(id);
+        if (!e || !e->shutting_down())
+            co_return r;
+        co_await gone_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
 void manager::finish_delete(const std::string& id)
 {
     auto it = std::find_if(exports_.begin(), exports_.end(), [&](auto& e) { return e->id() == id; });
@@ -157,6 +171,7 @@ void manager::finish_delete(const std::string& id)
     log::get("nbd")->info("export '{}' deleted", id);
     if (on_deleted_)
         on_deleted_(id);
+    gone_.cancel();   // wakes remove() callers; the timer never expires
 }
 
 std::vector<export_info> manager::query() const

@@ -117,7 +117,7 @@ boost::asio::awaitable<result<void>> qmp_block_export_del(qmp::context& ctx, blo
     if (!ctx.exports)
         co_return generic("Export '" + args.id + "' is not found");
     bool hard = args.mode.value_or(block_export_remove_mode::safe) == block_export_remove_mode::hard;
-    co_return ctx.exports->del(args.id, hard);
+    co_return co_await ctx.exports->remove(args.id, hard);
 }
 
 boost::asio::awaitable<result<void>> qmp_nbd_server_add(qmp::context& ctx, nbd_server_add_options args)
@@ -151,7 +151,7 @@ boost::asio::awaitable<result<void>> qmp_nbd_server_remove(qmp::context& ctx, nb
     if (!ctx.exports)
         co_return generic("Export '" + args.name + "' is not found");
     bool hard = args.mode.value_or(block_export_remove_mode::safe) == block_export_remove_mode::hard;
-    co_return ctx.exports->del(args.name, hard);
+    co_return co_await ctx.exports->remove(args.name, hard);
 }
 
 boost::asio::awaitable<result<std::vector<block_export_info>>> qmp_query_block_exports(qmp::context& ctx)

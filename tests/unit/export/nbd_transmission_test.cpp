@@ -358,6 +358,21 @@ TEST_CASE("export: a client that has hung up does not keep a safe delete out", "
     CHECK(f.deleted == std::vector<std::string>{"e0"});
 }
 
+TEST_CASE("export: block-export-del answers after the deletion when the clients hung up", "[export]")
+{
+    // The QMP commands' remove(): BLOCK_EXPORT_DELETED precedes the answer, as in QEMU for an
+    // export without clients.
+    fixture f;
+    client_conn c(f.mgr);
+    run(f.io, open_and_hold(f, c));
+    settle(f.io);
+    c.sock.close();
+    auto r = run(f.io, f.mgr.remove("e0", false));
+    REQUIRE(r.has_value());
+    CHECK(f.deleted == std::vector<std::string>{"e0"});
+    CHECK(f.mgr.query().empty());
+}
+
 TEST_CASE("export: add errors use qemu-storage-daemon's texts", "[export]")
 {
     fixture f;

@@ -15,6 +15,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <functional>
 #include <memory>
@@ -91,6 +92,10 @@ public:
     /// "export 'X' still in use" (safe mode with clients), "Block export 'X' is already
     /// shutting down"... Deletion (and `on_deleted`) happens once no client is left.
     qapi::result<void> del(std::string_view id, bool hard);
+    /// The QMP commands' `del`: in safe mode the only clients left, if any, have hung up, so
+    /// this also waits until the export is gone. BLOCK_EXPORT_DELETED then precedes the
+    /// answer, as it does in QEMU for an export without clients.
+    asio::awaitable<qapi::result<void>> remove(std::string id, bool hard);
     /// query-block-exports: newest first, like QEMU.
     std::vector<export_info> query() const;
 
@@ -117,6 +122,7 @@ private:
     std::vector<std::shared_ptr<block_export>> exports_;   // creation order
     std::unique_ptr<detail::nbd_server> server_;
     std::shared_ptr<detail::connection_tracker> tracker_;
+    asio::steady_timer gone_;   ///< cancelled whenever an export is finally deleted
     connection_limits limits_;
 };
 
