@@ -5,6 +5,8 @@
 
 #include "../../../lib/block/src/drivers/qcow2_format.hpp"
 
+#include <filesystem>
+
 using namespace bjd;
 using namespace bjd::block;
 using namespace bjd::block::test;
@@ -77,4 +79,37 @@ TEST_CASE("qcow2 format: first_duplicate", "[qcow2][format]")
     // Flags do not make two entries different tables.
     CHECK(first_duplicate(std::vector<std::uint64_t>{0x3000, copied | 0x2000, 0x2000}, qcow2::offset_mask) == 0x2000);
     CHECK(first_duplicate(std::vector<std::uint64_t>{0x5000, 0x1000, 0x5000, 0x1000}, ~std::uint64_t(0x1ff)) == 0x1000);
+}
+
+TEST_CASE("qcow2: refcounts claiming clusters past the end of the file do not steer allocation", "[qcow2][fuzz]")
+{
+    // Every allocation grows the file to cover itself, so a cluster past the end is free
+    // whatever a (hostile) refcount block says. Walking such claims one cluster at a time
+    // would stall the loop for a long time on a small crafted file.
+    env e;
+    const std::string img = e.path("r.qcow2");
+    REQUIRE(sh("qemu-img create -q -f qcow2 " + img + " 16M") == 0);   // 64 KiB clusters, 16-bit refcounts
+    auto d = slurp(img);
+    const std::uint64_t reftable = get64(d, 48);
+    const std::uint64_t rb = get64(d, reftable);
+    REQUIRE(rb != 0);
+    REQUIRE(d.size() >= rb + 65536);
+    const std::uint64_t first_past_end = (d.size() + 65535) / 65536;
+    for (std::uint64_t c = first_past_end; c < 32768; ++c)   // the whole block's tail claims "in use"
+    {
+        d[rb + c * 2] = std::byte{0};
+        d[rb + c * 2 + 1] = std::byte{1};
+    }
+    spit(img, d);
+
+    auto rw = e.qcow2(img);
+    REQUIRE(ok(rw));
+    std::vector<std::byte> buf(65536, std::byte{9});
+    REQUIRE(e.run((*rw)->write(0, buf)));
+    REQUIRE(e.run((*rw)->flush()));
+    // Data and an L2 table right after the old end, not past the 2 GiB the block covers.
+    CHECK(std::filesystem::file_size(img) <= d.size() + 3 * 65536);
+    std::vector<std::byte> back(65536);
+    REQUIRE(e.run((*rw)->read(0, back)));
+    CHECK(back == buf);
 }

@@ -273,6 +273,13 @@ asio::awaitable<result<std::uint64_t>> qcow2_node::reserve(std::uint64_t n, std:
             start = c;
             continue;
         }
+        // Past the end of the file nothing can be in use: every allocation grows the file to
+        // cover itself. A hostile refcount block claiming such clusters would otherwise make
+        // this scan walk them one by one (billions of steps for a small crafted file).
+        if (c * cs_ >= file()->size()) {
+            ++c;
+            continue;
+        }
         const std::uint64_t ti = c / rb_entries_;
         if (ti != blk_ti) {
             auto b = co_await get_refblock(ti, false);
