@@ -237,8 +237,9 @@ asio::awaitable<result<void>> node::write_zeroes(std::uint64_t offset, std::uint
         co_return result<void>{};
     }
     auto self = shared_from_this();
-    if (!opts_.discard_unmap)
-        flags.may_unmap = false;
+    // Like QEMU 7.2, `discard` governs discard requests only: a write-zeroes that may unmap
+    // (a mirror's zero areas, NBD WRITE_ZEROES without NO_HOLE) punches a hole either way,
+    // so a sparse target stays sparse.
     auto r = co_await do_write_zeroes(offset, length, flags);
     if (!r && r.error() == std::errc::operation_not_supported && !flags.no_fallback)
         r = co_await emulate_write_zeroes(offset, length);
