@@ -87,7 +87,8 @@ long resolve_id(const std::string& spec, const char* what, Lookup lookup)
     return id;
 }
 
-void apply_ownership(const listen_address& addr)
+/// `file` is where the socket is bound right now (a temporary name until it listens).
+void apply_ownership(const listen_address& addr, const std::string& file)
 {
     if (addr.owner.empty() && addr.group.empty())
         return;
@@ -103,12 +104,12 @@ void apply_ownership(const listen_address& addr)
             const group* g = ::getgrnam(n);
             return g ? static_cast<long>(g->gr_gid) : -1;
         }));
-    if (::chown(addr.path.c_str(), uid, gid) != 0)
+    if (::chown(file.c_str(), uid, gid) != 0)
         fail(errno, "Failed to change the owner of " + addr.path);
 }
 
 /// Sets the socket file's mode, and never leaves it writable (connectable) by everyone.
-void apply_mode(const listen_address& addr)
+void apply_mode(const listen_address& addr, const std::string& file)
 {
     if (addr.mode) {
         if (*addr.mode & ~07777u)
@@ -116,15 +117,15 @@ void apply_mode(const listen_address& addr)
         if (*addr.mode & S_IWOTH)
             fail(EPERM, "Refusing to make socket " + addr.path +
                             " world-writable (any local user could control the daemon); use owner=/group=");
-        if (::chmod(addr.path.c_str(), static_cast<mode_t>(*addr.mode)) != 0)
+        if (::chmod(file.c_str(), static_cast<mode_t>(*addr.mode)) != 0)
             fail(errno, "Failed to change the mode of " + addr.path);
         return;
     }
     struct stat st {};
-    if (::stat(addr.path.c_str(), &st) == 0 && (st.st_mode & S_IWOTH)) {
+    if (::stat(file.c_str(), &st) == 0 && (st.st_mode & S_IWOTH)) {
         // A umask of 0 or 002 would let every local user connect.
         mode_t m = st.st_mode & 07777 & ~static_cast<mode_t>(S_IWOTH);
-        if (::chmod(addr.path.c_str(), m) != 0)
+        if (::chmod(file.c_str(), m) != 0)
             fail(errno, "Failed to change the mode of " + addr.path);
         log::get("net")->warn("socket {}: the umask made it world-writable; removed write access for others",
                               addr.path);
@@ -139,11 +140,22 @@ listener open_unix(asio::io_context& loop, const listen_address& addr)
         fail(EINVAL, "UNIX socket path is empty");
     if (addr.path.size() >= sizeof sun.sun_path)
         fail(ENAMETOOLONG, "UNIX socket path '" + addr.path + "' is too long");
-    std::memcpy(sun.sun_path, addr.path.data(), addr.path.size());
+    // Bound under a temporary name and renamed into place once it listens with its final
+    // permissions: whoever waits for the path to appear (a supervisor, a test) can connect at
+    // once, never getting ECONNREFUSED from a socket that is bound but not yet listening.
+    std::string tmp = addr.path + ".tmp" + std::to_string(::getpid());
+    if (tmp.size() >= sizeof sun.sun_path)
+        tmp = addr.path;   // no room for a temporary name: bind in place
+    std::memcpy(sun.sun_path, tmp.data(), tmp.size());
+    if (tmp != addr.path)
+        ::unlink(tmp.c_str());
     // Like QEMU, replace a stale socket left by an earlier run (never a regular file).
     struct stat st {};
-    if (::lstat(addr.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+    if (::lstat(addr.path.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))   // what bind() in place would say; never renamed over
+            fail(EADDRINUSE, "Failed to bind socket to " + addr.path);
         ::unlink(addr.path.c_str());
+    }
     listener l;
     acceptor acc(loop);
     boost::system::error_code ec;
@@ -152,21 +164,25 @@ listener open_unix(asio::io_context& loop, const listen_address& addr)
         acc.bind(generic_proto::endpoint(&sun, sizeof sun), ec);
     if (ec)
         fail(ec, "Failed to bind socket to " + addr.path);
-    l.owned_path = addr.path;
+    l.owned_path = tmp;
     try {
         // Before listen(): nobody can connect until the permissions are final.
-        apply_ownership(addr);
-        apply_mode(addr);
+        apply_ownership(addr, tmp);
+        apply_mode(addr, tmp);
     } catch (...) {
         l.acceptors.push_back(std::move(acc));
         l.close();
         throw;
     }
     acc.listen(asio::socket_base::max_listen_connections, ec);
+    if (!ec && tmp != addr.path && ::rename(tmp.c_str(), addr.path.c_str()) != 0)
+        ec.assign(errno, boost::system::system_category());
     if (ec) {
+        l.acceptors.push_back(std::move(acc));
         l.close();
         fail(ec, "Failed to listen on socket " + addr.path);
     }
+    l.owned_path = addr.path;
     l.acceptors.push_back(std::move(acc));
     l.description = "unix:" + addr.path;
     return l;

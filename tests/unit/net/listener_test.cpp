@@ -63,6 +63,8 @@ TEST_CASE("a UNIX listener gets the mode asked for and removes its file on close
     auto p = t.path("q.sock");
     auto l = net::open_listener(io, net::listen_address::unix_socket(p, 0640));
     CHECK(mode_of(p) == 0640);
+    // Bound under a temporary name and renamed once listening: only the socket is left.
+    CHECK(std::distance(std::filesystem::directory_iterator(t.dir), std::filesystem::directory_iterator()) == 1);
     CHECK(l.description == "unix:" + p);
     CHECK_FALSE(l.tcp);
     CHECK(connects(p));
@@ -83,6 +85,7 @@ TEST_CASE("a world-writable socket is refused, and a umask that would make one i
         CHECK(std::string(e.what()).find("world-writable") != std::string::npos);
     }
     CHECK_FALSE(std::filesystem::exists(p));   // nothing left behind
+    CHECK(std::filesystem::is_empty(t.dir));   // not even the temporary name
     umask_guard g(0);
     auto l = net::open_listener(io, net::listen_address::unix_socket(p));
     CHECK((mode_of(p) & S_IWOTH) == 0);
