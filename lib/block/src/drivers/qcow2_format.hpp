@@ -11,6 +11,7 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace bjd::block::qcow2 {
@@ -116,6 +117,18 @@ struct mapping {
     std::uint64_t comp_len = 0;   ///< compressed: bytes of compressed data (up to the sector end)
     bool copied = false;          ///< OFLAG_COPIED
 };
+
+/// The host bytes an L2 entry holds a reference to: the whole cluster of a data or
+/// preallocated zero cluster, the sectors of a compressed one; {0, 0} for entries that hold
+/// none (unallocated, plain zero).
+inline std::pair<std::uint64_t, std::uint64_t> referenced_bytes(const mapping& m, std::uint64_t cluster_size)
+{
+    if (m.k == kind::normal || m.k == kind::zero_alloc)
+        return {m.host, cluster_size};
+    if (m.k == kind::compressed)
+        return {m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511)};
+    return {0, 0};
+}
 
 /// Decodes an L2 entry (host byte order) of the image `h` whose file has `file_size` bytes.
 /// Refuses (false, `error` set to one phrase) reserved bits, unaligned or out-of-file data

@@ -442,12 +442,8 @@ asio::awaitable<result<void>> qcow2_node::repair_dirty(std::string& error)
             auto m = decode((**t)[j], (l1i * l2_entries_ + j) * cs_);
             if (!m)
                 co_return m.error();
-            bool ok = true;
-            if (m->k == kind::normal || m->k == kind::zero_alloc)
-                ok = add(m->host, cs_, "a data cluster");
-            else if (m->k == kind::compressed)
-                ok = add(m->host & ~std::uint64_t(511), m->comp_len + (m->host & 511), "a compressed cluster");
-            if (!ok)
+            auto [off, len] = referenced_bytes(*m, cs_);
+            if (!add(off, len, m->k == kind::compressed ? "a compressed cluster" : "a data cluster"))
                 co_return errno_error(EINVAL);
         }
     }

@@ -190,12 +190,9 @@ asio::awaitable<result<void>> qcow2_node::commit_locked(const write_plan& plan, 
         mark_dirty(l2_offset(l1i), *tab);
         // The clusters the entries used to reference are freed once the new entries are
         // durable (flush_metadata_locked).
-        for (const mapping& m : a.olds) {
-            if (m.k == kind::normal || m.k == kind::zero_alloc)
-                pending_free_.emplace_back(m.host, cs_);
-            else if (m.k == kind::compressed)
-                pending_free_.emplace_back(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511));
-        }
+        for (const mapping& m : a.olds)
+            if (auto range = referenced_bytes(m, cs_); range.second != 0)
+                pending_free_.push_back(range);
     }
     co_return out;
 }
@@ -228,26 +225,27 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
                 co_return m.error();
             std::uint64_t ne = old;
             bool drop = false;
+            const bool holds = referenced_bytes(*m, cs_).second != 0;   // a cluster to free if dropped
             switch (mode) {
             case clear_mode::zero_keep:
                 if (in_place(*m) || m->k == kind::zero_alloc) {
                     ne = m->host | oflag_copied | oflag_zero;
                 } else if (m->k != kind::unallocated || backing()) {
                     ne = oflag_zero;
-                    drop = m->k != kind::unallocated && m->k != kind::zero_plain;
+                    drop = holds;
                 }
                 break;
             case clear_mode::zero_unmap:
                 if (m->k != kind::unallocated || backing()) {
                     ne = oflag_zero;
-                    drop = m->k == kind::normal || m->k == kind::zero_alloc || m->k == kind::compressed;
+                    drop = holds;
                 }
                 break;
             case clear_mode::discard:
                 // Like QEMU: a discarded allocated cluster becomes a zero cluster (it reads as
                 // zeroes, and stays "present" for block status); other clusters only change
                 // when a backing file would show through.
-                if (m->k == kind::normal || m->k == kind::zero_alloc || m->k == kind::compressed) {
+                if (holds) {
                     ne = oflag_zero;
                     drop = true;
                 } else {
@@ -256,7 +254,7 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
                 break;
             case clear_mode::deallocate:
                 ne = 0;
-                drop = m->k == kind::normal || m->k == kind::zero_alloc || m->k == kind::compressed;
+                drop = holds;
                 break;
             }
             if (ne == old)
@@ -270,12 +268,8 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
         if (lo <= hi)
             mark_dirty(l2_offset(l1i), *tab);
         // Freed once the entries that dropped the clusters are durable (flush_metadata_locked).
-        for (const mapping& m : freed) {
-            if (m.k == kind::compressed)
-                pending_free_.emplace_back(m.host & ~std::uint64_t(511), m.comp_len + (m.host & 511));
-            else
-                pending_free_.emplace_back(m.host, cs_);
-        }
+        for (const mapping& m : freed)
+            pending_free_.push_back(referenced_bytes(m, cs_));
         pos += n * cs_;
     }
     co_return result<void>{};
