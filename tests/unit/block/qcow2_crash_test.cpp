@@ -15,7 +15,7 @@ namespace {
 /// Passes everything to its file child and records writes (with their data), flushes and
 /// size changes. Discards and write-zeroes are recorded as writes of zeroes (the worst a
 /// crash can make of them).
-class recorder final : public node {
+class recorder final : public forwarding_node {
 public:
     struct event {
         enum class kind { write, flush, truncate } k;
@@ -23,45 +23,36 @@ public:
         std::vector<std::byte> data;
     };
 
-    recorder(node_options o, std::shared_ptr<node> f) : node(std::move(o)) { add_child("file", std::move(f)); }
-    std::string_view driver() const noexcept override { return "raw"; }
-    std::uint64_t size() const noexcept override { return file()->size(); }
+    using forwarding_node::forwarding_node;
 
     std::vector<event> log;
 
 protected:
-    asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
-    {
-        co_return co_await file()->read(off, buf);
-    }
     asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
     {
         log.push_back({event::kind::write, off, {buf.begin(), buf.end()}});
-        co_return co_await file()->write(off, buf, fua);
+        co_return co_await forwarding_node::do_write(off, buf, fua);
     }
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t off, std::uint64_t len, zero_flags f) override
     {
         log.push_back({event::kind::write, off, std::vector<std::byte>(len)});
-        co_return co_await file()->write_zeroes(off, len, f);
+        co_return co_await forwarding_node::do_write_zeroes(off, len, f);
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t off, std::uint64_t len) override
     {
         log.push_back({event::kind::write, off, std::vector<std::byte>(len)});
-        co_return co_await file()->discard(off, len);
+        co_return co_await forwarding_node::do_discard(off, len);
     }
     asio::awaitable<result<void>> do_flush() override
     {
         log.push_back({event::kind::flush, 0, {}});
-        co_return co_await file()->flush();
+        co_return co_await forwarding_node::do_flush();
     }
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
     {
         log.push_back({event::kind::truncate, size, {}});
-        co_return co_await file()->truncate(size);
+        co_return co_await forwarding_node::do_truncate(size);
     }
-
-private:
-    node* file() const noexcept { return child("file"); }
 };
 
 void apply(std::vector<std::byte>& img, const recorder::event& e)

@@ -387,25 +387,18 @@ TEST_CASE("block: qcow2 reuses freed clusters, with writes and discards in fligh
 namespace {
 
 /// Passes everything to its file child; once armed, holds the next write until released.
-class gate_node final : public node {
+class gate_node final : public forwarding_node {
 public:
     gate_node(node_options o, std::shared_ptr<node> f, asio::io_context& ctx)
-        : node(std::move(o)), timer_(ctx, asio::steady_timer::time_point::max())
+        : forwarding_node(std::move(o), std::move(f)), timer_(ctx, asio::steady_timer::time_point::max())
     {
-        add_child("file", std::move(f));
     }
-    std::string_view driver() const noexcept override { return "raw"; }
-    std::uint64_t size() const noexcept override { return file()->size(); }
 
     bool armed = false;
     bool holding = false;
     void release() { timer_.cancel(); }
 
 protected:
-    asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
-    {
-        co_return co_await file()->read(off, buf);
-    }
     asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
     {
         if (std::exchange(armed, false)) {
@@ -413,20 +406,10 @@ protected:
             co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
             holding = false;
         }
-        co_return co_await file()->write(off, buf, fua);
-    }
-    asio::awaitable<result<void>> do_discard(std::uint64_t off, std::uint64_t len) override
-    {
-        co_return co_await file()->discard(off, len);
-    }
-    asio::awaitable<result<void>> do_flush() override { co_return co_await file()->flush(); }
-    asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
-    {
-        co_return co_await file()->truncate(size);
+        co_return co_await forwarding_node::do_write(off, buf, fua);
     }
 
 private:
-    node* file() const noexcept { return child("file"); }
     asio::steady_timer timer_;
 };
 

@@ -151,4 +151,38 @@ struct env {
     }
 };
 
+/// Passes every request to its "file" child unchanged: the base of test nodes slipped
+/// between a format and its file to watch or hold what the format does there.
+class forwarding_node : public node {
+public:
+    forwarding_node(node_options o, std::shared_ptr<node> f) : node(std::move(o)) { add_child("file", std::move(f)); }
+    std::string_view driver() const noexcept override { return "raw"; }
+    std::uint64_t size() const noexcept override { return file()->size(); }
+
+protected:
+    node* file() const noexcept { return child("file"); }
+
+    asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
+    {
+        co_return co_await file()->read(off, buf);
+    }
+    asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
+    {
+        co_return co_await file()->write(off, buf, fua);
+    }
+    asio::awaitable<result<void>> do_write_zeroes(std::uint64_t off, std::uint64_t len, zero_flags f) override
+    {
+        co_return co_await file()->write_zeroes(off, len, f);
+    }
+    asio::awaitable<result<void>> do_discard(std::uint64_t off, std::uint64_t len) override
+    {
+        co_return co_await file()->discard(off, len);
+    }
+    asio::awaitable<result<void>> do_flush() override { co_return co_await file()->flush(); }
+    asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
+    {
+        co_return co_await file()->truncate(size);
+    }
+};
+
 } // namespace bjd::block::test
