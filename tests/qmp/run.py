@@ -117,7 +117,8 @@ def parse_scenario(path):
         known = {"args", "env", "shell", "shell-out", "shell-bg", "wait-file", "session", "raw",
                  "raw-nosync", "raw-repeat", "raw-repeat-nosync", "wait", "recv", "drain",
                  "sleep", "disconnect", "quit", "nowait", "group", "endgroup", "mask",
-                 "filter-return-names", "schema-probe", "sort-return", "echo", "expect-exit"}
+                 "filter-return-names", "schema-probe", "sort-return", "echo", "expect-exit",
+                 "full"}
         if name not in known:
             raise ScenarioError(f"{path}:{lineno}: unknown directive @{name}")
         steps.append(Step(name, rest, lineno))
@@ -138,6 +139,7 @@ class Filters:
     def __init__(self, tmp):
         self.tmp = tmp
         self.masks = set(DEFAULT_MASKS)
+        self.full = set()           # members never abbreviated (@full)
 
     def text(self, s):
         s = s.replace(self.tmp, "TMP")
@@ -174,7 +176,7 @@ class Filters:
             return [self.value(x, None, depth + 1) for x in v]
         if isinstance(v, str):
             v = self.text(v)
-            if len(v) > LONG_STRING:
+            if len(v) > LONG_STRING and key not in self.full:
                 v = f"{v[:24]}...({len(v)} chars)"
             return v
         return v
@@ -628,6 +630,8 @@ class Run:
             self.group = None
         elif k == "mask":
             self.filters.masks.update(a.split())
+        elif k == "full":
+            self.filters.full.update(a.split())
         elif k == "filter-return-names":
             self.ret_filter = set(a.split())
         elif k == "sort-return":
