@@ -43,11 +43,13 @@ public:
     }
 
 protected:
-    qapi::result<void> apply_permissions(unsigned perm, unsigned shared) override
+    /// The drive's users (exports, jobs) take their permissions on the medium through the
+    /// drive's own edge, which the front node forwards to.
+    std::vector<edge*> permission_edges() const override
     {
         if (!owner_)
             return {};
-        return owner_->medium_.set_perms(perm, shared);
+        return {&owner_->medium_};
     }
 
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override
@@ -126,7 +128,7 @@ backend::backend(const drive_options& opts)
     , tray_(opts.tray)
     , tray_open_(opts.tray && opts.tray_open)
     , locked_(opts.tray && opts.locked)
-    , medium_(parent_kind::backend, "drive '" + opts.id + "'", "root")
+    , medium_(parent_kind::backend, "block device '" + opts.id + "'", "root")
     , front_(std::make_shared<drive_front>(*this))
 {
     auto& a = front_->acct();
@@ -227,14 +229,8 @@ qapi::result<void> backend::insert_medium(std::shared_ptr<node> n)
 
 qapi::result<void> backend::attach(std::shared_ptr<node> n)
 {
-    medium_.attach(n);
-    if (medium_.perm() != 0 || medium_.shared_perm() != perm_all) {
-        // attach() only logs a conflict: ask again so that it fails the operation.
-        if (auto r = medium_.set_perms(medium_.perm(), medium_.shared_perm()); !r) {
-            medium_.detach();
-            return r;
-        }
-    }
+    if (auto r = medium_.attach(n); !r)
+        return r;
     last_size_ = n->size();
     read_only_state_ = n->read_only();
     log::get("block")->info("drive '{}': medium '{}' inserted", name_, n->name());

@@ -232,9 +232,10 @@ asio::awaitable<qapi::result<void>> format_qcow2(node& file, const qcow2_create_
         co_return planned.error();
     const qcow2_layout& l = *planned;
 
-    edge e(parent_kind::job, owner, "file");
-    e.attach(file.shared_from_this());
-    if (auto r = e.set_perms(perm_write | perm_resize, perm_all); !r)
+    // QEMU's qcow2_co_create: an anonymous BlockBackend taking write and resize, sharing all.
+    edge e(parent_kind::job_io, owner, "root");
+    (void)e.set_perms(perm_write | perm_resize, perm_all);   // no node yet: cannot fail
+    if (auto r = e.attach(file.shared_from_this()); !r)
         co_return r;
 
     const std::uint64_t align = std::max<std::uint32_t>(1, file.request_alignment());

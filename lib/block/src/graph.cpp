@@ -63,7 +63,8 @@ qapi::result<node_options> common_options(const qapi::blockdev_options& o, const
     }
     if (n.zeroes == node_options::detect_zeroes::unmap && !n.discard_unmap)
         return qapi::generic("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap");
-    if (o.force_share.value_or(false) && !n.read_only)
+    n.force_share = o.force_share.value_or(false);
+    if (n.force_share && !n.read_only)
         return qapi::generic("force-share=on can only be used with read-only images");
     return n;
 }
@@ -225,8 +226,13 @@ struct opener {
                 co_return r.error();
             n = open_blkdebug(std::move(*common), *image, *o.u.blkdebug);
         }
-        if (n)
-            made.push_back(*n);
+        if (!n)
+            co_return n;
+        // What the node takes on its children on its own (a writable qcow2 writes metadata),
+        // with the locks that go with it: "Failed to get \"write\" lock".
+        if (auto r = (*n)->refresh_permissions(); !r)
+            co_return r.error();
+        made.push_back(*n);
         co_return n;
     }
 

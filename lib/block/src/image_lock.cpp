@@ -38,8 +38,7 @@ bool set_lock(int fd, off_t byte, bool locked)
 
 } // namespace
 
-/// Holds the lock bytes for `perm` and for not sharing `~shared`; QEMU's texts on conflict.
-qapi::result<void> apply_image_locks(int fd, unsigned perm, unsigned shared, std::string_view filename)
+qapi::result<void> check_image_locks(int fd, unsigned perm, unsigned shared, std::string_view filename)
 {
     const std::string hint = "Is another process using the image [" + std::string(filename) + "]?";
     for (unsigned i = 0; i < perm_names.size(); ++i) {
@@ -54,13 +53,25 @@ qapi::result<void> apply_image_locks(int fd, unsigned perm, unsigned shared, std
                                std::string("Failed to get shared \"") + perm_names[i] + "\" lock",
                                hint};
     }
+    return {};
+}
+
+qapi::result<void> hold_image_locks(int fd, unsigned perm, unsigned shared)
+{
     for (unsigned i = 0; i < perm_names.size(); ++i) {
-        if (!set_lock(fd, lock_perm_base + i, perm & (1u << i)) ||
-            !set_lock(fd, lock_shared_base + i, !(shared & (1u << i))))
+        if (!set_lock(fd, lock_perm_base + i, perm & (1u << i)))
             return qapi::generic("Failed to lock byte " + std::to_string(lock_perm_base + i));
+        if (!set_lock(fd, lock_shared_base + i, !(shared & (1u << i))))
+            return qapi::generic("Failed to lock byte " + std::to_string(lock_shared_base + i));
     }
     return {};
 }
 
+qapi::result<void> apply_image_locks(int fd, unsigned perm, unsigned shared, std::string_view filename)
+{
+    if (auto r = check_image_locks(fd, perm, shared, filename); !r)
+        return r;
+    return hold_image_locks(fd, perm, shared);
+}
 
 } // namespace bjd::block::detail

@@ -20,63 +20,6 @@ bool is_all_zero(std::span<const std::byte> buf)
 
 } // namespace
 
-// ---- edges ------------------------------------------------------------------------------------
-
-edge::edge(parent_kind kind, std::string owner, std::string role)
-    : kind_(kind), owner_(std::move(owner)), role_(std::move(role))
-{
-}
-
-edge::~edge() { detach(); }
-
-void edge::attach(std::shared_ptr<node> n)
-{
-    std::shared_ptr<node> old = std::move(node_);
-    if (old) {
-        auto& ps = old->parents_;
-        ps.erase(std::remove(ps.begin(), ps.end(), this), ps.end());
-        (void)old->refresh_permissions();   // giving up permissions cannot fail
-    }
-    node_ = std::move(n);
-    if (node_) {
-        node_->parents_.push_back(this);
-        if (perm_ != 0 || shared_ != perm_all) {
-            if (auto r = node_->refresh_permissions(); !r)
-                log::get("block")->warn("{} keeps node '{}' without its permissions: {}", owner_, node_->name(),
-                                        r.error().desc);
-        }
-    }
-}
-
-qapi::result<void> edge::set_perms(unsigned perm, unsigned shared)
-{
-    unsigned old_perm = perm_, old_shared = shared_;
-    perm_ = perm;
-    shared_ = shared;
-    if (!node_)
-        return {};
-    if (auto r = node_->refresh_permissions(); !r) {
-        perm_ = old_perm;
-        shared_ = old_shared;
-        (void)node_->refresh_permissions();
-        return r;
-    }
-    return {};
-}
-
-void replace_node(node& from, const std::shared_ptr<node>& to)
-{
-    assert(to && to.get() != &from);
-    // Copy: attach() edits from.parents_ while we walk it.
-    std::vector<edge*> parents = from.parents_;
-    for (edge* e : parents) {
-        bool owned_by_to = std::any_of(to->children_.begin(), to->children_.end(),
-                                       [e](const std::unique_ptr<edge>& c) { return c.get() == e; });
-        if (!owned_by_to)
-            e->attach(to);
-    }
-}
-
 // ---- node -------------------------------------------------------------------------------------
 
 node::node(node_options opts) : opts_(std::move(opts)) {}
@@ -110,54 +53,28 @@ node* node::primary_child() const noexcept { return child("file"); }
 edge& node::add_child(std::string role, std::shared_ptr<node> n)
 {
     auto e = std::make_unique<edge>(parent_kind::node, "node '" + opts_.name + "'", std::move(role));
-    e->attach(std::move(n));
+    (void)e->attach(std::move(n));   // takes nothing yet: cannot conflict (refresh_permissions)
     children_.push_back(std::move(e));
     return *children_.back();
 }
 
-qapi::result<void> node::refresh_permissions()
+void node::remove_child(std::string_view role)
 {
-    unsigned perm = 0, shared = perm_all;
-    for (const edge* e : parents_) {
-        perm |= e->perm();
-        shared &= e->shared_perm();
-    }
-    if (perm == held_perm_ && shared == held_shared_)
-        return {};
-    if ((perm & (perm_write | perm_resize)) && opts_.read_only)
-        return qapi::generic("Block node is read-only");
-    for (const auto& c : children_) {
-        unsigned cp = 0, cs = perm_all;
-        child_permissions(*c, perm, shared, cp, cs);
-        if (auto r = c->set_perms(cp, cs); !r)
-            return r;
-    }
-    if (auto r = apply_permissions(perm, shared); !r)
-        return r;
-    held_perm_ = perm;
-    held_shared_ = shared;
-    return {};
+    children_.erase(std::remove_if(children_.begin(), children_.end(),
+                                   [&](const std::unique_ptr<edge>& e) { return e->role() == role; }),
+                    children_.end());
 }
-
-void node::child_permissions(const edge& child, unsigned perm, unsigned shared, unsigned& child_perm,
-                             unsigned& child_shared) const
-{
-    if (child.role() == "backing") {
-        // A COW backing file is only read, and must not change under us (QEMU's
-        // bdrv_default_perms_for_cow): writers of the overlay never write the backing.
-        child_perm = perm & perm_consistent_read;
-        child_shared = perm_consistent_read | perm_write_unchanged;
-        if (perm == 0)
-            child_shared = perm_all;
-        return;
-    }
-    child_perm = perm;
-    child_shared = shared;
-}
-
-qapi::result<void> node::apply_permissions(unsigned, unsigned) { return {}; }
 
 void node::add_write_observer(write_observer* o) { observers_.push_back(o); }
+
+std::vector<dirty_bitmap_info> node::dirty_bitmaps() const
+{
+    std::vector<dirty_bitmap_info> out;
+    for (auto it = observers_.rbegin(); it != observers_.rend(); ++it)
+        if (auto b = (*it)->bitmap_info())
+            out.push_back(std::move(*b));
+    return out;
+}
 
 void node::remove_write_observer(write_observer* o)
 {

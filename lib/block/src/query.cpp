@@ -91,7 +91,7 @@ qapi::image_info describe_image(const node& n, bool with_backing_chain)
         if (!q->backing_file.empty())
             img.backing_filename = q->backing_file;   // the header's string, verbatim
     }
-    if (node* b = n.backing()) {
+    if (node* b = n.cow_backing()) {
         if (!img.backing_filename)
             img.backing_filename = b->filename();
         img.full_backing_filename = b->filename();
@@ -110,9 +110,9 @@ qapi::block_device_info describe_node(const node& n, bool flat)
     info.ro = n.read_only();
     info.drv = std::string(n.driver());
     int depth = 0;
-    for (node* b = n.backing(); b; b = b->backing())
+    for (node* b = n.cow_backing(); b; b = b->cow_backing())
         ++depth;
-    if (node* b = n.backing())
+    if (node* b = n.cow_backing())
         info.backing_file = b->filename();
     info.backing_file_depth = flat ? 0 : depth;   // QEMU 7.2 counts the chain only when not flat
     info.encrypted = false;
@@ -128,6 +128,19 @@ qapi::block_device_info describe_node(const node& n, bool flat)
     info.cache.direct = n.options().cache_direct;
     info.cache.no_flush = n.options().cache_no_flush;
     info.write_threshold = 0;
+    if (auto bitmaps = n.dirty_bitmaps(); !bitmaps.empty()) {
+        info.dirty_bitmaps.emplace();
+        for (auto& b : bitmaps) {
+            qapi::block_dirty_info d;
+            d.name = std::move(b.name);
+            d.count = static_cast<std::int64_t>(b.count);
+            d.granularity = b.granularity;
+            d.recording = b.recording;
+            d.busy = b.busy;
+            d.persistent = b.persistent;
+            info.dirty_bitmaps->push_back(std::move(d));
+        }
+    }
     return info;
 }
 

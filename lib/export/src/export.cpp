@@ -11,16 +11,17 @@ block_export::block_export(export_options opts, std::shared_ptr<block::node> n)
     : opts_(std::move(opts))
     , edge_(block::parent_kind::export_, "export '" + opts_.id + "'", "root")
 {
-    edge_.attach(std::move(n));
+    (void)edge_.attach(std::move(n));   // takes nothing yet: claim_permissions asks
 }
 
 block_export::~block_export() = default;
 
 qapi::result<void> block_export::claim_permissions()
 {
-    // QEMU's block-export-add: read (and write when writable), sharing everything.
+    // QEMU's NBD exports: read (and write when writable), sharing everything but resize, since
+    // clients are told the size once.
     unsigned perm = block::perm_consistent_read | (opts_.writable ? block::perm_write : 0u);
-    return edge_.set_perms(perm, block::perm_all);
+    return edge_.set_perms(perm, block::perm_all & ~block::perm_resize);
 }
 
 std::string block_export::node_name() const

@@ -109,7 +109,7 @@ qapi::result<void> manager::add(export_options opts, std::shared_ptr<block::node
     if (auto r = check_new_id(opts.id); !r)
         return r;
     if (opts.writable && n->read_only())
-        return qapi::generic("Block node is read-only");
+        return qapi::generic("Cannot export read-only node as writable");
     if (!server_)
         return qapi::generic("NBD server not running");
     if (opts.name.empty() && opts.node_name.empty())

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cassert>
 #include <cstring>
 
 namespace bjd::block {
@@ -42,52 +43,82 @@ public:
     }
 
 protected:
-    // Locks follow the permissions users of the node take (QEMU's scheme): a node nobody
-    // writes through blocks nobody.
-    qapi::result<void> apply_permissions(unsigned perm, unsigned shared) override
+    // Permissions, in QEMU's two phases (file-posix.c: raw_check_perm, raw_set_perm,
+    // raw_abort_perm_update). Image locks follow what the node's users take: a node nobody
+    // uses locks nothing. An auto-read-only file is open read-write exactly while someone
+    // may write it (QEMU's dynamic auto-read-only), so a file that cannot be written can
+    // still be added and read.
+    qapi::result<void> prepare_permissions(perm_pair cum) override
     {
-        if ((perm & (perm_write | perm_resize)) && !fd_writable_) {
-            if (auto r = reopen_read_write(perm, shared); !r)
-                return r;
-        } else if (locking_) {
-            if (auto r = detail::apply_image_locks(fd_, perm, shared, filename_); !r)
-                return r;
+        assert(pending_fd_ < 0);
+        const bool rw = wants_read_write(cum.perm);
+        if (rw != fd_writable_) {
+            const int flags = (::fcntl(fd_, F_GETFL) & O_DIRECT) | O_CLOEXEC | (rw ? O_RDWR : O_RDONLY);
+            int nfd = ::open(filename_.c_str(), flags);
+            if (nfd >= 0) {
+                pending_fd_ = nfd;
+                pending_writable_ = rw;
+            } else if (rw) {
+                return qapi::generic("Could not open '" + filename_ + "': " + std::strerror(errno));
+            }
+            // else: giving up write access; keeping the read-write descriptor is safe.
         }
-        locked_perm_ = perm;
-        locked_shared_ = shared;
-        return {};
-    }
-
-    /// auto-read-only: the file was opened read-only and a writer now attaches. Like QEMU's
-    /// dynamic auto-read-only, open it read-write now; if that fails, so does the writer.
-    /// dup2() swaps the open file under the same fd number, so requests queued for
-    /// submission with that number reach the new file and in-flight ones finish on the old.
-    qapi::result<void> reopen_read_write(unsigned perm, unsigned shared)
-    {
-        const int flags = (::fcntl(fd_, F_GETFL) & O_DIRECT) | O_CLOEXEC | O_RDWR;
-        int nfd = ::open(filename_.c_str(), flags);
-        if (nfd < 0)
-            return qapi::generic("Could not open '" + filename_ + "': " + std::strerror(errno));
         if (locking_) {
-            // Our own locks on the old file would conflict with the new file's: drop them
-            // first, and take them back if the new file cannot be locked.
-            (void)detail::apply_image_locks(fd_, 0, perm_all, filename_);
-            if (auto r = detail::apply_image_locks(nfd, perm, shared, filename_); !r) {
-                ::close(nfd);
-                (void)detail::apply_image_locks(fd_, locked_perm_, locked_shared_, filename_);
+            // Hold the old and the new bytes together while checking, so that nobody slips in
+            // between; the new descriptor gets exactly the new ones.
+            auto r = detail::hold_image_locks(fd_, locked_.perm | cum.perm, locked_.shared & cum.shared);
+            if (r)
+                r = detail::check_image_locks(fd_, cum.perm, cum.shared, filename_);
+            if (r && pending_fd_ >= 0)
+                r = detail::hold_image_locks(pending_fd_, cum.perm, cum.shared);
+            if (!r) {
+                abort_permissions();
                 return r;
             }
         }
-        if (::dup3(nfd, fd_, O_CLOEXEC) < 0) {
-            int e = errno;
-            ::close(nfd);
-            return qapi::generic("Could not reopen '" + filename_ + "' read-write: " + std::strerror(e));
-        }
-        ::close(nfd);
-        fd_writable_ = true;
-        log::get("block")->info("node '{}': auto-read-only file '{}' reopened read-write for a writer", name(),
-                                filename_);
+        pending_ = cum;
         return {};
+    }
+
+    void commit_permissions() override
+    {
+        if (pending_fd_ >= 0) {
+            // dup3() swaps the open file under the same fd number, so requests queued for
+            // submission with that number reach the new file and in-flight ones finish on
+            // the old one; the old file's locks go with its last reference.
+            if (::dup3(pending_fd_, fd_, O_CLOEXEC) == 0) {
+                fd_writable_ = pending_writable_;
+                log::get("block")->info("node '{}': auto-read-only file '{}' reopened {}", name(), filename_,
+                                        fd_writable_ ? "read-write" : "read-only");
+            } else {
+                log::get("block")->error("node '{}': cannot switch to the reopened '{}': {}", name(), filename_,
+                                         std::strerror(errno));
+            }
+            ::close(pending_fd_);
+            pending_fd_ = -1;
+        }
+        if (locking_)
+            (void)detail::hold_image_locks(fd_, pending_.perm, pending_.shared);   // only releases
+        locked_ = pending_;
+    }
+
+    void abort_permissions() override
+    {
+        if (pending_fd_ >= 0) {
+            ::close(pending_fd_);
+            pending_fd_ = -1;
+        }
+        if (locking_)
+            (void)detail::hold_image_locks(fd_, locked_.perm, locked_.shared);   // only releases
+    }
+
+    bool wants_read_write(unsigned perm) const noexcept
+    {
+        if (options().read_only)
+            return false;
+        if (options().auto_read_only)
+            return (perm & (perm_write | perm_write_unchanged | perm_resize)) != 0;
+        return true;
     }
 
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
@@ -208,7 +239,10 @@ private:
     std::string filename_;
     int fd_;
     bool fd_writable_;
-    unsigned locked_perm_ = 0, locked_shared_ = perm_all;
+    perm_pair locked_;             ///< committed permissions, as the image locks show them
+    perm_pair pending_;            ///< prepared, not yet committed
+    int pending_fd_ = -1;          ///< the file opened again in the mode `pending_` needs
+    bool pending_writable_ = false;
     std::uint64_t size_;
     bool is_block_;
     std::uint32_t align_;

@@ -356,6 +356,10 @@ qapi::result<void> set_qcow2_backing(node& image, std::shared_ptr<node> backing)
     if (image.backing())
         return qapi::generic("Node '" + image.name() + "' already has a backing child");
     q->attach_backing(std::move(backing));
+    if (auto r = image.refresh_permissions(); !r) {
+        q->detach_backing();
+        return r;
+    }
     return {};
 }
 

@@ -154,15 +154,13 @@ public:
     bool zero_init() const noexcept override { return backing() == nullptr; }
 
 protected:
-    // QEMU's default for a format with metadata: the file must stay consistent, so a writer
-    // takes write and resize on it and nobody else may write or resize it.
-    void child_permissions(const edge& child, unsigned perm, unsigned shared, unsigned& child_perm,
-                           unsigned& child_shared) const override
+    // The file holds the metadata: a writable image writes and resizes it even without
+    // parents, and nobody else may write or resize it.
+    perm_pair child_permissions(const edge& child, perm_pair cumulative) const override
     {
-        if (child.role() != "file")
-            return node::child_permissions(child, perm, shared, child_perm, child_shared);
-        child_perm = perm_consistent_read | ((perm & perm_write) ? (perm_write | perm_resize) : 0u);
-        child_shared = shared & ~(perm_write | perm_resize);
+        if (child.role() == "file")
+            return storage_child_perms(cumulative, true, !read_only());
+        return node::child_permissions(child, cumulative);
     }
 
 public:
@@ -171,6 +169,7 @@ public:
     /// are one phrase.
     asio::awaitable<qapi::result<void>> load();
     void attach_backing(std::shared_ptr<node> b) { add_child("backing", std::move(b)); }
+    void detach_backing() { remove_child("backing"); }
     const qcow2_image_info& info() const noexcept { return info_; }
     /// change-backing-file (create_backing.cpp): rewrites the header's backing file name and
     /// backing-format extension (none when `fmt` is empty), keeping the other extensions.

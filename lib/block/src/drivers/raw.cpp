@@ -35,6 +35,17 @@ public:
     bool zero_init() const noexcept override { return offset_ == 0 && file()->zero_init(); }
 
 protected:
+    // Without a window raw is a filter of its file. With one (QEMU's raw_child_perm) the file
+    // is storage that nobody else may resize, and raw writes or resizes it only for its users.
+    perm_pair child_permissions(const edge&, perm_pair cumulative) const override
+    {
+        if (offset_ == 0 && !explicit_size_)
+            return filter_child_perms(cumulative);
+        perm_pair p = storage_child_perms(cumulative, false, !read_only());
+        p.perm = (p.perm & ~(perm_write | perm_resize)) | (cumulative.perm & (perm_write | perm_resize));
+        return p;
+    }
+
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
     {
         co_return co_await file()->read(offset_ + off, buf);

@@ -40,27 +40,75 @@ mirror_job::~mirror_job()
 {
     // clean() normally did this already; a job that never started still has its hooks.
     if (!exited_ && s_.filter)
-        exit_common(false);
+        (void)exit_common(false);
     s_.source->remove_write_observer(this);
 }
 
-void mirror_job::attach(job& j)
+qapi::result<void> mirror_job::attach(job& j)
 {
+    const std::string user = "mirror job '" + j.id() + "'";
+    // Every parent of the source now goes through the filter (QEMU's bdrv_append).
+    s_.filter->attach_job(this);
+    s_.graph->insert(s_.filter);
+    if (auto r = block::replace_node(*s_.source, s_.filter); !r) {
+        remove_filter();
+        release_filter(s_.source);
+        exited_ = true;
+        return r;
+    }
+    main_edge_ = std::make_unique<block::edge>(block::parent_kind::job, user, "main node");
+    (void)main_edge_->set_perms(block::perm_consistent_read,
+                                block::perm_consistent_read | block::perm_write | block::perm_write_unchanged);
+    target_io_ = std::make_unique<block::edge>(block::parent_kind::job_io, user, "root");
+    (void)target_io_->set_perms(block::perm_write, block::perm_write_unchanged);
+    target_job_edge_ = std::make_unique<block::edge>(block::parent_kind::job, user, "target");
+    qapi::result<void> r = main_edge_->attach(s_.filter);
+    if (r)
+        r = target_io_->attach(s_.target);
+    if (r)
+        r = target_job_edge_->attach(s_.target);
+    if (!r) {
+        release_edges();
+        remove_filter();
+        release_filter(s_.source);
+        exited_ = true;
+        return r;
+    }
+
     job_ = &j;
     limiter_.set_speed(j.speed());
     s_.source->add_write_observer(this);
     const std::string why = "block device is in use by block job: mirror";
     s_.source->set_blocker(why);
     s_.target->set_blocker(why);
-    target_edge_ = std::make_unique<block::edge>(block::parent_kind::job, "block job '" + j.id() + "'", "target");
-    target_edge_->attach(s_.target);
-    s_.filter->attach_job(this);
     // Until the bitmap is built, the whole device is the estimate: never len 0 with work ahead.
     if (s_.sync != qapi::mirror_sync_mode::none && s_.source->size() == s_.target->size())
         j.progress_set_remaining(s_.source->size());
-    // Every parent of the source now goes through the filter.
-    s_.graph->insert(s_.filter);
-    block::replace_node(*s_.source, s_.filter);
+    return {};
+}
+
+void mirror_job::release_edges()
+{
+    main_edge_.reset();
+    target_io_.reset();
+    target_job_edge_.reset();
+}
+
+void mirror_job::remove_filter()
+{
+    // The filter's parents go back to what it filtered (they take there what they took
+    // through it, so this cannot conflict), and the filter lets go of the source.
+    if (auto r = block::replace_node(*s_.filter, s_.source); !r)
+        logger()->error("mirror: cannot remove filter '{}': {}", s_.filter->name(), r.error().desc);
+    for (const auto& e : s_.filter->children())
+        e->detach();
+}
+
+void mirror_job::release_filter(const std::shared_ptr<block::node>& below)
+{
+    s_.filter->attach_job(nullptr);
+    s_.filter->release(below);
+    s_.graph->close_later(ex_, s_.filter);
 }
 
 // ---- bookkeeping -----------------------------------------------------------------------------
@@ -468,6 +516,14 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
     co_return qapi::result<void>{};
 }
 
+std::optional<block::dirty_bitmap_info> mirror_job::bitmap_info() const
+{
+    block::dirty_bitmap_info b;
+    b.count = bitmap_.dirty_bytes();
+    b.granularity = static_cast<std::uint32_t>(s_.granularity);
+    return b;
+}
+
 void mirror_job::on_write(std::uint64_t offset, std::uint64_t length)
 {
     if (std::find(active_ranges_.begin(), active_ranges_.end(), std::pair{offset, length}) == active_ranges_.end())
@@ -589,38 +645,49 @@ void mirror_job::fill_info(const job&, qapi::block_job_info& info) const
 
 // ---- completion (spec §2.9) ------------------------------------------------------------------
 
-void mirror_job::exit_common(bool pivot)
+qapi::result<void> mirror_job::exit_common(bool pivot)
 {
     if (exited_)
-        return;
+        return {};
     exited_ = true;
-    auto& filter = s_.filter;
+    // The job no longer reads through the filter nor writes the target: drop what it took, so
+    // that the graph change below is checked against the real users only (QEMU drops the
+    // target's BlockBackend and the filter's permissions before it pivots).
+    s_.filter->stop();
+    (void)s_.filter->refresh_permissions();   // giving up permissions cannot fail
+    release_edges();
+    // Everything happens without suspending: no request can slip in between, and the ones
+    // the filter holds are released to `below`.
+    qapi::result<void> outcome;
     std::shared_ptr<block::node> below = s_.source;
+    remove_filter();
     if (pivot) {
         std::shared_ptr<block::node> replaced = s_.source;
         if (s_.replaces)
             replaced = s_.graph->find(*s_.replaces);
-        if (replaced && replaced != s_.target) {
-            // Every parent of the replaced node (the filter included) now uses the target.
-            block::replace_node(*replaced, s_.target);
-            logger()->info("mirror '{}': pivoted '{}' to '{}'", job_ ? job_->id() : "", replaced->name(),
-                           s_.target->name());
+        qapi::result<void> r;
+        if (replaced && replaced != s_.target)
+            r = block::replace_node(*replaced, s_.target);   // every parent now uses the target
+        if (r) {
+            below = s_.target;
+            if (replaced && replaced != s_.target)
+                logger()->info("mirror '{}': pivoted '{}' to '{}'", job_ ? job_->id() : "", replaced->name(),
+                               s_.target->name());
+        } else {
+            // QEMU 7.2 reports the reason and fails the job with EPERM; the source stays.
+            logger()->error("mirror '{}': cannot replace '{}' by '{}': {}", job_ ? job_->id() : "",
+                            replaced->name(), s_.target->name(), r.error().desc);
+            outcome = qapi::generic(std::strerror(EPERM));
         }
-        below = s_.target;
     }
-    // The filter always leaves the graph; its parents go to what it filtered.
-    block::replace_node(*filter, below);
-    // Drop the filter's own edge so `below` keeps only its real parents.
-    for (const auto& e : filter->children())
-        e->detach();
-    filter->attach_job(nullptr);
-    filter->release(below);
-    s_.graph->close_later(ex_, filter);
+    release_filter(below);
+    return outcome;
 }
 
 qapi::result<void> mirror_job::prepare(job& j)
 {
-    exit_common(should_complete_);
+    if (auto r = exit_common(should_complete_); !r)
+        return r;
     // drive-mirror absolute-paths: the new image's backing (spec §2.9). After the pivot, so
     // that sync=none's backing edge to the source is not itself redirected to the target.
     if (s_.deferred_backing && !s_.target->backing()) {
@@ -632,16 +699,16 @@ qapi::result<void> mirror_job::prepare(job& j)
 
 void mirror_job::abort(job& j)
 {
-    exit_common(false);
+    (void)exit_common(false);
 }
 
 void mirror_job::clean(job& j)
 {
-    exit_common(false);
+    (void)exit_common(false);
     s_.source->remove_write_observer(this);
     s_.source->set_blocker({});
     s_.target->set_blocker({});
-    target_edge_.reset();
+    release_edges();
     if (drain_paused_) {
         drain_paused_ = false;
         j.resume();

@@ -42,6 +42,8 @@ public:
     mirror_top(block::node_options o, std::shared_ptr<block::node> source, bool is_implicit, asio::any_io_executor ex);
 
     std::string_view driver() const noexcept override { return "mirror_top"; }
+    bool is_filter() const noexcept override { return true; }
+    std::int64_t allocated_size() const override { return source_->allocated_size(); }
     bool implicit() const noexcept override { return implicit_; }
     std::uint64_t size() const noexcept override { return source_->size(); }
     std::uint32_t cluster_size() const noexcept override { return source_->cluster_size(); }
@@ -52,12 +54,19 @@ public:
     bool flush_on_close() const noexcept override { return false; }
 
     void attach_job(mirror_job* j) noexcept { job_ = j; }
+    /// The job is ending: the filter takes nothing on the source any more, so that the
+    /// source can become the target's backing or be replaced (QEMU's MirrorBDSOpaque.stop).
+    /// Followed by a permission refresh of the filter.
+    void stop() noexcept { stopped_ = true; }
     asio::awaitable<void> drain();
     /// Stops holding; held and future requests go to `to` (null: the source).
     void release(std::shared_ptr<block::node> to);
     bool drained() const noexcept { return held_; }
 
 protected:
+    /// A filter: the source gets what the filter's users take, until the job stops.
+    block::perm_pair child_permissions(const block::edge& child, block::perm_pair cumulative) const override;
+
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
     asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, block::zero_flags f) override;
@@ -72,6 +81,7 @@ private:
     std::shared_ptr<block::node> source_;
     std::shared_ptr<block::node> redirect_;
     bool implicit_;
+    bool stopped_ = false;
     bool held_ = false;
     unsigned inflight_ = 0;
     mirror_job* job_ = nullptr;
@@ -152,9 +162,12 @@ public:
     mirror_job(mirror_setup s, asio::any_io_executor ex);
     ~mirror_job() override;
 
-    /// Connects the job to the graph (observer, blockers, target edge). Called once the job
-    /// exists, before start.
-    void attach(job& j);
+    /// Connects the job to the graph: inserts the filter above the source and takes the job's
+    /// permissions (QEMU's mirror_start_job: reading through the filter, sharing everything
+    /// but resize; writing the target, sharing only unchanged writes). Called once the job
+    /// exists, before start. On a conflict the graph is left as it was and the error says
+    /// why ("Permission conflict on node …", "Failed to get \"write\" lock").
+    qapi::result<void> attach(job& j);
     std::uint64_t granularity() const noexcept { return s_.granularity; }
     std::uint64_t buf_size() const noexcept { return s_.buf_size; }
 
@@ -171,6 +184,8 @@ public:
 
     // write_observer (source)
     void on_write(std::uint64_t offset, std::uint64_t length) override;
+    /// The job's bitmap, anonymous and not busy, as QEMU lists a mirror's.
+    std::optional<block::dirty_bitmap_info> bitmap_info() const override;
 
     /// The filter's write path in write-blocking mode.
     bool active() const noexcept { return active_ && job_ && !job_->is_cancelled() && !error_; }
@@ -197,7 +212,14 @@ private:
     void handle_error(bool is_read, const std::error_code& ec);
     void account_rate(std::uint64_t bytes);
     std::int64_t current_rate() const;
-    void exit_common(bool pivot);
+    /// Leaves the graph: stops the filter, drops the target permissions, pivots if `pivot`
+    /// (QEMU's mirror_exit_common). Returns the pivot's failure, if any.
+    qapi::result<void> exit_common(bool pivot);
+    void release_edges();
+    /// Puts the filter's parents back on the source and detaches the filter from it.
+    void remove_filter();
+    /// Lets the filter's held requests go on to `below` and closes the filter.
+    void release_filter(const std::shared_ptr<block::node>& below);
 
     mirror_setup s_;
     asio::any_io_executor ex_;
@@ -210,7 +232,9 @@ private:
     std::vector<std::shared_ptr<target_request>> requests_;   ///< target requests awaited
     bool force_cancelled_ = false;   ///< stop waiting for the target (set by cancel())
     std::vector<bool> slot_used_;
-    std::unique_ptr<block::edge> target_edge_;
+    std::unique_ptr<block::edge> main_edge_;        ///< job child on the filter: reads, shares all but resize
+    std::unique_ptr<block::edge> target_io_;        ///< the job's writes to the target
+    std::unique_ptr<block::edge> target_job_edge_;  ///< job child on the target: takes nothing
     event_flag op_done_;
     rate_limiter limiter_;
     std::uint64_t max_io_;

@@ -254,12 +254,12 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
         m.early_fail(j);
         return fail(qapi::generic("Parameter 'speed' expects a non-negative value"));
     }
-    // 14. target permissions
-    if (target->read_only()) {
+    // 14. permissions: the filter above the source, reading it, writing the target
+    // ("Block node is read-only", a conflict with another user, an image lock)
+    if (auto r = mj->attach(j); !r) {
         m.early_fail(j);
-        return fail(qapi::generic("Block node is read-only"));
+        return fail(r.error());
     }
-    mj->attach(j);   // inserts the filter above the source
     m.start(j);
     log::get("jobs")->info("mirror '{}': {} -> {} (sync {}, granularity {}, buf-size {})", j.id(), source->name(),
                            target->name(), std::string(qapi::to_string(sync)), mj->granularity(), mj->buf_size());

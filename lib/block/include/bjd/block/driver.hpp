@@ -80,6 +80,19 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_qcow2(node_options com
 /// once, before any I/O). Error if `image` is not qcow2 or already has a backing child.
 qapi::result<void> set_qcow2_backing(node& image, std::shared_ptr<node> backing);
 
+// ---- default child permissions (QEMU's bdrv_default_perms) --------------------------------------
+
+/// A filter's child, and raw's file without offset or size: the same as the parents.
+perm_pair filter_child_perms(perm_pair cumulative) noexcept;
+/// A COW backing child: read it consistently if the parents do; nobody may write it unless
+/// the parents share writing.
+perm_pair cow_child_perms(perm_pair cumulative) noexcept;
+/// The file under a format. `metadata`: the format keeps metadata there, so a `writable`
+/// node writes and resizes it even without parents, and nobody else may write or resize it
+/// (qcow2). Without metadata (raw with offset or size), nobody else may resize it and a
+/// writer may grow it.
+perm_pair storage_child_perms(perm_pair cumulative, bool metadata, bool writable) noexcept;
+
 /// The header facts of a qcow2 node, or null for other drivers.
 const qcow2_image_info* qcow2_info(const node& n) noexcept;
 

@@ -35,6 +35,7 @@ namespace asio = boost::asio;
 
 class node;
 class edge;
+class perm_update;
 
 /// Allocation status of a range, as NBD base:allocation and mirror's sync modes need it.
 enum status_flag : unsigned {
@@ -53,12 +54,24 @@ struct zero_flags {
     bool no_fallback = false;     ///< fail with ENOTSUP rather than write zero buffers (NBD FAST_ZERO)
 };
 
+/// A dirty bitmap as query-named-block-nodes shows it (QEMU's BlockDirtyInfo).
+struct dirty_bitmap_info {
+    std::optional<std::string> name;   ///< absent for a job's own bitmap
+    std::uint64_t count = 0;           ///< dirty bytes
+    std::uint32_t granularity = 0;     ///< bytes per bit
+    bool recording = true;
+    bool busy = false;
+    bool persistent = false;
+};
+
 /// Told about every finished write-type request on the node it is attached to.
 /// Called on the main loop, after the request completed (successfully or not).
 class write_observer {
 public:
     virtual ~write_observer() = default;
     virtual void on_write(std::uint64_t offset, std::uint64_t length) = 0;
+    /// Observers that are dirty bitmaps (a mirror's) describe themselves for queries.
+    virtual std::optional<dirty_bitmap_info> bitmap_info() const { return std::nullopt; }
 };
 
 /// Options every node has (BlockdevOptions' common members).
@@ -69,6 +82,7 @@ struct node_options {
     bool cache_direct = false;     ///< cache.direct: O_DIRECT, bypass the host page cache
     bool cache_no_flush = false;   ///< cache.no-flush: flush() succeeds without syncing
     bool discard_unmap = false;    ///< discard=unmap: pass discards down (else they are ignored)
+    bool force_share = false;      ///< force-share: parents share every permission on this node
     enum class detect_zeroes { off, on, unmap } zeroes = detect_zeroes::off;
 };
 
@@ -83,12 +97,31 @@ enum perm : unsigned {
     perm_all = 0xfu,
 };
 
-/// Who holds an edge to a node: another node, a named drive, an export, or a job.
-enum class parent_kind { node, backend, export_, job };
+/// What a user takes (`perm`) and what it lets every other user of the node take (`shared`).
+struct perm_pair {
+    unsigned perm = 0;
+    unsigned shared = perm_all;
+    friend bool operator==(const perm_pair&, const perm_pair&) = default;
+};
 
-/// A reference from a parent to a node. The parent owns the edge; the edge keeps the node
-/// alive and registers itself with it, so that `replace_node` can redirect every parent of a
-/// node to another node (mirror's pivot).
+/// "consistent read, write", QEMU's bdrv_perm_names.
+std::string perm_names(unsigned perm);
+
+/// Who holds an edge to a node: another node, a named drive, an export, a job (the nodes it
+/// works on: QEMU's job children, which block other jobs), or a job's own I/O channel (the
+/// mirror's writes to its target, blockdev-create's to its file: QEMU's anonymous
+/// BlockBackends).
+enum class parent_kind { node, backend, export_, job, job_io };
+
+/// A reference from a parent to a node, with the permissions the parent takes through it.
+/// The parent owns the edge; the edge keeps the node alive and registers itself with it, so
+/// that `replace_node` can redirect every parent of a node to another node (mirror's pivot).
+///
+/// Permissions follow QEMU 7.2's model (block.c, bdrv_refresh_perms): every change (new permissions, attaching, replacing) recomputes what
+/// each node below holds, checks that no user of a node takes what another user does not
+/// share, lets drivers prepare (a file node reopens an auto-read-only file, checks image
+/// locks), and then commits everywhere or rolls back everywhere. On failure the graph, the
+/// edges' permissions, the open files and the locks are exactly as before.
 class edge {
 public:
     edge(parent_kind kind, std::string owner, std::string role);
@@ -96,18 +129,21 @@ public:
     edge(const edge&) = delete;
     edge& operator=(const edge&) = delete;
 
-    /// Points the edge at `n` (null detaches), keeping this edge's permissions. The old node
-    /// gives up what this edge held; errors taking them on `n` are logged, not returned: use
-    /// `set_perms` first where a conflict must fail the operation.
-    void attach(std::shared_ptr<node> n);
-    void detach() { attach(nullptr); }
+    /// Points the edge at `n` (null detaches), keeping this edge's permissions, which `n` must
+    /// grant: on a conflict nothing changes and the error says why. The old node gives up
+    /// what this edge held. An edge that takes nothing (perm 0, sharing all) always attaches.
+    qapi::result<void> attach(std::shared_ptr<node> n);
+    /// Lets the node go. Giving up permissions never fails.
+    void detach();
 
     /// Takes `perm` on the node while letting others take only `shared`, down the whole
     /// subtree (a file node turns them into image locks). On failure nothing changes and the
-    /// error says why: "Failed to get \"write\" lock", "Block node is read-only".
+    /// error says why: "Failed to get \"write\" lock", "Block node is read-only",
+    /// "Permission conflict on node 'x': …".
     qapi::result<void> set_perms(unsigned perm, unsigned shared);
-    unsigned perm() const noexcept { return perm_; }
-    unsigned shared_perm() const noexcept { return shared_; }
+    unsigned perm() const noexcept { return perms_.perm; }
+    unsigned shared_perm() const noexcept { return perms_.shared; }
+    perm_pair perms() const noexcept { return perms_; }
 
     node* get() const noexcept { return node_.get(); }
     const std::shared_ptr<node>& shared() const noexcept { return node_; }
@@ -117,19 +153,27 @@ public:
     parent_kind kind() const noexcept { return kind_; }
     const std::string& owner() const noexcept { return owner_; }   ///< "node 'x'", "export 'e1'", "block job 'j'"
     const std::string& role() const noexcept { return role_; }     ///< "file", "backing", "root", "target"
+    /// The user as QEMU's permission errors name it: the owner for nodes ("node 'x'"), drives
+    /// ("block device 'd'") and jobs ("mirror job 'j'"), and "an unnamed block device" for
+    /// exports and a job's I/O channel, which QEMU serves through anonymous BlockBackends.
+    std::string user_desc() const;
+    /// The child name in those errors: the role for node and job parents ("file", "main
+    /// node"), "root" for the BlockBackend-like others.
+    std::string_view child_name() const noexcept;
 
 private:
+    friend class perm_update;
     parent_kind kind_;
     std::string owner_;
     std::string role_;
     std::shared_ptr<node> node_;
-    unsigned perm_ = 0;
-    unsigned shared_ = perm_all;
+    perm_pair perms_;
 };
 
 /// Redirects every parent edge of `from` to `to`, except edges owned by `to` itself (so a
-/// filter above `from` keeps pointing at it). Used by mirror completion.
-void replace_node(node& from, const std::shared_ptr<node>& to);
+/// filter above `from` keeps pointing at it), and recomputes the permissions of both. On a
+/// conflict at `to` nothing changes and the error says why. Used by mirror completion.
+qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to);
 
 class node : public std::enable_shared_from_this<node> {
 public:
@@ -210,15 +254,24 @@ public:
     void set_blocker(std::string why) { blocker_ = std::move(why); }
 
     // ---- permissions --------------------------------------------------------------------------
-    /// Recomputes what the parents' edges ask of this node and passes it down to the children.
+    /// Recomputes what this node holds from its parents' edges and what it takes on its
+    /// children, down the whole subtree, even when nothing above changed: format nodes call
+    /// it once open, since they take permissions on their file without any parent (a
+    /// writable qcow2 writes metadata). On failure nothing changes.
     qapi::result<void> refresh_permissions();
     /// What this node currently holds (union of its parents' perms) and shares (intersection).
-    unsigned held_perm() const noexcept { return held_perm_; }
-    unsigned held_shared() const noexcept { return held_shared_; }
+    unsigned held_perm() const noexcept { return held_.perm; }
+    unsigned held_shared() const noexcept { return held_.shared; }
+    /// force-share: users of this node's parents' edges let everyone take everything.
+    bool force_share() const noexcept { return opts_.force_share; }
 
     // ---- observers ----------------------------------------------------------------------------
     void add_write_observer(write_observer* o);
     void remove_write_observer(write_observer* o);
+    /// The dirty bitmaps among the observers, newest first (QEMU's listing order).
+    std::vector<dirty_bitmap_info> dirty_bitmaps() const;
+    /// The COW backing node, as queries show it: none for filters, whose child is the data.
+    node* cow_backing() const noexcept { return is_filter() ? nullptr : backing(); }
 
     /// Highest offset+length of any write-type request that reached the node, failed or not.
     std::uint64_t wr_highest_offset() const noexcept { return wr_highest_offset_; }
@@ -232,18 +285,31 @@ protected:
     explicit node(node_options opts);
     node(std::string name, bool read_only);
 
-    /// Adds a child edge owned by this node.
+    /// Adds a child edge owned by this node. It takes nothing until `refresh_permissions`.
     edge& add_child(std::string role, std::shared_ptr<node> n);
+    /// Drops the child edge with `role`, if any.
+    void remove_child(std::string_view role);
 
     // Driver hooks: called with the contract already checked. Defaults: ENOTSUP for
     // write_zeroes/discard/truncate (the wrapper emulates write_zeroes with zero buffers), a
     // successful no-op flush, and "all data, allocated" for block_status.
-    /// What a child edge must hold when this node holds `perm` and shares `shared`. Default:
-    /// the same (filters and raw); formats with metadata take more and share less.
-    virtual void child_permissions(const edge& child, unsigned perm, unsigned shared, unsigned& child_perm,
-                                   unsigned& child_shared) const;
-    /// Applies the node's own part of a permission change (file nodes: image locks).
-    virtual qapi::result<void> apply_permissions(unsigned perm, unsigned shared);
+    /// What this node takes through `child` when its parents together take and share
+    /// `cumulative` (QEMU's bdrv_child_perm). Default: a filter's primary child and a "file"
+    /// child get the same (`filter_child_perms`), a "backing" child is only read
+    /// (`cow_child_perms`). Formats with metadata override it (`storage_child_perms`).
+    virtual perm_pair child_permissions(const edge& child, perm_pair cumulative) const;
+    /// The edges the node takes permissions through: its children, unless the node forwards
+    /// to an edge it does not own (a named drive's front node and its medium).
+    virtual std::vector<edge*> permission_edges() const;
+    /// Driver part of a permission change, in two phases: `prepare_permissions` checks and
+    /// readies the new state without giving up the old one (file: opens the file again in
+    /// the mode needed, takes the new lock bytes besides the old ones, checks for conflicts);
+    /// then exactly one of `commit_permissions` (switch over, drop what is no longer needed)
+    /// or `abort_permissions` (back to the state before prepare) follows. Commit and abort
+    /// cannot fail. Defaults: nothing to do.
+    virtual qapi::result<void> prepare_permissions(perm_pair cumulative);
+    virtual void commit_permissions();
+    virtual void abort_permissions();
 
     virtual asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
     virtual asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) = 0;
@@ -255,7 +321,7 @@ protected:
 
 private:
     friend class edge;
-    friend void replace_node(node&, const std::shared_ptr<node>&);
+    friend class perm_update;
     result<void> check_request(std::uint64_t offset, std::uint64_t length, bool is_write) const;
     void notify_write(std::uint64_t offset, std::uint64_t length);
     asio::awaitable<result<void>> emulate_write_zeroes(std::uint64_t offset, std::uint64_t length);
@@ -268,8 +334,7 @@ private:
     std::vector<write_observer*> observers_;
     std::uint64_t wr_highest_offset_ = 0;
     bool unflushed_ = false;
-    unsigned held_perm_ = 0;
-    unsigned held_shared_ = perm_all;
+    perm_pair held_;   ///< committed cumulative permissions of the parents
     stats::block_acct acct_;
 };
 
