@@ -86,7 +86,7 @@ protected:
             // dup3() swaps the open file under the same fd number, so requests queued for
             // submission with that number reach the new file and in-flight ones finish on
             // the old one; the old file's locks go with its last reference.
-            if (::dup3(pending_fd_, fd_, O_CLOEXEC) == 0) {
+            if (::dup3(pending_fd_, fd_, O_CLOEXEC) >= 0) {
                 fd_writable_ = pending_writable_;
                 log::get("block")->info("node '{}': auto-read-only file '{}' reopened {}", name(), filename_,
                                         fd_writable_ ? "read-write" : "read-only");
