@@ -233,7 +233,7 @@ asio::awaitable<qapi::result<void>> format_qcow2(node& file, const qcow2_create_
     const qcow2_layout& l = *planned;
 
     // QEMU's qcow2_co_create: an anonymous BlockBackend taking write and resize, sharing all.
-    edge e(parent_kind::job_io, owner, "root");
+    edge e(parent_kind::anonymous, owner, "root");
     (void)e.set_perms(perm_write | perm_resize, perm_all);   // no node yet: cannot fail
     if (auto r = e.attach(file.shared_from_this()); !r)
         co_return r;

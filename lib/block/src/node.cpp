@@ -197,6 +197,13 @@ asio::awaitable<result<void>> node::flush()
     co_return r;
 }
 
+std::optional<std::string> node::cannot_resize() const
+{
+    if (is_filter() && primary_child())
+        return primary_child()->cannot_resize();
+    return "Image format driver does not support resize";
+}
+
 asio::awaitable<result<void>> node::truncate(std::uint64_t size)
 {
     if (opts_.read_only)

@@ -273,7 +273,7 @@ std::string edge::user_desc() const
     case parent_kind::job:
         return owner_;
     case parent_kind::export_:
-    case parent_kind::job_io:
+    case parent_kind::anonymous:
         break;
     }
     return "an unnamed block device";

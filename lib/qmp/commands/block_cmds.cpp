@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Block node commands: blockdev-add, blockdev-del, query-named-block-nodes.
+// Block node commands: blockdev-add, blockdev-del, block_resize, query-named-block-nodes.
 #include "bjd/block/graph.hpp"
 #include "bjd/block/query.hpp"
+#include "bjd/block/resize.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qmp/context.hpp"
 
@@ -18,6 +19,11 @@ boost::asio::awaitable<result<void>> qmp_blockdev_add(qmp::context& ctx, blockde
 boost::asio::awaitable<result<void>> qmp_blockdev_del(qmp::context& ctx, blockdev_del_args args)
 {
     co_return co_await ctx.graph->del(std::move(args.node_name));
+}
+
+boost::asio::awaitable<result<void>> qmp_block_resize(qmp::context& ctx, block_resize_args args)
+{
+    co_return co_await block::resize(*ctx.graph, args.device, args.node_name, args.size);
 }
 
 boost::asio::awaitable<result<std::vector<block_device_info>>> qmp_query_named_block_nodes(

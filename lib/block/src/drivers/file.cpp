@@ -159,6 +159,7 @@ protected:
             co_return errno_error(ENOTSUP);
         co_return co_await engine_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
     }
+    std::optional<std::string> cannot_resize() const override { return std::nullopt; }
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
     {
         // Block devices keep their size; a regular file is resized in place (cheap metadata).

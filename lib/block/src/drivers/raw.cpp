@@ -65,6 +65,19 @@ protected:
         co_return co_await file()->discard(offset_ + off, len);
     }
     asio::awaitable<result<void>> do_flush() override { co_return co_await file()->flush(); }
+    std::optional<std::string> cannot_resize() const override
+    {
+        if (explicit_size_)
+            return "Cannot resize fixed-size raw disks";
+        return file()->cannot_resize();
+    }
+    asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
+    {
+        auto r = co_await file()->truncate(offset_ + size);
+        if (r)
+            size_ = size;
+        co_return r;
+    }
     asio::awaitable<result<extent>> do_block_status(std::uint64_t off, std::uint64_t len) override
     {
         co_return co_await file()->block_status(offset_ + off, len);

@@ -59,7 +59,7 @@ qapi::result<void> mirror_job::attach(job& j)
     main_edge_ = std::make_unique<block::edge>(block::parent_kind::job, user, "main node");
     (void)main_edge_->set_perms(block::perm_consistent_read,
                                 block::perm_consistent_read | block::perm_write | block::perm_write_unchanged);
-    target_io_ = std::make_unique<block::edge>(block::parent_kind::job_io, user, "root");
+    target_io_ = std::make_unique<block::edge>(block::parent_kind::anonymous, user, "root");
     (void)target_io_->set_perms(block::perm_write, block::perm_write_unchanged);
     target_job_edge_ = std::make_unique<block::edge>(block::parent_kind::job, user, "target");
     qapi::result<void> r = main_edge_->attach(s_.filter);

@@ -108,10 +108,10 @@ struct perm_pair {
 std::string perm_names(unsigned perm);
 
 /// Who holds an edge to a node: another node, a named drive, an export, a job (the nodes it
-/// works on: QEMU's job children, which block other jobs), or a job's own I/O channel (the
-/// mirror's writes to its target, blockdev-create's to its file: QEMU's anonymous
-/// BlockBackends).
-enum class parent_kind { node, backend, export_, job, job_io };
+/// works on: QEMU's job children, which block other jobs), or an anonymous user doing I/O for
+/// a job or a command (the mirror's writes to its target, blockdev-create, block_resize:
+/// QEMU's anonymous BlockBackends).
+enum class parent_kind { node, backend, export_, job, anonymous };
 
 /// A reference from a parent to a node, with the permissions the parent takes through it.
 /// The parent owns the edge; the edge keeps the node alive and registers itself with it, so
@@ -155,7 +155,7 @@ public:
     const std::string& role() const noexcept { return role_; }     ///< "file", "backing", "root", "target"
     /// The user as QEMU's permission errors name it: the owner for nodes ("node 'x'"), drives
     /// ("block device 'd'") and jobs ("mirror job 'j'"), and "an unnamed block device" for
-    /// exports and a job's I/O channel, which QEMU serves through anonymous BlockBackends.
+    /// exports and anonymous users, which QEMU serves through anonymous BlockBackends.
     std::string user_desc() const;
     /// The child name in those errors: the role for node and job parents ("file", "main
     /// node"), "root" for the BlockBackend-like others.
@@ -218,6 +218,10 @@ public:
     /// Grows or shrinks the node to `size` bytes (format drivers grow their file child as they
     /// allocate). Errors: EPERM when read-only, ENOTSUP when the driver cannot resize.
     asio::awaitable<result<void>> truncate(std::uint64_t size);
+    /// Why the node cannot be resized at all, in QEMU's words ("Image format driver does not
+    /// support resize", "Cannot resize fixed-size raw disks"), or nothing when it can try.
+    /// Default: filters ask their filtered child; other drivers cannot.
+    virtual std::optional<std::string> cannot_resize() const;
     /// Status of the range starting at `offset`; the returned extent covers at least one byte.
     asio::awaitable<result<extent>> block_status(std::uint64_t offset, std::uint64_t length);
 

@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: MIT
+// block_resize (QEMU 7.2's qmp_block_resize and bdrv_co_truncate, in their order and words).
+#include "bjd/block/resize.hpp"
+
+#include "bjd/log.hpp"
+
+#include <cstring>
+
+namespace bjd::block {
+
+namespace {
+
+/// QEMU's bdrv_lookup_bs: `device` names a drive only, `node_name` a node.
+qapi::result<std::shared_ptr<node>> lookup(graph& g, const std::optional<std::string>& device,
+                                           const std::optional<std::string>& node_name)
+{
+    if (device) {
+        if (auto b = g.drives().find(*device)) {
+            if (!b->medium())
+                return qapi::generic("Device '" + *device + "' has no medium");
+            return b->medium_shared();
+        }
+    }
+    if (node_name) {
+        if (auto n = g.find(*node_name))
+            return n;
+    }
+    return qapi::generic("Cannot find device='" + device.value_or("") + "' nor node-name='" + node_name.value_or("") +
+                         "'");
+}
+
+} // namespace
+
+asio::awaitable<qapi::result<void>> resize(graph& g, const std::optional<std::string>& device,
+                                           const std::optional<std::string>& node_name, std::int64_t size)
+{
+    auto found = lookup(g, device, node_name);
+    if (!found)
+        co_return found.error();
+    std::shared_ptr<node> n = *found;
+    if (size < 0)
+        co_return qapi::generic("Parameter 'size' expects a >0 size");
+    if (!n->blocker().empty())
+        co_return qapi::generic("Device '" + (device ? *device : n->name()) + "' is in use");
+
+    edge user(parent_kind::anonymous, "block_resize", "root");
+    (void)user.set_perms(perm_resize, perm_all);   // no node yet: cannot fail
+    if (auto r = user.attach(n); !r)
+        co_return r.error();
+    if (n->read_only())
+        co_return qapi::generic("Image is read-only");
+    if (auto why = n->cannot_resize())
+        co_return qapi::generic(*why);
+    const std::uint64_t old_size = n->size();
+    if (auto r = co_await n->truncate(static_cast<std::uint64_t>(size)); !r)
+        co_return qapi::generic("Could not resize file: " + std::string(std::strerror(r.error().value())));
+    log::get("block")->info("node '{}' resized from {} to {} bytes", n->name(), old_size, size);
+    co_return qapi::result<void>{};
+}
+
+} // namespace bjd::block
