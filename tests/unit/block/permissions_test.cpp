@@ -102,7 +102,7 @@ TEST_CASE("default child permissions follow QEMU's bdrv_default_perms")
 TEST_CASE("a user that takes what another does not share fails with QEMU's text, changing nothing")
 {
     auto n = make("n");
-    edge a(parent_kind::job_io, "mirror job 'j'", "root");
+    edge a(parent_kind::anonymous, "mirror job 'j'", "root");
     REQUIRE(ok(a.set_perms(w, wu)));
     REQUIRE(ok(a.attach(n)));
     CHECK(n->held_perm() == w);
@@ -214,7 +214,7 @@ TEST_CASE("replace_node moves every parent or none")
     REQUIRE(ok(reader.attach(from)));
 
     // `to` is written by a job that shares only unchanged writes: the writer cannot move.
-    edge job(parent_kind::job_io, "mirror job 'j'", "root");
+    edge job(parent_kind::anonymous, "mirror job 'j'", "root");
     REQUIRE(ok(job.set_perms(w, wu)));
     REQUIRE(ok(job.attach(to)));
     auto r = replace_node(*from, to);
@@ -316,7 +316,7 @@ TEST_CASE_METHOD(file_fixture, "auto-read-only files are read-write exactly whil
 {
     auto f = open(true);
     CHECK(access_mode() == O_RDONLY);
-    edge writer(parent_kind::job_io, "mirror job 'j'", "root");
+    edge writer(parent_kind::anonymous, "mirror job 'j'", "root");
     REQUIRE(ok(writer.set_perms(w, wu)));
     REQUIRE(ok(writer.attach(f)));
     CHECK(access_mode() == O_RDWR);
@@ -349,7 +349,7 @@ TEST_CASE_METHOD(file_fixture, "image locks follow the users, and a conflict lea
     fl.l_start = 201;
     fl.l_len = 1;
     REQUIRE(::fcntl(other, F_OFD_SETLK, &fl) == 0);
-    edge writer(parent_kind::job_io, "mirror job 'j'", "root");
+    edge writer(parent_kind::anonymous, "mirror job 'j'", "root");
     REQUIRE(ok(writer.set_perms(w, cr | wu)));
     auto r = writer.attach(f);
     REQUIRE(!r);
