@@ -172,7 +172,7 @@ asio::awaitable<result<void>> node::discard(std::uint64_t offset, std::uint64_t 
         co_return r;
     }
     auto ck = acct_.start(stats::op::unmap, length);
-    if (length == 0 || !opts_.discard_unmap) {
+    if (length == 0 || !opts_.discard_unmap || !can_discard()) {
         acct_.done(ck);   // discard=ignore (QEMU's default): nothing changes
         co_return result<void>{};
     }

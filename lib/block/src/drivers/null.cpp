@@ -39,6 +39,7 @@ public:
     std::int64_t allocated_size() const override { return 0; }
     bool zero_init() const noexcept override { return read_zeroes_; }
     bool flush_on_close() const noexcept override { return false; }   // nothing to write back
+    bool can_discard() const noexcept override { return false; }   // QEMU's null has no discard
 
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t, std::span<std::byte> buf) override
@@ -54,11 +55,6 @@ protected:
         co_return result<void>{};
     }
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t, std::uint64_t, zero_flags) override
-    {
-        co_await delay();
-        co_return result<void>{};
-    }
-    asio::awaitable<result<void>> do_discard(std::uint64_t, std::uint64_t) override
     {
         co_await delay();
         co_return result<void>{};

@@ -206,6 +206,9 @@ public:
     virtual std::uint32_t request_alignment() const noexcept { return 1; }
     /// Whether reads of never-written areas return zeroes (a fresh file, null-co read-zeroes).
     virtual bool zero_init() const noexcept { return false; }
+    /// Whether the driver implements discard (QEMU: has bdrv_co_pdiscard). When it does not
+    /// (null-co), discards stop at the node as with discard=ignore.
+    virtual bool can_discard() const noexcept { return true; }
     bool read_only() const noexcept { return opts_.read_only; }
     const node_options& options() const noexcept { return opts_; }
 
