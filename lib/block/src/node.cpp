@@ -5,8 +5,11 @@
 #include "bjd/log.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <cstring>
+#include <optional>
+#include <utility>
 
 namespace bjd::block {
 
@@ -16,6 +19,59 @@ bool is_all_zero(std::span<const std::byte> buf)
 {
     // Compare word-wise against the first byte, then check that byte: the libc memcmp is vectorised.
     return !buf.empty() && buf[0] == std::byte{0} && std::memcmp(buf.data(), buf.data() + 1, buf.size() - 1) == 0;
+}
+
+// Write thresholds see the ranges QEMU 7.2's bdrv_co_write_req_prepare sees (block/io.c), so
+// that amount-exceeded matches qemu-storage-daemon's on O_DIRECT files too.
+
+/// The end of a write as prepared: padded to `align` (bdrv_pad_request); none for an
+/// unaligned zero-length write, which bdrv_co_pwritev_part drops.
+std::optional<std::uint64_t> padded_write_end(std::uint64_t offset, std::uint64_t length, std::uint64_t align)
+{
+    if (length == 0)
+        return offset % align ? std::nullopt : std::optional<std::uint64_t>(offset);
+    return (offset + length + align - 1) / align * align;
+}
+
+/// The ends of the pieces a write-zeroes is prepared as, in order (bdrv_co_do_zero_pwritev):
+/// the padded head block (or the whole padded range when it fits in the padding buffer), the
+/// aligned middle, the padded tail block. Zero-length: no piece.
+struct zero_pieces {
+    std::array<std::uint64_t, 3> end{};
+    unsigned count = 0;
+    void add(std::uint64_t e) { end[count++] = e; }
+};
+
+zero_pieces zero_write_ends(std::uint64_t offset, std::uint64_t length, std::uint64_t align)
+{
+    zero_pieces p;
+    if (length == 0)
+        return p;
+    const std::uint64_t head = offset % align;
+    const std::uint64_t tail = (offset + length) % align ? align - (offset + length) % align : 0;
+    if (head == 0 && tail == 0) {
+        p.add(offset + length);
+        return p;
+    }
+    const std::uint64_t sum = head + length + tail;
+    const std::uint64_t buf_len = sum > align && head && tail ? 2 * align : align;
+    if (sum == buf_len) {   // pad.merge_reads: one padded write does it all
+        p.add(offset - head + sum);
+        return p;
+    }
+    if (head) {
+        p.add(offset - head + align);
+        length -= align - head;
+        offset += align - head;
+    }
+    if (length >= align) {
+        offset += length / align * align;
+        length %= align;
+        p.add(offset);
+    }
+    if (length)
+        p.add(offset + align);
+    return p;
 }
 
 } // namespace
@@ -81,6 +137,24 @@ void node::remove_write_observer(write_observer* o)
     observers_.erase(std::remove(observers_.begin(), observers_.end(), o), observers_.end());
 }
 
+void node::set_write_threshold(std::uint64_t threshold, write_threshold_hook hook)
+{
+    threshold_ = threshold;
+    threshold_hook_ = threshold ? std::move(hook) : write_threshold_hook{};
+}
+
+void node::check_write_threshold(std::uint64_t end)
+{
+    if (threshold_ == 0 || end <= threshold_)
+        return;
+    // Disarmed before anyone hears of it, as QEMU does "to avoid flooding the monitor"; the
+    // hook may arm it again.
+    const std::uint64_t threshold = std::exchange(threshold_, 0);
+    auto hook = std::exchange(threshold_hook_, {});
+    if (hook)
+        hook(*this, end - threshold, threshold);
+}
+
 result<void> node::check_request(std::uint64_t offset, std::uint64_t length, bool is_write) const
 {
     if (is_write && opts_.read_only)
@@ -122,6 +196,8 @@ asio::awaitable<result<void>> node::write(std::uint64_t offset, std::span<const 
         acct_.invalid(stats::op::write);
         co_return r;
     }
+    if (auto end = padded_write_end(offset, buf.size(), write_padding()))
+        check_write_threshold(*end);
     auto ck = acct_.start(stats::op::write, buf.size());
     if (buf.empty()) {
         acct_.done(ck);
@@ -148,6 +224,9 @@ asio::awaitable<result<void>> node::write_zeroes(std::uint64_t offset, std::uint
         acct_.invalid(stats::op::write);
         co_return r;
     }
+    const auto pieces = zero_write_ends(offset, length, write_padding());
+    for (unsigned i = 0; i < pieces.count; ++i)
+        check_write_threshold(pieces.end[i]);
     auto ck = acct_.start(stats::op::write, length);
     if (length == 0) {
         acct_.done(ck);
@@ -172,8 +251,13 @@ asio::awaitable<result<void>> node::discard(std::uint64_t offset, std::uint64_t 
         co_return r;
     }
     auto ck = acct_.start(stats::op::unmap, length);
-    if (length == 0 || !opts_.discard_unmap || !can_discard()) {
+    if (!opts_.discard_unmap || !can_discard()) {
         acct_.done(ck);   // discard=ignore (QEMU's default): nothing changes
+        co_return result<void>{};
+    }
+    check_write_threshold(offset + length);   // zero-length too, as in QEMU
+    if (length == 0) {
+        acct_.done(ck);
         co_return result<void>{};
     }
     auto self = shared_from_this();

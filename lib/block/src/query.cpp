@@ -127,7 +127,7 @@ qapi::block_device_info describe_node(const node& n, bool flat)
     info.cache.writeback = true;
     info.cache.direct = n.options().cache_direct;
     info.cache.no_flush = n.options().cache_no_flush;
-    info.write_threshold = 0;
+    info.write_threshold = static_cast<std::int64_t>(n.write_threshold());   // an int in QEMU too
     if (auto bitmaps = n.dirty_bitmaps(); !bitmaps.empty()) {
         info.dirty_bitmaps.emplace();
         for (auto& b : bitmaps) {

@@ -33,6 +33,7 @@ public:
     std::string filename() const override { return filename_; }
     std::uint64_t size() const noexcept override { return size_; }
     std::uint32_t request_alignment() const noexcept override { return align_; }
+    std::uint32_t write_padding() const noexcept override { return align_; }   // bounce_write
     bool zero_init() const noexcept override { return !is_block_; }
     std::int64_t allocated_size() const override
     {

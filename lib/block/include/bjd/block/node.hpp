@@ -11,7 +11,8 @@
 /// the node, writable for writes) and fails with EINVAL/ERANGE-like errnos rather than
 /// asserting, because the ranges come from clients (NBD). Every write-type request (write,
 /// write_zeroes, discard) that reaches a node is reported to its write observers when it
-/// finishes, whichever path it came from — that is what keeps mirror dirty bitmaps honest.
+/// finishes, whichever path it came from — that is what keeps mirror dirty bitmaps honest —
+/// and checked against the node's write threshold before it starts (QEMU's order).
 #include "bjd/qapi/error.hpp"
 #include "bjd/result.hpp"
 #include "bjd/stats/block_acct.hpp"
@@ -206,6 +207,11 @@ public:
     virtual std::uint32_t request_alignment() const noexcept { return 1; }
     /// Whether reads of never-written areas return zeroes (a fresh file, null-co read-zeroes).
     virtual bool zero_init() const noexcept { return false; }
+    /// The alignment QEMU's block layer pads writes to before they reach this driver (its
+    /// bl.request_alignment): a file with cache.direct, whose driver writes unaligned ranges by
+    /// read-modify-write. 1 for every other driver, even where `request_alignment()` is larger
+    /// (raw forwards its file's). Write thresholds measure the padded ranges, as QEMU's do.
+    virtual std::uint32_t write_padding() const noexcept { return 1; }
     /// Whether the driver implements discard (QEMU: has bdrv_co_pdiscard). When it does not
     /// (null-co), discards stop at the node as with discard=ignore.
     virtual bool can_discard() const noexcept { return true; }
@@ -280,6 +286,25 @@ public:
     /// The COW backing node, as queries show it: none for filters, whose child is the data.
     node* cow_backing() const noexcept { return is_filter() ? nullptr : backing(); }
 
+    // ---- write threshold (block-set-write-threshold) -----------------------------------------
+    /// Told that a write-type request crossed the node's write threshold: its end lies
+    /// `amount_exceeded` bytes beyond `threshold`. Called on the main loop, before the request
+    /// is carried out, with the threshold already disarmed (the hook may arm it again).
+    using write_threshold_hook =
+        std::function<void(const node& n, std::uint64_t amount_exceeded, std::uint64_t threshold)>;
+    /// Arms the write threshold (QEMU's bdrv_write_threshold_set), replacing the armed one;
+    /// 0 disarms. The first request whose end lies beyond `threshold` calls `hook` once and
+    /// disarms it. Requests that count, once their range check passed: write, write_zeroes
+    /// (detect-zeroes and emulation included) and discard when it is passed down
+    /// (discard=unmap and `can_discard()`). Their ranges are measured as QEMU 7.2's
+    /// bdrv_co_write_req_prepare sees them: writes padded to `write_padding()` (an unaligned
+    /// zero-length write is dropped, an aligned one counts at its offset); write-zeroes split
+    /// into QEMU's padded head, aligned middle and padded tail (zero-length: nothing), the first
+    /// piece ending beyond the threshold counting; discards as given.
+    void set_write_threshold(std::uint64_t threshold, write_threshold_hook hook);
+    /// The armed threshold, 0 when none (query-named-block-nodes' write_threshold).
+    std::uint64_t write_threshold() const noexcept { return threshold_; }
+
     /// Highest offset+length of any write-type request that reached the node, failed or not.
     std::uint64_t wr_highest_offset() const noexcept { return wr_highest_offset_; }
 
@@ -331,6 +356,8 @@ private:
     friend class perm_update;
     result<void> check_request(std::uint64_t offset, std::uint64_t length, bool is_write) const;
     void notify_write(std::uint64_t offset, std::uint64_t length);
+    /// Fires and disarms the write threshold if `end` lies beyond it.
+    void check_write_threshold(std::uint64_t end);
     asio::awaitable<result<void>> emulate_write_zeroes(std::uint64_t offset, std::uint64_t length);
 
     node_options opts_;
@@ -340,6 +367,8 @@ private:
     std::vector<edge*> parents_;
     std::vector<write_observer*> observers_;
     std::uint64_t wr_highest_offset_ = 0;
+    std::uint64_t threshold_ = 0;             ///< armed write threshold, 0 when none
+    write_threshold_hook threshold_hook_;     ///< told when it is crossed
     bool unflushed_ = false;
     perm_pair held_;   ///< committed cumulative permissions of the parents
     stats::block_acct acct_;
