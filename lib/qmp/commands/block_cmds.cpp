@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
-// Block node commands: blockdev-add, blockdev-del, block_resize, query-named-block-nodes.
+// Block node commands: blockdev-add, blockdev-del, block_resize, query-named-block-nodes,
+// block-set-write-threshold.
 #include "bjd/block/graph.hpp"
 #include "bjd/block/query.hpp"
 #include "bjd/block/resize.hpp"
 #include "bjd/qapi/commands.hpp"
+#include "bjd/qapi/events.hpp"
 #include "bjd/qmp/context.hpp"
 
 namespace bjd::qapi {
@@ -34,6 +36,23 @@ boost::asio::awaitable<result<std::vector<block_device_info>>> qmp_query_named_b
     for (const auto& n : ctx.graph->nodes())
         out.push_back(block::describe_node(*n, flat));
     co_return out;
+}
+
+boost::asio::awaitable<result<void>> qmp_block_set_write_threshold(qmp::context& ctx,
+                                                                  block_set_write_threshold_args args)
+{
+    // QEMU's bdrv_find_node: node names only, and its message says "Device".
+    auto n = ctx.graph->find(args.node_name);
+    if (!n)
+        co_return generic("Device '" + args.node_name + "' not found");
+    // The node fires (and disarms) on its own data path; the event goes to every session.
+    n->set_write_threshold(args.write_threshold,
+                           [&events = ctx.events](const block::node& node, std::uint64_t amount, std::uint64_t threshold) {
+                               emit_block_write_threshold(events, {.node_name = node.name(),
+                                                                   .amount_exceeded = amount,
+                                                                   .write_threshold = threshold});
+                           });
+    co_return result<void>{};
 }
 
 } // namespace bjd::qapi
