@@ -4,9 +4,9 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/qapi/types.hpp"
 
-#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/use_future.hpp>
+
+#include "run_request.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -94,11 +94,7 @@ struct fixture {
     template <class T>
     int run(asio::awaitable<result<T>> a)
     {
-        auto f = asio::co_spawn(loop, std::move(a), asio::use_future);
-        loop.restart();
-        loop.run();
-        auto r = f.get();
-        return r ? 0 : r.error().value();
+        return bjd::test::run_request(loop, std::move(a));
     }
     int read(std::uint64_t off, std::size_t len = 4096)
     {

@@ -6,9 +6,9 @@
 // ranges are measured as QEMU's block layer pads them.
 #include "bjd/block/driver.hpp"
 
-#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/use_future.hpp>
+
+#include "run_request.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -87,14 +87,11 @@ struct fixture {
         });
     }
 
+    /// Runs one request to completion: 0 or its errno.
     template <class T>
     int run(asio::awaitable<result<T>> a)
     {
-        auto f = asio::co_spawn(loop, std::move(a), asio::use_future);
-        loop.restart();
-        loop.run();
-        auto r = f.get();
-        return r ? 0 : r.error().value();
+        return bjd::test::run_request(loop, std::move(a));
     }
     int write(node& n, std::uint64_t off, std::size_t len, std::byte fill = std::byte{0x5a})
     {
