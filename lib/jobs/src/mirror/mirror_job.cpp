@@ -652,9 +652,9 @@ qapi::result<void> mirror_job::exit_common(bool pivot)
     exited_ = true;
     // The job no longer reads through the filter nor writes the target: drop what it took, so
     // that the graph change below is checked against the real users only (QEMU drops the
-    // target's BlockBackend and the filter's permissions before it pivots).
-    s_.filter->stop();
-    (void)s_.filter->refresh_permissions();   // giving up permissions cannot fail
+    // target's BlockBackend and the filter's permissions before it pivots). The filter's
+    // other parents keep passing theirs to the source until they are back on it, so the
+    // source's files are neither reopened nor unlocked in between.
     release_edges();
     // Everything happens without suspending: no request can slip in between, and the ones
     // the filter holds are released to `below`.

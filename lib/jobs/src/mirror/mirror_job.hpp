@@ -54,19 +54,12 @@ public:
     bool flush_on_close() const noexcept override { return false; }
 
     void attach_job(mirror_job* j) noexcept { job_ = j; }
-    /// The job is ending: the filter takes nothing on the source any more, so that the
-    /// source can become the target's backing or be replaced (QEMU's MirrorBDSOpaque.stop).
-    /// Followed by a permission refresh of the filter.
-    void stop() noexcept { stopped_ = true; }
     asio::awaitable<void> drain();
     /// Stops holding; held and future requests go to `to` (null: the source).
     void release(std::shared_ptr<block::node> to);
     bool drained() const noexcept { return held_; }
 
 protected:
-    /// A filter: the source gets what the filter's users take, until the job stops.
-    block::perm_pair child_permissions(const block::edge& child, block::perm_pair cumulative) const override;
-
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
     asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, block::zero_flags f) override;
@@ -81,7 +74,6 @@ private:
     std::shared_ptr<block::node> source_;
     std::shared_ptr<block::node> redirect_;
     bool implicit_;
-    bool stopped_ = false;
     bool held_ = false;
     unsigned inflight_ = 0;
     mirror_job* job_ = nullptr;

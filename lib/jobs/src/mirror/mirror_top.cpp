@@ -3,8 +3,6 @@
 // copy loop (event_flag, rate_limiter).
 #include "mirror/mirror_job.hpp"
 
-#include "bjd/block/driver.hpp"
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -86,13 +84,6 @@ asio::awaitable<void> mirror_top::drain()
     held_ = true;
     while (inflight_ > 0)
         co_await changed_.wait();
-}
-
-block::perm_pair mirror_top::child_permissions(const block::edge&, block::perm_pair cumulative) const
-{
-    if (stopped_)
-        return {};   // takes nothing, shares everything
-    return block::filter_child_perms(cumulative);
 }
 
 void mirror_top::release(std::shared_ptr<block::node> to)
