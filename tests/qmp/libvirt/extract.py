@@ -150,14 +150,22 @@ def defined_names(obj):
     return [n["node-name"] for n in walk(obj) if isinstance(n.get("node-name"), str)]
 
 
+def rewrite_leaves(obj, leaf):
+    """A copy of a JSON value with every non-container value `v` under member `key` replaced by
+    `leaf(key, v)` (key None inside lists)."""
+    def go(v, key=None):
+        if isinstance(v, dict):
+            return {k: go(x, k) for k, x in v.items()}
+        if isinstance(v, list):
+            return [go(x) for x in v]
+        return leaf(key, v)
+    return go(obj)
+
+
 def shape(obj):
     """The argument object with names (node names, file names, references) blanked: libvirt's
     test files differ mostly in those."""
-    def norm(v, key=None):
-        if isinstance(v, dict):
-            return {k: norm(x, k) for k, x in v.items()}
-        if isinstance(v, list):
-            return [norm(x) for x in v]
+    def blank(key, v):
         if key == "node-name":
             return "<node>"
         if key == "filename":
@@ -165,7 +173,7 @@ def shape(obj):
         if key in CHILD_KEYS and isinstance(v, str):
             return "<ref>"
         return v
-    return json.dumps(norm(obj), sort_keys=True)
+    return json.dumps(rewrite_leaves(obj, blank), sort_keys=True)
 
 
 def select(sources, max_new):
@@ -410,11 +418,7 @@ class Group:
 def loopback(obj):
     """Points a refused protocol node at loopback, so that even a daemon that has the driver
     sends nothing beyond this machine."""
-    def fix(v, key=None):
-        if isinstance(v, dict):
-            return {k: fix(x, k) for k, x in v.items()}
-        if isinstance(v, list):
-            return [fix(x) for x in v]
+    def fix(key, v):
         if key == "host":
             return "127.0.0.1"
         if key == "portal":
@@ -423,7 +427,7 @@ def loopback(obj):
             u = urllib.parse.urlsplit(v)
             return u._replace(netloc="127.0.0.1" + (f":{u.port}" if u.port else "")).geturl()
         return v
-    return fix(obj)
+    return rewrite_leaves(obj, fix)
 
 
 def qmp_line(execute, arguments):
