@@ -118,11 +118,12 @@ enum class parent_kind { node, backend, export_, job, anonymous };
 /// The parent owns the edge; the edge keeps the node alive and registers itself with it, so
 /// that `replace_node` can redirect every parent of a node to another node (mirror's pivot).
 ///
-/// Permissions follow QEMU 7.2's model (block.c, bdrv_refresh_perms): every change (new permissions, attaching, replacing) recomputes what
-/// each node below holds, checks that no user of a node takes what another user does not
-/// share, lets drivers prepare (a file node reopens an auto-read-only file, checks image
-/// locks), and then commits everywhere or rolls back everywhere. On failure the graph, the
-/// edges' permissions, the open files and the locks are exactly as before.
+/// Permissions follow QEMU 7.2's model (block.c, bdrv_refresh_perms): every change (new
+/// permissions, attaching, replacing) recomputes what each node below holds, checks that no
+/// user of a node takes what another user does not share, lets drivers prepare (a file node
+/// reopens an auto-read-only file, checks image locks), and then commits everywhere or rolls
+/// back everywhere. On failure the graph, the edges' permissions, the open files and the
+/// locks are exactly as before.
 class edge {
 public:
     edge(parent_kind kind, std::string owner, std::string role);
