@@ -4,7 +4,7 @@
 #include "bjd/block/create.hpp"
 
 #include "bjd/log.hpp"
-#include "drivers/qcow2_node.hpp"
+#include "drivers/qcow2/node.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>

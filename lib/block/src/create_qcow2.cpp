@@ -5,7 +5,7 @@
 
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
-#include "drivers/qcow2_format.hpp"
+#include "drivers/qcow2/format.hpp"
 
 #include <algorithm>
 #include <bit>

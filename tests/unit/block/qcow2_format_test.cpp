@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // qcow2 on-disk format without I/O: header validation on crafted headers (every refusal and
 // the edge just inside each limit), L1/L2 entry decoding, refcount entry packing per order.
-#include "../../../lib/block/src/drivers/qcow2_format.hpp"
+#include "../../../lib/block/src/drivers/qcow2/format.hpp"
 
 #include <catch2/catch.hpp>
 

@@ -3,7 +3,7 @@
 // found by tests/fuzz/fuzz_qcow2: tables listed twice are refused for writing, still readable.
 #include "qcow2_test_util.hpp"
 
-#include "../../../lib/block/src/drivers/qcow2_format.hpp"
+#include "../../../lib/block/src/drivers/qcow2/format.hpp"
 
 #include <filesystem>
 

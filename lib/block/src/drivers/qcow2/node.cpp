@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // qcow2: opening an image, mapping guest clusters, reads and block status.
-#include "qcow2_node.hpp"
+#include "node.hpp"
 
 #include "bjd/log.hpp"
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // qcow2 metadata: the L2 table cache, refcount blocks and table, and cluster allocation.
-#include "qcow2_node.hpp"
+#include "node.hpp"
 
 #include "bjd/log.hpp"
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // qcow2 header parsing and validation, and refcount entry packing.
-#include "qcow2_format.hpp"
+#include "format.hpp"
 
 #include <algorithm>
 #include <cstdio>

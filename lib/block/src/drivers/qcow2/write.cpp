@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // qcow2: writes (in place or allocating with copy-on-write), write_zeroes and discard.
-#include "qcow2_node.hpp"
+#include "node.hpp"
 
 #include "bjd/log.hpp"
 

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// \file
-/// The qcow2 node (private to the driver): state shared by qcow2.cpp (open, reads, status),
-/// qcow2_write.cpp (writes, zeroes, discard) and qcow2_meta.cpp (L2 cache, refcounts,
+/// The qcow2 node (private to the driver): state shared by node.cpp (open, reads, status),
+/// write.cpp (writes, zeroes, discard) and meta.cpp (L2 cache, refcounts,
 /// allocation).
 ///
 /// Metadata is a write-back cache, like QEMU's qcow2 caches: L2 tables, refcount blocks and
@@ -34,7 +34,7 @@
 /// run without `meta_`; each pins the free generation it mapped at, `inflight_`), so such a
 /// request can never touch a cluster that belongs to someone else by then.
 #include "bjd/block/driver.hpp"
-#include "qcow2_format.hpp"
+#include "format.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -186,7 +186,7 @@ protected:
 private:
     node* file() const noexcept { return child("file"); }
 
-    // ---- qcow2.cpp: mapping and reading ----
+    // ---- node.cpp: mapping and reading ----
     /// Decodes and checks an L2 entry (EIO for corrupt entries, logged).
     result<mapping> decode(std::uint64_t entry, std::uint64_t guest) const;
     /// The run starting at `offset` (≤ `length` bytes). Caller holds `meta_`.
@@ -196,7 +196,7 @@ private:
     asio::awaitable<result<void>> read_backing(std::uint64_t offset, std::span<std::byte> buf);
     asio::awaitable<result<void>> read_compressed(const mapping& m, std::span<std::byte> cluster);
 
-    // ---- qcow2_write.cpp ----
+    // ---- write.cpp ----
     /// A write split into pieces that go to clusters the image already owns and runs of newly
     /// allocated clusters (copy-on-write fills their head and tail from the old contents).
     struct write_plan {
@@ -234,7 +234,7 @@ private:
     /// Whether the guest cluster containing `offset` reads as zeroes without allocating.
     asio::awaitable<result<bool>> reads_as_zero_locked(std::uint64_t offset);
 
-    // ---- qcow2_meta.cpp ----
+    // ---- meta.cpp ----
     /// The L2 table for L1 index `l1i`, or null if unallocated and !create. Caller holds `meta_`.
     asio::awaitable<result<std::shared_ptr<l2_table>>> get_l2(std::uint64_t l1i, bool create);
     std::uint64_t l2_offset(std::uint64_t l1i) const noexcept { return l1_[l1i] & offset_mask; }
