@@ -207,8 +207,8 @@ qapi::result<void> backend::remove_medium()
     node* m = medium_.get();
     if (!m)
         return {};
-    if (!m->blocker().empty())
-        return qapi::generic("Node '" + name_ + "' is busy: " + m->blocker());
+    if (auto r = m->check_op(block_op::other, name_); !r)
+        return r;
     last_size_ = m->size();
     read_only_state_ = m->read_only();
     log::get("block")->info("drive '{}': medium '{}' removed", name_, m->name());

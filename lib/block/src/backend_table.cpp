@@ -66,8 +66,9 @@ qapi::result<void> backend_table::del(std::string_view id)
         return qapi::error{qapi::error_class::device_not_found, "Device '" + std::string(id) + "' not found", {}};
     if (it->second->in_use())
         return qapi::generic("Drive '" + std::string(id) + "' is in use by an export");
-    if (node* m = it->second->medium(); m && !m->blocker().empty())
-        return qapi::generic("Node '" + std::string(id) + "' is busy: " + m->blocker());
+    if (node* m = it->second->medium())
+        if (auto r = m->check_op(block_op::other, id); !r)
+            return r;
     drives_.erase(it);
     log::get("block")->info("drive '{}' deleted", id);
     return {};

@@ -84,6 +84,7 @@ graph::graph(io::engine& engine, io::engine& threads) : engine_(engine), threads
 
 graph::~graph()
 {
+    alive_.reset();   // nodes that become unused now are not closed one by one
     // Drop nodes newest first so parents go before their children.
     while (!nodes_.empty())
         nodes_.pop_back();
@@ -109,15 +110,27 @@ std::shared_ptr<node> graph::find(std::string_view name) const
 
 qapi::result<std::shared_ptr<node>> graph::lookup(std::string_view device) const
 {
-    // QEMU's bdrv_lookup_bs: a drive of that name first, then a node.
-    if (auto b = drives_.find(device)) {
-        if (!b->medium())
-            return qapi::generic("Device '" + std::string(device) + "' has no medium");
-        return b->medium_shared();
+    const std::optional<std::string> name{std::string(device)};
+    return lookup(name, name);
+}
+
+qapi::result<std::shared_ptr<node>> graph::lookup(const std::optional<std::string>& device,
+                                                  const std::optional<std::string>& node_name) const
+{
+    // A drive of that name first, then a node.
+    if (device) {
+        if (auto b = drives().find(*device)) {
+            if (!b->medium())
+                return qapi::generic("Device '" + *device + "' has no medium");
+            return b->medium_shared();
+        }
     }
-    if (auto n = find(device))
-        return n;
-    return qapi::generic("Cannot find device='" + std::string(device) + "' nor node-name='" + std::string(device) + "'");
+    if (node_name) {
+        if (auto n = find(*node_name))
+            return n;
+    }
+    return qapi::generic("Cannot find device='" + device.value_or("") + "' nor node-name='" + node_name.value_or("") +
+                         "'");
 }
 
 void graph::insert(std::shared_ptr<node> n)
@@ -427,11 +440,12 @@ asio::awaitable<qapi::result<void>> graph::del(std::string node_name)
     auto n = find(node_name);
     if (!n)
         co_return qapi::generic("Failed to find node with node-name='" + node_name + "'");
+    // QEMU's bdrv_has_blk: users other than nodes and jobs (whose blockers answer next).
     for (const edge* e : n->parents())
-        if (e->kind() != parent_kind::node)
+        if (e->kind() != parent_kind::node && e->kind() != parent_kind::job)
             co_return qapi::generic("Node " + node_name + " is in use");
-    if (!n->blocker().empty())
-        co_return qapi::generic("Node '" + node_name + "' is busy: " + n->blocker());
+    if (auto r = n->check_op(block_op::other); !r)
+        co_return r.error();
     if (!n->monitor_owned())
         co_return qapi::generic("Node " + node_name + " is not owned by the monitor");
     if (!n->parents().empty())
@@ -526,6 +540,15 @@ void graph::close_later(asio::any_io_executor ex, std::shared_ptr<node> n)
     }
     ++closing_;
     asio::co_spawn(std::move(ex), close_taken(std::move(nodes)), log::on_failure("block", "closing nodes"));
+}
+
+void graph::close_when_unused(asio::any_io_executor ex, const std::shared_ptr<node>& n)
+{
+    assert(!n->parents().empty());
+    n->set_unused_hook([this, ex, alive = std::weak_ptr<bool>(alive_)](node& unused) {
+        if (alive.lock())
+            close_later(ex, unused.shared_from_this());
+    });
 }
 
 asio::awaitable<void> graph::wait_for_closes()

@@ -109,6 +109,7 @@ node* node::primary_child() const noexcept { return child("file"); }
 edge& node::add_child(std::string role, std::shared_ptr<node> n)
 {
     auto e = std::make_unique<edge>(parent_kind::node, "node '" + opts_.name + "'", std::move(role));
+    e->parent_node_ = this;
     (void)e->attach(std::move(n));   // takes nothing yet: cannot conflict (refresh_permissions)
     children_.push_back(std::move(e));
     return *children_.back();
@@ -122,6 +123,51 @@ void node::remove_child(std::string_view role)
 }
 
 void node::add_write_observer(write_observer* o) { observers_.push_back(o); }
+
+namespace {
+
+/// QEMU's bdrv_get_device_or_node_name: the drive whose medium `n` is, else its node name.
+std::string device_or_node_name(const node& n)
+{
+    for (const edge* e : n.parents()) {
+        // A drive's edge is owned by "block device 'NAME'" (backend.cpp).
+        const std::string& o = e->owner();
+        if (e->kind() == parent_kind::backend && o.size() > 2 && o.back() == '\'')
+            if (auto q = o.find('\''); q != o.size() - 1)
+                return o.substr(q + 1, o.size() - q - 2);
+    }
+    return n.name();
+}
+
+} // namespace
+
+void node::check_unused()
+{
+    if (parents_.empty() && unused_hook_)
+        unused_hook_(*this);
+}
+
+std::string node::op_blocker(block_op op) const
+{
+    if (!blocker_.empty())
+        return blocker_;
+    if (op != block_op::other)
+        return {};
+    // Filters hold their child as "backing" too, but only a COW parent blocks it.
+    for (const edge* e : parents_)
+        if (e->role() == "backing")
+            if (const node* p = e->parent_node(); p && !p->is_filter())
+                return "node is used as backing hd of '" + device_or_node_name(*p) + "'";
+    return {};
+}
+
+qapi::result<void> node::check_op(block_op op, std::string_view shown) const
+{
+    std::string why = op_blocker(op);
+    if (why.empty())
+        return {};
+    return qapi::generic("Node '" + std::string(shown.empty() ? std::string_view(name()) : shown) + "' is busy: " + why);
+}
 
 std::vector<dirty_bitmap_info> node::dirty_bitmaps() const
 {

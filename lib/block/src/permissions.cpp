@@ -297,7 +297,10 @@ qapi::result<void> edge::attach(std::shared_ptr<node> n)
     std::shared_ptr<node> old = node_;   // alive until the change is decided
     perm_update t;
     t.move_edge(*this, n);
-    return finish(t, {old.get(), n.get()});
+    auto r = finish(t, {old.get(), n.get()});
+    if (r && old)
+        old->check_unused();
+    return r;
 }
 
 void edge::detach()
@@ -308,8 +311,10 @@ void edge::detach()
     {
         perm_update t;
         t.move_edge(*this, nullptr);
-        if (finish(t, {old.get()}))
+        if (finish(t, {old.get()})) {
+            old->check_unused();
             return;
+        }
     }
     // Giving up permissions cannot conflict; a driver that cannot follow (a file that cannot
     // be reopened read-only) keeps holding more than it needs, which is safe.
@@ -317,6 +322,7 @@ void edge::detach()
     ps.erase(std::remove(ps.begin(), ps.end(), this), ps.end());
     node_.reset();
     log::get("block")->warn("{} left node '{}', which keeps its previous permissions", owner_, old->name());
+    old->check_unused();
 }
 
 qapi::result<void> edge::set_perms(unsigned perm, unsigned shared)
@@ -337,13 +343,13 @@ qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to)
     perm_update t;
     // Copy: move_edge edits from.parents_ while we walk it.
     std::vector<edge*> parents = from.parents();
-    for (edge* e : parents) {
-        bool owned_by_to = std::any_of(to->children().begin(), to->children().end(),
-                                       [e](const std::unique_ptr<edge>& c) { return c.get() == e; });
-        if (!owned_by_to)
+    for (edge* e : parents)
+        if (e->parent_node() != to.get() && e->kind() != parent_kind::job)
             t.move_edge(*e, to);
-    }
-    return finish(t, {&from, to.get()});
+    auto r = finish(t, {&from, to.get()});
+    if (r)
+        from.check_unused();
+    return r;
 }
 
 qapi::result<void> node::refresh_permissions()

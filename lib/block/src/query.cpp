@@ -43,6 +43,9 @@ boost::json::object options_json(const node& n)
 {
     if (auto o = n.json_options())
         return *o;
+    // A format names its file's options (QEMU's bdrv_refresh_filename); a protocol its file.
+    if (const node* f = n.child("file"))
+        return {{"driver", std::string(n.driver())}, {"file", options_json(*f)}};
     return {{"driver", std::string(n.driver())}, {"filename", n.filename()}};
 }
 
@@ -88,8 +91,16 @@ qapi::image_info describe_image(const node& n, bool with_backing_chain)
         spec.type = qapi::image_info_specific_kind::qcow2;
         spec.u.qcow2 = qapi::image_info_specific_q_cow2_wrapper{std::move(d)};
         img.format_specific = std::move(spec);
-        if (!q->backing_file.empty())
+        if (!q->backing_file.empty()) {
             img.backing_filename = q->backing_file;   // the header's string, verbatim
+            // Attached or not, QEMU names the file the header means and its format.
+            const std::string& f = q->backing_file;
+            const std::string own = n.filename();
+            const auto slash = own.rfind('/');
+            img.full_backing_filename = f[0] == '/' || slash == std::string::npos ? f : own.substr(0, slash + 1) + f;
+            if (!q->backing_format.empty())
+                img.backing_filename_format = q->backing_format;
+        }
     }
     if (node* b = n.cow_backing()) {
         if (!img.backing_filename)

@@ -8,39 +8,16 @@
 
 namespace bjd::block {
 
-namespace {
-
-/// QEMU's bdrv_lookup_bs: `device` names a drive only, `node_name` a node.
-qapi::result<std::shared_ptr<node>> lookup(graph& g, const std::optional<std::string>& device,
-                                           const std::optional<std::string>& node_name)
-{
-    if (device) {
-        if (auto b = g.drives().find(*device)) {
-            if (!b->medium())
-                return qapi::generic("Device '" + *device + "' has no medium");
-            return b->medium_shared();
-        }
-    }
-    if (node_name) {
-        if (auto n = g.find(*node_name))
-            return n;
-    }
-    return qapi::generic("Cannot find device='" + device.value_or("") + "' nor node-name='" + node_name.value_or("") +
-                         "'");
-}
-
-} // namespace
-
 asio::awaitable<qapi::result<void>> resize(graph& g, const std::optional<std::string>& device,
                                            const std::optional<std::string>& node_name, std::int64_t size)
 {
-    auto found = lookup(g, device, node_name);
+    auto found = g.lookup(device, node_name);
     if (!found)
         co_return found.error();
     std::shared_ptr<node> n = *found;
     if (size < 0)
         co_return qapi::generic("Parameter 'size' expects a >0 size");
-    if (!n->blocker().empty())
+    if (!n->op_blocker(block_op::other).empty())
         co_return qapi::generic("Device '" + (device ? *device : n->name()) + "' is in use");
 
     edge user(parent_kind::anonymous, "block_resize", "root");

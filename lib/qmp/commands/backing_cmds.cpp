@@ -61,10 +61,8 @@ boost::asio::awaitable<result<void>> qmp_change_backing_file(qmp::context& ctx, 
         co_return generic("Cannot find device='' nor node-name='" + args.image_node_name + "'");
     if (!image->backing())
         co_return generic("not allowing backing file change on an image without a backing file");
-    if (!root.blocker().empty()) {
-        const std::string shown = g.drives().find(args.device) ? args.device : root.name();
-        co_return generic("Node '" + shown + "' is busy: " + root.blocker());
-    }
+    if (auto r = root.check_op(block::block_op::other, g.drives().find(args.device) ? args.device : root.name()); !r)
+        co_return r.error();
     const block::node* n = &root;
     while (n && n != image.get())
         n = chain_next(*n);

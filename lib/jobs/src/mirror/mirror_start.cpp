@@ -45,13 +45,6 @@ bool is_root(const block::node& n)
     });
 }
 
-qapi::result<void> check_blocker(const block::node& n)
-{
-    if (!n.blocker().empty())
-        return qapi::generic("Node '" + n.name() + "' is busy: " + n.blocker());
-    return {};
-}
-
 /// drive-mirror's target: a raw node over a file node, created (absolute-paths: created or
 /// truncated to `size`) or opened as it is (existing).
 qapi::result<std::shared_ptr<block::node>> open_drive_target(block::graph& g, const mirror_params& p,
@@ -118,7 +111,7 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
     std::shared_ptr<block::node> target;
     bool opened_target = false;
     if (p.drive) {
-        if (auto r = check_blocker(*source); !r)
+        if (auto r = source->check_op(block::block_op::other); !r)
             return r;
         if (p.replaces && !p.node_name)
             return qapi::generic("a node-name must be provided when replacing a named node of the graph");
@@ -148,9 +141,9 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
         return fail(qapi::generic("Parameter 'granularity' expects a power of 2"));
 
     // 5. op blockers
-    if (auto r = check_blocker(*source); !r)
+    if (auto r = source->check_op(block::block_op::other); !r)
         return fail(r.error());
-    if (auto r = check_blocker(*target); !r)
+    if (auto r = target->check_op(block::block_op::other); !r)
         return fail(r.error());
 
     // 6. sync=top without backing is full

@@ -88,8 +88,8 @@ asio::awaitable<qapi::result<void>> co_start_mirror(manager& m, block::graph& g,
     });
     if (!root)
         co_return qapi::generic("Need a root block node");
-    if (!source->blocker().empty())
-        co_return qapi::generic("Node '" + source->name() + "' is busy: " + source->blocker());
+    if (auto r = source->check_op(block::block_op::other); !r)
+        co_return r.error();
     if (p.replaces && !p.node_name)
         co_return qapi::generic("a node-name must be provided when replacing a named node of the graph");
     if (p.node_name) {

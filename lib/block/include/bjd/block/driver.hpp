@@ -76,8 +76,9 @@ struct qcow2_image_info {
 asio::awaitable<qapi::result<std::shared_ptr<node>>> open_qcow2(node_options common, std::shared_ptr<node> file,
                                                                  qcow2_open_options opts);
 
-/// Attaches `backing` as the "backing" child of a qcow2 node made by `open_qcow2` (at most
-/// once, before any I/O). Error if `image` is not qcow2 or already has a backing child.
+/// Attaches `backing` as the "backing" child of a qcow2 node made by `open_qcow2`, before
+/// anyone reads the node (opening, snapshots), or detaches it when `backing` is null.
+/// Error if `image` is not qcow2, already has a backing child, or a permission conflict.
 qapi::result<void> set_qcow2_backing(node& image, std::shared_ptr<node> backing);
 
 // ---- default child permissions (QEMU's bdrv_default_perms) --------------------------------------

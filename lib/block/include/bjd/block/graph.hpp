@@ -22,6 +22,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,6 +74,10 @@ public:
     /// leave the graph before this returns, their flush and release run on `ex`; until then
     /// they still hold their children and image locks. `wait_for_closes` waits for them.
     void close_later(asio::any_io_executor ex, std::shared_ptr<node> n);
+    /// Closes `n` (`close_later` on `ex`) as soon as its last user lets it go, as QEMU frees
+    /// a node that only its users held: the overlay blockdev-snapshot-sync opens. `n` must be
+    /// in the graph and have a parent already.
+    void close_when_unused(asio::any_io_executor ex, const std::shared_ptr<node>& n);
     /// Returns once no close is in progress. The QMP dispatcher awaits it before each command,
     /// so that a command sees the graph as a synchronous close (QEMU's) would have left it.
     asio::awaitable<void> wait_for_closes();
@@ -87,6 +92,11 @@ public:
     /// QEMU's lookup for `device` arguments (drive name first, then node-name): a drive's
     /// medium, "Device 'X' has no medium", "Cannot find device='X' nor node-name='X'".
     qapi::result<std::shared_ptr<node>> lookup(std::string_view device) const;
+    /// QEMU's bdrv_lookup_bs with both names (block_resize, blockdev-snapshot-sync): `device`
+    /// names a drive only, `node_name` a node. "Device 'd' has no medium", "Cannot find
+    /// device='d' nor node-name='n'" (an absent name shows as '').
+    qapi::result<std::shared_ptr<node>> lookup(const std::optional<std::string>& device,
+                                               const std::optional<std::string>& node_name) const;
 
     /// Registers a node made elsewhere (filters, job targets). Its name must be unique; an empty
     /// name is not allowed — use `auto_name()`.
@@ -115,6 +125,7 @@ private:
     unsigned closing_ = 0;                          ///< close_taken runs not yet finished
     std::vector<asio::steady_timer*> close_waiters_;   ///< close_all calls waiting for them
     unsigned next_auto_ = 0;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);   ///< unused hooks outlive nothing
     backend_table drives_{*this};   // after nodes_: drives go first, dropping their media edges
 };
 

@@ -105,6 +105,15 @@ struct perm_pair {
     friend bool operator==(const perm_pair&, const perm_pair&) = default;
 };
 
+/// Operations that blockers may forbid (QEMU's BlockOpType, the ones whose blockers differ).
+enum class block_op {
+    other,           ///< blockdev-del, snapshots, mirror source, resize, media changes
+    stream,          ///< block-stream on a node of the chain
+    commit_target,   ///< the base of block-commit
+    backup_source,
+    backup_target,
+};
+
 /// "consistent read, write", QEMU's bdrv_perm_names.
 std::string perm_names(unsigned perm);
 
@@ -153,6 +162,8 @@ public:
     explicit operator bool() const noexcept { return bool(node_); }
 
     parent_kind kind() const noexcept { return kind_; }
+    /// The node whose child this edge is (`node::add_child`), null for other parents.
+    node* parent_node() const noexcept { return parent_node_; }
     const std::string& owner() const noexcept { return owner_; }   ///< "node 'x'", "export 'e1'", "block job 'j'"
     const std::string& role() const noexcept { return role_; }     ///< "file", "backing", "root", "target"
     /// The user as QEMU's permission errors name it: the owner for nodes ("node 'x'"), drives
@@ -164,17 +175,21 @@ public:
     std::string_view child_name() const noexcept;
 
 private:
+    friend class node;
     friend class perm_update;
     parent_kind kind_;
     std::string owner_;
     std::string role_;
     std::shared_ptr<node> node_;
+    node* parent_node_ = nullptr;
     perm_pair perms_;
 };
 
 /// Redirects every parent edge of `from` to `to`, except edges owned by `to` itself (so a
-/// filter above `from` keeps pointing at it), and recomputes the permissions of both. On a
-/// conflict at `to` nothing changes and the error says why. Used by mirror completion.
+/// filter or an overlay above `from` keeps pointing at it) and jobs' edges (a job keeps
+/// working on the nodes it chose: QEMU's stay_at_node), and recomputes the permissions of
+/// both. On a conflict at `to` nothing changes and the error says why. Used by mirror
+/// completion and snapshots.
 qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to);
 
 class node : public std::enable_shared_from_this<node> {
@@ -262,10 +277,24 @@ public:
     /// Whether `blockdev-add` created this node (only those may be deleted with blockdev-del).
     bool monitor_owned() const noexcept { return monitor_owned_; }
     void set_monitor_owned(bool v) noexcept { monitor_owned_ = v; }
+    /// Called when the last parent edge leaves the node (detached, moved elsewhere), for nodes
+    /// that live only as long as someone uses them, as QEMU's reference counts let them go
+    /// (graph::close_when_unused). Null: the node stays.
+    using unused_hook = std::function<void(node&)>;
+    void set_unused_hook(unused_hook h) { unused_hook_ = std::move(h); }
 
-    /// Name of the job blocking this node, empty when none ("Node 'X' is busy: …").
+    /// Why a job blocks this node, empty when none ("Node 'X' is busy: …"). A job's blocker
+    /// forbids every operation; see `op_blocker` for the whole answer.
     const std::string& blocker() const noexcept { return blocker_; }
     void set_blocker(std::string why) { blocker_ = std::move(why); }
+    /// Why `op` may not run on this node now, empty when it may (QEMU's bdrv_op_is_blocked):
+    /// a job working on the node forbids everything; a node that is the COW backing child of
+    /// another ("node is used as backing hd of 'top'") only lets stream, commit and backup
+    /// work on it (QEMU's bdrv_backing_attach).
+    std::string op_blocker(block_op op) const;
+    /// "Node 'NAME' is busy: …" when `op_blocker(op)` says so; NAME is `shown` when given
+    /// (QEMU names the drive a command was given), else the node's name.
+    qapi::result<void> check_op(block_op op, std::string_view shown = {}) const;
 
     // ---- permissions --------------------------------------------------------------------------
     /// Recomputes what this node holds from its parents' edges and what it takes on its
@@ -355,8 +384,12 @@ protected:
 private:
     friend class edge;
     friend class perm_update;
+    friend asio::awaitable<qapi::result<void>> reopen_read_only(node& n, bool read_only);
+    friend qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to);
     result<void> check_request(std::uint64_t offset, std::uint64_t length, bool is_write) const;
     void notify_write(std::uint64_t offset, std::uint64_t length);
+    /// Runs the unused hook if the node has no parent left.
+    void check_unused();
     /// Fires and disarms the write threshold if `end` lies beyond it.
     void check_write_threshold(std::uint64_t end);
     asio::awaitable<result<void>> emulate_write_zeroes(std::uint64_t offset, std::uint64_t length);
@@ -364,6 +397,7 @@ private:
     node_options opts_;
     bool monitor_owned_ = false;
     std::string blocker_;
+    unused_hook unused_hook_;
     std::vector<std::unique_ptr<edge>> children_;
     std::vector<edge*> parents_;
     std::vector<write_observer*> observers_;

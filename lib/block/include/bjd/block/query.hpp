@@ -7,7 +7,8 @@
 
 namespace bjd::block {
 
-/// The options describing `n` as an object: its json_options(), or {driver, filename}.
+/// The options describing `n` as an object: its json_options(), {driver, file: {…}} for a
+/// node over a "file" child, or {driver, filename}.
 boost::json::object options_json(const node& n);
 
 /// What QEMU shows as a node's file name: the plain name, or "json:{…}" built from

@@ -2,6 +2,7 @@
 // qcow2: opening an image, mapping guest clusters, reads and block status.
 #include "node.hpp"
 
+#include "bjd/block/query.hpp"
 #include "bjd/log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -348,11 +349,23 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_qcow2(node_options com
     co_return std::shared_ptr<node>(std::move(n));
 }
 
+std::optional<boost::json::object> qcow2::qcow2_node::json_options() const
+{
+    if (info_.backing_file.empty() || backing())
+        return std::nullopt;
+    return boost::json::object{{"backing", nullptr}, {"driver", "qcow2"}, {"file", options_json(*file())}};
+}
+
 qapi::result<void> set_qcow2_backing(node& image, std::shared_ptr<node> backing)
 {
     auto* q = dynamic_cast<qcow2::qcow2_node*>(&image);
     if (!q)
         return qapi::generic("Driver '" + std::string(image.driver()) + "' does not support backing files");
+    if (!backing) {
+        q->detach_backing();
+        (void)image.refresh_permissions();   // gives permissions up: cannot fail
+        return {};
+    }
     if (image.backing())
         return qapi::generic("Node '" + image.name() + "' already has a backing child");
     q->attach_backing(std::move(backing));

@@ -148,6 +148,9 @@ public:
     ~qcow2_node() override;
 
     std::string_view driver() const noexcept override { return "qcow2"; }
+    /// {"backing": null, …} when the header names a backing file that is not attached (QEMU's
+    /// bdrv_backing_overridden): the file name alone would open a different chain.
+    std::optional<boost::json::object> json_options() const override;
     std::uint64_t size() const noexcept override { return h_.size; }
     std::int64_t allocated_size() const override { return file()->allocated_size(); }
     std::uint32_t cluster_size() const noexcept override { return static_cast<std::uint32_t>(cs_); }
