@@ -8,6 +8,7 @@
 #include "bjd/io/buffer.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/jobs/mirror.hpp"
+#include "copy/pacing.hpp"
 #include "mirror/dirty_bitmap.hpp"
 
 #include <boost/asio/steady_timer.hpp>
@@ -21,17 +22,6 @@
 namespace bjd::jobs::detail {
 
 class mirror_job;
-
-/// A broadcast "condition variable" on the main loop: waiters sleep until `notify_all`.
-class event_flag {
-public:
-    explicit event_flag(asio::any_io_executor ex) : timer_(ex, std::chrono::steady_clock::time_point::max()) {}
-    asio::awaitable<void> wait();
-    void notify_all() { timer_.cancel(); }
-
-private:
-    asio::steady_timer timer_;
-};
 
 /// The mirror_top filter inserted above the source. Forwards everything to the source; in
 /// write-blocking mode writes also go to the target before they complete. `drain` holds new
@@ -78,23 +68,6 @@ private:
     unsigned inflight_ = 0;
     mirror_job* job_ = nullptr;
     event_flag changed_;
-};
-
-/// Byte-accurate token bucket: tokens accrue at `speed` B/s up to one 100 ms slice; a caller
-/// may dispatch while the balance is not negative, so the overshoot is at most one request.
-class rate_limiter {
-public:
-    void set_speed(std::int64_t speed);
-    std::int64_t speed() const noexcept { return speed_; }
-    void charge(std::uint64_t bytes);
-    /// How long to wait before the next request; zero when it may go now.
-    std::chrono::nanoseconds delay();
-
-private:
-    void refill(std::chrono::steady_clock::time_point now);
-    std::int64_t speed_ = 0;
-    double tokens_ = 0;
-    std::chrono::steady_clock::time_point last_{};
 };
 
 enum class op_kind { copy, zero, discard, flush };

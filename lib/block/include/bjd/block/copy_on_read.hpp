@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// The copy-on-read filter (QEMU's "copy-on-read" driver) that block-stream puts above the
+/// node it fills. It passes every request through to that node, and `populate` copies what
+/// the backing chain shows into the node itself. Populating a range and a guest's write to
+/// the same range never overlap (QEMU serialises copy-on-read requests the same way), so the
+/// data a stream copies never overwrites what a guest wrote meanwhile. Main loop only.
+#include "bjd/block/node.hpp"
+#include "bjd/event_flag.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace bjd::block {
+
+class copy_on_read final : public node {
+public:
+    /// A filter above `child`; `implicit` when nobody named it (query views skip it).
+    copy_on_read(node_options o, std::shared_ptr<node> child, bool implicit, asio::any_io_executor ex);
+
+    std::string_view driver() const noexcept override { return "copy-on-read"; }
+    bool is_filter() const noexcept override { return true; }
+    bool implicit() const noexcept override { return implicit_; }
+    std::uint64_t size() const noexcept override { return child_->size(); }
+    std::int64_t allocated_size() const override { return child_->allocated_size(); }
+    std::uint32_t cluster_size() const noexcept override { return child_->cluster_size(); }
+    std::uint32_t request_alignment() const noexcept override { return child_->request_alignment(); }
+    bool zero_init() const noexcept override { return child_->zero_init(); }
+    node* primary_child() const noexcept override { return child("file"); }
+    bool flush_on_close() const noexcept override { return false; }
+    /// Always a json: filename, {"driver": "copy-on-read", "file": {…the child…}}, as QEMU's.
+    std::optional<boost::json::object> json_options() const override;
+
+    /// Copies [offset, offset+length) as reads of the child show it into the child, wherever
+    /// the child does not hold the data itself (it reads it from its backing chain). Waits
+    /// for guest writes to the range first; guest writes to it wait for the copy.
+    asio::awaitable<result<void>> populate(std::uint64_t offset, std::uint64_t length);
+
+    /// Leaves the graph: gives the child back every parent of the filter, and lets it go.
+    /// Requests already inside the filter finish on the child.
+    qapi::result<void> remove();
+
+protected:
+    perm_pair child_permissions(const edge& child, perm_pair cumulative) const override;
+    asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
+    asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
+    asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags f) override;
+    asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override;
+    asio::awaitable<result<void>> do_flush() override;
+    asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
+
+private:
+    struct range {
+        std::uint64_t offset, end;
+        bool populate;
+    };
+    /// Waits until no range of the other kind overlaps [offset, end), then registers it.
+    asio::awaitable<std::size_t> enter(std::uint64_t offset, std::uint64_t end, bool populate);
+    void leave(std::size_t id);
+
+    std::shared_ptr<node> child_;   ///< kept for requests that outlive the edge
+    bool implicit_;
+    std::vector<std::pair<std::size_t, range>> ranges_;
+    std::size_t next_id_ = 0;
+    event_flag changed_;
+};
+
+} // namespace bjd::block

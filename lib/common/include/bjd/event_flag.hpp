@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// A broadcast "condition variable" for coroutines on one event loop.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <chrono>
+
+namespace bjd {
+
+/// Waiters sleep until `notify_all`; then each re-checks its own condition. Single loop only.
+class event_flag {
+public:
+    explicit event_flag(boost::asio::any_io_executor ex) : timer_(ex, std::chrono::steady_clock::time_point::max()) {}
+
+    boost::asio::awaitable<void> wait()
+    {
+        timer_.expires_at(std::chrono::steady_clock::time_point::max());
+        co_await timer_.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+    }
+    void notify_all() { timer_.cancel(); }
+
+private:
+    boost::asio::steady_timer timer_;
+};
+
+} // namespace bjd
