@@ -344,6 +344,25 @@ asio::awaitable<result<void>> node::truncate(std::uint64_t size)
     co_return r;
 }
 
+asio::awaitable<qapi::result<void>> node::resize(std::uint64_t size)
+{
+    if (opts_.read_only)
+        co_return qapi::generic("Image is read-only");
+    auto r = co_await do_resize(size);
+    if (r)
+        unflushed_ = true;
+    co_return r;
+}
+
+asio::awaitable<qapi::result<void>> node::do_resize(std::uint64_t size)
+{
+    if (is_filter() && primary_child())
+        co_return co_await primary_child()->resize(size);
+    if (auto r = co_await do_truncate(size); !r)
+        co_return qapi::generic("Could not resize file: " + std::string(std::strerror(r.error().value())));
+    co_return qapi::result<void>{};
+}
+
 asio::awaitable<result<extent>> node::block_status(std::uint64_t offset, std::uint64_t length)
 {
     if (auto r = check_request(offset, length, false); !r)

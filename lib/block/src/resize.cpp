@@ -4,7 +4,8 @@
 
 #include "bjd/log.hpp"
 
-#include <cstring>
+#include <limits>
+#include <string>
 
 namespace bjd::block {
 
@@ -24,13 +25,18 @@ asio::awaitable<qapi::result<void>> resize(graph& g, const std::optional<std::st
     (void)user.set_perms(perm_resize, perm_all);   // no node yet: cannot fail
     if (auto r = user.attach(n); !r)
         co_return r.error();
+    // QEMU's bdrv_check_request: no node is larger than INT64_MAX rounded down to 1 GiB.
+    constexpr std::int64_t max_length = std::numeric_limits<std::int64_t>::max() / (1 << 30) * (1 << 30);
+    if (size > max_length)
+        co_return qapi::generic("offset(" + std::to_string(size) + ") exceeds maximum(" + std::to_string(max_length) +
+                                ")");
     if (n->read_only())
         co_return qapi::generic("Image is read-only");
     if (auto why = n->cannot_resize())
         co_return qapi::generic(*why);
     const std::uint64_t old_size = n->size();
-    if (auto r = co_await n->truncate(static_cast<std::uint64_t>(size)); !r)
-        co_return qapi::generic("Could not resize file: " + std::string(std::strerror(r.error().value())));
+    if (auto r = co_await n->resize(static_cast<std::uint64_t>(size)); !r)
+        co_return r.error();
     log::get("block")->info("node '{}' resized from {} to {} bytes", n->name(), old_size, size);
     co_return qapi::result<void>{};
 }

@@ -243,6 +243,11 @@ public:
     /// Grows or shrinks the node to `size` bytes (format drivers grow their file child as they
     /// allocate). Errors: EPERM when read-only, ENOTSUP when the driver cannot resize.
     asio::awaitable<result<void>> truncate(std::uint64_t size);
+    /// block_resize's resize (QEMU's bdrv_co_truncate without preallocation): `size` already
+    /// checked against the block layer's limit and the node writable. Format drivers answer in
+    /// QEMU's words ("The new size must be a multiple of 512", "Failed to grow the L1 table:
+    /// …"); the rest say "Could not resize file: <strerror>".
+    asio::awaitable<qapi::result<void>> resize(std::uint64_t size);
     /// Why the node cannot be resized at all, in QEMU's words ("Image format driver does not
     /// support resize", "Cannot resize fixed-size raw disks"), or nothing when it can try.
     /// Default: filters ask their filtered child; other drivers cannot.
@@ -380,6 +385,9 @@ protected:
     virtual asio::awaitable<result<void>> do_flush();
     virtual asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length);
     virtual asio::awaitable<result<void>> do_truncate(std::uint64_t size);
+    /// The driver part of `resize`. Default: a filter resizes its filtered child; other
+    /// drivers truncate (`do_truncate`), an error being "Could not resize file: <strerror>".
+    virtual asio::awaitable<qapi::result<void>> do_resize(std::uint64_t size);
 
 private:
     friend class edge;

@@ -19,8 +19,9 @@ namespace bjd::block {
 /// mirror) refuse it with QEMU's texts, and so do other processes through the image locks.
 /// Errors, in QEMU's order: "Cannot find device='' nor node-name='x'", "Device 'd' has no
 /// medium", "Parameter 'size' expects a >0 size", "Device 'x' is in use" (a job's node; QEMU
-/// 7.2 names the device only, "(null)" for a node-name), a permission conflict, "Image is
-/// read-only", "Image format driver does not support resize", "Could not resize file: …".
+/// 7.2 names the device only, "(null)" for a node-name), a permission conflict,
+/// "offset(N) exceeds maximum(M)" (the block layer's limit), "Image is read-only", "Image
+/// format driver does not support resize", then the driver's own (`node::resize`).
 asio::awaitable<qapi::result<void>> resize(graph& g, const std::optional<std::string>& device,
                                            const std::optional<std::string>& node_name, std::int64_t size);
 
