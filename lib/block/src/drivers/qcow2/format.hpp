@@ -95,6 +95,8 @@ struct header {
 };
 
 /// Header byte offsets that the driver rewrites.
+inline constexpr std::size_t off_size = 24;
+inline constexpr std::size_t off_l1_size = 36;                 // + l1_table_offset at 40
 inline constexpr std::size_t off_refcount_table_offset = 48;   // + refcount_table_clusters at 56
 inline constexpr std::size_t off_incompatible = 72;
 inline constexpr std::size_t off_autoclear = 88;

@@ -185,9 +185,25 @@ protected:
     asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override;
     asio::awaitable<result<void>> do_flush() override;
     asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
+    std::optional<std::string> cannot_resize() const override { return std::nullopt; }
+    asio::awaitable<qapi::result<void>> do_resize(std::uint64_t size) override;
 
 private:
     node* file() const noexcept { return child("file"); }
+
+    // ---- resize.cpp ----
+    /// Replaces the L1 table by one of `entries` entries (more than it has) at a new place:
+    /// the new table and its refcounts are durable before the header points at it, and the
+    /// old one is freed after (QEMU's qcow2_grow_l1_table order). Caller holds `meta_`.
+    asio::awaitable<result<void>> grow_l1_locked(std::uint64_t entries);
+    /// Drops the L2 tables of L1 entries from `entries` on and what they reference (their
+    /// entries cleared on disk first); the table keeps its size. Caller holds `meta_`.
+    asio::awaitable<result<void>> shrink_l1_locked(std::uint64_t entries);
+    /// Frees the clusters that map guest bytes from `from` (cluster aligned) to the end of
+    /// the image. Caller holds `meta_`.
+    asio::awaitable<result<void>> discard_tail_locked(std::uint64_t from);
+    /// Cuts the file after its last cluster in use (advisory: failures are only logged).
+    asio::awaitable<void> trim_file_locked();
 
     // ---- node.cpp: mapping and reading ----
     /// Decodes and checks an L2 entry (EIO for corrupt entries, logged).

@@ -46,6 +46,8 @@ asio::awaitable<result<void>> qcow2_node::do_write(std::uint64_t offset, std::sp
 {
     co_mutex::guard g;
     co_await wait_allocations(g, offset, buf.size());
+    if (offset + buf.size() > h_.size)
+        co_return errno_error(EINVAL);   // the image shrank while the request waited
     write_plan plan;
     auto r = co_await plan_write_locked(offset, buf, plan);
     if (!r) {
@@ -302,6 +304,8 @@ asio::awaitable<result<void>> qcow2_node::do_write_zeroes(std::uint64_t offset, 
 
     co_mutex::guard g;
     co_await wait_allocations(g, offset, length);
+    if (end > h_.size)
+        co_return errno_error(EINVAL);   // the image shrank while the request waited
     struct part {
         std::uint64_t off, len;
     };
@@ -354,6 +358,8 @@ asio::awaitable<result<void>> qcow2_node::do_discard(std::uint64_t offset, std::
         co_return result<void>{};
     co_mutex::guard g;
     co_await wait_allocations(g, a_start, a_end - a_start);
+    if (end > h_.size)
+        co_return errno_error(EINVAL);   // the image shrank while the request waited
     // v3 keeps a discarded cluster reading as zeroes with the zero flag (no backing data
     // shows through); v2 has no zero flag and drops the cluster.
     clear_mode mode = h_.version >= 3 ? clear_mode::discard : clear_mode::deallocate;
