@@ -165,3 +165,32 @@ TEST_CASE("qcow2 resize refusals in QEMU's words", "[qcow2][resize]")
     CHECK(sh("qemu-img check " + img) == 0);
     CHECK(header_size(img) == 1 << 20);
 }
+
+TEST_CASE("qcow2 writes that waited while the image shrank past them fail", "[qcow2][resize]")
+{
+    env e;
+    const std::string img = e.path("a.qcow2");
+    REQUIRE(sh("qemu-img create -q -f qcow2 " + img + " 1G") == 0);
+    auto q = e.qcow2(img);
+    REQUIRE(ok(q));
+    node& n = **q;
+    std::optional<qapi::result<void>> resized;
+    std::optional<result<void>> written;
+    auto data = pattern(65536, 0x5a);
+    // Both start at once: the resize holds the metadata lock first, the write waits for it
+    // after its range was checked against the old size.
+    asio::co_spawn(e.ctx, n.resize(1 << 20), [&](std::exception_ptr, qapi::result<void> r) { resized = r; });
+    asio::co_spawn(e.ctx, n.write(512 << 20, data), [&](std::exception_ptr, result<void> r) { written = r; });
+    e.ctx.restart();
+    e.ctx.run_for(std::chrono::seconds(60));
+    REQUIRE(resized);
+    REQUIRE(written);
+    CHECK(resized->has_value());
+    CHECK_FALSE(written->has_value());
+    CHECK(n.size() == 1 << 20);
+    // Nothing of it landed: grown again, the range reads zeroes.
+    resize(e, n, 1 << 30);
+    CHECK(read(e, n, 512 << 20, 65536) == pattern(65536, 0));
+    REQUIRE(e.run(n.flush()));
+    CHECK(sh("qemu-img check " + img) == 0);
+}

@@ -60,12 +60,17 @@ qcow2_node::qcow2_node(node_options o, std::shared_ptr<node> file, header h, con
     info_.nb_snapshots = h_.nb_snapshots;
 
     // Default L2 cache: enough to map the whole image, bounded like QEMU's (32 MiB).
-    std::uint64_t l2_bytes = opts.l2_cache_bytes;
-    if (l2_bytes == 0)
-        l2_bytes = std::min<std::uint64_t>(32ull << 20, (h_.size / cs_ + 1) * 8 + cs_);
-    l2_cache_.set_capacity(std::max<std::uint64_t>(2, l2_bytes / cs_));
+    l2_cache_auto_ = opts.l2_cache_bytes == 0;
+    size_l2_cache(opts.l2_cache_bytes);
     std::uint64_t rb_bytes = opts.refcount_cache_bytes ? opts.refcount_cache_bytes : (1ull << 20);
     rb_cache_.set_capacity(std::max<std::uint64_t>(4, rb_bytes / cs_));
+}
+
+void qcow2_node::size_l2_cache(std::uint64_t bytes)
+{
+    if (bytes == 0)
+        bytes = std::min<std::uint64_t>(32ull << 20, (h_.size / cs_ + 1) * 8 + cs_);
+    l2_cache_.set_capacity(std::max<std::uint64_t>(2, bytes / cs_));
 }
 
 qcow2_node::~qcow2_node()

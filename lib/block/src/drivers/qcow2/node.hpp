@@ -309,6 +309,8 @@ public:
 
 private:
     std::error_code corrupt(const std::string& what) const;
+    /// `bytes` of L2 cache; 0: enough to map the whole image, at most 32 MiB (QEMU's default).
+    void size_l2_cache(std::uint64_t bytes);
 
     header h_;
     qcow2_image_info info_;
@@ -336,6 +338,7 @@ private:
     std::vector<std::shared_ptr<asio::steady_timer>> alloc_waiters_;
     bool growing_reftable_ = false;
     lru_cache<l2_table> l2_cache_;
+    bool l2_cache_auto_ = true;   ///< sized from the image size (again after a resize)
     lru_cache<refblock> rb_cache_;
     co_mutex meta_;
 };

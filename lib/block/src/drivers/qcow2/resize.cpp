@@ -70,6 +70,9 @@ asio::awaitable<qapi::result<void>> qcow2_node::do_resize(std::uint64_t size)
     if (!r)
         co_return qapi::generic("Failed to update the image size: " + strerror_text(r.error()));
     h_.size = size;
+    // As QEMU's qcow2_update_options after a resize: the default cache covers the new size.
+    if (l2_cache_auto_)
+        size_l2_cache(0);
     log::get("qcow2")->debug("qcow2 node '{}': virtual size {} -> {}, L1 table {} entries at {}", name(), old, size,
                              l1_.size(), h_.l1_table_offset);
     co_return qapi::result<void>{};
