@@ -8,8 +8,8 @@
 #include "bjd/io/buffer.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/jobs/mirror.hpp"
+#include "bjd/block/dirty_bitmap.hpp"
 #include "copy/pacing.hpp"
-#include "mirror/dirty_bitmap.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -189,7 +189,7 @@ private:
     mirror_setup s_;
     asio::any_io_executor ex_;
     job* job_ = nullptr;
-    dirty_bitmap bitmap_;
+    block::dirty_bitmap bitmap_;
     std::vector<std::uint16_t> in_flight_;   ///< per chunk: ops and reservations covering it
     /// Copy buffers; shared with the request writing them, which keeps one alive when a
     /// force-cancel stops waiting for it (the slot then gets a fresh buffer).
