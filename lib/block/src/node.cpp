@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "bjd/block/node.hpp"
 
+#include "bjd/block/bitmaps.hpp"
+
 #include "bjd/io/buffer.hpp"
 #include "bjd/log.hpp"
 
@@ -183,6 +185,37 @@ void node::remove_write_observer(write_observer* o)
     observers_.erase(std::remove(observers_.begin(), observers_.end(), o), observers_.end());
 }
 
+std::shared_ptr<named_bitmap> node::find_bitmap(std::string_view name) const
+{
+    for (const auto& b : bitmaps_)
+        if (b->name() == name)
+            return b;
+    return nullptr;
+}
+
+std::shared_ptr<named_bitmap> node::add_bitmap(std::string name, std::uint64_t granularity)
+{
+    auto b = std::make_shared<named_bitmap>(std::move(name), size(), granularity);
+    bitmaps_.push_back(b);
+    add_write_observer(b.get());
+    return b;
+}
+
+void node::remove_bitmap(const named_bitmap& b)
+{
+    auto it = std::find_if(bitmaps_.begin(), bitmaps_.end(), [&](const auto& p) { return p.get() == &b; });
+    if (it == bitmaps_.end())
+        return;
+    remove_write_observer(it->get());
+    bitmaps_.erase(it);
+}
+
+std::uint64_t node::default_bitmap_granularity() const noexcept
+{
+    const std::uint64_t c = cluster_size();
+    return c ? std::clamp<std::uint64_t>(c, 4096, 65536) : 65536;
+}
+
 void node::set_write_threshold(std::uint64_t threshold, write_threshold_hook hook)
 {
     threshold_ = threshold;
@@ -339,8 +372,11 @@ asio::awaitable<result<void>> node::truncate(std::uint64_t size)
     if (opts_.read_only)
         co_return errno_error(EPERM);
     auto r = co_await do_truncate(size);
-    if (r)
+    if (r) {
         unflushed_ = true;
+        for (const auto& b : bitmaps_)   // QEMU's bdrv_dirty_bitmap_truncate
+            b->bits().resize(this->size());
+    }
     co_return r;
 }
 

@@ -37,6 +37,7 @@ namespace asio = boost::asio;
 class node;
 class edge;
 class perm_update;
+class named_bitmap;
 
 /// Allocation status of a range, as NBD base:allocation and mirror's sync modes need it.
 enum status_flag : unsigned {
@@ -316,8 +317,21 @@ public:
     // ---- observers ----------------------------------------------------------------------------
     void add_write_observer(write_observer* o);
     void remove_write_observer(write_observer* o);
-    /// The dirty bitmaps among the observers, newest first (QEMU's listing order).
+    /// The dirty bitmaps among the observers, named or a job's, newest first (QEMU's listing
+    /// order).
     std::vector<dirty_bitmap_info> dirty_bitmaps() const;
+
+    // ---- named dirty bitmaps (block-dirty-bitmap-*; bitmaps.hpp has the checked commands) ----
+    /// The named bitmap called `name`, or null.
+    std::shared_ptr<named_bitmap> find_bitmap(std::string_view name) const;
+    /// Creates an enabled, empty bitmap of the node's size that records every write-type
+    /// request from now on. The caller checked the name (unique) and the granularity.
+    std::shared_ptr<named_bitmap> add_bitmap(std::string name, std::uint64_t granularity);
+    /// Drops a bitmap: it stops recording and leaves queries (a holder may keep the object).
+    void remove_bitmap(const named_bitmap& b);
+    /// Default granularity of a new bitmap, QEMU's: the cluster size within [4 KiB, 64 KiB],
+    /// 64 KiB for nodes without clusters.
+    std::uint64_t default_bitmap_granularity() const noexcept;
     /// The COW backing node, as queries show it: none for filters, whose child is the data.
     node* cow_backing() const noexcept { return is_filter() ? nullptr : backing(); }
 
@@ -409,6 +423,7 @@ private:
     std::vector<std::unique_ptr<edge>> children_;
     std::vector<edge*> parents_;
     std::vector<write_observer*> observers_;
+    std::vector<std::shared_ptr<named_bitmap>> bitmaps_;   ///< also in observers_
     std::uint64_t wr_highest_offset_ = 0;
     std::uint64_t threshold_ = 0;             ///< armed write threshold, 0 when none
     write_threshold_hook threshold_hook_;     ///< told when it is crossed

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// Named dirty bitmaps (QEMU 7.2's block-dirty-bitmap-* commands, block/monitor/
+/// bitmap-qmp-cmds.c and block/dirty-bitmap.c, in their order and words).
+///
+/// A named bitmap belongs to its node: it records every write-type request that reaches the
+/// node (NBD exports, jobs, drives, a format writing into its file), as the node's write
+/// observer, while enabled; it is resized with the node and goes away with it (blockdev-del).
+/// An operation that uses it marks it busy: then no command may change or remove it.
+/// Persistent bitmaps (stored in a qcow2 image) are not implemented;
+/// `persistent: true` is refused on every node. Main loop only.
+#include "bjd/block/dirty_bitmap.hpp"
+#include "bjd/block/node.hpp"
+#include "bjd/qapi/error.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bjd::block {
+
+class graph;
+
+/// QEMU's BDRV_BITMAP_MAX_NAME_SIZE.
+inline constexpr std::size_t max_bitmap_name = 1023;
+
+class named_bitmap final : public write_observer {
+public:
+    named_bitmap(std::string name, std::uint64_t size, std::uint64_t granularity)
+        : name_(std::move(name)), bits_(size, granularity) {}
+
+    const std::string& name() const noexcept { return name_; }
+    dirty_bitmap& bits() noexcept { return bits_; }
+    const dirty_bitmap& bits() const noexcept { return bits_; }
+
+    /// Whether writes mark it (QMP: recording; block-dirty-bitmap-enable/-disable).
+    bool enabled() const noexcept { return enabled_; }
+    void set_enabled(bool v) noexcept { enabled_ = v; }
+    /// In use by an operation (an export serving it): QMP may not touch it.
+    bool busy() const noexcept { return busy_; }
+    void set_busy(bool v) noexcept { busy_ = v; }
+
+    void on_write(std::uint64_t offset, std::uint64_t length) override
+    {
+        if (enabled_)
+            bits_.set(offset, length);
+    }
+    std::optional<dirty_bitmap_info> bitmap_info() const override;
+
+private:
+    std::string name_;
+    dirty_bitmap bits_;
+    bool enabled_ = true;
+    bool busy_ = false;
+};
+
+/// "Bitmap 'x' is currently in use by another operation and cannot be used" when busy
+/// (QEMU's bdrv_dirty_bitmap_check; blockjobd has no read-only or inconsistent bitmaps, which
+/// only come from images).
+qapi::result<void> check_not_busy(const named_bitmap& b);
+
+/// block-dirty-bitmap-add. Order: empty name, the node (drive, then node name), granularity
+/// (a power of two, at least 512), persistence, a duplicate name, a name over 1023 bytes.
+qapi::result<void> bitmap_add(graph& g, std::string_view node_ref, const std::string& name,
+                              std::optional<std::uint32_t> granularity, bool persistent, bool disabled);
+/// block-dirty-bitmap-remove, -clear, -enable, -disable: "Node 'x' not found", "Dirty bitmap
+/// 'y' not found", then busy.
+qapi::result<void> bitmap_remove(graph& g, std::string_view node_ref, const std::string& name);
+qapi::result<void> bitmap_clear(graph& g, std::string_view node_ref, const std::string& name);
+qapi::result<void> bitmap_enable(graph& g, std::string_view node_ref, const std::string& name, bool enable);
+
+/// A merge source: a bitmap on the target's node (`node` absent) or on any node.
+struct bitmap_ref {
+    std::optional<std::string> node;
+    std::string name;
+};
+/// block-dirty-bitmap-merge: every source into `target`, all or nothing. Target lookup and
+/// busy check, then each source in order (lookup, busy, same size as the target's node).
+qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::string& target,
+                                const std::vector<bitmap_ref>& sources);
+
+} // namespace bjd::block

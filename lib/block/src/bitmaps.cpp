@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: MIT
+#include "bjd/block/bitmaps.hpp"
+
+#include "bjd/block/graph.hpp"
+
+#include <bit>
+
+namespace bjd::block {
+
+namespace {
+
+/// QEMU's block_dirty_bitmap_lookup: the node by drive or node name, then the bitmap on it.
+qapi::result<std::pair<std::shared_ptr<node>, std::shared_ptr<named_bitmap>>> lookup(graph& g,
+                                                                                     std::string_view node_ref,
+                                                                                     const std::string& name)
+{
+    auto n = g.lookup(node_ref);
+    if (!n)
+        return qapi::generic("Node '" + std::string(node_ref) + "' not found");
+    auto b = (*n)->find_bitmap(name);
+    if (!b)
+        return qapi::generic("Dirty bitmap '" + name + "' not found");
+    return std::pair{*n, std::move(b)};
+}
+
+} // namespace
+
+std::optional<dirty_bitmap_info> named_bitmap::bitmap_info() const
+{
+    dirty_bitmap_info i;
+    i.name = name_;
+    i.count = bits_.count();
+    i.granularity = static_cast<std::uint32_t>(bits_.granularity());
+    i.recording = enabled_;
+    i.busy = busy_;
+    i.persistent = false;
+    return i;
+}
+
+qapi::result<void> check_not_busy(const named_bitmap& b)
+{
+    if (b.busy())
+        return qapi::generic("Bitmap '" + b.name() + "' is currently in use by another operation and cannot be used");
+    return {};
+}
+
+qapi::result<void> bitmap_add(graph& g, std::string_view node_ref, const std::string& name,
+                              std::optional<std::uint32_t> granularity, bool persistent, bool disabled)
+{
+    if (name.empty())
+        return qapi::generic("Bitmap name cannot be empty");
+    auto found = g.lookup(node_ref);
+    if (!found)
+        return found.error();
+    node& n = **found;
+    if (granularity && (*granularity < 512 || !std::has_single_bit(*granularity)))
+        return qapi::generic("Granularity must be power of 2 and at least 512");
+    const std::uint64_t gran = granularity ? *granularity : n.default_bitmap_granularity();
+    if (persistent) {
+        // QEMU stores persistent bitmaps in qcow2 images only; blockjobd does not store them
+        // yet, so it refuses them everywhere, in the words QEMU uses for other formats.
+        return qapi::generic("Can't store persistent bitmaps to " + n.name() + ": Operation not supported");
+    }
+    if (n.find_bitmap(name))
+        return qapi::generic("Bitmap already exists: " + name);
+    if (name.size() > max_bitmap_name)
+        return qapi::generic("Bitmap name too long: " + name);
+    auto b = n.add_bitmap(name, gran);
+    b->set_enabled(!disabled);
+    return {};
+}
+
+qapi::result<void> bitmap_remove(graph& g, std::string_view node_ref, const std::string& name)
+{
+    auto found = lookup(g, node_ref, name);
+    if (!found)
+        return found.error();
+    auto& [n, b] = *found;
+    if (auto r = check_not_busy(*b); !r)
+        return r;
+    n->remove_bitmap(*b);
+    return {};
+}
+
+qapi::result<void> bitmap_clear(graph& g, std::string_view node_ref, const std::string& name)
+{
+    auto found = lookup(g, node_ref, name);
+    if (!found)
+        return found.error();
+    auto& b = found->second;
+    if (auto r = check_not_busy(*b); !r)
+        return r;
+    b->bits().clear();
+    return {};
+}
+
+qapi::result<void> bitmap_enable(graph& g, std::string_view node_ref, const std::string& name, bool enable)
+{
+    auto found = lookup(g, node_ref, name);
+    if (!found)
+        return found.error();
+    auto& b = found->second;
+    if (auto r = check_not_busy(*b); !r)
+        return r;
+    b->set_enabled(enable);
+    return {};
+}
+
+qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::string& target,
+                                const std::vector<bitmap_ref>& sources)
+{
+    auto found = lookup(g, node_ref, target);
+    if (!found)
+        return found.error();
+    auto& [n, dst] = *found;
+    if (auto r = check_not_busy(*dst); !r)
+        return r;
+    // Into a scratch copy first, so that the target is unchanged on failure.
+    dirty_bitmap acc(dst->bits().size(), dst->bits().granularity());
+    for (const auto& s : sources) {
+        std::shared_ptr<named_bitmap> src;
+        if (!s.node) {
+            src = n->find_bitmap(s.name);
+            if (!src)
+                return qapi::generic("Dirty bitmap '" + s.name + "' not found");
+        } else {
+            auto other = lookup(g, *s.node, s.name);
+            if (!other)
+                return other.error();
+            src = other->second;
+        }
+        if (auto r = check_not_busy(*src); !r)
+            return r;
+        if (src->bits().size() != acc.size())
+            return qapi::generic("Bitmaps are of different sizes (destination size is " + std::to_string(acc.size()) +
+                                 ", source size is " + std::to_string(src->bits().size()) + ") and can't be merged");
+        acc.merge(src->bits());
+    }
+    dst->bits().merge(acc);
+    return {};
+}
+
+} // namespace bjd::block
