@@ -140,4 +140,23 @@ qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::
     return {};
 }
 
+qapi::result<std::shared_ptr<named_bitmap>> find_export_bitmap(node& n, const std::string& name, bool writable_export)
+{
+    // QEMU looks down bdrv_filter_or_cow_bs: a filter's child or a format's backing node.
+    node* at = &n;
+    std::shared_ptr<named_bitmap> b;
+    while (at) {
+        if ((b = at->find_bitmap(name)))
+            break;
+        at = at->is_filter() ? at->primary_child() : at->backing();
+    }
+    if (!b)
+        return qapi::generic("Bitmap '" + name + "' is not found");
+    if (!writable_export && !at->read_only() && b->enabled())
+        return qapi::generic("Enabled bitmap '" + name + "' incompatible with readonly export");
+    if (auto r = check_not_busy(*b); !r)
+        return r.error();
+    return b;
+}
+
 } // namespace bjd::block

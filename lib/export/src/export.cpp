@@ -14,7 +14,11 @@ block_export::block_export(export_options opts, std::shared_ptr<block::node> n)
     (void)edge_.attach(std::move(n));   // takes nothing yet: claim_permissions asks
 }
 
-block_export::~block_export() = default;
+block_export::~block_export()
+{
+    for (auto& b : bitmaps_)
+        b->set_busy(false);
+}
 
 qapi::result<void> block_export::claim_permissions()
 {
@@ -22,6 +26,34 @@ qapi::result<void> block_export::claim_permissions()
     // clients are told the size once.
     unsigned perm = block::perm_consistent_read | (opts_.writable ? block::perm_write : 0u);
     return edge_.set_perms(perm, block::perm_all & ~block::perm_resize);
+}
+
+qapi::result<void> block_export::claim_bitmaps()
+{
+    std::vector<std::shared_ptr<block::named_bitmap>> found;
+    for (const auto& want : opts_.bitmaps) {
+        if (!want.node_ref) {
+            auto b = block::find_export_bitmap(*edge_.get(), want.name, opts_.writable);
+            if (!b)
+                return b.error();
+            found.push_back(std::move(*b));
+            continue;
+        }
+        // A {node, name} pair: QEMU 7.2's block_dirty_bitmap_lookup, and only the busy check
+        // (QEMU makes the read-only check for names only).
+        if (!want.node)
+            return qapi::generic("Node '" + *want.node_ref + "' not found");
+        auto b = want.node->find_bitmap(want.name);
+        if (!b)
+            return qapi::generic("Dirty bitmap '" + want.name + "' not found");
+        if (auto r = block::check_not_busy(*b); !r)
+            return r;
+        found.push_back(std::move(b));
+    }
+    for (auto& b : found)
+        b->set_busy(true);
+    bitmaps_ = std::move(found);
+    return {};
 }
 
 std::string block_export::node_name() const
@@ -73,6 +105,9 @@ void block_export::begin_shutdown(bool hard, std::function<void()> on_idle)
 
 void block_export::release()
 {
+    for (auto& b : bitmaps_)
+        b->set_busy(false);
+    bitmaps_.clear();
     edge_.detach();
 }
 

@@ -126,6 +126,8 @@ qapi::result<void> manager::add(export_options opts, std::shared_ptr<block::node
     auto e = std::make_shared<block_export>(std::move(opts), std::move(n));
     if (auto r = e->claim_permissions(); !r)
         return r;
+    if (auto r = e->claim_bitmaps(); !r)
+        return r;
     log::get("nbd")->info("export '{}' added: NBD name '{}', node '{}', {}", e->id(), e->name(),
                           e->node_name(), e->writable() ? "writable" : "read-only");
     exports_.push_back(std::move(e));

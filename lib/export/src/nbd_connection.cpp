@@ -420,40 +420,92 @@ asio::awaitable<connection::reply> connection::sparse_read(const request& req, b
     co_return r;
 }
 
-asio::awaitable<connection::reply> connection::block_status(const request& req, block::node& n)
+asio::awaitable<connection::reply> connection::block_status(const nbd::request& req, block::node& n)
 {
-    if (!structured_ || !meta_allocation_)
+    if (!structured_ || (!meta_allocation_ && meta_bitmaps_.empty()))
         co_return error_reply(req, err_inval, "no metadata context was negotiated");
     if (req.length == 0)
         co_return error_reply(req, err_inval, "BLOCK_STATUS of an empty range");
 
-    const bool one = req.flags & cmd_flag_req_one;
-    std::vector<std::pair<std::uint32_t, std::uint32_t>> extents;   // (length, flags)
-    std::uint64_t pos = req.offset;
-    const std::uint64_t end = req.offset + req.length;
-    while (pos < end && extents.size() < (one ? 1u : max_extents)) {
-        auto st = co_await n.block_status(pos, end - pos);
-        if (!st)
-            co_return error_reply(req, to_wire_error(st.error().value()), strerror_text(st.error()));
-        std::uint64_t len = std::min<std::uint64_t>(st->length, end - pos);
-        if (len == 0)
-            break;
-        std::uint32_t flags = ((st->flags & block::status_data) ? 0 : state_hole) |
-                              ((st->flags & block::status_zero) ? state_zero : 0);
-        if (!extents.empty() && extents.back().second == flags && !one)
-            extents.back().first += std::uint32_t(len);
-        else
-            extents.emplace_back(std::uint32_t(len), flags);
-        pos += len;
-    }
+    // One chunk per selected context, base:allocation first, then the bitmaps in the
+    // export's order; the last one carries the DONE flag (QEMU's order).
+    const auto& bitmaps = exp_->bitmaps();
+    std::vector<std::size_t> served;
+    for (std::size_t i : meta_bitmaps_)
+        if (i < bitmaps.size())
+            served.push_back(i);
     reply r;
-    encode_chunk_header(r.head, chunk_flag_done, chunk_block_status, req.cookie,
+    const bool one = req.flags & cmd_flag_req_one;
+    if (meta_allocation_) {
+        std::vector<std::pair<std::uint32_t, std::uint32_t>> extents;   // (length, flags)
+        std::uint64_t pos = req.offset;
+        const std::uint64_t end = req.offset + req.length;
+        while (pos < end && extents.size() < (one ? 1u : max_extents)) {
+            auto st = co_await n.block_status(pos, end - pos);
+            if (!st)
+                co_return error_reply(req, to_wire_error(st.error().value()), strerror_text(st.error()));
+            std::uint64_t len = std::min<std::uint64_t>(st->length, end - pos);
+            if (len == 0)
+                break;
+            std::uint32_t flags = ((st->flags & block::status_data) ? 0 : state_hole) |
+                                  ((st->flags & block::status_zero) ? state_zero : 0);
+            if (!extents.empty() && extents.back().second == flags && !one)
+                extents.back().first += std::uint32_t(len);
+            else
+                extents.emplace_back(std::uint32_t(len), flags);
+            pos += len;
+        }
+        encode_chunk_header(r.head, served.empty() ? chunk_flag_done : 0, chunk_block_status, req.cookie,
+                            std::uint32_t(4 + 8 * extents.size()));
+        writer w(r.head);
+        w.u32(base_allocation_id);
+        for (auto& [len, flags] : extents)
+            w.u32(len).u32(flags);
+    }
+    for (std::size_t k = 0; k < served.size(); ++k)
+        bitmap_status(req, bitmaps[served[k]]->bits(), first_bitmap_id + std::uint32_t(served[k]),
+                      k + 1 == served.size(), r);
+    co_return r;
+}
+
+void connection::bitmap_status(const nbd::request& req, const block::dirty_bitmap& b, std::uint32_t id, bool last,
+                               reply& r) const
+{
+    // QEMU's bitmap_to_extents: alternating clean and dirty runs, adjacent runs of one kind
+    // merged, at most one extent with REQ_ONE; the range is read as the bitmap was when the
+    // request ran. Extents stop at the bitmap's end (its node's size).
+    const std::size_t cap = (req.flags & cmd_flag_req_one) ? 1u : max_extents;
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> extents;   // (length, flags)
+    auto add = [&](std::uint64_t len, std::uint32_t flags) {
+        if (len == 0)
+            return true;
+        if (!extents.empty() && extents.back().second == flags) {
+            extents.back().first += std::uint32_t(len);   // within one request: fits in 32 bits
+            return true;
+        }
+        if (extents.size() >= cap)
+            return false;
+        extents.emplace_back(std::uint32_t(len), flags);
+        return true;
+    };
+    const std::uint64_t end = req.offset + req.length;
+    std::uint64_t pos = req.offset;
+    bool full = false;
+    while (auto a = b.next_dirty_area(pos, end)) {
+        if (!add(a->offset - pos, 0) || !add(a->length, state_dirty)) {
+            full = true;
+            break;
+        }
+        pos = a->offset + a->length;
+    }
+    if (!full)
+        add(end - pos, 0);
+    encode_chunk_header(r.head, last ? chunk_flag_done : 0, chunk_block_status, req.cookie,
                         std::uint32_t(4 + 8 * extents.size()));
     writer w(r.head);
-    w.u32(base_allocation_id);
+    w.u32(id);
     for (auto& [len, flags] : extents)
         w.u32(len).u32(flags);
-    co_return r;
 }
 
 void connection::enqueue(reply r)

@@ -80,6 +80,8 @@ private:
                                          io::aligned_buffer payload, std::size_t charge);
     asio::awaitable<reply> execute(const nbd::request& req, io::aligned_buffer& payload);
     asio::awaitable<reply> block_status(const nbd::request& req, block::node& n);
+    void bitmap_status(const nbd::request& req, const block::dirty_bitmap& b, std::uint32_t id, bool last,
+                       reply& r) const;
     asio::awaitable<reply> sparse_read(const nbd::request& req, block::node& n);
     reply error_reply(const nbd::request& req, std::uint32_t error, std::string_view message) const;
     reply ok_reply(const nbd::request& req) const;
@@ -100,6 +102,8 @@ private:
     bool no_zeroes_ = false;
     bool structured_ = false;
     bool meta_allocation_ = false;        // base:allocation selected
+    std::vector<std::size_t> meta_bitmaps_;   // selected qemu:dirty-bitmap contexts: indexes
+                                              // into the export's bitmaps, ascending
     std::string meta_export_;             // export name the meta context was set for
     bool handshake_done_ = false;
 

@@ -221,8 +221,10 @@ asio::awaitable<int> connection::handle_info_go(std::uint32_t option, std::span<
         co_return 0;
     if (option == opt_info)
         co_return 1;
-    if (meta_export_ != name)
+    if (meta_export_ != name) {
         meta_allocation_ = false;
+        meta_bitmaps_.clear();
+    }
     exp_ = std::move(e);
     co_return 2;
 }
@@ -246,25 +248,53 @@ asio::awaitable<int> connection::handle_meta_context(std::uint32_t option, std::
     if (option == opt_set_meta_context && !structured_)
         co_return co_await send_error(option, rep_err_invalid,
                                       "NBD_OPT_STRUCTURED_REPLY must be negotiated first") ? 1 : 0;
-    if (!mgr_.find_by_name(name))
+    auto exp = mgr_.find_by_name(name);
+    if (!exp)
         co_return co_await send_error(option, rep_err_unknown, "export '" + name + "' not present") ? 1 : 0;
 
-    bool select = false;
-    if (option == opt_list_meta_context && queries.empty()) {
-        select = true;
-    } else {
-        for (auto& q : queries) {
-            if (q == base_allocation || (option == opt_list_meta_context && q == "base:"))
-                select = true;
+    // QEMU's nbd_negotiate_meta_query: "base:allocation", "qemu:dirty-bitmap:NAME"; a list
+    // may also ask for "base:", "qemu:" or "qemu:dirty-bitmap:" (every context of the kind),
+    // or for nothing (everything).
+    const bool list = option == opt_list_meta_context;
+    const auto& bitmaps = exp->bitmaps();
+    bool allocation = false;
+    std::vector<bool> chosen(bitmaps.size(), false);
+    auto all_bitmaps = [&] { std::fill(chosen.begin(), chosen.end(), true); };
+    if (list && queries.empty()) {
+        allocation = true;
+        all_bitmaps();
+    }
+    for (const auto& q : queries) {
+        if (q == base_allocation || (list && q == "base:")) {
+            allocation = true;
+        } else if (list && (q == "qemu:" || q == dirty_bitmap_prefix)) {
+            all_bitmaps();
+        } else if (q.starts_with(dirty_bitmap_prefix)) {
+            const std::string_view want = std::string_view(q).substr(dirty_bitmap_prefix.size());
+            for (std::size_t i = 0; i < bitmaps.size(); ++i)
+                if (bitmaps[i]->name() == want)
+                    chosen[i] = true;
         }
     }
     if (option == opt_set_meta_context) {
-        meta_allocation_ = select;
+        meta_allocation_ = allocation;
+        meta_bitmaps_.clear();
+        for (std::size_t i = 0; i < chosen.size(); ++i)
+            if (chosen[i])
+                meta_bitmaps_.push_back(i);
         meta_export_ = name;
     }
-    if (select) {
+    if (allocation) {
         std::vector<std::byte> p;
         writer(p).u32(base_allocation_id).bytes(base_allocation);
+        if (!co_await send_option_reply(option, rep_meta_context, std::move(p)))
+            co_return 0;
+    }
+    for (std::size_t i = 0; i < chosen.size(); ++i) {
+        if (!chosen[i])
+            continue;
+        std::vector<std::byte> p;
+        writer(p).u32(first_bitmap_id + std::uint32_t(i)).bytes(std::string(dirty_bitmap_prefix) + bitmaps[i]->name());
         if (!co_await send_option_reply(option, rep_meta_context, std::move(p)))
             co_return 0;
     }

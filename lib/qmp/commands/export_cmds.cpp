@@ -106,6 +106,15 @@ boost::asio::awaitable<result<void>> qmp_block_export_add(qmp::context& ctx, blo
     if (args.u.nbd) {
         o.name = args.u.nbd->name.value_or("");
         o.description = args.u.nbd->description;
+        for (auto& b : args.u.nbd->bitmaps.value_or(std::vector<block_dirty_bitmap_or_str>{})) {
+            if (auto* local = std::get_if<std::string>(&b)) {
+                o.bitmaps.emplace_back().name = std::move(*local);
+            } else {
+                const auto& ext = *std::get<box<block_dirty_bitmap>>(b);
+                auto node = ctx.graph->lookup(ext.node);
+                o.bitmaps.push_back({.name = ext.name, .node = node ? *node : nullptr, .node_ref = ext.node});
+            }
+        }
     }
     o.writable = args.writable.value_or(false);
     o.writethrough = args.writethrough.value_or(false);
@@ -134,14 +143,14 @@ boost::asio::awaitable<result<void>> qmp_nbd_server_add(qmp::context& ctx, nbd_s
         n = ctx.graph->lookup(args.device);
     if (!n)
         co_return n.error();
-    if (args.bitmap)
-        co_return generic("Exporting dirty bitmaps is not supported by blockjobd");
     exports::export_options o;
     o.id = name;
     o.node_name = args.device;
     o.name = name;
     o.description = args.description;
     o.writable = args.writable.value_or(false);
+    if (args.bitmap)
+        o.bitmaps.emplace_back().name = *args.bitmap;
     co_return ctx.exports->add(std::move(o), std::move(*n));
 }
 

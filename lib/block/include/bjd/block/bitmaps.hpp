@@ -7,8 +7,8 @@
 /// A named bitmap belongs to its node: it records every write-type request that reaches the
 /// node (NBD exports, jobs, drives, a format writing into its file), as the node's write
 /// observer, while enabled; it is resized with the node and goes away with it (blockdev-del).
-/// An operation that uses it marks it busy: then no command may change or remove it.
-/// Persistent bitmaps (stored in a qcow2 image) are not implemented;
+/// An export that serves it (qemu:dirty-bitmap:NAME) marks it busy: then no command may
+/// change or remove it. Persistent bitmaps (stored in a qcow2 image) are not implemented;
 /// `persistent: true` is refused on every node. Main loop only.
 #include "bjd/block/dirty_bitmap.hpp"
 #include "bjd/block/node.hpp"
@@ -82,5 +82,11 @@ struct bitmap_ref {
 /// busy check, then each source in order (lookup, busy, same size as the target's node).
 qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::string& target,
                                 const std::vector<bitmap_ref>& sources);
+
+/// The bitmap an export of `n` serves as qemu:dirty-bitmap:NAME: found on `n` or down its
+/// filter and backing chain ("Bitmap 'x' is not found"), not enabled on a writable node when
+/// the export is read-only ("Enabled bitmap 'x' incompatible with readonly export"), not busy.
+/// The caller marks it busy once every bitmap of the export passed.
+qapi::result<std::shared_ptr<named_bitmap>> find_export_bitmap(node& n, const std::string& name, bool writable_export);
 
 } // namespace bjd::block

@@ -6,6 +6,7 @@
 /// The export holds its node through a `block::edge` (parent_kind::export_), so a mirror pivot
 /// (`block::replace_node`) redirects it; every client request looks the node up through the
 /// edge at the moment it runs. Lives on the main loop; every call must be made there.
+#include "bjd/block/bitmaps.hpp"
 #include "bjd/block/node.hpp"
 
 #include <cstdint>
@@ -17,6 +18,16 @@
 
 namespace bjd::exports {
 
+/// A dirty bitmap to serve as qemu:dirty-bitmap:NAME (block-export-add `bitmaps`).
+struct export_bitmap {
+    std::string name;
+    /// Null: search the exported node and its filter/backing chain. Else the node a
+    /// {node, name} pair named, looked up by the caller.
+    std::shared_ptr<block::node> node;
+    /// The node as the pair named it, for "Node 'x' not found" when `node` is null.
+    std::optional<std::string> node_ref;
+};
+
 /// What block-export-add (type nbd) and nbd-server-add configure.
 struct export_options {
     std::string id;                          ///< block export id (QMP `id`)
@@ -25,6 +36,7 @@ struct export_options {
     std::optional<std::string> description;  ///< NBD_INFO_DESCRIPTION
     bool writable = false;
     bool writethrough = false;               ///< every write is FUA (QEMU: flush after write)
+    std::vector<export_bitmap> bitmaps;      ///< served as qemu:dirty-bitmap:NAME
 };
 
 /// A connected client, as the export sees it: something that can be told to go away.
@@ -60,6 +72,14 @@ public:
     std::string node_name() const;
 
     bool writable() const noexcept { return opts_.writable; }
+
+    /// Finds the bitmaps the options name, in QEMU 7.2's order and words (bitmaps.hpp:
+    /// "Bitmap 'x' is not found", busy, "Enabled bitmap 'x' incompatible with readonly
+    /// export"), then marks them all busy until `release`. On error none is marked.
+    qapi::result<void> claim_bitmaps();
+    /// The served bitmaps, in the order given (a name listed twice is served twice, as QEMU
+    /// does); meta context ids follow this order.
+    const std::vector<std::shared_ptr<block::named_bitmap>>& bitmaps() const noexcept { return bitmaps_; }
     /// After block-export-del / nbd-server-remove: no new clients, `shutting-down: true`.
     bool shutting_down() const noexcept { return shutting_down_; }
 
@@ -76,13 +96,14 @@ public:
     /// Marks the export as going away; `on_idle` runs once no client is attached (possibly
     /// immediately, inside this call). `hard` closes every client first.
     void begin_shutdown(bool hard, std::function<void()> on_idle);
-    /// Drops the edge to the node.
+    /// Drops the edge to the node and lets its bitmaps go (no longer busy).
     void release();
 
 private:
     export_options opts_;
     block::edge edge_;
     std::vector<client*> clients_;
+    std::vector<std::shared_ptr<block::named_bitmap>> bitmaps_;
     bool shutting_down_ = false;
     std::function<void()> on_idle_;
 };

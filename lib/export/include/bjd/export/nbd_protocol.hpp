@@ -109,9 +109,14 @@ inline constexpr std::uint16_t chunk_flag_done = 1;
 inline constexpr std::uint32_t state_hole = 1u << 0;
 inline constexpr std::uint32_t state_zero = 1u << 1;
 
-/// The one meta context we serve, and the id we give it.
+/// The meta contexts we serve, and the ids we give them: base:allocation, and each dirty
+/// bitmap an export serves (qemu:dirty-bitmap:NAME, ids from 2 in the export's order).
 inline constexpr std::string_view base_allocation = "base:allocation";
 inline constexpr std::uint32_t base_allocation_id = 1;
+inline constexpr std::string_view dirty_bitmap_prefix = "qemu:dirty-bitmap:";
+inline constexpr std::uint32_t first_bitmap_id = 2;
+/// qemu:dirty-bitmap extent flag.
+inline constexpr std::uint32_t state_dirty = 1u << 0;
 
 /// NBD error values (the protocol's own numbering, which happens to match Linux errno).
 enum wire_error : std::uint32_t {
