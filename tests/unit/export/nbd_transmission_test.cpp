@@ -273,6 +273,95 @@ asio::awaitable<bool> read_byte_after_pivot(fixture& f, client_conn& c)
     co_return r.error == 0 && b[0] == std::byte{0xab};
 }
 
+using extents = std::vector<std::pair<std::uint32_t, std::uint32_t>>;
+
+extents chunk_extents(const client_conn::chunk& ch)
+{
+    extents ext;
+    for (std::size_t i = 4; i + 8 <= ch.payload.size(); i += 8)
+        ext.emplace_back(nbd::load_be32(ch.payload.data() + i), nbd::load_be32(ch.payload.data() + i + 4));
+    return ext;
+}
+
+/// Meta context replies to a LIST or SET of `queries` on export `name`: (id, context name).
+asio::awaitable<std::vector<std::pair<std::uint32_t, std::string>>> meta_contexts(client_conn& c, std::uint32_t option,
+                                                                                   std::string_view name,
+                                                                                   std::vector<std::string> queries)
+{
+    bytes d;
+    nbd::writer w(d);
+    w.u32(std::uint32_t(name.size())).bytes(name).u32(std::uint32_t(queries.size()));
+    for (const auto& q : queries)
+        w.u32(std::uint32_t(q.size())).bytes(q);
+    co_await c.option(option, d);
+    std::vector<std::pair<std::uint32_t, std::string>> out;
+    for (;;) {
+        auto r = co_await c.option_reply();
+        if (r.type != nbd::rep_meta_context)
+            break;
+        std::string ctx;
+        for (std::size_t i = 4; i < r.data.size(); ++i)
+            ctx.push_back(char(r.data[i]));
+        out.emplace_back(nbd::load_be32(r.data.data()), ctx);
+    }
+    co_return out;
+}
+
+asio::awaitable<void> dirty_bitmap_status(fixture& f)
+{
+    client_conn c(f.mgr);
+    co_await c.greet();
+    co_await c.option(nbd::opt_structured_reply, {});
+    (void)co_await c.option_reply();
+    using ctxs = std::vector<std::pair<std::uint32_t, std::string>>;
+    // LIST: "qemu:" means every bitmap, in the export's order; unknown names select nothing.
+    std::vector<std::string> q_all{std::string("qemu:")};
+    std::vector<std::string> q_unknown{std::string("qemu:dirty-bitmap:zz")};
+    std::vector<std::string> q_set{std::string("qemu:dirty-bitmap:b"), std::string(nbd::base_allocation)};
+    const ctxs want_all{{2, std::string("qemu:dirty-bitmap:b")}, {3, std::string("qemu:dirty-bitmap:c")}};
+    const ctxs want_set{{nbd::base_allocation_id, std::string(nbd::base_allocation)},
+                        {2, std::string("qemu:dirty-bitmap:b")}};
+    auto listed = co_await meta_contexts(c, nbd::opt_list_meta_context, "bm", q_all);
+    CHECK(listed == want_all);
+    auto none = co_await meta_contexts(c, nbd::opt_list_meta_context, "bm", q_unknown);
+    CHECK(none.empty());
+    // SET: base:allocation and b (c not asked for), in that order whatever the query order.
+    auto set = co_await meta_contexts(c, nbd::opt_set_meta_context, "bm", q_set);
+    CHECK(set == want_set);
+    co_await c.option(nbd::opt_go, client_conn::go_data("bm"));
+    while ((co_await c.option_reply()).type != nbd::rep_ack) {}
+
+    bytes data = pattern(100, 3);
+    co_await c.request(nbd::cmd_write, 1, 4196, 100, 0, &data);   // chunk 1 (4 KiB chunks)
+    auto wrote = co_await c.simple_reply();
+    CHECK(wrote.error == 0);
+
+    co_await c.request(nbd::cmd_block_status, 2, 0, 1u << 20);
+    auto ch = co_await c.chunk_reply();
+    REQUIRE(ch.type == nbd::chunk_block_status);
+    CHECK(ch.flags == 0);   // not the last chunk
+    CHECK(nbd::load_be32(ch.payload.data()) == nbd::base_allocation_id);
+    ch = co_await c.chunk_reply();
+    REQUIRE(ch.type == nbd::chunk_block_status);
+    CHECK(ch.flags == nbd::chunk_flag_done);
+    CHECK(nbd::load_be32(ch.payload.data()) == 2);
+    const extents want_full{{4096, 0}, {4096, nbd::state_dirty}, {(1u << 20) - 8192, 0}};
+    CHECK(chunk_extents(ch) == want_full);
+
+    // REQ_ONE: one extent per context, the first run only.
+    co_await c.request(nbd::cmd_block_status, 3, 0, 1u << 20, nbd::cmd_flag_req_one);
+    (void)co_await c.chunk_reply();
+    ch = co_await c.chunk_reply();
+    const extents want_one{{4096, 0}};
+    CHECK(chunk_extents(ch) == want_one);
+    // A range starting inside the dirty run is cut to it.
+    co_await c.request(nbd::cmd_block_status, 4, 6000, 10000);
+    (void)co_await c.chunk_reply();
+    ch = co_await c.chunk_reply();
+    const extents want_cut{{2192, nbd::state_dirty}, {7808, 0}};
+    CHECK(chunk_extents(ch) == want_cut);
+}
+
 } // namespace
 
 TEST_CASE("export: simple replies for data commands and errors", "[export]")
@@ -406,4 +495,28 @@ TEST_CASE("export: a pivot redirects the export to the new node", "[export]")
     block::replace_node(*f.disk, target);
     CHECK(f.mgr.query()[0].node_name == "target");
     CHECK(run(f.io, read_byte_after_pivot(f, c)));
+}
+
+TEST_CASE("export: qemu:dirty-bitmap contexts and their BLOCK_STATUS", "[export]")
+{
+    fixture f;
+    auto b = f.disk->add_bitmap("b", 4096);
+    auto c = f.disk->add_bitmap("c", 65536);
+    exports::export_options e;
+    e.id = "e1";
+    e.name = "bm";
+    e.node_name = "disk";
+    e.writable = true;
+    e.bitmaps.emplace_back().name = "b";
+    e.bitmaps.emplace_back().name = "c";
+    REQUIRE(f.mgr.add(e, f.disk).has_value());
+    CHECK(b->busy());
+    CHECK(c->busy());
+    run(f.io, dirty_bitmap_status(f));
+    CHECK(b->bits().count() == 4096);
+    REQUIRE(f.mgr.del("e1", true).has_value());
+    settle(f.io);
+    CHECK(f.deleted == std::vector<std::string>{"e1"});
+    CHECK_FALSE(b->busy());
+    CHECK_FALSE(c->busy());
 }
