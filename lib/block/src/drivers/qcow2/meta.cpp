@@ -42,17 +42,52 @@ asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::get_l2(std::uint6
         co_return t;
     }
     if (create && !(e & oflag_copied)) {
-        // Shared with an internal snapshot unless its refcount says otherwise.
+        // Without OFLAG_COPIED the table may be shared with an internal snapshot.
         auto rc = co_await get_refcount(off / cs_);
         if (!rc)
             co_return rc.error();
-        if (*rc != 1) {
-            log::get("qcow2")->error("qcow2 node '{}': writing to an L2 table shared with an internal snapshot "
-                                     "is not supported",
-                                     name());
-            co_return errno_error(ENOTSUP);
+        if (*rc == 1) {
+            // Ours alone after all (the flag was just not set): fix the flag, as
+            // qemu-img check -r would.
+            l1_[l1i] = off | oflag_copied;
+            dirty_l1_.insert(l1i);
+        } else {
+            co_return co_await copy_l2_locked(l1i);
         }
     }
+    co_return co_await load_l2(off);
+}
+
+asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::copy_l2_locked(std::uint64_t l1i)
+{
+    // Copy-on-write of a table shared with an internal snapshot (QEMU's l2_allocate when the
+    // L1 entry lacks OFLAG_COPIED): the active image gets its own copy, the snapshot keeps the
+    // original unchanged. The copied entries keep their flags: the data clusters they name
+    // are still shared (their refcounts count the snapshot's reference), so nothing is
+    // written in place through them either. The copy is written at the next metadata flush
+    // before the L1 entry that points at it; the active image's reference to the old table
+    // is dropped only once that entry is durable (pending_free_), so a crash in between
+    // leaks the copy at worst.
+    const std::uint64_t old_off = l2_offset(l1i);
+    auto old = co_await load_l2(old_off);
+    if (!old)
+        co_return old.error();
+    auto host = co_await alloc_clusters(1);
+    if (!host)
+        co_return host.error();
+    auto t = std::make_shared<l2_table>(**old);
+    l1_[l1i] = *host | oflag_copied;
+    dirty_l1_.insert(l1i);
+    l2_cache_.insert(*host, t);
+    mark_dirty(*host, t);
+    pending_free_.emplace_back(old_off, cs_);
+    log::get("qcow2")->debug("qcow2 node '{}': L2 table {} shared with a snapshot copied to {}", name(), old_off,
+                             *host);
+    co_return t;
+}
+
+asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::load_l2(std::uint64_t off)
+{
     if (auto t = l2_cache_.find(off))
         co_return t;
     if (auto it = dirty_l2_.find(off); it != dirty_l2_.end()) {

@@ -254,8 +254,15 @@ private:
     asio::awaitable<result<bool>> reads_as_zero_locked(std::uint64_t offset);
 
     // ---- meta.cpp ----
-    /// The L2 table for L1 index `l1i`, or null if unallocated and !create. Caller holds `meta_`.
+    /// The L2 table for L1 index `l1i`, or null if unallocated and !create. With `create` the
+    /// caller means to change it: a missing table is allocated, and one shared with an
+    /// internal snapshot (L1 entry without OFLAG_COPIED, refcount > 1) is copied first
+    /// (copy_l2_locked). Without `create` the table must not be changed. Caller holds `meta_`.
     asio::awaitable<result<std::shared_ptr<l2_table>>> get_l2(std::uint64_t l1i, bool create);
+    /// Gives L1 entry `l1i` its own copy of the table it shares with a snapshot.
+    asio::awaitable<result<std::shared_ptr<l2_table>>> copy_l2_locked(std::uint64_t l1i);
+    /// The L2 table at host offset `off` (cache, dirty tables, then the file).
+    asio::awaitable<result<std::shared_ptr<l2_table>>> load_l2(std::uint64_t off);
     std::uint64_t l2_offset(std::uint64_t l1i) const noexcept { return l1_[l1i] & offset_mask; }
     void mark_dirty(std::uint64_t l2_off, const std::shared_ptr<l2_table>& t) { dirty_l2_[l2_off] = t; }
     /// Writes the dirty metadata back in crash-safe order and applies the pending frees (see

@@ -133,14 +133,8 @@ asio::awaitable<result<void>> qcow2_node::discard_tail_locked(std::uint64_t from
     if (from < end && from % table_bytes != 0) {
         const std::uint64_t l1i = from / table_bytes;
         if (l1i < l1_.size() && l2_offset(l1i) != 0) {
-            if (!(l1_[l1i] & oflag_copied)) {
-                // Shared with an internal snapshot: QEMU copies it first; we do not write to
-                // shared tables at all.
-                log::get("qcow2")->error("qcow2 node '{}': shrinking into an L2 table shared with an internal "
-                                         "snapshot is not supported",
-                                         name());
-                co_return errno_error(ENOTSUP);
-            }
+            // A table shared with an internal snapshot is copied first (clear_clusters_locked),
+            // as QEMU does: the snapshot keeps its entries.
             const std::uint64_t stop = std::min(end, (l1i + 1) * table_bytes);
             if (auto r = co_await clear_clusters_locked(from, stop - from, clear_mode::deallocate); !r)
                 co_return r;

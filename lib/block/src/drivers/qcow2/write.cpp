@@ -217,9 +217,12 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
             pos += n * cs_;
             continue;
         }
-        l2_table& t = **tab;
+        // The new entries are worked out on the table as it is; it is only changed once we
+        // know something changes, through get_l2(.., true), which first copies a table shared
+        // with an internal snapshot (the snapshot's view must not change).
+        const l2_table& t = **tab;
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> changes;   // index, new entry
         std::vector<mapping> freed;
-        std::uint64_t lo = l2_entries_, hi = 0;
         for (std::uint64_t j = 0; j < n; ++j) {
             const std::uint64_t old = t[l2i + j];
             auto m = decode(old, pos + j * cs_);
@@ -230,7 +233,10 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
             const bool holds = referenced_bytes(*m, cs_).second != 0;   // a cluster to free if dropped
             switch (mode) {
             case clear_mode::zero_keep:
-                if (in_place(*m) || m->k == kind::zero_alloc) {
+                // Only a cluster the image owns alone keeps its allocation: a shared one (no
+                // OFLAG_COPIED) must not be claimed with the flag; this image's reference to it
+                // goes instead, as in QEMU's zero_in_l2_slice.
+                if (in_place(*m) || (m->k == kind::zero_alloc && m->copied)) {
                     ne = m->host | oflag_copied | oflag_zero;
                 } else if (m->k != kind::unallocated || backing()) {
                     ne = oflag_zero;
@@ -246,7 +252,8 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
             case clear_mode::discard:
                 // Like QEMU: a discarded allocated cluster becomes a zero cluster (it reads as
                 // zeroes, and stays "present" for block status); other clusters only change
-                // when a backing file would show through.
+                // when a backing file would show through. A cluster shared with a snapshot
+                // loses this image's reference only.
                 if (holds) {
                     ne = oflag_zero;
                     drop = true;
@@ -261,14 +268,21 @@ asio::awaitable<result<void>> qcow2_node::clear_clusters_locked(std::uint64_t of
             }
             if (ne == old)
                 continue;
-            t[l2i + j] = ne;
-            lo = std::min(lo, l2i + j);
-            hi = std::max(hi, l2i + j);
+            changes.emplace_back(l2i + j, ne);
             if (drop)
                 freed.push_back(*m);
         }
-        if (lo <= hi)
+        if (!changes.empty()) {
+            if (!(l1_[l1i] & oflag_copied)) {
+                tab = co_await get_l2(l1i, true);
+                if (!tab)
+                    co_return tab.error();
+            }
+            l2_table& w = **tab;
+            for (auto [i, ne] : changes)
+                w[i] = ne;
             mark_dirty(l2_offset(l1i), *tab);
+        }
         // Freed once the entries that dropped the clusters are durable (flush_metadata_locked).
         for (const mapping& m : freed)
             pending_free_.push_back(referenced_bytes(m, cs_));
