@@ -3,12 +3,12 @@
 /// \file
 /// Mirror internals shared by the filter (mirror_top.cpp), the copy loop (mirror_job.cpp) and
 /// the command entry points (mirror_start.cpp). Main loop only.
+#include "bjd/block/dirty_bitmap.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/io/buffer.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/jobs/mirror.hpp"
-#include "bjd/block/dirty_bitmap.hpp"
 #include "copy/pacing.hpp"
 
 #include <boost/asio/steady_timer.hpp>
