@@ -70,51 +70,57 @@ qapi::result<void> bitmap_add(graph& g, std::string_view node_ref, const std::st
     return {};
 }
 
-qapi::result<void> bitmap_remove(graph& g, std::string_view node_ref, const std::string& name)
+namespace {
+
+/// `lookup`, and the bitmap must not be busy: what every command that changes one checks.
+qapi::result<std::pair<std::shared_ptr<node>, std::shared_ptr<named_bitmap>>> lookup_idle(graph& g,
+                                                                                          std::string_view node_ref,
+                                                                                          const std::string& name)
 {
     auto found = lookup(g, node_ref, name);
     if (!found)
         return found.error();
-    auto& [n, b] = *found;
-    if (auto r = check_not_busy(*b); !r)
-        return r;
-    n->remove_bitmap(*b);
+    if (auto r = check_not_busy(*found->second); !r)
+        return r.error();
+    return found;
+}
+
+} // namespace
+
+qapi::result<void> bitmap_remove(graph& g, std::string_view node_ref, const std::string& name)
+{
+    auto found = lookup_idle(g, node_ref, name);
+    if (!found)
+        return found.error();
+    found->first->remove_bitmap(*found->second);
     return {};
 }
 
 qapi::result<void> bitmap_clear(graph& g, std::string_view node_ref, const std::string& name)
 {
-    auto found = lookup(g, node_ref, name);
+    auto found = lookup_idle(g, node_ref, name);
     if (!found)
         return found.error();
-    auto& b = found->second;
-    if (auto r = check_not_busy(*b); !r)
-        return r;
-    b->bits().clear();
+    found->second->bits().clear();
     return {};
 }
 
 qapi::result<void> bitmap_enable(graph& g, std::string_view node_ref, const std::string& name, bool enable)
 {
-    auto found = lookup(g, node_ref, name);
+    auto found = lookup_idle(g, node_ref, name);
     if (!found)
         return found.error();
-    auto& b = found->second;
-    if (auto r = check_not_busy(*b); !r)
-        return r;
-    b->set_enabled(enable);
+    found->second->set_enabled(enable);
     return {};
 }
 
 qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::string& target,
                                 const std::vector<bitmap_ref>& sources)
 {
-    auto found = lookup(g, node_ref, target);
+    auto found = lookup_idle(g, node_ref, target);
     if (!found)
         return found.error();
     auto& [n, dst] = *found;
-    if (auto r = check_not_busy(*dst); !r)
-        return r;
     // Into a scratch copy first, so that the target is unchanged on failure.
     dirty_bitmap acc(dst->bits().size(), dst->bits().granularity());
     for (const auto& s : sources) {
