@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Named drives: the medium edge, the front node that forwards I/O to it, and the removable
-// media rules of QEMU 7.2 (spec §5).
+// media rules of QEMU 7.2 (QEMU's blockdev.c media commands).
 #include "bjd/block/backend.hpp"
 
 #include "bjd/log.hpp"

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The job state machine: tables, transitions, verbs and the completion path (spec §3.3).
+// The job state machine: tables, transitions, verbs and the completion path (QEMU's job.c).
 #include "bjd/jobs/job.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
@@ -115,7 +115,7 @@ bool job::is_completed() const noexcept
 void job::transition(job_status to)
 {
     job_status from = status_;
-    // A programmer error, never a QMP error (STYLE §4).
+    // A programmer error, never a QMP error.
     if (!transition_allowed(from, to)) {
         log::get("jobs")->critical("job '{}': illegal transition {} -> {}", id_, str(from), str(to));
         std::abort();

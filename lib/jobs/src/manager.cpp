@@ -119,7 +119,7 @@ asio::awaitable<void> manager::shutdown()
 {
     asio::steady_timer t(loop_);
     // Like QEMU's drain before cancelling: running jobs park at a pause point first (JSC
-    // paused/standby), then resume and are force-cancelled (spec §3.5, shutdown sequence).
+    // paused/standby), then resume and are force-cancelled (QEMU's job.c, shutdown sequence).
     std::vector<std::shared_ptr<job>> drained;
     for (const auto& j : list()) {
         if (j->started_ && !j->deferred_ && !j->is_completed()) {

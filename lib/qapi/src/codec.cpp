@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Decoding rules and error texts of QEMU 7.2's QObject input visitor (spec §1.9).
+// Decoding rules and error texts of QEMU 7.2's QObject input visitor (QEMU's qapi/qobject-input-visitor.c).
 #include "bjd/qapi/codec.hpp"
 
 #include <limits>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// change-backing-file (spec §6.1): QEMU 7.2's checks, in its order and with its texts; the
+// change-backing-file (QEMU's blockdev.c, qmp_change_backing_file): QEMU 7.2's checks, in its order and with its texts; the
 // header rewrite itself is lib/block's (bjd/block/create.hpp).
 #include "bjd/block/create.hpp"
 #include "bjd/block/graph.hpp"

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Character devices: chardev-add/chardev-remove (ring buffers), query-chardev, ringbuf-write
-// and ringbuf-read (spec §7; strict base64 is a documented difference, see schemas/char.json).
+// and ringbuf-read (QEMU's chardev/char-ringbuf.c; strict base64 is a documented difference, see schemas/char.json).
 #include "bjd/chardev/base64.hpp"
 #include "bjd/chardev/registry.hpp"
 #include "bjd/qapi/commands.hpp"

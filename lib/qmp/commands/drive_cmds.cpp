@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Named drives and removable media: query-block, x-drive-add/x-drive-del, the tray and medium
-// commands and DEVICE_TRAY_MOVED (QEMU 7.2 texts and event rules, spec §5). Glue over
+// commands and DEVICE_TRAY_MOVED (QEMU 7.2 texts and event rules, QEMU's blockdev.c media commands). Glue over
 // bjd/block/backend.hpp.
 #include "bjd/block/backend.hpp"
 #include "bjd/block/graph.hpp"

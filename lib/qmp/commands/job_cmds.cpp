@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Job commands: query-jobs, query-block-jobs, job-* and block-job-* verbs (spec §3.1).
+// Job commands: query-jobs, query-block-jobs, job-* and block-job-* verbs (QEMU's qapi/job.json).
 // Glue only: the checks and their texts live in lib/jobs.
 #include "bjd/jobs/job.hpp"
 #include "bjd/qapi/commands.hpp"
@@ -108,7 +108,7 @@ boost::asio::awaitable<result<void>> qmp_block_job_cancel(qmp::context& ctx, blo
     if (!j)
         co_return j.error();
     bool force = args.force.value_or(false);
-    // Checked before the verb table (spec §2.10).
+    // Checked before the verb table (QEMU's blockdev.c, qmp_block_job_cancel).
     if ((*j)->user_paused() && !force)
         co_return generic("The block job for device '" + args.device + "' is currently paused");
     co_return (*j)->user_cancel(force);

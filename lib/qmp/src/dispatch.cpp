@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /// \file
-/// QMP request validation and dispatch (spec §1.3, §1.4).
+/// QMP request validation and dispatch (QEMU's docs/interop/qmp-spec.rst).
 #include "bjd/qmp/dispatch.hpp"
 
 #include "bjd/block/graph.hpp"

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Latency histograms (spec §4.4): bin i counts latencies in [b(i-1), b(i)), the first bin
+// Latency histograms (QEMU's qapi/block-core.json, block-latency-histogram-set): bin i counts latencies in [b(i-1), b(i)), the first bin
 // [0, b0) and the last [b_last, ∞). Bins live per thread and are summed on demand.
 #include "detail.hpp"
 

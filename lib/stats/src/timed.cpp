@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Timed statistics (spec §4.3): per interval two windows of period P = 4/3 × interval,
+// Timed statistics (QEMU's util/timed-average.c): per interval two windows of period P = 4/3 × interval,
 // offset by P/2; every accounted latency goes into both, queries read the one expiring first,
 // which covers between 2/3 and 4/3 of the interval. Queue depth is Little's law: latency sum
 // over the window's elapsed time.

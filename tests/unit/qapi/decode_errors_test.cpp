@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Argument decoding errors: QEMU 7.2's texts and ordering (spec §1.9).
+// Argument decoding errors: QEMU 7.2's texts and ordering (QEMU's qapi/qobject-input-visitor.c).
 #include "bjd/qapi/types.hpp"
 
 #include <catch2/catch.hpp>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Request validation order, negotiation and id echo (spec §1.3, §1.4) with a fake table.
+// Request validation order, negotiation and id echo (QEMU's docs/interop/qmp-spec.rst) with a fake table.
 #include "bjd/qmp/dispatch.hpp"
 
 #include "bjd/qmp/context.hpp"

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The QMP JSON streamer/parser against QEMU 7.2's observed behaviour (spec §1.8).
+// The QMP JSON streamer/parser against QEMU 7.2's observed behaviour (QEMU's JSON parser in qobject/).
 #include "bjd/qmp/json.hpp"
 
 #include <catch2/catch.hpp>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// QEMU's JSON output format (spec §1.1, §1.8 "Output string escaping").
+// QEMU's JSON output format (QEMU's docs/interop/qmp-spec.rst; QEMU's JSON parser in qobject/ "Output string escaping").
 #include "bjd/qmp/json.hpp"
 
 #include <catch2/catch.hpp>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Cumulative counters and the account_invalid / account_failed rules (spec §4.2).
+// Cumulative counters and the account_invalid / account_failed rules (QEMU's block/accounting.c).
 #include "bjd/stats/block_acct.hpp"
 
 #include "stats_test_util.hpp"

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Latency histograms (spec §4.4).
+// Latency histograms (QEMU's qapi/block-core.json, block-latency-histogram-set).
 #include "bjd/stats/block_acct.hpp"
 
 #include "stats_test_util.hpp"

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The timed-statistics window algorithm (spec §4.3), driven by a manual clock.
+// The timed-statistics window algorithm (QEMU's util/timed-average.c), driven by a manual clock.
 //
 // interval 3 s → P = 4 s; window 0 expires at 2, 6, 10… s, window 1 at 4, 8, 12… s after
 // configuration; queries read the window expiring first.

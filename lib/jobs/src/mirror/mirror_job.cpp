@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The mirror copy loop (spec §2.4–§2.11): initial dirty bitmap per sync mode, chunk-merging
+// The mirror copy loop (QEMU's block/mirror.c): initial dirty bitmap per sync mode, chunk-merging
 // iterations with bounded in-flight ops, READY, convergence, write-blocking, pivot.
 #include "mirror/mirror_job.hpp"
 
@@ -302,7 +302,7 @@ asio::awaitable<void> mirror_job::wait_all_ops()
         co_await wait_op();
 }
 
-// ---- initial bitmap (spec §2.4) --------------------------------------------------------------
+// ---- initial bitmap (QEMU's block/mirror.c) --------------------------------------------------------------
 
 asio::awaitable<void> mirror_job::init_bitmap()
 {
@@ -352,7 +352,7 @@ asio::awaitable<void> mirror_job::init_bitmap()
     }
 }
 
-// ---- one iteration (spec §2.5) ---------------------------------------------------------------
+// ---- one iteration (QEMU's block/mirror.c) ---------------------------------------------------------------
 
 asio::awaitable<void> mirror_job::iteration()
 {
@@ -393,7 +393,7 @@ asio::awaitable<void> mirror_job::iteration()
             while (ops_ >= max_in_flight)
                 co_await wait_op();
             launch(op_kind::zero, pos, n, -1);
-            // Free only when the target can drop the range instead of writing zeroes (§2.6).
+            // Free only when the target can drop the range instead of writing zeroes (QEMU 7.2's mirror rate limit).
             if (!(s_.unmap && s_.target->options().discard_unmap))
                 limiter_.charge(n);
             pos += n;
@@ -494,7 +494,7 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
     co_await wait_all_ops();
     if (!converged)
         co_await s_.filter->drain();   // held until prepare/abort moves the filter out
-    // The source stays drained until finalization: query shows paused (spec §3.2).
+    // The source stays drained until finalization: query shows paused (QEMU's job.c).
     j.pause();
     drain_paused_ = true;
     if (error_) {
@@ -643,7 +643,7 @@ void mirror_job::fill_info(const job&, qapi::block_job_info& info) const
     info.rate = current_rate();
 }
 
-// ---- completion (spec §2.9) ------------------------------------------------------------------
+// ---- completion (QEMU's block/mirror.c) ------------------------------------------------------------------
 
 qapi::result<void> mirror_job::exit_common(bool pivot)
 {
@@ -688,7 +688,7 @@ qapi::result<void> mirror_job::prepare(job& j)
 {
     if (auto r = exit_common(should_complete_); !r)
         return r;
-    // drive-mirror absolute-paths: the new image's backing (spec §2.9). After the pivot, so
+    // drive-mirror absolute-paths: the new image's backing (QEMU's block/mirror.c). After the pivot, so
     // that sync=none's backing edge to the source is not itself redirected to the target.
     if (s_.deferred_backing && !s_.target->backing()) {
         if (auto r = block::set_qcow2_backing(*s_.target, s_.deferred_backing); !r)

@@ -72,7 +72,7 @@ private:
 
 enum class op_kind { copy, zero, discard, flush };
 
-/// One request to the target that a force-cancel may stop waiting for (spec §2.10: in-flight
+/// One request to the target that a force-cancel may stop waiting for (QEMU's block/mirror.c: in-flight
 /// target I/O is cancelled). It owns what the request uses, so it can finish after the job.
 struct target_request {
     explicit target_request(asio::any_io_executor ex) : done(ex) {}
@@ -105,7 +105,7 @@ struct mirror_setup {
     bool release_target = false;   ///< drive-mirror: drop the target node at the end if unused
     bool target_is_zero = false;   ///< blockdev-mirror target-is-zero: skip zero source ranges
     /// drive-mirror qcow2 target opened without its backing chain: the node attached as its
-    /// backing in prepare (spec §2.9). While it is pending, zero ranges are copied as data,
+    /// backing in prepare (QEMU's block/mirror.c). While it is pending, zero ranges are copied as data,
     /// since an unallocated target cluster would show the backing afterwards.
     std::shared_ptr<block::node> deferred_backing;
     /// drive-mirror mode=existing into a qcow2 whose header names a backing file: the image

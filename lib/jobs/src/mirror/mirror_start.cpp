@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// blockdev-mirror / drive-mirror: argument checks in QEMU 7.2's order (spec §2.2), target
+// blockdev-mirror / drive-mirror: argument checks in QEMU 7.2's order (QEMU's blockdev.c, blockdev_mirror_common), target
 // creation for drive-mirror, filter insertion, job creation and start.
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
@@ -73,7 +73,7 @@ qapi::result<std::shared_ptr<block::node>> open_drive_target(block::graph& g, co
         }
         ::close(fd);
     }
-    // The source's open flags, read-write (spec §2.2).
+    // The source's open flags, read-write (QEMU's blockdev.c, blockdev_mirror_common).
     block::node_options file_opts = source.options();
     file_opts.name = g.auto_name();
     file_opts.read_only = false;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// drive-mirror targets in qcow2 format (spec §2.2 "Image creation"): mode absolute-paths
+// drive-mirror targets in qcow2 format (QEMU's blockdev.c, qmp_drive_mirror): mode absolute-paths
 // creates the image with the backing file the sync mode asks for and opens it without its
-// chain (attached at completion, §2.9); mode existing opens the image without the backing
+// chain (attached at completion, as QEMU's block/mirror.c does); mode existing opens the image without the backing
 // file its header names, which is opened once the job converged.
 #include "bjd/block/create.hpp"
 #include "bjd/block/driver.hpp"

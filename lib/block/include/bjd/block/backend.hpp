@@ -74,7 +74,7 @@ public:
     std::shared_ptr<node> front() const;
     stats::block_acct& acct() noexcept;
 
-    // ---- media operations, with QEMU 7.2's checks and texts (spec §5) -------------------------
+    // ---- media operations, with the checks and texts of QEMU 7.2's blockdev.c --------------------
     /// blockdev-open-tray: "Device 'X' is not removable"; no tray, already open → nothing;
     /// locked without force → nothing (QEMU asks the guest, there is none); force unlocks.
     qapi::result<tray_change> open_tray(bool force);

@@ -3,7 +3,7 @@
 /// \file
 /// Strict RFC 4648 base64 (standard alphabet, padded), for ringbuf-write/ringbuf-read.
 ///
-/// Unlike QEMU (GLib's lenient decoder behind a character check, spec §7), decoding rejects
+/// Unlike QEMU (GLib's lenient decoder behind a character check in chardev/char-ringbuf.c), decoding rejects
 /// everything that is not canonical-length base64, and nothing is decoded on error:
 /// * a character outside A–Z a–z 0–9 + / = (whitespace and newlines included):
 ///   "Base64 data contains invalid characters";

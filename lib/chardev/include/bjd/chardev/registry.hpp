@@ -3,7 +3,7 @@
 /// \file
 /// The daemon's character devices: ring buffers (created by --chardev ringbuf,… or
 /// chardev-add) and, for query-chardev, the socket chardevs of the command line that serve
-/// QMP monitors. Errors carry QEMU 7.2's texts (spec §7). Lives on the main loop.
+/// QMP monitors. Errors carry QEMU 7.2's texts (QEMU's chardev/char-ringbuf.c). Lives on the main loop.
 #include "bjd/chardev/ringbuf.hpp"
 #include "bjd/qapi/error.hpp"
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// \file
-/// A ring buffer character device's storage (QEMU's ringbuf/memory chardev, spec §7).
+/// A ring buffer character device's storage (QEMU's ringbuf/memory chardev, chardev/char-ringbuf.c).
 ///
 /// A circular buffer of `capacity()` bytes (a power of two) with monotonically increasing
 /// write and read counters. Writing never fails and never blocks: when unread data would

@@ -7,7 +7,7 @@
 /// Threading: everything here lives on the main loop (the manager's io_context); every call
 /// must be made there. A job's driver runs as a coroutine on the same loop.
 ///
-/// State machine (spec §3.3) is data: `transition_allowed` and `verb_allowed` are table
+/// State machine (QEMU's job.c) is data: `transition_allowed` and `verb_allowed` are table
 /// lookups, every status change is asserted against the table and emits JOB_STATUS_CHANGE.
 #include "bjd/qapi/error.hpp"
 #include "bjd/qapi/event_sink.hpp"
@@ -36,9 +36,9 @@ using qapi::job_verb;
 class job_driver;
 class manager;
 
-/// Whether the table of spec §3.3 allows `from` → `to` (aborting → aborting included).
+/// Whether the table of QEMU's job.c allows `from` → `to` (aborting → aborting included).
 bool transition_allowed(job_status from, job_status to) noexcept;
-/// Whether `verb` may be applied in state `s` (spec §3.3 verb table).
+/// Whether `verb` may be applied in state `s` (QEMU's job.c verb table).
 bool verb_allowed(job_verb verb, job_status s) noexcept;
 /// "Invalid job ID 'X'" unless `id` starts with a letter and has only letters, digits, '-',
 /// '.', '_' (QEMU's id_wellformed).
@@ -95,7 +95,7 @@ public:
     /// "Can't resume a job that was not paused" (checked before the verb table); resets io-status.
     qapi::result<void> user_resume();
     /// `force` false: a ready job converges without its completion action (driver decides).
-    /// Callers implement block-job-cancel's paused check themselves (spec §2.10).
+    /// Callers implement block-job-cancel's paused check themselves (QEMU's blockdev.c, qmp_block_job_cancel).
     qapi::result<void> user_cancel(bool force);
     /// "The active block job 'X' cannot be completed" if a cancel is pending.
     qapi::result<void> complete();

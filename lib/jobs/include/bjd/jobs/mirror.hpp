@@ -2,7 +2,7 @@
 #pragma once
 /// \file
 /// Mirror jobs (blockdev-mirror, drive-mirror): argument checks in QEMU 7.2's order and texts
-/// (spec §2.2), then a job that copies `device` to `target` through a dirty bitmap and, on
+/// (QEMU's blockdev.c, blockdev_mirror_common), then a job that copies `device` to `target` through a dirty bitmap and, on
 /// completion, replaces `device` (or `replaces`) by the target in all its parents.
 #include "bjd/jobs/job.hpp"
 

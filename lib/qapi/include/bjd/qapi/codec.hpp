@@ -4,7 +4,7 @@
 /// JSON encoding and decoding of schema types (runtime support for generated code).
 ///
 /// `decode<T>(v)` accepts exactly what QEMU 7.2's QObject input visitor accepts and fails
-/// with its texts (spec §1.9); `to_json(x)` produces what QEMU's output visitor produces
+/// with its texts (QEMU's qapi/qobject-input-visitor.c); `to_json(x)` produces what QEMU's output visitor produces
 /// (absent optionals are omitted). `codec<T>` is specialised here for builtins, lists and
 /// enums, and by the generated types.hpp / commands.hpp / events.hpp for schema types.
 /// Pure functions: callable from any thread.

@@ -15,7 +15,7 @@ namespace bjd::qmp { class context; }
 
 namespace bjd::qapi {
 
-/// Decodes `args` (errors per spec §1.9, before any side effect), runs the handler and encodes
+/// Decodes `args` (errors per QEMU's qapi/qobject-input-visitor.c, before any side effect), runs the handler and encodes
 /// its return value (`{}` for commands without one). Runs on the main loop.
 using command_fn = boost::asio::awaitable<result<boost::json::value>> (*)(qmp::context& ctx,
                                                                           const boost::json::object& args);

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// \file
-/// Turns framed QMP input into responses: request validation in QEMU 7.2's order (spec §1.4),
-/// negotiation mode (§1.3), id echo, and dispatch through a command table. Independent of
+/// Turns framed QMP input into responses: request validation in QEMU 7.2's order (QEMU's docs/interop/qmp-spec.rst),
+/// negotiation mode, id echo, and dispatch through a command table. Independent of
 /// sockets so that tests can drive it with a fake table.
 #include "bjd/qapi/command.hpp"
 #include "bjd/qapi/error.hpp"

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// \file
-/// JSON in QEMU 7.2's QMP dialect (spec §1.1, §1.8): an incremental streamer that frames and
+/// JSON in QEMU 7.2's QMP dialect (QEMU's docs/interop/qmp-spec.rst; QEMU's JSON parser in qobject/): an incremental streamer that frames and
 /// parses client input exactly like QEMU's json-lexer/json-streamer/json-parser, and a writer
 /// that produces QEMU's output format.
 ///
@@ -36,7 +36,7 @@ inline constexpr int json_max_nesting = 1024;                               ///<
 
 /// Frames a byte stream into messages. Feed arbitrary chunks; a message is delivered as soon
 /// as QEMU would deliver it (brace/bracket counts back to zero or negative, or a scalar token at
-/// depth zero; see spec §1.8 for the "wedge" this implies). Errors reset the message state;
+/// depth zero; see QEMU's JSON parser in qobject/ for the "wedge" this implies). Errors reset the message state;
 /// after a lexical error input is skipped until a structural or control character.
 class json_streamer {
 public:

@@ -7,7 +7,7 @@
 
 namespace bjd::qmp {
 
-/// Per-connection protocol state (spec §1.3). Capabilities are per connection.
+/// Per-connection protocol state (QEMU's docs/interop/qmp-spec.rst). Capabilities are per connection.
 struct session_state {
     bool command_mode = false;   ///< qmp_capabilities succeeded
     bool oob_offered = true;     ///< the greeting listed "oob"

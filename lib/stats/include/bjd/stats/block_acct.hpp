@@ -5,7 +5,7 @@
 ///
 /// Every request a block node serves is accounted here: `start()` when it is issued,
 /// `done()`/`failed()` when it completes, `invalid()` when the node rejects it before
-/// submission. The rules are QEMU 7.2's (block/accounting.c as observed, spec §4.2–§4.4):
+/// submission. The rules are QEMU 7.2's (block/accounting.c and util/timed-average.c, as observed):
 ///
 /// * bytes and operations count successful requests only;
 /// * `failed_*` counts completed-with-error requests; their latency goes into total times,
@@ -26,7 +26,7 @@
 /// so a snapshot taken while requests complete may be a few requests out of step between
 /// two counters (never torn within one counter).
 ///
-/// Timed statistics (§4.3): each configured interval keeps two windows of period
+/// Timed statistics (QEMU's util/timed-average.c): each configured interval keeps two windows of period
 /// P = 4/3 × interval, offset by P/2; latencies go into both, queries read the one that
 /// expires first. Windows are rolled by the stats thread (`service`) at their expiry times,
 /// and by every `snapshot()`, so values decay to zero on time whether or not anyone asks.
