@@ -352,6 +352,16 @@ qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to)
     return r;
 }
 
+qapi::result<void> drop_filter(node& filter)
+{
+    assert(filter.is_filter() && filter.primary_child());
+    if (auto r = replace_node(filter, filter.primary_child()->shared_from_this()); !r)
+        return r;
+    for (const auto& e : filter.children())
+        e->detach();
+    return {};
+}
+
 qapi::result<void> node::refresh_permissions()
 {
     perm_update t;

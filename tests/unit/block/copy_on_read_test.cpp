@@ -37,7 +37,7 @@ struct chain_env : env {
     }
     ~chain_env()
     {
-        (void)cor->remove();
+        (void)drop_filter(*cor);
         REQUIRE(run(top->flush()));
     }
 

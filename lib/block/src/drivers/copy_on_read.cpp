@@ -87,15 +87,6 @@ asio::awaitable<result<void>> copy_on_read::populate(std::uint64_t offset, std::
     co_return r;
 }
 
-qapi::result<void> copy_on_read::remove()
-{
-    auto r = replace_node(*this, child_);
-    if (r)
-        for (const auto& e : children())
-            e->detach();
-    return r;
-}
-
 asio::awaitable<result<void>> copy_on_read::do_read(std::uint64_t offset, std::span<std::byte> buf)
 {
     co_return co_await child_->read(offset, buf);

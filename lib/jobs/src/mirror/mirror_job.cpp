@@ -98,10 +98,11 @@ void mirror_job::remove_filter()
 {
     // The filter's parents go back to what it filtered (they take there what they took
     // through it, so this cannot conflict), and the filter lets go of the source.
-    if (auto r = block::replace_node(*s_.filter, s_.source); !r)
+    if (auto r = block::drop_filter(*s_.filter); !r) {
         logger()->error("mirror: cannot remove filter '{}': {}", s_.filter->name(), r.error().desc);
-    for (const auto& e : s_.filter->children())
-        e->detach();
+        for (const auto& e : s_.filter->children())
+            e->detach();
+    }
 }
 
 void mirror_job::release_filter(const std::shared_ptr<block::node>& below)

@@ -84,7 +84,7 @@ public:
         const std::string user = "stream job '" + j.id() + "'";
         s_.graph->insert(s_.filter);
         if (auto r = block::replace_node(*s_.top, s_.filter); !r) {
-            (void)s_.filter->remove();
+            (void)block::drop_filter(*s_.filter);
             s_.graph->erase(*s_.filter);
             return r;
         }
@@ -262,7 +262,7 @@ private:
         for (auto& n : blocked_)
             n->set_blocker({});
         blocked_.clear();
-        if (auto r = s_.filter->remove(); !r)
+        if (auto r = block::drop_filter(*s_.filter); !r)
             logger()->error("stream: cannot remove filter '{}': {}", s_.filter->name(), r.error().desc);
         s_.graph->close_later(ex_, s_.filter);
     }
@@ -368,21 +368,13 @@ asio::awaitable<qapi::result<void>> start_stream(manager& m, block::graph& g, co
     s.reopened = reopen;
     auto drv = std::make_unique<stream_job>(std::move(s), m.loop().get_executor());
     stream_job* sj = drv.get();
-    job_options jo;
-    jo.auto_finalize = p.auto_finalize;
-    jo.auto_dismiss = p.auto_dismiss;
-    jo.speed = std::max<std::int64_t>(p.speed, 0);
-    auto created = m.create(job_id, job_type::stream, std::move(drv), jo);
+    auto created = m.create_block_job(job_id, job_type::stream, std::move(drv),
+                                      {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed);
     if (!created) {
         co_await undo_reopen();
         co_return created.error();
     }
     job& j = **created;
-    if (p.speed < 0) {
-        m.early_fail(j);
-        co_await undo_reopen();
-        co_return qapi::generic("Parameter 'speed' expects a non-negative value");
-    }
     if (auto r = sj->attach(j); !r) {
         m.early_fail(j);
         co_await undo_reopen();

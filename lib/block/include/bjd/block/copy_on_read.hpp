@@ -40,9 +40,8 @@ public:
     /// for guest writes to the range first; guest writes to it wait for the copy.
     asio::awaitable<result<void>> populate(std::uint64_t offset, std::uint64_t length);
 
-    /// Leaves the graph: gives the child back every parent of the filter, and lets it go.
-    /// Requests already inside the filter finish on the child.
-    qapi::result<void> remove();
+    // The filter leaves the graph with `drop_filter` (node.hpp); requests already inside it
+    // finish on the child, which it keeps.
 
 protected:
     perm_pair child_permissions(const edge& child, perm_pair cumulative) const override;

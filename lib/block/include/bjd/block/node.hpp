@@ -193,6 +193,12 @@ private:
 /// completion and snapshots.
 qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to);
 
+/// Takes a filter (a job's mirror_top or copy-on-read) out of the graph, QEMU's
+/// bdrv_drop_filter: every parent of `filter` moves to the node it filters, keeping what it
+/// took through the filter, and the filter then lets go of its children. On a conflict
+/// nothing changes.
+qapi::result<void> drop_filter(node& filter);
+
 class node : public std::enable_shared_from_this<node> {
 public:
     virtual ~node();
