@@ -42,6 +42,19 @@ qapi::result<std::shared_ptr<job>> manager::create(std::string id, job_type type
     return j;
 }
 
+qapi::result<std::shared_ptr<job>> manager::create_block_job(std::string id, job_type type,
+                                                             std::unique_ptr<job_driver> d, job_options opts,
+                                                             std::int64_t speed)
+{
+    opts.speed = std::max<std::int64_t>(speed, 0);
+    auto j = create(std::move(id), type, std::move(d), opts);
+    if (j && speed < 0) {
+        early_fail(**j);
+        return qapi::generic("Parameter 'speed' expects a non-negative value");
+    }
+    return j;
+}
+
 void manager::start(job& j)
 {
     j.start();

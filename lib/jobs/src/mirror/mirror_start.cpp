@@ -233,20 +233,12 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
 
     auto drv = std::make_unique<mirror_job>(std::move(s), m.loop().get_executor());
     mirror_job* mj = drv.get();
-    job_options jo;
-    jo.auto_finalize = p.auto_finalize;
-    jo.auto_dismiss = p.auto_dismiss;
-    jo.speed = std::max<std::int64_t>(p.speed, 0);
-    auto created = m.create(p.job_id.value_or(""), job_type::mirror, std::move(drv), jo);
+    // 13. speed (the job exists: created → null on failure)
+    auto created = m.create_block_job(p.job_id.value_or(""), job_type::mirror, std::move(drv),
+                                      {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed);
     if (!created)
         return fail(created.error());
     job& j = **created;
-
-    // 13. speed (the job exists: created → null on failure)
-    if (p.speed < 0) {
-        m.early_fail(j);
-        return fail(qapi::generic("Parameter 'speed' expects a non-negative value"));
-    }
     // 14. permissions: the filter above the source, reading it, writing the target
     // ("Block node is read-only", a conflict with another user, an image lock)
     if (auto r = mj->attach(j); !r) {

@@ -200,6 +200,11 @@ public:
     /// "Job ID 'X' already in use". The job is not started: call `start` or `early_fail`.
     qapi::result<std::shared_ptr<job>> create(std::string id, job_type type, std::unique_ptr<job_driver> d,
                                               const job_options& opts);
+    /// QEMU's block_job_create: `create` (opts.speed is ignored), then the speed check, which
+    /// fails the new job (created → null) with "Parameter 'speed' expects a non-negative
+    /// value". On success the job is in `created`, with its speed limit set.
+    qapi::result<std::shared_ptr<job>> create_block_job(std::string id, job_type type, std::unique_ptr<job_driver> d,
+                                                        job_options opts, std::int64_t speed);
     /// created → running; spawns the driver's run() with a top-level catch.
     void start(job& j);
     /// created → null (JOB_STATUS_CHANGE null): validation failed after creation.
