@@ -38,6 +38,26 @@ std::int64_t diff_at(const std::vector<std::byte>& a, const std::vector<std::byt
     return ia - a.begin();
 }
 
+/// `qemu-img check` finds nothing wrong with `img`; its report, for further checks.
+std::string check_clean(const std::string& img)
+{
+    std::string out;
+    CHECK(sh("qemu-img check " + img, &out) == 0);
+    INFO(out);
+    CHECK(out.find("No errors were found") != std::string::npos);
+    return out;
+}
+
+/// A qcow2 image of `size` (qemu-img create options `opts`), written by the qemu-io commands
+/// `writes`, then snapshotted as s1.
+void make_snapshotted(const std::string& img, const std::string& opts, const std::string& size,
+                      const std::string& writes)
+{
+    REQUIRE(sh("qemu-img create -q -f qcow2 " + opts + img + " " + size) == 0);
+    REQUIRE(sh("qemu-io " + writes + " " + img + " >/dev/null") == 0);
+    REQUIRE(sh("qemu-img snapshot -c s1 " + img) == 0);
+}
+
 } // namespace
 
 TEST_CASE("qcow2 writes, write-zeroes and discards leave an internal snapshot intact", "[qcow2][snapshot]")
@@ -48,9 +68,7 @@ TEST_CASE("qcow2 writes, write-zeroes and discards leave an internal snapshot in
     env e;
     const std::string img = e.path("a.qcow2");
     const std::uint64_t size = 1024 * K;
-    REQUIRE(sh("qemu-img create -q -f qcow2 -o compat=" + compat + " " + img + " 1M") == 0);
-    REQUIRE(sh("qemu-io -c 'write -P 0x11 0 1M' " + img + " >/dev/null") == 0);
-    REQUIRE(sh("qemu-img snapshot -c s1 " + img) == 0);
+    make_snapshotted(img, "-o compat=" + compat + " ", "1M", "-c 'write -P 0x11 0 1M'");
     const auto original = pattern(size, 0x11);
 
     // What the active image must read afterwards.
@@ -90,27 +108,20 @@ TEST_CASE("qcow2 writes, write-zeroes and discards leave an internal snapshot in
         CHECK(diff_at(buf, expect) == -1);
     }
 
-    std::string out;
-    CHECK(sh("qemu-img check " + img, &out) == 0);
-    INFO(out);
-    CHECK(out.find("No errors were found") != std::string::npos);
+    check_clean(img);
     CHECK(diff_at(qemu_contents(e, img, "s1"), original) == -1);
     CHECK(diff_at(qemu_contents(e, img), expect) == -1);
 
     SECTION("going back to the snapshot")
     {
         REQUIRE(sh("qemu-img snapshot -a s1 " + img) == 0);
-        CHECK(sh("qemu-img check " + img, &out) == 0);
-        CHECK(out.find("No errors were found") != std::string::npos);
+        check_clean(img);
         CHECK(diff_at(qemu_contents(e, img), original) == -1);
     }
     SECTION("deleting the snapshot leaks nothing")
     {
         REQUIRE(sh("qemu-img snapshot -d s1 " + img) == 0);
-        CHECK(sh("qemu-img check " + img, &out) == 0);
-        INFO(out);
-        CHECK(out.find("No errors were found") != std::string::npos);
-        CHECK(out.find("leaked") == std::string::npos);
+        CHECK(check_clean(img).find("leaked") == std::string::npos);
         CHECK(diff_at(qemu_contents(e, img), expect) == -1);
     }
 }
@@ -121,9 +132,7 @@ TEST_CASE("qcow2 write-zeroes over a preallocated zero cluster shared with a sna
     // must not mark the shared cluster as the active image's own (OFLAG_COPIED).
     env e;
     const std::string img = e.path("z.qcow2");
-    REQUIRE(sh("qemu-img create -q -f qcow2 " + img + " 256k") == 0);
-    REQUIRE(sh("qemu-io -c 'write -P 0x11 0 256k' -c 'write -z 0 64k' " + img + " >/dev/null") == 0);
-    REQUIRE(sh("qemu-img snapshot -c s1 " + img) == 0);
+    make_snapshotted(img, "", "256k", "-c 'write -P 0x11 0 256k' -c 'write -z 0 64k'");
     const auto snap = qemu_contents(e, img, "s1");
     {
         auto q = e.qcow2(img);
@@ -131,26 +140,20 @@ TEST_CASE("qcow2 write-zeroes over a preallocated zero cluster shared with a sna
         REQUIRE(e.run((*q)->write_zeroes(0, 128 * K, {.may_unmap = false})));
         REQUIRE(e.run((*q)->flush()));
     }
-    std::string out;
-    CHECK(sh("qemu-img check " + img, &out) == 0);
-    INFO(out);
-    CHECK(out.find("No errors were found") != std::string::npos);
+    check_clean(img);
     CHECK(diff_at(qemu_contents(e, img, "s1"), snap) == -1);
     auto expect = pattern(256 * K, 0x11);
     std::fill_n(expect.begin(), 128 * K, std::byte{0});
     CHECK(diff_at(qemu_contents(e, img), expect) == -1);
     REQUIRE(sh("qemu-img snapshot -d s1 " + img) == 0);
-    CHECK(sh("qemu-img check " + img, &out) == 0);
-    CHECK(out.find("No errors were found") != std::string::npos);
+    check_clean(img);
 }
 
 TEST_CASE("qcow2 shrinking into an L2 table shared with a snapshot copies it", "[qcow2][snapshot][resize]")
 {
     env e;
     const std::string img = e.path("s.qcow2");
-    REQUIRE(sh("qemu-img create -q -f qcow2 " + img + " 1M") == 0);
-    REQUIRE(sh("qemu-io -c 'write -P 0x11 0 1M' " + img + " >/dev/null") == 0);
-    REQUIRE(sh("qemu-img snapshot -c s1 " + img) == 0);
+    make_snapshotted(img, "", "1M", "-c 'write -P 0x11 0 1M'");
     {
         auto q = e.qcow2(img);
         REQUIRE(ok(q));
@@ -161,15 +164,11 @@ TEST_CASE("qcow2 shrinking into an L2 table shared with a snapshot copies it", "
         REQUIRE(r.has_value());
         REQUIRE(e.run((*q)->flush()));
     }
-    std::string out;
-    CHECK(sh("qemu-img check " + img, &out) == 0);
-    INFO(out);
-    CHECK(out.find("No errors were found") != std::string::npos);
+    check_clean(img);
     CHECK(diff_at(qemu_contents(e, img, "s1"), pattern(1024 * K, 0x11)) == -1);
     auto expect = pattern(1024 * K, 0);
     std::fill_n(expect.begin(), 256 * K, std::byte{0x11});
     CHECK(diff_at(qemu_contents(e, img), expect) == -1);
     REQUIRE(sh("qemu-img snapshot -d s1 " + img) == 0);
-    CHECK(sh("qemu-img check " + img, &out) == 0);
-    CHECK(out.find("No errors were found") != std::string::npos);
+    check_clean(img);
 }
