@@ -4,6 +4,7 @@
 #include "bjd/block/graph.hpp"
 
 #include <bit>
+#include <functional>
 
 namespace bjd::block {
 
@@ -163,6 +164,120 @@ qapi::result<std::shared_ptr<named_bitmap>> find_export_bitmap(node& n, const st
     if (auto r = check_not_busy(*b); !r)
         return r.error();
     return b;
+}
+
+// ---- transaction actions ---------------------------------------------------------------------
+
+namespace {
+
+/// An action whose prepare is one synchronous step and whose abort undoes it.
+class bitmap_action final : public transaction_action {
+public:
+    using step = std::function<qapi::result<void>()>;
+    bitmap_action(step prepare, std::function<void()> abort, std::function<void()> commit = {})
+        : prepare_(std::move(prepare)), abort_(std::move(abort)), commit_(std::move(commit)) {}
+
+    asio::awaitable<qapi::result<void>> prepare() override { co_return prepare_(); }
+    asio::awaitable<void> commit() override
+    {
+        if (commit_)
+            commit_();
+        co_return;
+    }
+    void abort() override { abort_(); }
+
+private:
+    step prepare_;
+    std::function<void()> abort_, commit_;
+};
+
+/// Restores a bitmap's bits on abort (clear, merge), when the lookup found one.
+std::unique_ptr<transaction_action> restoring_action(graph& g, std::string node_ref, std::string name,
+                                                     std::function<qapi::result<void>()> change)
+{
+    struct saved {
+        std::shared_ptr<named_bitmap> b;
+        std::optional<dirty_bitmap> bits;
+    };
+    auto st = std::make_shared<saved>();
+    return std::make_unique<bitmap_action>(
+        [&g, node_ref = std::move(node_ref), name = std::move(name), st, change = std::move(change)]() -> qapi::result<void> {
+            if (auto found = lookup(g, node_ref, name)) {
+                st->b = found->second;
+                st->bits = st->b->bits();
+            }
+            return change();
+        },
+        [st] {
+            if (st->b && st->bits)
+                st->b->bits() = *st->bits;
+        });
+}
+
+} // namespace
+
+std::unique_ptr<transaction_action> bitmap_add_action(graph& g, std::string node_ref, std::string name,
+                                                      std::optional<std::uint32_t> granularity, bool persistent,
+                                                      bool disabled)
+{
+    return std::make_unique<bitmap_action>(
+        [&g, node_ref, name, granularity, persistent, disabled] {
+            return bitmap_add(g, node_ref, name, granularity, persistent, disabled);
+        },
+        [&g, node_ref, name] {
+            if (auto found = lookup(g, node_ref, name))
+                found->first->remove_bitmap(*found->second);
+        });
+}
+
+std::unique_ptr<transaction_action> bitmap_remove_action(graph& g, std::string node_ref, std::string name)
+{
+    auto held = std::make_shared<std::pair<std::shared_ptr<node>, std::shared_ptr<named_bitmap>>>();
+    return std::make_unique<bitmap_action>(
+        [&g, node_ref = std::move(node_ref), name = std::move(name), held]() -> qapi::result<void> {
+            auto found = lookup_idle(g, node_ref, name);
+            if (!found)
+                return found.error();
+            *held = *found;
+            held->second->set_busy(true);   // nobody else may use it until the outcome is known
+            return {};
+        },
+        [held] { held->second->set_busy(false); },
+        [held] {
+            held->second->set_busy(false);
+            held->first->remove_bitmap(*held->second);
+        });
+}
+
+std::unique_ptr<transaction_action> bitmap_clear_action(graph& g, std::string node_ref, std::string name)
+{
+    auto change = [&g, node_ref, name] { return bitmap_clear(g, node_ref, name); };
+    return restoring_action(g, std::move(node_ref), std::move(name), std::move(change));
+}
+
+std::unique_ptr<transaction_action> bitmap_enable_action(graph& g, std::string node_ref, std::string name, bool enable)
+{
+    auto was = std::make_shared<std::shared_ptr<named_bitmap>>();
+    auto before = std::make_shared<bool>(false);
+    return std::make_unique<bitmap_action>(
+        [&g, node_ref = std::move(node_ref), name = std::move(name), enable, was, before]() -> qapi::result<void> {
+            if (auto found = lookup(g, node_ref, name)) {
+                *was = found->second;
+                *before = found->second->enabled();
+            }
+            return bitmap_enable(g, node_ref, name, enable);
+        },
+        [was, before] {
+            if (*was)
+                (*was)->set_enabled(*before);
+        });
+}
+
+std::unique_ptr<transaction_action> bitmap_merge_action(graph& g, std::string node_ref, std::string target,
+                                                        std::vector<bitmap_ref> sources)
+{
+    auto change = [&g, node_ref, target, sources = std::move(sources)] { return bitmap_merge(g, node_ref, target, sources); };
+    return restoring_action(g, std::move(node_ref), std::move(target), std::move(change));
 }
 
 } // namespace bjd::block

@@ -4,6 +4,7 @@
 #include "bjd/block/graph.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qmp/context.hpp"
+#include "bitmap_cmds.hpp"
 
 namespace bjd::qapi {
 
@@ -36,10 +37,10 @@ boost::asio::awaitable<result<void>> qmp_block_dirty_bitmap_disable(qmp::context
     co_return block::bitmap_enable(*ctx.graph, args.node, args.name, false);
 }
 
-boost::asio::awaitable<result<void>> qmp_block_dirty_bitmap_merge(qmp::context& ctx, block_dirty_bitmap_merge_args args)
+std::vector<block::bitmap_ref> merge_sources(std::vector<block_dirty_bitmap_or_str>& bitmaps)
 {
     std::vector<block::bitmap_ref> sources;
-    for (auto& s : args.bitmaps) {
+    for (auto& s : bitmaps) {
         if (auto* local = std::get_if<std::string>(&s))
             sources.push_back({std::nullopt, std::move(*local)});
         else {
@@ -47,7 +48,12 @@ boost::asio::awaitable<result<void>> qmp_block_dirty_bitmap_merge(qmp::context& 
             sources.push_back({ext.node, ext.name});
         }
     }
-    co_return block::bitmap_merge(*ctx.graph, args.node, args.target, sources);
+    return sources;
+}
+
+boost::asio::awaitable<result<void>> qmp_block_dirty_bitmap_merge(qmp::context& ctx, block_dirty_bitmap_merge_args args)
+{
+    co_return block::bitmap_merge(*ctx.graph, args.node, args.target, merge_sources(args.bitmaps));
 }
 
 } // namespace bjd::qapi

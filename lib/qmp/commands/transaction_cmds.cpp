@@ -2,10 +2,12 @@
 // transaction, blockdev-snapshot and blockdev-snapshot-sync: each action becomes one of the
 // block layer's transaction actions, run together (block/transaction.hpp); the snapshot
 // commands are transactions of one action.
+#include "bjd/block/bitmaps.hpp"
 #include "bjd/block/snapshot.hpp"
 #include "bjd/block/transaction.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qmp/context.hpp"
+#include "bitmap_cmds.hpp"
 
 namespace bjd::qapi {
 
@@ -47,6 +49,32 @@ boost::asio::awaitable<result<void>> qmp_transaction(qmp::context& ctx, transact
         case transaction_action_kind::abort:
             actions.push_back(std::make_unique<abort_action>());
             break;
+        case transaction_action_kind::block_dirty_bitmap_add: {
+            auto& d = a.u.block_dirty_bitmap_add->data;
+            actions.push_back(block::bitmap_add_action(*ctx.graph, d.node, d.name, d.granularity,
+                                                       d.persistent.value_or(false), d.disabled.value_or(false)));
+            break;
+        }
+        case transaction_action_kind::block_dirty_bitmap_remove:
+            actions.push_back(block::bitmap_remove_action(*ctx.graph, a.u.block_dirty_bitmap_remove->data.node,
+                                                          a.u.block_dirty_bitmap_remove->data.name));
+            break;
+        case transaction_action_kind::block_dirty_bitmap_clear:
+            actions.push_back(block::bitmap_clear_action(*ctx.graph, a.u.block_dirty_bitmap_clear->data.node,
+                                                         a.u.block_dirty_bitmap_clear->data.name));
+            break;
+        case transaction_action_kind::block_dirty_bitmap_enable:
+        case transaction_action_kind::block_dirty_bitmap_disable: {
+            const bool enable = a.type == transaction_action_kind::block_dirty_bitmap_enable;
+            auto& d = enable ? a.u.block_dirty_bitmap_enable->data : a.u.block_dirty_bitmap_disable->data;
+            actions.push_back(block::bitmap_enable_action(*ctx.graph, d.node, d.name, enable));
+            break;
+        }
+        case transaction_action_kind::block_dirty_bitmap_merge: {
+            auto& d = a.u.block_dirty_bitmap_merge->data;
+            actions.push_back(block::bitmap_merge_action(*ctx.graph, d.node, d.target, merge_sources(d.bitmaps)));
+            break;
+        }
         case transaction_action_kind::blockdev_snapshot:
             actions.push_back(block::snapshot_action(*ctx.graph, a.u.blockdev_snapshot->data.node,
                                                      a.u.blockdev_snapshot->data.overlay));

@@ -12,6 +12,7 @@
 /// `persistent: true` is refused on every node. Main loop only.
 #include "bjd/block/dirty_bitmap.hpp"
 #include "bjd/block/node.hpp"
+#include "bjd/block/transaction.hpp"
 #include "bjd/qapi/error.hpp"
 
 #include <cstdint>
@@ -82,6 +83,19 @@ struct bitmap_ref {
 /// busy check, then each source in order (lookup, busy, same size as the target's node).
 qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::string& target,
                                 const std::vector<bitmap_ref>& sources);
+
+/// The commands above as `transaction` actions (transaction.hpp), with QEMU 7.2's undo:
+/// add removes the new bitmap on abort; remove marks it busy in prepare and drops it only on
+/// commit; clear and merge keep a copy of the bits to restore; enable and disable restore
+/// the previous state.
+std::unique_ptr<transaction_action> bitmap_add_action(graph& g, std::string node, std::string name,
+                                                      std::optional<std::uint32_t> granularity, bool persistent,
+                                                      bool disabled);
+std::unique_ptr<transaction_action> bitmap_remove_action(graph& g, std::string node, std::string name);
+std::unique_ptr<transaction_action> bitmap_clear_action(graph& g, std::string node, std::string name);
+std::unique_ptr<transaction_action> bitmap_enable_action(graph& g, std::string node, std::string name, bool enable);
+std::unique_ptr<transaction_action> bitmap_merge_action(graph& g, std::string node, std::string target,
+                                                        std::vector<bitmap_ref> sources);
 
 /// The bitmap an export of `n` serves as qemu:dirty-bitmap:NAME: found on `n` or down its
 /// filter and backing chain ("Bitmap 'x' is not found"), not enabled on a writable node when
