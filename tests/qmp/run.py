@@ -623,6 +623,13 @@ class Run:
             self.cur.send(b'{"execute": "quit"}')
             self.recv_until(lambda m: False, "EOF")
             self.quit_done = True
+            # The monitor closes before the daemon has released its images:
+            # steps after @quit (qemu-io on the files) need the process gone.
+            if self.proc:
+                try:
+                    self.proc.wait(self.timeout)
+                except subprocess.TimeoutExpired:
+                    pass  # finish() reports and kills it
         elif k == "group":
             self.group = []
         elif k == "endgroup":
