@@ -106,7 +106,10 @@ qapi::image_info describe_image(const node& n, bool with_backing_chain)
         if (!img.backing_filename)
             img.backing_filename = b->filename();
         img.full_backing_filename = b->filename();
-        img.backing_filename_format = std::string(b->driver());
+        const node* data = b;   // a job's filter above the backing image shows what it filters
+        while (data->is_filter() && data->primary_child())
+            data = data->primary_child();
+        img.backing_filename_format = std::string(data->driver());
         if (with_backing_chain)
             img.backing_image = qapi::box<qapi::image_info>(describe_image(*b, true));
     }

@@ -10,12 +10,11 @@
 #include "bjd/block/reopen.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
+#include "copy/chain.hpp"
 #include "copy/pacing.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 
-#include <climits>
-#include <cstdlib>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -29,36 +28,9 @@ constexpr std::uint64_t chunk = 512 << 10;
 
 auto logger() { return log::get("jobs"); }
 
-/// The next node down the chain: a filter's child, a format's COW backing (QEMU's
-/// bdrv_filter_or_cow_bs).
-block::node* chain_next(const block::node& n)
-{
-    return n.is_filter() ? n.primary_child() : n.cow_backing();
-}
-
-bool chain_contains(const block::node& top, const block::node* n)
-{
-    for (const block::node* i = &top; i; i = chain_next(*i))
-        if (i == n)
-            return true;
-    return false;
-}
-
-std::string real_path(const std::string& f)
-{
-    char buf[PATH_MAX];
-    return ::realpath(f.c_str(), buf) ? std::string(buf) : f;
-}
-
-/// QEMU's bdrv_find_backing_image: the node below `top` whose file is `name`.
-std::shared_ptr<block::node> find_backing_image(const block::node& top, const std::string& name)
-{
-    const std::string want = real_path(name);
-    for (block::node* i = chain_next(top); i; i = chain_next(*i))
-        if (!i->is_filter() && (i->filename() == name || real_path(i->filename()) == want))
-            return i->shared_from_this();
-    return nullptr;
-}
+using detail::chain_contains;
+using detail::chain_next;
+using detail::find_backing_image;
 
 struct stream_setup {
     block::graph* graph = nullptr;
@@ -126,7 +98,9 @@ public:
             } else {
                 n = st->length;
                 if (!(st->flags & block::status_allocated)) {
-                    auto above = co_await allocated_above(offset, n);
+                    // Data between the node's backing image and the bottom (inclusive) is copied.
+                    auto above = co_await detail::allocated_between(chain_next(*s_.top), chain_next(*s_.bottom),
+                                                                    offset, n);
                     if (above) {
                         copy = above->first;
                         n = above->second;
@@ -225,28 +199,6 @@ public:
     }
 
 private:
-    /// Whether a node between the node's backing image and the bottom (inclusive) holds data
-    /// for [offset, offset+n), and for how many bytes that answer holds (QEMU's
-    /// bdrv_is_allocated_above with include_base).
-    asio::awaitable<result<std::pair<bool, std::uint64_t>>> allocated_above(std::uint64_t offset, std::uint64_t n)
-    {
-        for (block::node* i = chain_next(*s_.top); i; i = chain_next(*i)) {
-            if (offset >= i->size())
-                break;   // a shorter backing image: nothing below it counts there either
-            if (!i->is_filter()) {
-                auto st = co_await i->block_status(offset, n);
-                if (!st)
-                    co_return st.error();
-                if (st->flags & block::status_allocated)
-                    co_return std::pair{true, std::min(n, st->length)};
-                n = std::min(n, st->length);
-            }
-            if (i == s_.bottom.get())
-                break;
-        }
-        co_return std::pair{false, n};
-    }
-
     static asio::awaitable<void> reopen_back(std::shared_ptr<block::node> n, std::string id)
     {
         if (auto r = co_await block::reopen_read_only(*n, true); !r)

@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: MIT
+// block-commit of an intermediate image (QEMU 7.2's blockdev.c qmp_block_commit and
+// block/commit.c): the checks, the commit_top filter above the image, the copy loop into the
+// base, and the end, where the image above `top` gets the base as its backing image.
+#include "bjd/jobs/commit.hpp"
+
+#include "bjd/block/create.hpp"
+#include "bjd/block/driver.hpp"
+#include "bjd/block/graph.hpp"
+#include "bjd/block/reopen.hpp"
+#include "bjd/io/buffer.hpp"
+#include "bjd/jobs/job_driver.hpp"
+#include "bjd/log.hpp"
+#include "copy/chain.hpp"
+#include "copy/pacing.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace bjd::jobs {
+
+namespace {
+
+/// QEMU's COMMIT_BUFFER_SIZE: how much one iteration looks at and copies.
+constexpr std::uint64_t chunk = 512 << 10;
+
+auto logger() { return log::get("jobs"); }
+
+using detail::chain_contains;
+using detail::chain_next;
+using detail::find_backing_image;
+
+/// QEMU's bdrv_is_root_node: every parent is a device or an export; a node above it or a
+/// job's reference makes it a non-root node.
+bool is_root(const block::node& n)
+{
+    return std::none_of(n.parents().begin(), n.parents().end(), [](const block::edge* e) {
+        return e->kind() == block::parent_kind::node || e->kind() == block::parent_kind::job;
+    });
+}
+
+/// QEMU's commit_top driver: sits above the committed image while the job runs, passes reads
+/// through, and takes no permission on it (the job's own references do).
+class commit_top final : public block::node {
+public:
+    commit_top(block::node_options o, std::shared_ptr<block::node> child, bool implicit)
+        : node(std::move(o)), child_(child), implicit_(implicit)
+    {
+        add_child("backing", std::move(child));
+    }
+
+    std::string_view driver() const noexcept override { return "commit_top"; }
+    bool is_filter() const noexcept override { return true; }
+    bool implicit() const noexcept override { return implicit_; }
+    std::uint64_t size() const noexcept override { return child_->size(); }
+    std::int64_t allocated_size() const override { return child_->allocated_size(); }
+    std::uint32_t cluster_size() const noexcept override { return child_->cluster_size(); }
+    std::uint32_t request_alignment() const noexcept override { return child_->request_alignment(); }
+    bool zero_init() const noexcept override { return child_->zero_init(); }
+    node* primary_child() const noexcept override { return child("backing"); }
+    bool flush_on_close() const noexcept override { return false; }
+
+protected:
+    block::perm_pair child_permissions(const block::edge&, block::perm_pair) const override
+    {
+        return {0, block::perm_all};
+    }
+    asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override
+    {
+        co_return co_await child_->read(offset, buf);
+    }
+    /// Nobody writes an image through its overlay's backing link.
+    asio::awaitable<result<void>> do_write(std::uint64_t, std::span<const std::byte>, bool) override
+    {
+        co_return std::make_error_code(std::errc::operation_not_supported);
+    }
+    asio::awaitable<result<block::extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
+    {
+        co_return co_await child_->block_status(offset, length);
+    }
+
+private:
+    std::shared_ptr<block::node> child_;   ///< kept for requests that outlive the edge
+    bool implicit_;
+};
+
+struct commit_setup {
+    block::graph* graph = nullptr;
+    std::shared_ptr<block::node> overlay;   ///< the image above `top`: its backing image becomes `base`
+    std::shared_ptr<block::node> top;       ///< the highest image committed
+    std::shared_ptr<block::node> base;      ///< receives the data
+    std::shared_ptr<commit_top> filter;
+    std::optional<std::string> backing_file;
+    qapi::blockdev_on_error on_error = qapi::blockdev_on_error::report;
+    bool base_reopened = false;             ///< `base` was read-only: read-only again at the end
+};
+
+class commit_job final : public job_driver {
+public:
+    explicit commit_job(commit_setup s, asio::any_io_executor ex) : s_(std::move(s)), ex_(std::move(ex)) {}
+    ~commit_job() override { leave_graph(); }
+
+    void set_filter(std::shared_ptr<commit_top> f, bool base_reopened)
+    {
+        s_.filter = std::move(f);
+        s_.base_reopened = base_reopened;
+    }
+
+    /// Puts the filter above `top` and takes the job's nodes: the filter, `top` and the nodes
+    /// down to the base, the base (written) and the overlay (QEMU's commit_start). On failure
+    /// the graph is as it was.
+    qapi::result<void> attach(job& j)
+    {
+        const std::string user = "commit job '" + j.id() + "'";
+        s_.graph->insert(s_.filter);
+        if (auto r = block::replace_node(*s_.top, s_.filter); !r) {
+            (void)block::drop_filter(*s_.filter);
+            s_.graph->erase(*s_.filter);
+            return r;
+        }
+        attached_ = true;
+        // QEMU's commit_start: job references that block the nodes (a job's children), and
+        // the job's own block devices on `top` (read) and the base (written), which make
+        // blockdev-del answer "Node X is in use".
+        auto take = [&](block::parent_kind kind, const std::shared_ptr<block::node>& n, const char* role,
+                        unsigned perm) -> qapi::result<void> {
+            auto e = std::make_unique<block::edge>(kind, user, role);
+            (void)e->set_perms(perm, block::perm_all);
+            if (auto r = e->attach(n); !r)
+                return r;
+            edges_.push_back(std::move(e));
+            if (kind == block::parent_kind::job) {
+                n->set_blocker("block device is in use by block job: commit");
+                blocked_.push_back(n);
+            }
+            return {};
+        };
+        using enum block::parent_kind;
+        qapi::result<void> r = take(job, s_.filter, "main node", 0);
+        for (block::node* i = s_.top.get(); r && i && i != s_.base.get(); i = chain_next(*i))
+            r = take(job, i->shared_from_this(), "intermediate node", 0);
+        if (r)
+            r = take(job, s_.overlay, "overlay of top", 0);
+        if (r)
+            r = take(job, s_.base, "base", 0);
+        if (r)
+            r = take(anonymous, s_.top, "top", 0);
+        if (r)
+            r = take(anonymous, s_.base, "base", block::perm_consistent_read | block::perm_write | block::perm_resize);
+        if (!r) {
+            leave_graph();
+            return r;
+        }
+        limiter_.set_speed(j.speed());
+        return {};
+    }
+
+    asio::awaitable<qapi::result<void>> run(job& j) override
+    {
+        const std::uint64_t len = s_.top->size();
+        j.progress_set_remaining(len);
+        if (s_.base->size() < len)
+            if (auto r = co_await s_.base->truncate(len); !r) {
+                j.set_error_errno(r.error().value());
+                co_return qapi::generic(strerror_text(r.error()));
+            }
+        io::aligned_buffer buf(chunk);
+        std::optional<std::error_code> failure;
+        std::chrono::nanoseconds delay{0};
+        for (std::uint64_t offset = 0, n = 0; offset < len; offset += n) {
+            co_await j.sleep(delay);
+            if (j.is_cancelled())
+                break;
+            n = std::min(chunk, len - offset);
+            bool copy = false;
+            bool in_source = false;
+            result<void> r;
+            // Data in `top` or the images below it, down to the base, goes into the base.
+            auto above = co_await detail::allocated_between(s_.top.get(), s_.base.get(), offset, n);
+            if (above) {
+                copy = above->first;
+                n = above->second;
+            } else {
+                r = above.error();
+                in_source = true;
+            }
+            if (r && copy) {
+                auto data = buf.span().first(n);
+                r = co_await s_.top->read(offset, data);
+                in_source = !r;
+                if (r)
+                    r = co_await s_.base->write(offset, data);
+            }
+            if (!r) {
+                auto action = j.error_action(s_.on_error, in_source, r.error().value());
+                if (action == qapi::block_error_action::stop) {
+                    n = 0;   // the same range again once resumed
+                    continue;
+                }
+                if (!failure)
+                    failure = r.error();
+                if (action == qapi::block_error_action::report)
+                    break;
+            }
+            j.progress_done(n);
+            delay = std::chrono::nanoseconds(0);
+            if (copy) {
+                limiter_.charge(n);
+                delay = limiter_.delay();
+            }
+        }
+        if (failure) {
+            j.set_error_errno(failure->value());
+            co_return qapi::generic(strerror_text(*failure));
+        }
+        if (j.is_cancelled())
+            co_return qapi::result<void>{};
+        // The base holds everything: make it durable, then let the overlay's header name it
+        // (a crash in between leaves a header naming the old chain, which reads the same).
+        if (auto f = co_await s_.base->flush(); !f) {
+            j.set_error_errno(f.error().value());
+            co_return qapi::generic(strerror_text(f.error()));
+        }
+        if (block::qcow2_info(*s_.overlay)) {
+            const std::string file = s_.backing_file ? *s_.backing_file : s_.base->filename();
+            if (auto h = co_await block::qcow2_change_backing_file(*s_.overlay, file, std::string(s_.base->driver()));
+                !h) {
+                j.set_error_errno(h.error().value());
+                co_return qapi::generic(strerror_text(h.error()));
+            }
+        }
+        co_return qapi::result<void>{};
+    }
+
+    /// Graph changes of QEMU's commit_prepare (bdrv_drop_intermediate): the filter goes, and
+    /// the base becomes the overlay's backing image; the images in between nobody else holds
+    /// are closed.
+    qapi::result<void> prepare(job& j) override
+    {
+        leave_graph();
+        std::shared_ptr<block::node> old = s_.top;
+        (void)block::set_qcow2_backing(*s_.overlay, nullptr);
+        if (auto r = block::set_qcow2_backing(*s_.overlay, s_.base); !r) {
+            logger()->error("commit '{}': cannot attach '{}' below '{}': {}", j.id(), s_.base->name(),
+                            s_.overlay->name(), r.error().desc);
+            (void)block::set_qcow2_backing(*s_.overlay, old);
+            return qapi::generic(std::strerror(EPERM));
+        }
+        logger()->info("commit '{}': '{}' now has '{}' as its backing image", j.id(), s_.overlay->name(),
+                       s_.base->name());
+        if (!old->monitor_owned())
+            s_.graph->close_later(ex_, old);
+        return {};
+    }
+
+    void abort(job&) override { leave_graph(); }
+
+    void clean(job& j) override
+    {
+        leave_graph();
+        if (s_.base_reopened) {
+            // Back to read-only, as it was before the job (QEMU's commit_clean).
+            asio::co_spawn(ex_, reopen_back(s_.base, j.id()), log::on_failure("jobs", "commit clean"));
+            s_.base_reopened = false;
+        }
+    }
+
+    void set_speed(job& j, std::int64_t speed) override
+    {
+        limiter_.set_speed(speed);
+        if (j.sleeping_timed())
+            j.enter();
+    }
+
+private:
+    static asio::awaitable<void> reopen_back(std::shared_ptr<block::node> n, std::string id)
+    {
+        if (auto r = co_await block::reopen_read_only(*n, true); !r)
+            logger()->warn("commit '{}': '{}' stays read-write: {}", id, n->name(), r.error().desc);
+    }
+
+    void leave_graph()
+    {
+        if (!attached_)
+            return;
+        attached_ = false;
+        edges_.clear();
+        for (auto& n : blocked_)
+            n->set_blocker({});
+        blocked_.clear();
+        if (auto r = block::drop_filter(*s_.filter); !r)
+            logger()->error("commit: cannot remove filter '{}': {}", s_.filter->name(), r.error().desc);
+        s_.graph->close_later(ex_, s_.filter);
+    }
+
+    commit_setup s_;
+    asio::any_io_executor ex_;
+    detail::rate_limiter limiter_;
+    std::vector<std::unique_ptr<block::edge>> edges_;
+    std::vector<std::shared_ptr<block::node>> blocked_;
+    bool attached_ = false;
+};
+
+} // namespace
+
+asio::awaitable<qapi::result<void>> start_commit(manager& m, block::graph& g, const commit_params& p)
+{
+    auto found = g.lookup(p.device);
+    if (!found)
+        co_return qapi::error{qapi::error_class::device_not_found, "Device '" + p.device + "' not found", {}};
+    std::shared_ptr<block::node> root = *found;
+    if (!is_root(*root))
+        co_return qapi::generic("Need a root block node");
+    if (auto r = root->check_op(block::block_op::other); !r)   // QEMU's COMMIT_SOURCE
+        co_return r.error();
+
+    std::shared_ptr<block::node> top = root;
+    if (p.top && p.top_node)
+        co_return qapi::generic("'top-node' and 'top' are mutually exclusive");
+    if (p.top_node) {
+        auto t = g.lookup(std::nullopt, p.top_node);
+        if (!t)
+            co_return t.error();
+        top = *t;
+        if (!chain_contains(*root, top.get()))
+            co_return qapi::generic("'" + *p.top_node + "' is not in this backing file chain");
+    } else if (p.top && *p.top != root->filename()) {
+        top = find_backing_image(*root, *p.top);
+        if (!top)
+            co_return qapi::generic("Top image file " + *p.top + " not found");
+    }
+
+    std::shared_ptr<block::node> base;
+    if (p.base && p.base_node)
+        co_return qapi::generic("'base-node' and 'base' are mutually exclusive");
+    if (p.base_node) {
+        auto b = g.lookup(std::nullopt, p.base_node);
+        if (!b)
+            co_return b.error();
+        base = *b;
+        if (!chain_contains(*top, base.get()))
+            co_return qapi::generic("'" + *p.base_node + "' is not in this backing file chain");
+    } else if (p.base) {
+        base = find_backing_image(*top, *p.base);
+        if (!base)
+            co_return qapi::generic("Can't find '" + *p.base + "' in the backing chain");
+    } else {
+        // QEMU's bdrv_find_base: the bottom of the chain (which may be `top` itself).
+        for (block::node* i = top.get(); i; i = chain_next(*i))
+            base = i->shared_from_this();
+        if (!base)
+            co_return qapi::generic("There is no backimg image");   // sic, QEMU's text
+    }
+    for (block::node* i = top.get(); i && i != chain_next(*base); i = chain_next(*i))
+        if (auto r = i->check_op(block::block_op::commit_target); !r)
+            co_return r.error();
+    if (top == base)
+        co_return qapi::generic("cannot commit an image into itself");
+
+    if (top == root) {
+        if (p.backing_file)
+            co_return qapi::generic("'backing-file' specified, but 'top' is the active layer");
+        co_return qapi::generic("committing the active layer is not supported yet");
+    }
+    std::shared_ptr<block::node> overlay;
+    for (block::node* i = root.get(); i; i = chain_next(*i))
+        if (chain_next(*i) == top.get())
+            overlay = i->shared_from_this();
+    if (auto r = overlay->check_op(block::block_op::commit_target); !r)
+        co_return r.error();
+
+    const std::string job_id = p.job_id ? *p.job_id : (g.drives().find(p.device) ? p.device : std::string());
+    if (auto r = check_job_id(job_id); !r)
+        co_return r.error();
+    commit_setup s;
+    s.graph = &g;
+    s.overlay = overlay;
+    s.top = top;
+    s.base = base;
+    s.backing_file = p.backing_file;
+    s.on_error = p.on_error;
+    auto drv = std::make_unique<commit_job>(std::move(s), m.loop().get_executor());
+    commit_job* cj = drv.get();
+    auto created = m.create_block_job(job_id, job_type::commit, std::move(drv),
+                                      {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed);
+    if (!created)
+        co_return created.error();
+    job& j = **created;
+
+    // The filter, after the job as QEMU creates it (its name errors end the job).
+    block::node_options fo;
+    fo.name = p.filter_node_name ? *p.filter_node_name : g.auto_name();
+    fo.read_only = true;
+    if (p.filter_node_name) {
+        if (auto r = block::check_node_name(*p.filter_node_name); !r) {
+            m.early_fail(j);
+            co_return r.error();
+        }
+        if (g.find(*p.filter_node_name)) {
+            m.early_fail(j);
+            co_return qapi::generic("Duplicate nodes with node-name='" + *p.filter_node_name + "'");
+        }
+    }
+    // The base is written: reopen it read-write for the job.
+    const bool reopen = base->read_only();
+    if (reopen)
+        if (auto r = co_await block::reopen_read_only(*base, false); !r) {
+            m.early_fail(j);
+            co_return r.error();
+        }
+    cj->set_filter(std::make_shared<commit_top>(fo, top, !p.filter_node_name), reopen);
+    if (auto r = cj->attach(j); !r) {
+        m.early_fail(j);
+        if (reopen)
+            (void)co_await block::reopen_read_only(*base, true);
+        co_return r.error();
+    }
+    m.start(j);
+    logger()->info("commit '{}': '{}' down to base '{}'", j.id(), top->name(), base->name());
+    co_return qapi::result<void>{};
+}
+
+} // namespace bjd::jobs
