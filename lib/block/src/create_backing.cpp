@@ -105,6 +105,7 @@ asio::awaitable<result<void>> qcow2_node::change_backing_file(const std::string&
     h_.backing_file_size = static_cast<std::uint32_t>(name.size());
     h_.backing_file = info_.backing_file = name;
     h_.backing_format = info_.backing_format = fmt;
+    auto_backing_file_ = name;
     log::get("qcow2")->info("qcow2 node '{}': backing file changed to '{}' (format '{}')", this->name(), name, fmt);
     co_return result<void>{};
 }

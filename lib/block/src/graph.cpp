@@ -298,6 +298,7 @@ struct opener {
         inherited binh = mine;
         binh.read_only = true;
         std::shared_ptr<node> backing;
+        bool from_header = false;
         if (q.backing) {
             if (const auto* ref = std::get_if<std::string>(&*q.backing)) {
                 auto b = g.lookup(*ref);
@@ -319,10 +320,13 @@ struct opener {
             if (!b)
                 co_return b.error();
             backing = *b;
+            from_header = true;
         }
         if (backing)
             if (auto r = set_qcow2_backing(**n, backing); !r)
                 co_return r.error();
+        if (from_header)
+            note_backing_from_header(**n);
         co_return n;
     }
 
@@ -382,6 +386,7 @@ struct opener {
                         co_return b.error();
                     if (auto r = set_qcow2_backing(**n, *b); !r)
                         co_return r.error();
+                    note_backing_from_header(**n);
                 }
             }
         } else {
@@ -429,6 +434,7 @@ asio::awaitable<qapi::result<void>> graph::open_backing_chain(node& n)
         co_return b.error();   // nodes made so far die with `op`
     if (auto r = set_qcow2_backing(n, *b); !r)
         co_return r.error();
+    note_backing_from_header(n);
     for (auto& m : op.made)
         insert(m);
     log::get("block")->info("node '{}': opened backing '{}'", n.name(), (*b)->filename());

@@ -81,6 +81,11 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_qcow2(node_options com
 /// Error if `image` is not qcow2, already has a backing child, or a permission conflict.
 qapi::result<void> set_qcow2_backing(node& image, std::shared_ptr<node> backing);
 
+/// After `set_qcow2_backing` with the image the header names, opened from that name: the
+/// header's name counts as the backing image's file name (QEMU's auto_backing_file), so a
+/// relative name in the header does not make the node's filename a json: one.
+void note_backing_from_header(node& image);
+
 // ---- default child permissions (QEMU's bdrv_default_perms) --------------------------------------
 
 /// A filter's child, and raw's file without offset or size: the same as the parents.

@@ -54,6 +54,7 @@ qcow2_node::qcow2_node(node_options o, std::shared_ptr<node> file, header h, con
     info_.version = h_.version;
     info_.backing_file = h_.backing_file;
     info_.backing_format = h_.backing_format;
+    auto_backing_file_ = h_.backing_file;
     info_.lazy_refcounts = (h_.compatible & compat_lazy_refcounts) != 0;
     info_.corrupt = (h_.incompatible & incompat_corrupt) != 0;
     info_.refcount_bits = 1u << h_.refcount_order;
@@ -356,7 +357,14 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_qcow2(node_options com
 
 std::optional<boost::json::object> qcow2::qcow2_node::json_options() const
 {
-    if (info_.backing_file.empty() || backing())
+    // QEMU's bdrv_backing_overridden: the backing child is not what the header names, or
+    // the header names one and there is none.
+    if (node* b = backing()) {
+        if (auto_backing_file_ == b->filename())
+            return std::nullopt;
+        return boost::json::object{{"backing", options_json(*b)}, {"driver", "qcow2"}, {"file", options_json(*file())}};
+    }
+    if (info_.backing_file.empty())
         return std::nullopt;
     return boost::json::object{{"backing", nullptr}, {"driver", "qcow2"}, {"file", options_json(*file())}};
 }
@@ -379,6 +387,12 @@ qapi::result<void> set_qcow2_backing(node& image, std::shared_ptr<node> backing)
         return r;
     }
     return {};
+}
+
+void note_backing_from_header(node& image)
+{
+    if (auto* q = dynamic_cast<qcow2::qcow2_node*>(&image); q && q->backing())
+        q->set_auto_backing_file(q->backing()->filename());
 }
 
 const qcow2_image_info* qcow2_info(const node& n) noexcept

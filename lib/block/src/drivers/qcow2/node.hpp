@@ -174,6 +174,9 @@ public:
     void attach_backing(std::shared_ptr<node> b) { add_child("backing", std::move(b)); }
     void detach_backing() { remove_child("backing"); }
     const qcow2_image_info& info() const noexcept { return info_; }
+    /// QEMU's auto_backing_file: the header's backing name, or the file name of the backing
+    /// image opened from it; a backing child with another file name was given instead of it.
+    void set_auto_backing_file(std::string f) { auto_backing_file_ = std::move(f); }
     /// change-backing-file (create_backing.cpp): rewrites the header's backing file name and
     /// backing-format extension (none when `fmt` is empty), keeping the other extensions.
     asio::awaitable<result<void>> change_backing_file(const std::string& file, const std::string& fmt);
@@ -321,6 +324,7 @@ private:
 
     header h_;
     qcow2_image_info info_;
+    std::string auto_backing_file_;
     std::uint64_t cs_;
     std::uint64_t l2_entries_;            ///< entries per L2 table
     std::uint64_t rb_entries_;            ///< refcount entries per refcount block
