@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// block-commit of an intermediate image (QEMU 7.2's blockdev.c qmp_block_commit and
-// block/commit.c): the checks, the commit_top filter above the image, the copy loop into the
-// base, and the end, where the image above `top` gets the base as its backing image.
+// block-commit (QEMU 7.2's blockdev.c qmp_block_commit, block/commit.c and commit_active_start
+// in block/mirror.c): the checks; for an intermediate image the commit_top filter above it, the
+// copy loop into the base, and the end, where the image above it gets the base as its backing
+// image; for the active layer a mirror job of type commit into the base.
 #include "bjd/jobs/commit.hpp"
 
 #include "bjd/block/create.hpp"
@@ -12,12 +13,13 @@
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
 #include "copy/chain.hpp"
+#include "copy/job_nodes.hpp"
 #include "copy/pacing.hpp"
-
-#include <boost/asio/co_spawn.hpp>
+#include "mirror/mirror_job.hpp"
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -33,15 +35,7 @@ auto logger() { return log::get("jobs"); }
 using detail::chain_contains;
 using detail::chain_next;
 using detail::find_backing_image;
-
-/// QEMU's bdrv_is_root_node: every parent is a device or an export; a node above it or a
-/// job's reference makes it a non-root node.
-bool is_root(const block::node& n)
-{
-    return std::none_of(n.parents().begin(), n.parents().end(), [](const block::edge* e) {
-        return e->kind() == block::parent_kind::node || e->kind() == block::parent_kind::job;
-    });
-}
+using detail::is_root;
 
 /// QEMU's commit_top driver: sits above the committed image while the job runs, passes reads
 /// through, and takes no permission on it (the job's own references do).
@@ -115,42 +109,23 @@ public:
     /// the graph is as it was.
     qapi::result<void> attach(job& j)
     {
-        const std::string user = "commit job '" + j.id() + "'";
-        s_.graph->insert(s_.filter);
-        if (auto r = block::replace_node(*s_.top, s_.filter); !r) {
-            (void)block::drop_filter(*s_.filter);
-            s_.graph->erase(*s_.filter);
+        if (auto r = detail::insert_filter(*s_.graph, s_.filter, *s_.top); !r)
             return r;
-        }
         attached_ = true;
-        // QEMU's commit_start: job references that block the nodes (a job's children), and
-        // the job's own block devices on `top` (read) and the base (written), which make
-        // blockdev-del answer "Node X is in use".
-        auto take = [&](block::parent_kind kind, const std::shared_ptr<block::node>& n, const char* role,
-                        unsigned perm) -> qapi::result<void> {
-            auto e = std::make_unique<block::edge>(kind, user, role);
-            (void)e->set_perms(perm, block::perm_all);
-            if (auto r = e->attach(n); !r)
-                return r;
-            edges_.push_back(std::move(e));
-            if (kind == block::parent_kind::job) {
-                n->set_blocker("block device is in use by block job: commit");
-                blocked_.push_back(n);
-            }
-            return {};
-        };
-        using enum block::parent_kind;
-        qapi::result<void> r = take(job, s_.filter, "main node", 0);
+        // QEMU's commit_start: job references that block the nodes, and the job's own I/O on
+        // `top` (read) and the base (written), which make blockdev-del answer "Node X is in use".
+        auto& n = nodes_.emplace("commit job '" + j.id() + "'", "commit");
+        qapi::result<void> r = n.hold(s_.filter, "main node");
         for (block::node* i = s_.top.get(); r && i && i != s_.base.get(); i = chain_next(*i))
-            r = take(job, i->shared_from_this(), "intermediate node", 0);
+            r = n.hold(i->shared_from_this(), "intermediate node");
         if (r)
-            r = take(job, s_.overlay, "overlay of top", 0);
+            r = n.hold(s_.overlay, "overlay of top");
         if (r)
-            r = take(job, s_.base, "base", 0);
+            r = n.hold(s_.base, "base");
         if (r)
-            r = take(anonymous, s_.top, "top", 0);
+            r = n.use(s_.top, "top", 0);
         if (r)
-            r = take(anonymous, s_.base, "base", block::perm_consistent_read | block::perm_write | block::perm_resize);
+            r = n.use(s_.base, "base", block::perm_consistent_read | block::perm_write | block::perm_resize);
         if (!r) {
             leave_graph();
             return r;
@@ -264,7 +239,7 @@ public:
         leave_graph();
         if (s_.base_reopened) {
             // Back to read-only, as it was before the job (QEMU's commit_clean).
-            asio::co_spawn(ex_, reopen_back(s_.base, j.id()), log::on_failure("jobs", "commit clean"));
+            detail::restore_read_only(ex_, s_.base, "commit '" + j.id() + "'");
             s_.base_reopened = false;
         }
     }
@@ -277,33 +252,57 @@ public:
     }
 
 private:
-    static asio::awaitable<void> reopen_back(std::shared_ptr<block::node> n, std::string id)
-    {
-        if (auto r = co_await block::reopen_read_only(*n, true); !r)
-            logger()->warn("commit '{}': '{}' stays read-write: {}", id, n->name(), r.error().desc);
-    }
-
     void leave_graph()
     {
         if (!attached_)
             return;
         attached_ = false;
-        edges_.clear();
-        for (auto& n : blocked_)
-            n->set_blocker({});
-        blocked_.clear();
-        if (auto r = block::drop_filter(*s_.filter); !r)
-            logger()->error("commit: cannot remove filter '{}': {}", s_.filter->name(), r.error().desc);
-        s_.graph->close_later(ex_, s_.filter);
+        nodes_.reset();
+        detail::remove_filter(*s_.graph, ex_, s_.filter, "commit");
     }
 
     commit_setup s_;
     asio::any_io_executor ex_;
     detail::rate_limiter limiter_;
-    std::vector<std::unique_ptr<block::edge>> edges_;
-    std::vector<std::shared_ptr<block::node>> blocked_;
+    std::optional<detail::job_nodes> nodes_;
     bool attached_ = false;
 };
+
+/// Commit of the active layer (QEMU's commit_active_start): a mirror of `top` into `base`,
+/// which is in its own chain. It reports READY once `base` holds everything, keeps it in step
+/// with new writes, and on block-job-complete puts `base` in `top`'s place, read-write.
+asio::awaitable<qapi::result<void>> start_active_commit(manager& m, block::graph& g, const commit_params& p,
+                                                        const std::string& job_id,
+                                                        const std::shared_ptr<block::node>& top,
+                                                        const std::shared_ptr<block::node>& base)
+{
+    // The base is written: reopen it read-write first, as QEMU does before the mirror's checks.
+    const bool reopen = base->read_only();
+    if (reopen)
+        if (auto r = co_await block::reopen_read_only(*base, false); !r)
+            co_return r.error();
+    qapi::result<void> r;
+    if (p.filter_node_name)
+        r = detail::check_filter_name(g, *p.filter_node_name);
+    if (r) {
+        detail::mirror_setup s;
+        s.graph = &g;
+        s.source = top;
+        s.target = base;
+        s.sync = qapi::mirror_sync_mode::top;
+        s.on_source_error = p.on_error;
+        s.on_target_error = p.on_error;
+        s.granularity = default_granularity(base->cluster_size());
+        s.target_is_backing = true;
+        s.target_reopened = reopen;
+        s.type = job_type::commit;
+        r = detail::launch(m, std::move(s), job_id, {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss},
+                           p.speed, p.filter_node_name);
+    }
+    if (!r && reopen)
+        (void)co_await block::reopen_read_only(*base, true);
+    co_return r;
+}
 
 } // namespace
 
@@ -361,10 +360,11 @@ asio::awaitable<qapi::result<void>> start_commit(manager& m, block::graph& g, co
     if (top == base)
         co_return qapi::generic("cannot commit an image into itself");
 
+    const std::string job_id = p.job_id ? *p.job_id : (g.drives().find(p.device) ? p.device : std::string());
     if (top == root) {
         if (p.backing_file)
             co_return qapi::generic("'backing-file' specified, but 'top' is the active layer");
-        co_return qapi::generic("committing the active layer is not supported yet");
+        co_return co_await start_active_commit(m, g, p, job_id, top, base);
     }
     std::shared_ptr<block::node> overlay;
     for (block::node* i = root.get(); i; i = chain_next(*i))
@@ -373,7 +373,6 @@ asio::awaitable<qapi::result<void>> start_commit(manager& m, block::graph& g, co
     if (auto r = overlay->check_op(block::block_op::commit_target); !r)
         co_return r.error();
 
-    const std::string job_id = p.job_id ? *p.job_id : (g.drives().find(p.device) ? p.device : std::string());
     if (auto r = check_job_id(job_id); !r)
         co_return r.error();
     commit_setup s;
@@ -395,16 +394,11 @@ asio::awaitable<qapi::result<void>> start_commit(manager& m, block::graph& g, co
     block::node_options fo;
     fo.name = p.filter_node_name ? *p.filter_node_name : g.auto_name();
     fo.read_only = true;
-    if (p.filter_node_name) {
-        if (auto r = block::check_node_name(*p.filter_node_name); !r) {
+    if (p.filter_node_name)
+        if (auto r = detail::check_filter_name(g, *p.filter_node_name); !r) {
             m.early_fail(j);
             co_return r.error();
         }
-        if (g.find(*p.filter_node_name)) {
-            m.early_fail(j);
-            co_return qapi::generic("Duplicate nodes with node-name='" + *p.filter_node_name + "'");
-        }
-    }
     // The base is written: reopen it read-write for the job.
     const bool reopen = base->read_only();
     if (reopen)

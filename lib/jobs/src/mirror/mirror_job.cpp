@@ -5,6 +5,7 @@
 
 #include "bjd/block/driver.hpp"
 #include "bjd/log.hpp"
+#include "copy/chain.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 
@@ -46,27 +47,39 @@ mirror_job::~mirror_job()
 
 qapi::result<void> mirror_job::attach(job& j)
 {
-    const std::string user = "mirror job '" + j.id() + "'";
+    const std::string user = std::string(qapi::to_string(s_.type)) + " job '" + j.id() + "'";
     // Every parent of the source now goes through the filter (QEMU's bdrv_append).
-    s_.filter->attach_job(this);
-    s_.graph->insert(s_.filter);
-    if (auto r = block::replace_node(*s_.source, s_.filter); !r) {
-        remove_filter();
-        release_filter(s_.source);
+    if (auto r = detail::insert_filter(*s_.graph, s_.filter, *s_.source); !r) {
         exited_ = true;
         return r;
     }
+    s_.filter->attach_job(this);
     main_edge_ = std::make_unique<block::edge>(block::parent_kind::job, user, "main node");
     (void)main_edge_->set_perms(block::perm_consistent_read,
                                 block::perm_consistent_read | block::perm_write | block::perm_write_unchanged);
     target_io_ = std::make_unique<block::edge>(block::parent_kind::anonymous, user, "root");
-    (void)target_io_->set_perms(block::perm_write, block::perm_write_unchanged);
+    // Active commit writes an image its own chain reads and writes through: share that, and
+    // take resize when the base must grow to the top's size (QEMU's mirror_start_job).
+    unsigned target_perm = block::perm_write;
+    unsigned target_shared = block::perm_write_unchanged;
+    if (s_.target_is_backing) {
+        target_shared |= block::perm_consistent_read | block::perm_write;
+        if (s_.target->size() < s_.source->size())
+            target_perm |= block::perm_resize;
+    }
+    (void)target_io_->set_perms(target_perm, target_shared);
     target_job_edge_ = std::make_unique<block::edge>(block::parent_kind::job, user, "target");
     qapi::result<void> r = main_edge_->attach(s_.filter);
     if (r)
         r = target_io_->attach(s_.target);
     if (r)
         r = target_job_edge_->attach(s_.target);
+    if (r && s_.target_is_backing) {
+        // The images between the top and the base: held, and left in the chain at the end.
+        auto& held = intermediates_.emplace(user, qapi::to_string(s_.type));
+        for (block::node* i = chain_next(*s_.source); r && i && i != s_.target.get(); i = chain_next(*i))
+            r = held.hold(i->shared_from_this(), "intermediate node", 0);
+    }
     if (!r) {
         release_edges();
         remove_filter();
@@ -78,7 +91,7 @@ qapi::result<void> mirror_job::attach(job& j)
     job_ = &j;
     limiter_.set_speed(j.speed());
     s_.source->add_write_observer(this);
-    const std::string why = "block device is in use by block job: mirror";
+    const std::string why = "block device is in use by block job: " + std::string(qapi::to_string(s_.type));
     s_.source->set_blocker(why);
     s_.target->set_blocker(why);
     // Until the bitmap is built, the whole device is the estimate: never len 0 with work ahead.
@@ -92,17 +105,14 @@ void mirror_job::release_edges()
     main_edge_.reset();
     target_io_.reset();
     target_job_edge_.reset();
+    intermediates_.reset();
 }
 
 void mirror_job::remove_filter()
 {
     // The filter's parents go back to what it filtered (they take there what they took
-    // through it, so this cannot conflict), and the filter lets go of the source.
-    if (auto r = block::drop_filter(*s_.filter); !r) {
-        logger()->error("mirror: cannot remove filter '{}': {}", s_.filter->name(), r.error().desc);
-        for (const auto& e : s_.filter->children())
-            e->detach();
-    }
+    // through it, so this cannot conflict).
+    detail::take_out_filter(*s_.filter, "mirror");
 }
 
 void mirror_job::release_filter(const std::shared_ptr<block::node>& below)
@@ -283,7 +293,7 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
             self->handle_error(read_failed, r.error());
         }
     } catch (const std::exception& e) {
-        logger()->error("mirror '{}': op at {} threw: {}", self->job_->id(), offset, e.what());
+        logger()->error("{} '{}': op at {} threw: {}", qapi::to_string(self->s_.type), self->job_->id(), offset, e.what());
         self->bitmap_.set(offset, length);
         if (!self->error_)
             self->error_ = e.what();
@@ -332,7 +342,23 @@ asio::awaitable<void> mirror_job::init_bitmap()
             off += n;
         }
     }
-    bool top = s_.sync == qapi::mirror_sync_mode::top;
+    if (s_.sync == qapi::mirror_sync_mode::top) {
+        // What the images above the base hold: the source's own layer for a mirror, every
+        // image down to the target for an active commit (QEMU's mirror_dirty_init, base_overlay).
+        const block::node* base = s_.target_is_backing ? s_.target.get() : chain_next(*s_.source);
+        for (std::uint64_t off = 0; off < size && !job_->is_cancelled();) {
+            auto above = co_await allocated_between(s_.source.get(), base, off, size - off);
+            if (!above) {
+                bitmap_.set(off, size - off);
+                co_return;
+            }
+            if (above->first)
+                bitmap_.set(off, above->second);
+            off += above->second;
+            co_await job_->pause_point();
+        }
+        co_return;
+    }
     for (std::uint64_t off = 0; off < size && !job_->is_cancelled();) {
         auto st = co_await s_.source->block_status(off, size - off);
         if (!st) {
@@ -340,11 +366,10 @@ asio::awaitable<void> mirror_job::init_bitmap()
             co_return;
         }
         unsigned f = st->flags;
-        bool copy = top ? (f & block::status_allocated) != 0
-                        : (f & (block::status_allocated | block::status_data)) != 0 ||
-                              !((f & block::status_zero) && s_.target->zero_init());
+        bool copy = (f & (block::status_allocated | block::status_data)) != 0 ||
+                    !((f & block::status_zero) && s_.target->zero_init());
         // target-is-zero: what reads as zeroes on the source already does on the target.
-        if (s_.target_is_zero && !top)
+        if (s_.target_is_zero)
             copy = (f & block::status_data) != 0 || !(f & block::status_zero);
         if (copy)
             bitmap_.set(off, st->length);
@@ -419,6 +444,13 @@ asio::awaitable<void> mirror_job::iteration()
 asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
 {
     assert(job_ == &j);
+    if (s_.target_is_backing && s_.target->size() < s_.source->size()) {
+        // Active commit into a smaller base: it grows to the top's size (QEMU's mirror_run).
+        if (auto r = co_await s_.target->truncate(s_.source->size()); !r) {
+            j.set_error_errno(r.error().value());
+            co_return qapi::generic(strerror_text(r.error()));
+        }
+    }
     if (s_.source->size() != s_.target->size()) {
         j.set_error_errno(EINVAL);   // QEMU's mirror_run returns -EINVAL here too
         co_return qapi::generic("Source and target image have different sizes");
@@ -625,9 +657,9 @@ void mirror_job::set_speed(job& j, std::int64_t speed)
 
 qapi::result<void> mirror_job::change(job& j, const qapi::block_job_change_options& opts)
 {
-    if (opts.type != qapi::job_type::mirror || !opts.u.mirror)
-        return qapi::generic("Job type '" + std::string(qapi::to_string(opts.type)) +
-                             "' does not match the job's type 'mirror'");
+    if (opts.type != s_.type || !opts.u.mirror)
+        return qapi::generic("Job type '" + std::string(qapi::to_string(opts.type)) + "' does not match the job's type '" +
+                             std::string(qapi::to_string(s_.type)) + "'");
     bool want = opts.u.mirror->copy_mode == qapi::mirror_copy_mode::write_blocking;
     if (want != active_)
         logger()->info("mirror '{}': copy mode -> {}", j.id(), std::string(qapi::to_string(opts.u.mirror->copy_mode)));
@@ -639,7 +671,8 @@ qapi::result<void> mirror_job::change(job& j, const qapi::block_job_change_optio
 
 void mirror_job::fill_info(const job&, qapi::block_job_info& info) const
 {
-    info.actively_synced = actively_synced_ && active_;
+    if (s_.type == job_type::mirror)   // the only type with a copy mode
+        info.actively_synced = actively_synced_ && active_;
     info.dirty_bytes = static_cast<std::int64_t>(bitmap_.dirty_bytes());
     info.rate = current_rate();
 }
@@ -672,11 +705,11 @@ qapi::result<void> mirror_job::exit_common(bool pivot)
         if (r) {
             below = s_.target;
             if (replaced && replaced != s_.target)
-                logger()->info("mirror '{}': pivoted '{}' to '{}'", job_ ? job_->id() : "", replaced->name(),
+                logger()->info("{} '{}': pivoted '{}' to '{}'", qapi::to_string(s_.type), job_ ? job_->id() : "", replaced->name(),
                                s_.target->name());
         } else {
             // QEMU 7.2 reports the reason and fails the job with EPERM; the source stays.
-            logger()->error("mirror '{}': cannot replace '{}' by '{}': {}", job_ ? job_->id() : "",
+            logger()->error("{} '{}': cannot replace '{}' by '{}': {}", qapi::to_string(s_.type), job_ ? job_->id() : "",
                             replaced->name(), s_.target->name(), r.error().desc);
             outcome = qapi::generic(std::strerror(EPERM));
         }
@@ -700,6 +733,7 @@ qapi::result<void> mirror_job::prepare(job& j)
 
 void mirror_job::abort(job& j)
 {
+    aborted_ = true;
     (void)exit_common(false);
 }
 
@@ -718,6 +752,12 @@ void mirror_job::clean(job& j)
     // everything the job opened below it (its file, a backing chain for mode=existing).
     if (s_.release_target && !s_.target->monitor_owned())
         s_.graph->close_later(ex_, s_.target);
+    // Active commit: a base reopened for a job that failed or was cancelled before READY is
+    // read-only again (QEMU's mirror_exit_common: abort && base_ro).
+    if (s_.target_reopened && aborted_) {
+        s_.target_reopened = false;
+        restore_read_only(ex_, s_.target, std::string(qapi::to_string(s_.type)) + " '" + j.id() + "'");
+    }
 }
 
 } // namespace bjd::jobs::detail

@@ -9,6 +9,7 @@
 #include "bjd/io/buffer.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/jobs/mirror.hpp"
+#include "copy/job_nodes.hpp"
 #include "copy/pacing.hpp"
 
 #include <boost/asio/steady_timer.hpp>
@@ -114,7 +115,21 @@ struct mirror_setup {
     bool open_header_backing = false;
     /// A backing file will appear under the target: zeroes are copied as data, whole clusters.
     bool backing_pending() const noexcept { return deferred_backing || open_header_backing; }
+    /// Active commit (QEMU's commit_active_start): the target is an image in the source's own
+    /// backing chain. Only what lies above it is copied; the chain keeps reading it while the
+    /// job writes it, and it grows to the source's size if it is smaller.
+    bool target_is_backing = false;
+    /// The target was reopened read-write for the job: read-only again unless it took the
+    /// source's place (QEMU's mirror_exit_common, base_ro).
+    bool target_reopened = false;
+    job_type type = job_type::mirror;   ///< commit for an active commit
 };
+
+/// Creates the job for `s` (JOB_STATUS_CHANGE created), connects it to the graph and starts
+/// it; when the graph refuses, the job ends at once (null) and the error says why.
+/// `filter_node_name` names the mirror_top filter (null: an implicit node), checked by the caller.
+qapi::result<void> launch(manager& m, mirror_setup s, const std::string& id, const job_options& o,
+                          std::int64_t speed, const std::optional<std::string>& filter_node_name);
 
 /// The checks and job start after the drive-mirror target exists (`pre_target`, null: opened
 /// here, raw only). mirror_start.cpp.
@@ -200,6 +215,7 @@ private:
     std::unique_ptr<block::edge> main_edge_;        ///< job child on the filter: reads, shares all but resize
     std::unique_ptr<block::edge> target_io_;        ///< the job's writes to the target
     std::unique_ptr<block::edge> target_job_edge_;  ///< job child on the target: takes nothing
+    std::optional<job_nodes> intermediates_;        ///< active commit: the nodes between source and target
     event_flag op_done_;
     rate_limiter limiter_;
     std::uint64_t max_io_;
@@ -215,6 +231,7 @@ private:
     bool actively_synced_ = false;
     bool should_complete_ = false;
     bool exited_ = false;
+    bool aborted_ = false;   ///< failed, or cancelled before READY
     bool drain_paused_ = false;
     std::optional<std::string> error_;
     int error_errno_ = 0;   ///< errno behind error_ (0: none, e.g. an op threw)

@@ -5,6 +5,7 @@
 #include "bjd/block/graph.hpp"
 #include "bjd/jobs/mirror.hpp"
 #include "bjd/log.hpp"
+#include "copy/job_nodes.hpp"
 #include "mirror/mirror_job.hpp"
 
 #include <algorithm>
@@ -20,6 +21,7 @@ namespace bjd::jobs {
 using detail::mirror_job;
 using detail::mirror_setup;
 using detail::mirror_top;
+using detail::is_root;
 
 std::uint32_t default_granularity(std::uint32_t cluster) noexcept
 {
@@ -35,15 +37,6 @@ std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularit
 }
 
 namespace {
-
-/// QEMU's bdrv_is_root_node: every parent is a device/export (BlockBackend); a node parent
-/// (a mirror_top filter, a format node) or a job's reference makes it a non-root node.
-bool is_root(const block::node& n)
-{
-    return std::none_of(n.parents().begin(), n.parents().end(), [](const block::edge* e) {
-        return e->kind() == block::parent_kind::node || e->kind() == block::parent_kind::job;
-    });
-}
 
 /// drive-mirror's target: a raw node over a file node, created (absolute-paths: created or
 /// truncated to `size`) or opened as it is (existing).
@@ -194,14 +187,9 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
         return fail(qapi::generic("Can't mirror node into itself"));
 
     // 11. filter node
-    std::string filter_name;
-    if (p.filter_node_name) {
-        if (auto r = block::check_node_name(*p.filter_node_name); !r)
+    if (p.filter_node_name)
+        if (auto r = detail::check_filter_name(g, *p.filter_node_name); !r)
             return fail(r.error());
-        if (g.find(*p.filter_node_name))
-            return fail(qapi::generic("Duplicate nodes with node-name='" + *p.filter_node_name + "'"));
-        filter_name = *p.filter_node_name;
-    }
 
     // 12. job (QEMU's default id is the BlockBackend name; a bare node has none: "")
     mirror_setup s;
@@ -213,9 +201,8 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
     s.copy_mode = p.copy_mode;
     s.on_source_error = p.on_source_error;
     s.on_target_error = p.on_target_error;
-    // Requests must also suit O_DIRECT on both sides.
-    s.granularity = std::max<std::uint64_t>({gran, source->request_alignment(), target->request_alignment()});
-    s.buf_size = effective_buf_size(p.buf_size, s.granularity);
+    s.granularity = gran;
+    s.buf_size = static_cast<std::uint64_t>(p.buf_size);
     s.unmap = p.unmap;
     s.zero_target = sync == qapi::mirror_sync_mode::full && !p.target_is_zero &&
                     (!p.drive || p.mode == qapi::new_image_mode::existing || !target->zero_init());
@@ -223,31 +210,48 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
     s.deferred_backing = std::move(deferred_backing);
     s.open_header_backing = header_backing;
     s.release_target = opened_target;
-    if (filter_name.empty())
-        filter_name = g.auto_name();
-    block::node_options fo = source->options();
-    fo.name = filter_name;
+    // 13. speed, 14. permissions
+    if (auto r = launch(m, std::move(s), p.job_id.value_or(""),
+                        {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed,
+                        p.filter_node_name);
+        !r)
+        return fail(r.error());
+    return {};
+}
+
+qapi::result<void> detail::launch(manager& m, mirror_setup s, const std::string& id, const job_options& o,
+                                  std::int64_t speed, const std::optional<std::string>& filter_node_name)
+{
+    block::graph& g = *s.graph;
+    // Requests must also suit O_DIRECT on both sides.
+    s.granularity = std::max<std::uint64_t>({s.granularity, s.source->request_alignment(),
+                                             s.target->request_alignment()});
+    s.buf_size = effective_buf_size(static_cast<std::int64_t>(s.buf_size), s.granularity);
+    block::node_options fo = s.source->options();
+    fo.name = filter_node_name ? *filter_node_name : g.auto_name();
     fo.zeroes = block::node_options::detect_zeroes::off;
     fo.discard_unmap = true;   // pass discards through; the source applies its own policy
-    s.filter = std::make_shared<mirror_top>(fo, source, !p.filter_node_name, m.loop().get_executor());
+    s.filter = std::make_shared<mirror_top>(fo, s.source, !filter_node_name, m.loop().get_executor());
+    const std::string what = fmt::format("{} -> {} (sync {})", s.source->name(), s.target->name(),
+                                         qapi::to_string(s.sync));
+    const job_type type = s.type;
 
     auto drv = std::make_unique<mirror_job>(std::move(s), m.loop().get_executor());
     mirror_job* mj = drv.get();
-    // 13. speed (the job exists: created → null on failure)
-    auto created = m.create_block_job(p.job_id.value_or(""), job_type::mirror, std::move(drv),
-                                      {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed);
+    // The job exists from here: created, then null on failure.
+    auto created = m.create_block_job(id, type, std::move(drv), o, speed);
     if (!created)
-        return fail(created.error());
+        return created.error();
     job& j = **created;
-    // 14. permissions: the filter above the source, reading it, writing the target
-    // ("Block node is read-only", a conflict with another user, an image lock)
+    // The filter above the source, reading it, writing the target ("Block node is read-only",
+    // a conflict with another user, an image lock).
     if (auto r = mj->attach(j); !r) {
         m.early_fail(j);
-        return fail(r.error());
+        return r.error();
     }
     m.start(j);
-    log::get("jobs")->info("mirror '{}': {} -> {} (sync {}, granularity {}, buf-size {})", j.id(), source->name(),
-                           target->name(), std::string(qapi::to_string(sync)), mj->granularity(), mj->buf_size());
+    log::get("jobs")->info("{} '{}': {}, granularity {}, buf-size {}", qapi::to_string(type), j.id(), what,
+                           mj->granularity(), mj->buf_size());
     return {};
 }
 

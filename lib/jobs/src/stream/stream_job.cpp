@@ -11,11 +11,11 @@
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
 #include "copy/chain.hpp"
+#include "copy/job_nodes.hpp"
 #include "copy/pacing.hpp"
 
-#include <boost/asio/co_spawn.hpp>
-
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -53,27 +53,16 @@ public:
     /// the graph is as it was.
     qapi::result<void> attach(job& j)
     {
-        const std::string user = "stream job '" + j.id() + "'";
-        s_.graph->insert(s_.filter);
-        if (auto r = block::replace_node(*s_.top, s_.filter); !r) {
-            (void)block::drop_filter(*s_.filter);
-            s_.graph->erase(*s_.filter);
+        if (auto r = detail::insert_filter(*s_.graph, s_.filter, *s_.top); !r)
             return r;
-        }
-        auto take = [&](const std::shared_ptr<block::node>& n, const char* role) {
-            auto e = std::make_unique<block::edge>(block::parent_kind::job, user, role);
-            (void)e->set_perms(0, block::perm_all);
-            (void)e->attach(n);   // takes nothing: cannot conflict
-            edges_.push_back(std::move(e));
-            n->set_blocker("block device is in use by block job: stream");
-            blocked_.push_back(n);
-        };
-        take(s_.filter, "main node");
-        take(s_.top, "target");
-        for (block::node* i = chain_next(*s_.top); i && i != s_.base.get(); i = chain_next(*i))
-            take(i->shared_from_this(), "intermediate node");
-        limiter_.set_speed(j.speed());
         attached_ = true;
+        nodes_.emplace("stream job '" + j.id() + "'", "stream");
+        // References that take nothing: they cannot conflict.
+        (void)nodes_->hold(s_.filter, "main node");
+        (void)nodes_->hold(s_.top, "target");
+        for (block::node* i = chain_next(*s_.top); i && i != s_.base.get(); i = chain_next(*i))
+            (void)nodes_->hold(i->shared_from_this(), "intermediate node");
+        limiter_.set_speed(j.speed());
         return {};
     }
 
@@ -186,7 +175,7 @@ public:
         leave_graph();
         if (s_.reopened) {
             // Back to read-only, as it was before the job (QEMU's stream_clean).
-            asio::co_spawn(ex_, reopen_back(s_.top, j.id()), log::on_failure("jobs", "stream clean"));
+            detail::restore_read_only(ex_, s_.top, "stream '" + j.id() + "'");
             s_.reopened = false;
         }
     }
@@ -199,31 +188,19 @@ public:
     }
 
 private:
-    static asio::awaitable<void> reopen_back(std::shared_ptr<block::node> n, std::string id)
-    {
-        if (auto r = co_await block::reopen_read_only(*n, true); !r)
-            logger()->warn("stream '{}': '{}' stays read-write: {}", id, n->name(), r.error().desc);
-    }
-
     void leave_graph()
     {
         if (!attached_)
             return;
         attached_ = false;
-        edges_.clear();
-        for (auto& n : blocked_)
-            n->set_blocker({});
-        blocked_.clear();
-        if (auto r = block::drop_filter(*s_.filter); !r)
-            logger()->error("stream: cannot remove filter '{}': {}", s_.filter->name(), r.error().desc);
-        s_.graph->close_later(ex_, s_.filter);
+        nodes_.reset();
+        detail::remove_filter(*s_.graph, ex_, s_.filter, "stream");
     }
 
     stream_setup s_;
     asio::any_io_executor ex_;
     detail::rate_limiter limiter_;
-    std::vector<std::unique_ptr<block::edge>> edges_;
-    std::vector<std::shared_ptr<block::node>> blocked_;
+    std::optional<detail::job_nodes> nodes_;
     bool attached_ = false;
 };
 
@@ -286,11 +263,8 @@ asio::awaitable<qapi::result<void>> start_stream(manager& m, block::graph& g, co
     // The filter is made before the job, as QEMU inserts it first.
     std::string filter_name;
     if (p.filter_node_name) {
-        if (auto r = block::check_node_name(*p.filter_node_name); !r)
+        if (auto r = detail::check_filter_name(g, *p.filter_node_name); !r)
             co_return qapi::generic("Could not create node: " + r.error().desc);
-        if (g.find(*p.filter_node_name))
-            co_return qapi::generic("Could not create node: Duplicate nodes with node-name='" + *p.filter_node_name +
-                                    "'");
         filter_name = *p.filter_node_name;
     }
     const std::string job_id = p.job_id ? *p.job_id : (g.drives().find(p.device) ? p.device : std::string());

@@ -30,9 +30,9 @@ struct commit_params {
 };
 
 /// Checks `p` in QEMU 7.2's order, creates the job (JOB_STATUS_CHANGE created; null again when
-/// a later check fails) and starts it. Only intermediate commits for now: committing the
-/// active layer is refused with "not supported". Main loop only; returns before any data is
-/// copied.
+/// a later check fails) and starts it. An intermediate image is copied into the base and
+/// dropped from the chain when the job ends; the active layer is mirrored into the base, which
+/// takes its place on block-job-complete. Main loop only; returns before any data is copied.
 asio::awaitable<qapi::result<void>> start_commit(manager& m, block::graph& g, const commit_params& p);
 
 } // namespace bjd::jobs
