@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
-// Block node commands: blockdev-add, blockdev-del, block_resize, query-named-block-nodes,
+// Block node commands: blockdev-add, blockdev-reopen, blockdev-del, block_resize, query-named-block-nodes,
 // block-set-write-threshold.
 #include "bjd/block/graph.hpp"
 #include "bjd/block/query.hpp"
+#include "bjd/block/reopen.hpp"
 #include "bjd/block/resize.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qapi/events.hpp"
@@ -16,6 +17,11 @@ boost::asio::awaitable<result<void>> qmp_blockdev_add(qmp::context& ctx, blockde
     if (!r)
         co_return r.error();
     co_return result<void>{};
+}
+
+boost::asio::awaitable<result<void>> qmp_blockdev_reopen(qmp::context& ctx, blockdev_reopen_args args)
+{
+    co_return co_await block::reopen_nodes(*ctx.graph, args.options);
 }
 
 boost::asio::awaitable<result<void>> qmp_blockdev_del(qmp::context& ctx, blockdev_del_args args)

@@ -412,7 +412,7 @@ protected:
 private:
     friend class edge;
     friend class perm_update;
-    friend asio::awaitable<qapi::result<void>> reopen_read_only(node& n, bool read_only);
+    friend struct reopen_access;   // reopen.cpp: changes options of an open node
     friend qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to);
     result<void> check_request(std::uint64_t offset, std::uint64_t length, bool is_write) const;
     void notify_write(std::uint64_t offset, std::uint64_t length);
