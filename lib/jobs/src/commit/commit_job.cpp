@@ -5,16 +5,15 @@
 // image; for the active layer a mirror job of type commit into the base.
 #include "bjd/jobs/commit.hpp"
 
-#include "bjd/block/create.hpp"
 #include "bjd/block/driver.hpp"
+#include "bjd/block/filter_node.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/block/reopen.hpp"
 #include "bjd/io/buffer.hpp"
-#include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
 #include "copy/chain.hpp"
+#include "copy/chain_job.hpp"
 #include "copy/job_nodes.hpp"
-#include "copy/pacing.hpp"
 #include "mirror/mirror_job.hpp"
 
 #include <algorithm>
@@ -39,24 +38,14 @@ using detail::is_root;
 
 /// QEMU's commit_top driver: sits above the committed image while the job runs, passes reads
 /// through, and takes no permission on it (the job's own references do).
-class commit_top final : public block::node {
+class commit_top final : public block::filter_node {
 public:
     commit_top(block::node_options o, std::shared_ptr<block::node> child, bool implicit)
-        : node(std::move(o)), child_(child), implicit_(implicit)
+        : filter_node(std::move(o), std::move(child), "backing", implicit)
     {
-        add_child("backing", std::move(child));
     }
 
     std::string_view driver() const noexcept override { return "commit_top"; }
-    bool is_filter() const noexcept override { return true; }
-    bool implicit() const noexcept override { return implicit_; }
-    std::uint64_t size() const noexcept override { return child_->size(); }
-    std::int64_t allocated_size() const override { return child_->allocated_size(); }
-    std::uint32_t cluster_size() const noexcept override { return child_->cluster_size(); }
-    std::uint32_t request_alignment() const noexcept override { return child_->request_alignment(); }
-    bool zero_init() const noexcept override { return child_->zero_init(); }
-    node* primary_child() const noexcept override { return child("backing"); }
-    bool flush_on_close() const noexcept override { return false; }
 
 protected:
     block::perm_pair child_permissions(const block::edge&, block::perm_pair) const override
@@ -65,7 +54,7 @@ protected:
     }
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override
     {
-        co_return co_await child_->read(offset, buf);
+        co_return co_await below_->read(offset, buf);
     }
     /// Nobody writes an image through its overlay's backing link.
     asio::awaitable<result<void>> do_write(std::uint64_t, std::span<const std::byte>, bool) override
@@ -74,48 +63,39 @@ protected:
     }
     asio::awaitable<result<block::extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
     {
-        co_return co_await child_->block_status(offset, length);
+        co_return co_await below_->block_status(offset, length);
     }
-
-private:
-    std::shared_ptr<block::node> child_;   ///< kept for requests that outlive the edge
-    bool implicit_;
 };
 
 struct commit_setup {
-    block::graph* graph = nullptr;
     std::shared_ptr<block::node> overlay;   ///< the image above `top`: its backing image becomes `base`
     std::shared_ptr<block::node> top;       ///< the highest image committed
     std::shared_ptr<block::node> base;      ///< receives the data
-    std::shared_ptr<commit_top> filter;
     std::optional<std::string> backing_file;
     qapi::blockdev_on_error on_error = qapi::blockdev_on_error::report;
-    bool base_reopened = false;             ///< `base` was read-only: read-only again at the end
 };
 
-class commit_job final : public job_driver {
+class commit_job final : public detail::chain_job {
 public:
-    explicit commit_job(commit_setup s, asio::any_io_executor ex) : s_(std::move(s)), ex_(std::move(ex)) {}
-    ~commit_job() override { leave_graph(); }
-
-    void set_filter(std::shared_ptr<commit_top> f, bool base_reopened)
+    commit_job(block::graph& g, commit_setup s, asio::any_io_executor ex)
+        : chain_job(g, std::move(ex), "commit"), s_(std::move(s))
     {
-        s_.filter = std::move(f);
-        s_.base_reopened = base_reopened;
     }
 
-    /// Puts the filter above `top` and takes the job's nodes: the filter, `top` and the nodes
+    /// Puts `filter` above `top` and takes the job's nodes: the filter, `top` and the nodes
     /// down to the base, the base (written) and the overlay (QEMU's commit_start). On failure
-    /// the graph is as it was.
-    qapi::result<void> attach(job& j)
+    /// the graph is as it was. `base_reopened`: read-only again at the end.
+    qapi::result<void> attach(job& j, std::shared_ptr<commit_top> filter, bool base_reopened)
     {
-        if (auto r = detail::insert_filter(*s_.graph, s_.filter, *s_.top); !r)
-            return r;
-        attached_ = true;
-        // QEMU's commit_start: job references that block the nodes, and the job's own I/O on
-        // `top` (read) and the base (written), which make blockdev-del answer "Node X is in use".
-        auto& n = nodes_.emplace("commit job '" + j.id() + "'", "commit");
-        qapi::result<void> r = n.hold(s_.filter, "main node");
+        auto entered = enter_graph(j, filter, *s_.top);
+        if (!entered)
+            return entered.error();
+        if (base_reopened)
+            reopened(s_.base);
+        // Job references that block the nodes, and the job's own I/O on `top` (read) and the
+        // base (written), which make blockdev-del answer "Node X is in use".
+        detail::job_nodes& n = **entered;
+        qapi::result<void> r = n.hold(filter, "main node");
         for (block::node* i = s_.top.get(); r && i && i != s_.base.get(); i = chain_next(*i))
             r = n.hold(i->shared_from_this(), "intermediate node");
         if (r)
@@ -126,89 +106,45 @@ public:
             r = n.use(s_.top, "top", 0);
         if (r)
             r = n.use(s_.base, "base", block::perm_consistent_read | block::perm_write | block::perm_resize);
-        if (!r) {
+        if (!r)
             leave_graph();
-            return r;
-        }
-        limiter_.set_speed(j.speed());
-        return {};
+        return r;
     }
 
     asio::awaitable<qapi::result<void>> run(job& j) override
     {
         const std::uint64_t len = s_.top->size();
-        j.progress_set_remaining(len);
         if (s_.base->size() < len)
             if (auto r = co_await s_.base->truncate(len); !r) {
                 j.set_error_errno(r.error().value());
                 co_return qapi::generic(strerror_text(r.error()));
             }
         io::aligned_buffer buf(chunk);
-        std::optional<std::error_code> failure;
-        std::chrono::nanoseconds delay{0};
-        for (std::uint64_t offset = 0, n = 0; offset < len; offset += n) {
-            co_await j.sleep(delay);
-            if (j.is_cancelled())
-                break;
-            n = std::min(chunk, len - offset);
-            bool copy = false;
-            bool in_source = false;
-            result<void> r;
-            // Data in `top` or the images below it, down to the base, goes into the base.
+        // Data in `top` or the images below it, down to the base, goes into the base.
+        auto copy = [&](std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
+            step st;
             auto above = co_await detail::allocated_between(s_.top.get(), s_.base.get(), offset, n);
-            if (above) {
-                copy = above->first;
-                n = above->second;
-            } else {
-                r = above.error();
-                in_source = true;
+            if (!above) {
+                st.r = above.error();
+                co_return st;
             }
-            if (r && copy) {
-                auto data = buf.span().first(n);
-                r = co_await s_.top->read(offset, data);
-                in_source = !r;
-                if (r)
-                    r = co_await s_.base->write(offset, data);
+            st.length = above->second;
+            st.copied = above->first;
+            if (!st.copied)
+                co_return st;
+            auto data = buf.span().first(st.length);
+            st.r = co_await s_.top->read(offset, data);
+            if (st.r) {
+                st.in_source = false;
+                st.r = co_await s_.base->write(offset, data);
             }
-            if (!r) {
-                auto action = j.error_action(s_.on_error, in_source, r.error().value());
-                if (action == qapi::block_error_action::stop) {
-                    n = 0;   // the same range again once resumed
-                    continue;
-                }
-                if (!failure)
-                    failure = r.error();
-                if (action == qapi::block_error_action::report)
-                    break;
-            }
-            j.progress_done(n);
-            delay = std::chrono::nanoseconds(0);
-            if (copy) {
-                limiter_.charge(n);
-                delay = limiter_.delay();
-            }
-        }
-        if (failure) {
-            j.set_error_errno(failure->value());
-            co_return qapi::generic(strerror_text(*failure));
-        }
+            co_return st;
+        };
+        if (auto r = co_await copy_loop(j, len, chunk, s_.on_error, copy); !r)
+            co_return r;
         if (j.is_cancelled())
             co_return qapi::result<void>{};
-        // The base holds everything: make it durable, then let the overlay's header name it
-        // (a crash in between leaves a header naming the old chain, which reads the same).
-        if (auto f = co_await s_.base->flush(); !f) {
-            j.set_error_errno(f.error().value());
-            co_return qapi::generic(strerror_text(f.error()));
-        }
-        if (block::qcow2_info(*s_.overlay)) {
-            const std::string file = s_.backing_file ? *s_.backing_file : s_.base->filename();
-            if (auto h = co_await block::qcow2_change_backing_file(*s_.overlay, file, std::string(s_.base->driver()));
-                !h) {
-                j.set_error_errno(h.error().value());
-                co_return qapi::generic(strerror_text(h.error()));
-            }
-        }
-        co_return qapi::result<void>{};
+        co_return co_await write_chain(j, *s_.base, s_.overlay.get(), s_.base.get(), s_.backing_file);
     }
 
     /// Graph changes of QEMU's commit_prepare (bdrv_drop_intermediate): the filter goes, and
@@ -228,44 +164,12 @@ public:
         logger()->info("commit '{}': '{}' now has '{}' as its backing image", j.id(), s_.overlay->name(),
                        s_.base->name());
         if (!old->monitor_owned())
-            s_.graph->close_later(ex_, old);
+            graph_.close_later(ex_, old);
         return {};
     }
 
-    void abort(job&) override { leave_graph(); }
-
-    void clean(job& j) override
-    {
-        leave_graph();
-        if (s_.base_reopened) {
-            // Back to read-only, as it was before the job (QEMU's commit_clean).
-            detail::restore_read_only(ex_, s_.base, "commit '" + j.id() + "'");
-            s_.base_reopened = false;
-        }
-    }
-
-    void set_speed(job& j, std::int64_t speed) override
-    {
-        limiter_.set_speed(speed);
-        if (j.sleeping_timed())
-            j.enter();
-    }
-
 private:
-    void leave_graph()
-    {
-        if (!attached_)
-            return;
-        attached_ = false;
-        nodes_.reset();
-        detail::remove_filter(*s_.graph, ex_, s_.filter, "commit");
-    }
-
     commit_setup s_;
-    asio::any_io_executor ex_;
-    detail::rate_limiter limiter_;
-    std::optional<detail::job_nodes> nodes_;
-    bool attached_ = false;
 };
 
 /// Commit of the active layer (QEMU's commit_active_start): a mirror of `top` into `base`,
@@ -376,13 +280,12 @@ asio::awaitable<qapi::result<void>> start_commit(manager& m, block::graph& g, co
     if (auto r = check_job_id(job_id); !r)
         co_return r.error();
     commit_setup s;
-    s.graph = &g;
     s.overlay = overlay;
     s.top = top;
     s.base = base;
     s.backing_file = p.backing_file;
     s.on_error = p.on_error;
-    auto drv = std::make_unique<commit_job>(std::move(s), m.loop().get_executor());
+    auto drv = std::make_unique<commit_job>(g, std::move(s), m.loop().get_executor());
     commit_job* cj = drv.get();
     auto created = m.create_block_job(job_id, job_type::commit, std::move(drv),
                                       {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed);
@@ -406,8 +309,7 @@ asio::awaitable<qapi::result<void>> start_commit(manager& m, block::graph& g, co
             m.early_fail(j);
             co_return r.error();
         }
-    cj->set_filter(std::make_shared<commit_top>(fo, top, !p.filter_node_name), reopen);
-    if (auto r = cj->attach(j); !r) {
+    if (auto r = cj->attach(j, std::make_shared<commit_top>(fo, top, !p.filter_node_name), reopen); !r) {
         m.early_fail(j);
         if (reopen)
             (void)co_await block::reopen_read_only(*base, true);

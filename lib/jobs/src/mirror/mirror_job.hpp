@@ -4,6 +4,7 @@
 /// Mirror internals shared by the filter (mirror_top.cpp), the copy loop (mirror_job.cpp) and
 /// the command entry points (mirror_start.cpp). Main loop only.
 #include "bjd/block/dirty_bitmap.hpp"
+#include "bjd/block/filter_node.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/io/buffer.hpp"
@@ -28,21 +29,11 @@ class mirror_job;
 /// write-blocking mode writes also go to the target before they complete. `drain` holds new
 /// requests and waits for in-flight ones (convergence and pivot); `release` lets held
 /// requests go on, to `redirect` when the filter has left the graph.
-class mirror_top final : public block::node {
+class mirror_top final : public block::filter_node {
 public:
     mirror_top(block::node_options o, std::shared_ptr<block::node> source, bool is_implicit, asio::any_io_executor ex);
 
     std::string_view driver() const noexcept override { return "mirror_top"; }
-    bool is_filter() const noexcept override { return true; }
-    std::int64_t allocated_size() const override { return source_->allocated_size(); }
-    bool implicit() const noexcept override { return implicit_; }
-    std::uint64_t size() const noexcept override { return source_->size(); }
-    std::uint32_t cluster_size() const noexcept override { return source_->cluster_size(); }
-    std::uint32_t request_alignment() const noexcept override { return source_->request_alignment(); }
-    bool zero_init() const noexcept override { return source_->zero_init(); }
-    block::node* primary_child() const noexcept override { return child("backing"); }
-    /// Holds no data: its flush would only reach the node below, which is flushed when it goes.
-    bool flush_on_close() const noexcept override { return false; }
 
     void attach_job(mirror_job* j) noexcept { job_ = j; }
     asio::awaitable<void> drain();
@@ -62,9 +53,7 @@ private:
     asio::awaitable<block::node*> enter_request();
     void leave_request();
 
-    std::shared_ptr<block::node> source_;
     std::shared_ptr<block::node> redirect_;
-    bool implicit_;
     bool held_ = false;
     unsigned inflight_ = 0;
     mirror_job* job_ = nullptr;

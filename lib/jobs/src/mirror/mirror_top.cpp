@@ -13,9 +13,8 @@ namespace bjd::jobs::detail {
 
 mirror_top::mirror_top(block::node_options o, std::shared_ptr<block::node> source, bool is_implicit,
                        asio::any_io_executor ex)
-    : node(std::move(o)), source_(source), implicit_(is_implicit), changed_(ex)
+    : filter_node(std::move(o), std::move(source), "backing", is_implicit), changed_(ex)
 {
-    add_child("backing", std::move(source));
 }
 
 asio::awaitable<block::node*> mirror_top::enter_request()
@@ -23,7 +22,7 @@ asio::awaitable<block::node*> mirror_top::enter_request()
     while (held_)
         co_await changed_.wait();
     ++inflight_;
-    co_return redirect_ ? redirect_.get() : source_.get();
+    co_return redirect_ ? redirect_.get() : below_.get();
 }
 
 void mirror_top::leave_request()

@@ -4,15 +4,13 @@
 #include "bjd/jobs/stream.hpp"
 
 #include "bjd/block/copy_on_read.hpp"
-#include "bjd/block/create.hpp"
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/block/reopen.hpp"
-#include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
 #include "copy/chain.hpp"
+#include "copy/chain_job.hpp"
 #include "copy/job_nodes.hpp"
-#include "copy/pacing.hpp"
 
 #include <memory>
 #include <optional>
@@ -33,36 +31,37 @@ using detail::chain_next;
 using detail::find_backing_image;
 
 struct stream_setup {
-    block::graph* graph = nullptr;
     std::shared_ptr<block::node> top;             ///< the node filled
     std::shared_ptr<block::node> base;            ///< its backing image afterwards (null: none)
     std::shared_ptr<block::node> bottom;          ///< the lowest node copied from; null: nothing to copy
-    std::shared_ptr<block::copy_on_read> filter;
     std::optional<std::string> backing_file;
     qapi::blockdev_on_error on_error = qapi::blockdev_on_error::report;
-    bool reopened = false;                        ///< `top` was read-only: read-only again at the end
 };
 
-class stream_job final : public job_driver {
+class stream_job final : public detail::chain_job {
 public:
-    explicit stream_job(stream_setup s, asio::any_io_executor ex) : s_(std::move(s)), ex_(std::move(ex)) {}
-    ~stream_job() override { leave_graph(); }
-
-    /// Puts the filter above the node and takes the job's nodes: the filter (its main node),
-    /// the node, and the nodes between it and the base, which go away at the end. On failure
-    /// the graph is as it was.
-    qapi::result<void> attach(job& j)
+    stream_job(block::graph& g, stream_setup s, asio::any_io_executor ex)
+        : chain_job(g, std::move(ex), "stream"), s_(std::move(s))
     {
-        if (auto r = detail::insert_filter(*s_.graph, s_.filter, *s_.top); !r)
-            return r;
-        attached_ = true;
-        nodes_.emplace("stream job '" + j.id() + "'", "stream");
+    }
+
+    /// Puts `filter` above the node and takes the job's nodes: the filter (its main node),
+    /// the node, and the nodes between it and the base, which go away at the end. On failure
+    /// the graph is as it was. `top_reopened`: read-only again at the end.
+    qapi::result<void> attach(job& j, std::shared_ptr<block::copy_on_read> filter, bool top_reopened)
+    {
+        auto entered = enter_graph(j, filter, *s_.top);
+        if (!entered)
+            return entered.error();
+        filter_ = std::move(filter);
+        if (top_reopened)
+            reopened(s_.top);
         // References that take nothing: they cannot conflict.
-        (void)nodes_->hold(s_.filter, "main node");
-        (void)nodes_->hold(s_.top, "target");
+        detail::job_nodes& n = **entered;
+        (void)n.hold(filter_, "main node");
+        (void)n.hold(s_.top, "target");
         for (block::node* i = chain_next(*s_.top); i && i != s_.base.get(); i = chain_next(*i))
-            (void)nodes_->hold(i->shared_from_this(), "intermediate node");
-        limiter_.set_speed(j.speed());
+            (void)n.hold(i->shared_from_this(), "intermediate node");
         return {};
     }
 
@@ -70,79 +69,37 @@ public:
     {
         if (!s_.bottom)
             co_return qapi::result<void>{};   // the base already is the backing image
-        const std::uint64_t len = s_.top->size();
-        j.progress_set_remaining(len);
-        std::optional<std::error_code> failure;
-        std::chrono::nanoseconds delay{0};
-        for (std::uint64_t offset = 0, n = 0; offset < len; offset += n) {
-            co_await j.sleep(delay);
-            if (j.is_cancelled())
-                break;
-            n = 0;
-            bool copy = false;
-            result<void> r;
-            auto st = co_await s_.top->block_status(offset, std::min(chunk, len - offset));
-            if (!st) {
-                r = st.error();
-            } else {
-                n = st->length;
-                if (!(st->flags & block::status_allocated)) {
-                    // Data between the node's backing image and the bottom (inclusive) is copied.
-                    auto above = co_await detail::allocated_between(chain_next(*s_.top), chain_next(*s_.bottom),
-                                                                    offset, n);
-                    if (above) {
-                        copy = above->first;
-                        n = above->second;
-                    } else {
-                        r = above.error();
-                    }
-                }
+        // What the node does not hold itself, and an image between its backing image and the
+        // bottom (inclusive) does, is copied up through the filter.
+        auto copy = [&](std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
+            step st;
+            auto bs = co_await s_.top->block_status(offset, n);
+            if (!bs) {
+                st.r = bs.error();
+                co_return st;
             }
-            if (r && copy)
-                r = co_await s_.filter->populate(offset, n);
-            if (!r) {
-                auto action = j.error_action(s_.on_error, true, r.error().value());
-                if (action == qapi::block_error_action::stop) {
-                    n = 0;   // the same range again once resumed
-                    continue;
-                }
-                if (!failure)
-                    failure = r.error();
-                if (action == qapi::block_error_action::report)
-                    break;
+            st.length = bs->length;
+            if (bs->flags & block::status_allocated)
+                co_return st;
+            auto above = co_await detail::allocated_between(chain_next(*s_.top), chain_next(*s_.bottom), offset,
+                                                            st.length);
+            if (!above) {
+                st.r = above.error();
+                co_return st;
             }
-            j.progress_done(n);
-            delay = std::chrono::nanoseconds(0);
-            if (copy) {
-                limiter_.charge(n);
-                delay = limiter_.delay();
-            }
-        }
-        if (failure) {
-            // An error that was ignored still keeps the backing chain as it is.
-            j.set_error_errno(failure->value());
-            co_return qapi::generic(strerror_text(*failure));
-        }
+            st.length = above->second;
+            st.copied = above->first;
+            if (st.copied)
+                st.r = co_await filter_->populate(offset, st.length);
+            co_return st;
+        };
+        // An error that was ignored still keeps the backing chain as it is.
+        if (auto r = co_await copy_loop(j, s_.top->size(), chunk, s_.on_error, copy); !r)
+            co_return r;
         if (j.is_cancelled())
             co_return qapi::result<void>{};
-        // Everything is in the node: make its data durable, then let its header name the base
-        // (a crash in between leaves a header naming the old chain, which reads the same).
-        if (auto f = co_await s_.top->flush(); !f) {
-            j.set_error_errno(f.error().value());
-            co_return qapi::generic(strerror_text(f.error()));
-        }
-        if (s_.top->cow_backing() && block::qcow2_info(*s_.top)) {
-            std::string file, fmt;
-            if (s_.base) {
-                file = s_.backing_file ? *s_.backing_file : s_.base->filename();
-                fmt = std::string(s_.base->driver());
-            }
-            if (auto h = co_await block::qcow2_change_backing_file(*s_.top, file, fmt); !h) {
-                j.set_error_errno(h.error().value());
-                co_return qapi::generic(strerror_text(h.error()));
-            }
-        }
-        co_return qapi::result<void>{};
+        block::node* image = s_.top->cow_backing() ? s_.top.get() : nullptr;
+        co_return co_await write_chain(j, *s_.top, image, s_.base.get(), s_.backing_file);
     }
 
     /// Graph changes of QEMU's stream_prepare: the filter goes, and the base becomes the
@@ -164,44 +121,13 @@ public:
         logger()->info("stream '{}': '{}' now has {} as its backing image", j.id(), s_.top->name(),
                        s_.base ? "'" + s_.base->name() + "'" : std::string("none"));
         if (!old->monitor_owned())
-            s_.graph->close_later(ex_, old);
+            graph_.close_later(ex_, old);
         return {};
     }
 
-    void abort(job&) override { leave_graph(); }
-
-    void clean(job& j) override
-    {
-        leave_graph();
-        if (s_.reopened) {
-            // Back to read-only, as it was before the job (QEMU's stream_clean).
-            detail::restore_read_only(ex_, s_.top, "stream '" + j.id() + "'");
-            s_.reopened = false;
-        }
-    }
-
-    void set_speed(job& j, std::int64_t speed) override
-    {
-        limiter_.set_speed(speed);
-        if (j.sleeping_timed())
-            j.enter();
-    }
-
 private:
-    void leave_graph()
-    {
-        if (!attached_)
-            return;
-        attached_ = false;
-        nodes_.reset();
-        detail::remove_filter(*s_.graph, ex_, s_.filter, "stream");
-    }
-
     stream_setup s_;
-    asio::any_io_executor ex_;
-    detail::rate_limiter limiter_;
-    std::optional<detail::job_nodes> nodes_;
-    bool attached_ = false;
+    std::shared_ptr<block::copy_on_read> filter_;
 };
 
 } // namespace
@@ -284,15 +210,13 @@ asio::awaitable<qapi::result<void>> start_stream(manager& m, block::graph& g, co
     block::node_options fo;
     fo.name = filter_name.empty() ? g.auto_name() : filter_name;
     stream_setup s;
-    s.graph = &g;
     s.top = top;
     s.base = base;
     s.bottom = bottom;
-    s.filter = std::make_shared<block::copy_on_read>(fo, top, !p.filter_node_name, m.loop().get_executor());
     s.backing_file = p.backing_file;
     s.on_error = p.on_error;
-    s.reopened = reopen;
-    auto drv = std::make_unique<stream_job>(std::move(s), m.loop().get_executor());
+    auto filter = std::make_shared<block::copy_on_read>(fo, top, !p.filter_node_name, m.loop().get_executor());
+    auto drv = std::make_unique<stream_job>(g, std::move(s), m.loop().get_executor());
     stream_job* sj = drv.get();
     auto created = m.create_block_job(job_id, job_type::stream, std::move(drv),
                                       {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed);
@@ -301,7 +225,7 @@ asio::awaitable<qapi::result<void>> start_stream(manager& m, block::graph& g, co
         co_return created.error();
     }
     job& j = **created;
-    if (auto r = sj->attach(j); !r) {
+    if (auto r = sj->attach(j, filter, reopen); !r) {
         m.early_fail(j);
         co_await undo_reopen();
         co_return r.error();

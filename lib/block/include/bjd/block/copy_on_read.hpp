@@ -6,7 +6,7 @@
 /// the backing chain shows into the node itself. Populating a range and a guest's write to
 /// the same range never overlap (QEMU serialises copy-on-read requests the same way), so the
 /// data a stream copies never overwrites what a guest wrote meanwhile. Main loop only.
-#include "bjd/block/node.hpp"
+#include "bjd/block/filter_node.hpp"
 #include "bjd/event_flag.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
@@ -17,21 +17,12 @@
 
 namespace bjd::block {
 
-class copy_on_read final : public node {
+class copy_on_read final : public filter_node {
 public:
     /// A filter above `child`; `implicit` when nobody named it (query views skip it).
     copy_on_read(node_options o, std::shared_ptr<node> child, bool implicit, asio::any_io_executor ex);
 
     std::string_view driver() const noexcept override { return "copy-on-read"; }
-    bool is_filter() const noexcept override { return true; }
-    bool implicit() const noexcept override { return implicit_; }
-    std::uint64_t size() const noexcept override { return child_->size(); }
-    std::int64_t allocated_size() const override { return child_->allocated_size(); }
-    std::uint32_t cluster_size() const noexcept override { return child_->cluster_size(); }
-    std::uint32_t request_alignment() const noexcept override { return child_->request_alignment(); }
-    bool zero_init() const noexcept override { return child_->zero_init(); }
-    node* primary_child() const noexcept override { return child("file"); }
-    bool flush_on_close() const noexcept override { return false; }
     /// Always a json: filename, {"driver": "copy-on-read", "file": {…the child…}}, as QEMU's.
     std::optional<boost::json::object> json_options() const override;
 
@@ -61,8 +52,6 @@ private:
     asio::awaitable<std::size_t> enter(std::uint64_t offset, std::uint64_t end, bool populate);
     void leave(std::size_t id);
 
-    std::shared_ptr<node> child_;   ///< kept for requests that outlive the edge
-    bool implicit_;
     std::vector<std::pair<std::size_t, range>> ranges_;
     std::size_t next_id_ = 0;
     event_flag changed_;
