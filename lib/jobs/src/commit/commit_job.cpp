@@ -119,26 +119,33 @@ public:
                 j.set_error_errno(r.error().value());
                 co_return qapi::generic(strerror_text(r.error()));
             }
-        io::aligned_buffer buf(chunk);
-        // Data in `top` or the images below it, down to the base, goes into the base.
-        auto copy = [&](std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
+        std::vector<io::aligned_buffer> bufs;
+        for (unsigned i = 0; i < depth; ++i)
+            bufs.emplace_back(piece_size);
+        auto copy_piece = [&](unsigned slot, std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
             step st;
-            auto above = co_await detail::allocated_between(s_.top.get(), s_.base.get(), offset, n);
-            if (!above) {
-                st.r = above.error();
-                co_return st;
-            }
-            st.length = above->second;
-            st.copied = above->first;
-            if (!st.copied)
-                co_return st;
-            auto data = buf.span().first(st.length);
+            auto data = bufs[slot].span().first(n);
             st.r = co_await s_.top->read(offset, data);
             if (st.r) {
                 st.in_source = false;
                 st.r = co_await s_.base->write(offset, data);
             }
             co_return st;
+        };
+        // Data in `top` or the images below it, down to the base, goes into the base.
+        auto copy = [&](std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
+            auto above = co_await detail::allocated_between(s_.top.get(), s_.base.get(), offset, n);
+            if (!above) {
+                step st;
+                st.r = above.error();
+                co_return st;
+            }
+            if (!above->first) {
+                step st;
+                st.length = above->second;
+                co_return st;
+            }
+            co_return co_await in_pieces(offset, above->second, copy_piece);
         };
         if (auto r = co_await copy_loop(j, len, chunk, s_.on_error, copy); !r)
             co_return r;

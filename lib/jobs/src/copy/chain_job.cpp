@@ -3,6 +3,11 @@
 
 #include "bjd/block/create.hpp"
 #include "bjd/block/driver.hpp"
+#include "bjd/event_flag.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+
+#include <exception>
 
 namespace bjd::jobs::detail {
 
@@ -55,7 +60,10 @@ asio::awaitable<qapi::result<void>> chain_job::copy_loop(
         co_await j.sleep(delay);
         if (j.is_cancelled())
             break;
-        step s = co_await do_step(offset, std::min(chunk, len - offset));
+        // Unthrottled, a step spans several pieces copied at once; throttled, it stays one
+        // chunk so that `speed` is followed closely (QEMU copies one chunk at a time).
+        const std::uint64_t most = j.speed() > 0 ? chunk : std::max(chunk, piece_size * depth);
+        step s = co_await do_step(offset, std::min(most, len - offset));
         n = s.length;
         if (!s.r) {
             auto action = j.error_action(on_error, s.in_source, s.r.error().value());
@@ -80,6 +88,52 @@ asio::awaitable<qapi::result<void>> chain_job::copy_loop(
         co_return qapi::generic(strerror_text(*failure));
     }
     co_return qapi::result<void>{};
+}
+
+asio::awaitable<chain_job::step> chain_job::in_pieces(
+    std::uint64_t offset, std::uint64_t n,
+    std::function<asio::awaitable<step>(unsigned, std::uint64_t, std::uint64_t)> piece)
+{
+    struct state {
+        explicit state(const asio::any_io_executor& ex) : done(ex) {}
+        unsigned running = 0;
+        std::vector<bool> busy = std::vector<bool>(depth);
+        std::optional<step> failed;
+        event_flag done;
+    };
+    auto st = std::make_shared<state>(ex_);
+    for (std::uint64_t pos = offset, end = offset + n; pos < end && !st->failed;) {
+        while (st->running >= depth)
+            co_await st->done.wait();
+        if (st->failed)
+            break;
+        const auto slot = static_cast<unsigned>(std::find(st->busy.begin(), st->busy.end(), false) - st->busy.begin());
+        const std::uint64_t len = std::min(piece_size, end - pos);
+        st->busy[slot] = true;
+        ++st->running;
+        asio::co_spawn(ex_, piece(slot, pos, len), [st, slot](std::exception_ptr e, step s) {
+            if (e) {
+                s.r = std::make_error_code(std::errc::io_error);   // a bug in a piece fails the step
+                s.in_source = true;
+            }
+            if (!s.r && !st->failed)
+                st->failed = std::move(s);
+            st->busy[slot] = false;
+            --st->running;
+            st->done.notify_all();
+        });
+        pos += len;
+    }
+    while (st->running > 0)
+        co_await st->done.wait();
+    step out;
+    out.length = n;
+    out.copied = true;
+    if (st->failed) {
+        out.r = st->failed->r;
+        out.in_source = st->failed->in_source;
+    }
+    co_return out;
 }
 
 asio::awaitable<qapi::result<void>> chain_job::write_chain(job& j, block::node& data, block::node* image,

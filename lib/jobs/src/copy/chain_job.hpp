@@ -46,7 +46,16 @@ protected:
         bool copied = false;
         bool in_source = true;
     };
-    /// Walks [0, len) in steps of at most `chunk`: sleeps as `speed` asks, stops when
+    /// Copies [offset, offset+n) as `piece(slot, off, len)` calls over pieces of at most
+    /// `piece_size`, `depth` of them at once (`slot` < depth tells the running ones apart,
+    /// for their buffers), and waits for all. The first failure is the step's.
+    static constexpr std::uint64_t piece_size = 1 << 20;
+    static constexpr unsigned depth = 8;
+    asio::awaitable<step> in_pieces(std::uint64_t offset, std::uint64_t n,
+                                    std::function<asio::awaitable<step>(unsigned, std::uint64_t, std::uint64_t)> piece);
+
+    /// Walks [0, len) in steps of at most `chunk` (`depth` pieces when no speed is set, so
+    /// in_pieces can keep that many requests in flight): sleeps as `speed` asks, stops when
     /// cancelled, and on a failed step does what `on_error` says (stop: the same step again
     /// once resumed; ignore: on to the next, the job still failing at the end). The error is
     /// the first failure's (with its errno on the job).

@@ -71,6 +71,11 @@ public:
             co_return qapi::result<void>{};   // the base already is the backing image
         // What the node does not hold itself, and an image between its backing image and the
         // bottom (inclusive) does, is copied up through the filter.
+        auto populate = [&](unsigned, std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
+            step st;
+            st.r = co_await filter_->populate(offset, n);
+            co_return st;
+        };
         auto copy = [&](std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
             step st;
             auto bs = co_await s_.top->block_status(offset, n);
@@ -88,10 +93,9 @@ public:
                 co_return st;
             }
             st.length = above->second;
-            st.copied = above->first;
-            if (st.copied)
-                st.r = co_await filter_->populate(offset, st.length);
-            co_return st;
+            if (!above->first)
+                co_return st;
+            co_return co_await in_pieces(offset, st.length, populate);
         };
         // An error that was ignored still keeps the backing chain as it is.
         if (auto r = co_await copy_loop(j, s_.top->size(), chunk, s_.on_error, copy); !r)
