@@ -226,6 +226,8 @@ struct backup_setup {
     qapi::blockdev_on_error on_source_error = qapi::blockdev_on_error::report;
     qapi::blockdev_on_error on_target_error = qapi::blockdev_on_error::report;
     std::uint64_t cluster = default_cluster;
+    std::shared_ptr<block::named_bitmap> bitmap;   ///< sync=bitmap, or a bitmap-mode with full/top
+    qapi::bitmap_sync_mode bitmap_mode = qapi::bitmap_sync_mode::on_success;
 };
 
 class backup_job final : public job_driver {
@@ -247,10 +249,27 @@ public:
             return r;
         }
         state_ = std::make_shared<copy_state>(s_.source, s_.target, s_.cluster, ex_);
+        std::uint64_t todo = state_->length();
+        if (s_.bitmap) {
+            // QEMU's bdrv_dirty_bitmap_create_successor: the bitmap is busy while the job runs
+            // and records the writes made meanwhile; what it held is the job's to copy.
+            s_.bitmap->set_busy(true);
+            before_ = s_.bitmap->bits();
+            s_.bitmap->bits().clear();
+            if (s_.sync == qapi::mirror_sync_mode::bitmap)
+                // backup_init_bcs_bitmap: only the clusters the bitmap marks.
+                for (std::size_t c = 0; c < state_->clusters(); ++c) {
+                    const std::uint64_t off = c * state_->cluster();
+                    const std::uint64_t end = std::min(off + state_->cluster(), state_->length());
+                    if (!before_->next_dirty_area(off, end))
+                        todo -= state_->skip(c);
+                }
+        }
         state_->on_copied = [&j](std::uint64_t n) { j.progress_done(n); };
         s_.filter->attach_state(state_);
         limiter_.set_speed(j.speed());
-        j.progress_set_remaining(state_->length());
+        j.progress_set_remaining(todo);
+        remaining_ = todo;
         return {};
     }
 
@@ -264,7 +283,7 @@ public:
         }
         std::optional<std::error_code> failure;
         std::chrono::nanoseconds delay{0};
-        std::uint64_t remaining = state_->length();
+        std::uint64_t& remaining = remaining_;
         for (std::size_t c = 0; c < state_->clusters();) {
             co_await j.sleep(delay);
             if (j.is_cancelled())
@@ -316,8 +335,17 @@ public:
         leave_graph();
         return {};
     }
-    void abort(job&) override { leave_graph(); }
-    void clean(job&) override { leave_graph(); }
+    void commit(job&) override { finish_bitmap(true); }
+    void abort(job&) override
+    {
+        leave_graph();
+        finish_bitmap(false);
+    }
+    void clean(job&) override
+    {
+        leave_graph();
+        finish_bitmap(false);
+    }
 
     void set_speed(job& j, std::int64_t speed) override
     {
@@ -327,6 +355,28 @@ public:
     }
 
 private:
+    /// QEMU's backup_cleanup_sync_bitmap. The bitmap now holds the writes made while the job
+    /// ran. It keeps only them when the job succeeded (or always, with bitmap-mode=always);
+    /// otherwise, or with bitmap-mode=never, what it held before comes back. A failed job with
+    /// bitmap-mode=always also marks again what was not copied.
+    void finish_bitmap(bool success)
+    {
+        if (!s_.bitmap || !before_)
+            return;
+        const auto mode = s_.bitmap_mode;
+        const bool sync = (success || mode == qapi::bitmap_sync_mode::always) && mode != qapi::bitmap_sync_mode::never;
+        if (!sync)
+            s_.bitmap->bits().merge(*before_);
+        if (!success && mode == qapi::bitmap_sync_mode::always && state_)
+            for (std::size_t c = 0; c < state_->clusters(); ++c)
+                if (!state_->done(c)) {
+                    const std::uint64_t off = c * state_->cluster();
+                    s_.bitmap->bits().set(off, std::min(state_->cluster(), state_->length() - off));
+                }
+        s_.bitmap->set_busy(false);
+        before_.reset();
+    }
+
     /// QEMU's backup_clean (bdrv_cbw_drop): the filter goes, its parents back on the source.
     void leave_graph()
     {
@@ -347,6 +397,8 @@ private:
     detail::rate_limiter limiter_;
     std::optional<detail::job_nodes> nodes_;
     std::shared_ptr<copy_state> state_;
+    std::optional<block::dirty_bitmap> before_;   ///< the bitmap's bits when the job started
+    std::uint64_t remaining_ = 0;                 ///< bytes the job copies in all (progress total)
     bool attached_ = false;
 };
 
@@ -408,9 +460,6 @@ asio::awaitable<qapi::result<void>> start_backup(manager& m, block::graph& g, co
         co_return qapi::generic("max-workers must be between 1 and 2147483647");
     if (p.max_chunk && *p.max_chunk < 0)
         co_return qapi::generic("max-chunk must be zero (which means no limit) or positive");
-    // Backups driven by a bitmap are not implemented yet: refused after QEMU's checks.
-    if (p.bitmap)
-        co_return qapi::generic("Backup with bitmap '" + *p.bitmap + "' is not supported by blockjobd");
     if (source->size() != target->size())
         co_return qapi::generic("Source and target image have different sizes");
 
@@ -428,6 +477,10 @@ asio::awaitable<qapi::result<void>> start_backup(manager& m, block::graph& g, co
     s.sync = p.sync;
     s.on_source_error = p.on_source_error;
     s.on_target_error = p.on_target_error;
+    if (p.bitmap) {
+        s.bitmap = source->find_bitmap(*p.bitmap);
+        s.bitmap_mode = *p.bitmap_mode;
+    }
     s.cluster = std::max<std::uint64_t>(default_cluster, target->cluster_size());
     if (p.max_chunk && *p.max_chunk && static_cast<std::uint64_t>(*p.max_chunk) < s.cluster)
         co_return qapi::generic("Required max-chunk (" + std::to_string(*p.max_chunk) +
