@@ -10,6 +10,7 @@
 #include <cassert>
 #include <set>
 #include <utility>
+#include <vector>
 
 namespace bjd::block {
 
@@ -336,6 +337,31 @@ qapi::result<void> edge::set_perms(unsigned perm, unsigned shared)
     return finish(t, {node_.get()});
 }
 
+namespace {
+
+/// Whether `n` is `top` or below it through any child edge: moving an edge of `n` onto `top`
+/// would make a loop (QEMU's should_update_child in block.c: a copy-before-write filter whose
+/// target has the filtered node as its backing image keeps that backing link on the node).
+bool below_or_same(const node& top, const node* n)
+{
+    std::vector<const node*> todo{&top};
+    std::set<const node*> seen;
+    while (!todo.empty()) {
+        const node* i = todo.back();
+        todo.pop_back();
+        if (i == n)
+            return true;
+        if (!seen.insert(i).second)
+            continue;
+        for (const auto& e : i->children())
+            if (e->get())
+                todo.push_back(e->get());
+    }
+    return false;
+}
+
+} // namespace
+
 qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to)
 {
     assert(to && to.get() != &from);
@@ -344,7 +370,7 @@ qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to)
     // Copy: move_edge edits from.parents_ while we walk it.
     std::vector<edge*> parents = from.parents();
     for (edge* e : parents)
-        if (e->parent_node() != to.get() && e->kind() != parent_kind::job)
+        if (e->kind() != parent_kind::job && !(e->parent_node() && below_or_same(*to, e->parent_node())))
             t.move_edge(*e, to);
     auto r = finish(t, {&from, to.get()});
     if (r)

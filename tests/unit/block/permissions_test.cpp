@@ -236,6 +236,25 @@ TEST_CASE("replace_node moves every parent or none")
     CHECK(to->held_shared() == (perm_all & ~rs));
 }
 
+TEST_CASE("replace_node leaves a parent that the new node reaches through its children")
+{
+    // A copy-before-write filter above `src` whose target is a fleecing overlay of `src`
+    // (QEMU's should_update_child): the overlay's backing link stays on `src`.
+    auto src = make("src");
+    auto overlay = make("overlay");
+    edge& backing = overlay->child("backing", src);
+    auto filter = make("filter");
+    filter->child("target", overlay);
+    edge user(parent_kind::export_, "export 'e'", "root");
+    REQUIRE(ok(user.set_perms(cr, perm_all)));
+    REQUIRE(ok(user.attach(src)));
+
+    REQUIRE(ok(replace_node(*src, filter)));
+    CHECK(user.get() == filter.get());
+    CHECK(backing.get() == src.get());
+    CHECK(src->parents().size() == 1);
+}
+
 TEST_CASE("force-share lets the parents share everything on the node")
 {
     auto n = std::make_shared<test_node>("shared", true, test_node::policy::filter, true);

@@ -1,0 +1,520 @@
+// SPDX-License-Identifier: MIT
+// blockdev-backup (QEMU 7.2's blockdev.c do_backup_common, block/backup.c, block/block-copy.c
+// and block/copy-before-write.c): the checks; the copy-before-write filter above the source,
+// which copies the old data of a cluster to the target before a write changes it; and the
+// copy loop for sync=full/top (sync=none copies only what the filter copies, until cancelled).
+#include "bjd/jobs/backup.hpp"
+
+#include "bjd/block/bitmaps.hpp"
+#include "bjd/block/driver.hpp"
+#include "bjd/block/graph.hpp"
+#include "bjd/event_flag.hpp"
+#include "bjd/io/buffer.hpp"
+#include "bjd/jobs/job_driver.hpp"
+#include "bjd/log.hpp"
+#include "copy/chain.hpp"
+#include "copy/job_nodes.hpp"
+#include "copy/pacing.hpp"
+
+#include <algorithm>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace bjd::jobs {
+
+namespace {
+
+auto logger() { return log::get("jobs"); }
+
+/// QEMU's BLOCK_COPY_CLUSTER_SIZE_DEFAULT: the backup's cluster is at least 64 KiB, or the
+/// target's cluster size if larger (block/block-copy.c block_copy_calculate_cluster_size).
+constexpr std::uint64_t default_cluster = 64 << 10;
+
+/// What the job and its filter share (QEMU's BlockCopyState): which clusters still hold data
+/// of the point in time the backup started and are not on the target yet.
+class copy_state {
+public:
+    enum class state : std::uint8_t { todo, busy, done };
+
+    copy_state(std::shared_ptr<block::node> source, std::shared_ptr<block::node> target, std::uint64_t cluster,
+               asio::any_io_executor ex)
+        : source_(std::move(source)), target_(std::move(target)), cluster_(cluster), len_(source_->size()),
+          clusters_((len_ + cluster - 1) / cluster, state::todo), changed_(ex)
+    {
+    }
+
+    std::uint64_t cluster() const noexcept { return cluster_; }
+    std::uint64_t length() const noexcept { return len_; }
+    std::size_t clusters() const noexcept { return clusters_.size(); }
+    bool done(std::size_t c) const noexcept { return clusters_[c] == state::done; }
+
+    /// Called with the bytes each copied cluster adds to the job's progress.
+    std::function<void(std::uint64_t)> on_copied;
+    /// When set, writes through the filter no longer copy (the job ended).
+    bool detached = false;
+
+    /// Marks cluster `c` as not to be copied (sync=top: not allocated in the top image).
+    /// Returns its bytes when it was still to do.
+    std::uint64_t skip(std::size_t c)
+    {
+        if (clusters_[c] != state::todo)
+            return 0;
+        clusters_[c] = state::done;
+        return bytes(c);
+    }
+
+    /// Copies the clusters of [first, last] that are still to do, waiting for those another
+    /// request is copying. `in_source` tells on failure whether the read failed.
+    asio::awaitable<result<void>> copy(std::size_t first, std::size_t last, bool& in_source)
+    {
+        for (std::size_t c = first; c <= last && c < clusters_.size(); ++c) {
+            while (clusters_[c] == state::busy)
+                co_await changed_.wait();
+            if (clusters_[c] == state::done)
+                continue;
+            clusters_[c] = state::busy;
+            auto r = co_await copy_one(c, in_source);
+            clusters_[c] = r ? state::done : state::todo;
+            changed_.notify_all();
+            if (!r)
+                co_return r;
+            if (on_copied)
+                on_copied(bytes(c));
+        }
+        co_return result<void>{};
+    }
+
+    /// Before a write to [offset, offset+length) reaches the source (QEMU's cbw_do_copy_before_write).
+    asio::awaitable<result<void>> before_write(std::uint64_t offset, std::uint64_t length)
+    {
+        if (detached || length == 0 || offset >= len_)
+            co_return result<void>{};
+        const std::size_t first = offset / cluster_;
+        const std::size_t last = (std::min(offset + length, len_) - 1) / cluster_;
+        bool in_source = false;
+        co_return co_await copy(first, last, in_source);
+    }
+
+private:
+    std::uint64_t bytes(std::size_t c) const noexcept { return std::min(cluster_, len_ - c * cluster_); }
+
+    asio::awaitable<result<void>> copy_one(std::size_t c, bool& in_source)
+    {
+        const std::uint64_t off = c * cluster_;
+        const std::uint64_t n = bytes(c);
+        in_source = true;
+        auto st = co_await source_->block_status(off, n);
+        if (st && (st->flags & block::status_zero) && st->length >= n) {
+            in_source = false;
+            const block::zero_flags zf{.may_unmap = true};
+            co_return co_await target_->write_zeroes(off, n, zf);
+        }
+        io::aligned_buffer buf(n);
+        auto data = buf.span().first(n);
+        if (auto r = co_await source_->read(off, data); !r)
+            co_return r;
+        in_source = false;
+        co_return co_await target_->write(off, data, false);
+    }
+
+    std::shared_ptr<block::node> source_;
+    std::shared_ptr<block::node> target_;
+    std::uint64_t cluster_;
+    std::uint64_t len_;
+    std::vector<state> clusters_;
+    event_flag changed_;
+};
+
+/// QEMU's copy-before-write filter: above the source while the backup runs, with the source
+/// as its "file" child and the target as its "target" child. Reads pass through; a write,
+/// write-zeroes or discard first copies the old data of the clusters it touches.
+class copy_before_write final : public block::node {
+public:
+    copy_before_write(block::node_options o, std::shared_ptr<block::node> source, std::shared_ptr<block::node> target,
+                      bool implicit)
+        : node(std::move(o)), source_(source), implicit_(implicit)
+    {
+        add_child("file", std::move(source));
+        add_child("target", std::move(target));
+    }
+
+    void attach_state(std::shared_ptr<copy_state> s) { state_ = std::move(s); }
+
+    /// Before the filter leaves the graph: it stops keeping other writers off the source,
+    /// so that its parents can go back onto the source (QEMU's bdrv_cbw_drop).
+    void stop_guarding()
+    {
+        guarding_ = false;
+        if (auto r = refresh_permissions(); !r)
+            logger()->warn("backup: filter '{}': {}", name(), r.error().desc);
+    }
+
+    std::string_view driver() const noexcept override { return "copy-before-write"; }
+    bool is_filter() const noexcept override { return true; }
+    bool implicit() const noexcept override { return implicit_; }
+    std::uint64_t size() const noexcept override { return source_->size(); }
+    std::int64_t allocated_size() const override { return source_->allocated_size(); }
+    std::uint32_t cluster_size() const noexcept override { return source_->cluster_size(); }
+    std::uint32_t request_alignment() const noexcept override { return source_->request_alignment(); }
+    bool zero_init() const noexcept override { return source_->zero_init(); }
+    node* primary_child() const noexcept override { return child("file"); }
+    bool flush_on_close() const noexcept override { return false; }
+
+protected:
+    /// QEMU's cbw_child_perm: the target is written; the source as a filter's child, but
+    /// nobody else may write or resize it behind the filter's back.
+    block::perm_pair child_permissions(const block::edge& e, block::perm_pair cumulative) const override
+    {
+        if (e.role() == "target")
+            return {block::perm_write, block::perm_all & ~block::perm_resize};
+        block::perm_pair p = block::filter_child_perms(cumulative);
+        if (!guarding_)
+            return p;
+        if (p.perm & block::perm_write)
+            p.perm |= block::perm_consistent_read;
+        p.shared &= ~(block::perm_write | block::perm_resize);
+        return p;
+    }
+    asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override
+    {
+        co_return co_await source_->read(offset, buf);
+    }
+    asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override
+    {
+        if (auto s = state_)
+            if (auto r = co_await s->before_write(offset, buf.size()); !r)
+                co_return r;
+        co_return co_await source_->write(offset, buf, fua);
+    }
+    asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
+                                                  block::zero_flags f) override
+    {
+        if (auto s = state_)
+            if (auto r = co_await s->before_write(offset, length); !r)
+                co_return r;
+        co_return co_await source_->write_zeroes(offset, length, f);
+    }
+    asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override
+    {
+        if (auto s = state_)
+            if (auto r = co_await s->before_write(offset, length); !r)
+                co_return r;
+        co_return co_await source_->discard(offset, length);
+    }
+    asio::awaitable<result<void>> do_flush() override { co_return co_await source_->flush(); }
+    asio::awaitable<result<block::extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
+    {
+        co_return co_await source_->block_status(offset, length);
+    }
+
+private:
+    std::shared_ptr<block::node> source_;   ///< kept for requests that outlive the edge
+    std::shared_ptr<copy_state> state_;
+    bool implicit_;
+    bool guarding_ = true;
+};
+
+struct backup_setup {
+    block::graph* graph = nullptr;
+    std::shared_ptr<block::node> source;
+    std::shared_ptr<block::node> target;
+    std::shared_ptr<copy_before_write> filter;
+    qapi::mirror_sync_mode sync = qapi::mirror_sync_mode::full;
+    qapi::blockdev_on_error on_source_error = qapi::blockdev_on_error::report;
+    qapi::blockdev_on_error on_target_error = qapi::blockdev_on_error::report;
+    std::uint64_t cluster = default_cluster;
+    std::shared_ptr<block::named_bitmap> bitmap;   ///< sync=bitmap, or a bitmap-mode with full/top
+    qapi::bitmap_sync_mode bitmap_mode = qapi::bitmap_sync_mode::on_success;
+};
+
+class backup_job final : public job_driver {
+public:
+    backup_job(backup_setup s, asio::any_io_executor ex) : s_(std::move(s)), ex_(std::move(ex)) {}
+    ~backup_job() override { leave_graph(); }
+
+    /// Takes the job's nodes (QEMU's backup_job_create: the filter as the main node, the
+    /// target) and lets the filter copy from now on. On failure the filter is taken out.
+    qapi::result<void> attach(job& j)
+    {
+        attached_ = true;
+        auto& n = nodes_.emplace("backup job '" + j.id() + "'", "backup");
+        qapi::result<void> r = n.hold(s_.filter, "main node");
+        if (r)
+            r = n.hold(s_.target, "target");
+        if (!r) {
+            leave_graph();
+            return r;
+        }
+        state_ = std::make_shared<copy_state>(s_.source, s_.target, s_.cluster, ex_);
+        std::uint64_t todo = state_->length();
+        if (s_.bitmap) {
+            // QEMU's bdrv_dirty_bitmap_create_successor: the bitmap is busy while the job runs
+            // and records the writes made meanwhile; what it held is the job's to copy.
+            s_.bitmap->set_busy(true);
+            before_ = s_.bitmap->bits();
+            s_.bitmap->bits().clear();
+            if (s_.sync == qapi::mirror_sync_mode::bitmap)
+                // backup_init_bcs_bitmap: only the clusters the bitmap marks.
+                for (std::size_t c = 0; c < state_->clusters(); ++c) {
+                    const std::uint64_t off = c * state_->cluster();
+                    const std::uint64_t end = std::min(off + state_->cluster(), state_->length());
+                    if (!before_->next_dirty_area(off, end))
+                        todo -= state_->skip(c);
+                }
+        }
+        state_->on_copied = [&j](std::uint64_t n) { j.progress_done(n); };
+        s_.filter->attach_state(state_);
+        limiter_.set_speed(j.speed());
+        j.progress_set_remaining(todo);
+        remaining_ = todo;
+        return {};
+    }
+
+    asio::awaitable<qapi::result<void>> run(job& j) override
+    {
+        if (s_.sync == qapi::mirror_sync_mode::none) {
+            // QEMU's backup_run: the filter does every copy; the job waits to be cancelled.
+            while (!j.is_cancelled())
+                co_await j.yield();
+            co_return qapi::result<void>{};
+        }
+        std::optional<std::error_code> failure;
+        std::chrono::nanoseconds delay{0};
+        std::uint64_t& remaining = remaining_;
+        for (std::size_t c = 0; c < state_->clusters();) {
+            co_await j.sleep(delay);
+            if (j.is_cancelled())
+                break;
+            delay = std::chrono::nanoseconds(0);
+            if (state_->done(c)) {
+                ++c;
+                continue;
+            }
+            const std::uint64_t off = c * state_->cluster();
+            const std::uint64_t n = std::min(state_->cluster(), state_->length() - off);
+            if (s_.sync == qapi::mirror_sync_mode::top) {
+                // Only what the top image holds (QEMU's block_copy_reset_unallocated).
+                auto a = co_await detail::allocated_between(s_.source.get(), detail::chain_next(*s_.source), off, n);
+                if (a && !a->first && a->second >= n) {
+                    remaining -= state_->skip(c);
+                    j.progress_set_remaining(remaining - std::min(remaining, j.progress_current()));
+                    ++c;
+                    continue;
+                }
+            }
+            bool in_source = false;
+            auto r = co_await state_->copy(c, c, in_source);
+            if (!r) {
+                auto action = j.error_action(in_source ? s_.on_source_error : s_.on_target_error, in_source,
+                                             r.error().value());
+                if (action == qapi::block_error_action::stop)
+                    continue;   // the same cluster again once resumed
+                if (action == qapi::block_error_action::report) {
+                    failure = r.error();
+                    break;
+                }
+                ++c;   // ignore: the cluster stays uncopied
+                continue;
+            }
+            limiter_.charge(n);
+            delay = limiter_.delay();
+            ++c;
+        }
+        if (failure) {
+            j.set_error_errno(failure->value());
+            co_return qapi::generic(strerror_text(*failure));
+        }
+        co_return qapi::result<void>{};
+    }
+
+    qapi::result<void> prepare(job&) override
+    {
+        leave_graph();
+        return {};
+    }
+    void commit(job&) override { finish_bitmap(true); }
+    void abort(job&) override
+    {
+        leave_graph();
+        finish_bitmap(false);
+    }
+    void clean(job&) override
+    {
+        leave_graph();
+        finish_bitmap(false);
+    }
+
+    void set_speed(job& j, std::int64_t speed) override
+    {
+        limiter_.set_speed(speed);
+        if (j.sleeping_timed())
+            j.enter();
+    }
+
+private:
+    /// QEMU's backup_cleanup_sync_bitmap. The bitmap now holds the writes made while the job
+    /// ran. It keeps only them when the job succeeded (or always, with bitmap-mode=always);
+    /// otherwise, or with bitmap-mode=never, what it held before comes back. A failed job with
+    /// bitmap-mode=always also marks again what was not copied.
+    void finish_bitmap(bool success)
+    {
+        if (!s_.bitmap || !before_)
+            return;
+        const auto mode = s_.bitmap_mode;
+        const bool sync = (success || mode == qapi::bitmap_sync_mode::always) && mode != qapi::bitmap_sync_mode::never;
+        if (!sync)
+            s_.bitmap->bits().merge(*before_);
+        if (!success && mode == qapi::bitmap_sync_mode::always && state_)
+            for (std::size_t c = 0; c < state_->clusters(); ++c)
+                if (!state_->done(c)) {
+                    const std::uint64_t off = c * state_->cluster();
+                    s_.bitmap->bits().set(off, std::min(state_->cluster(), state_->length() - off));
+                }
+        s_.bitmap->set_busy(false);
+        before_.reset();
+    }
+
+    /// QEMU's backup_clean (bdrv_cbw_drop): the filter goes, its parents back on the source.
+    void leave_graph()
+    {
+        if (state_) {
+            state_->detached = true;
+            state_->on_copied = nullptr;
+        }
+        if (!attached_)
+            return;
+        attached_ = false;
+        nodes_.reset();
+        s_.filter->stop_guarding();
+        detail::remove_filter(*s_.graph, ex_, s_.filter, "backup");
+    }
+
+    backup_setup s_;
+    asio::any_io_executor ex_;
+    detail::rate_limiter limiter_;
+    std::optional<detail::job_nodes> nodes_;
+    std::shared_ptr<copy_state> state_;
+    std::optional<block::dirty_bitmap> before_;   ///< the bitmap's bits when the job started
+    std::uint64_t remaining_ = 0;                 ///< bytes the job copies in all (progress total)
+    bool attached_ = false;
+};
+
+std::string sync_name(qapi::mirror_sync_mode m) { return std::string(qapi::to_string(m)); }
+
+} // namespace
+
+asio::awaitable<qapi::result<void>> start_backup(manager& m, block::graph& g, const backup_params& in)
+{
+    backup_params p = in;
+    // blockdev.c blockdev_backup_prepare: both names as device or node-name.
+    auto src = g.lookup(p.device, p.device);
+    if (!src)
+        co_return src.error();
+    auto tgt = g.lookup(p.target, p.target);
+    if (!tgt)
+        co_return tgt.error();
+    std::shared_ptr<block::node> source = *src;
+    std::shared_ptr<block::node> target = *tgt;
+
+    // do_backup_common.
+    using qapi::mirror_sync_mode;
+    if ((p.sync == mirror_sync_mode::bitmap || p.sync == mirror_sync_mode::incremental) && !p.bitmap)
+        co_return qapi::generic("must provide a valid bitmap name for '" + sync_name(p.sync) + "' sync mode");
+    if (p.sync == mirror_sync_mode::incremental) {
+        if (p.bitmap_mode && *p.bitmap_mode != qapi::bitmap_sync_mode::on_success)
+            co_return qapi::generic("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'");
+        p.sync = mirror_sync_mode::bitmap;
+        p.bitmap_mode = qapi::bitmap_sync_mode::on_success;
+    }
+    if (p.bitmap) {
+        auto bm = source->find_bitmap(*p.bitmap);
+        if (!bm)
+            co_return qapi::generic("Bitmap '" + *p.bitmap + "' could not be found");
+        if (!p.bitmap_mode)
+            co_return qapi::generic("Bitmap sync mode must be given when providing a bitmap");
+        if (auto r = block::check_not_busy(*bm); !r)
+            co_return r.error();
+        if (p.sync == mirror_sync_mode::none)
+            co_return qapi::generic("sync mode 'none' does not produce meaningful bitmap outputs");
+        if (*p.bitmap_mode == qapi::bitmap_sync_mode::never && p.sync != mirror_sync_mode::bitmap)
+            co_return qapi::generic("Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '" +
+                                    sync_name(p.sync) + "'");
+    }
+    if (!p.bitmap && p.bitmap_mode)
+        co_return qapi::generic("Cannot specify bitmap sync mode without a bitmap");
+
+    // backup_job_create.
+    if (source == target)
+        co_return qapi::generic("Source and target cannot be the same");
+    // blockjobd writes no compressed clusters (QEMU: only drivers with compressed writes).
+    if (p.compress)
+        co_return qapi::generic("Compression is not supported for this drive ");
+    if (auto r = source->check_op(block::block_op::backup_source); !r)
+        co_return r.error();
+    if (auto r = target->check_op(block::block_op::backup_target); !r)
+        co_return r.error();
+    if (p.max_workers && (*p.max_workers < 1 || *p.max_workers > 2147483647))
+        co_return qapi::generic("max-workers must be between 1 and 2147483647");
+    if (p.max_chunk && *p.max_chunk < 0)
+        co_return qapi::generic("max-chunk must be zero (which means no limit) or positive");
+    if (source->size() != target->size())
+        co_return qapi::generic("Source and target image have different sizes");
+
+    // bdrv_cbw_append: the filter above the source (its errors are "Could not create node: ").
+    auto node_err = [](const qapi::error& e) { return qapi::generic("Could not create node: " + e.desc); };
+    if (p.filter_node_name)
+        if (auto r = detail::check_filter_name(g, *p.filter_node_name); !r)
+            co_return node_err(r.error());
+    if (target->read_only())
+        co_return qapi::generic("Could not create node: Block node is read-only");
+    backup_setup s;
+    s.graph = &g;
+    s.source = source;
+    s.target = target;
+    s.sync = p.sync;
+    s.on_source_error = p.on_source_error;
+    s.on_target_error = p.on_target_error;
+    if (p.bitmap) {
+        s.bitmap = source->find_bitmap(*p.bitmap);
+        s.bitmap_mode = *p.bitmap_mode;
+    }
+    s.cluster = std::max<std::uint64_t>(default_cluster, target->cluster_size());
+    if (p.max_chunk && *p.max_chunk && static_cast<std::uint64_t>(*p.max_chunk) < s.cluster)
+        co_return qapi::generic("Required max-chunk (" + std::to_string(*p.max_chunk) +
+                                ") is less than backup cluster size (" + std::to_string(s.cluster) + ")");
+    block::node_options fo;
+    fo.name = p.filter_node_name ? *p.filter_node_name : g.auto_name();
+    s.filter = std::make_shared<copy_before_write>(fo, source, target, !p.filter_node_name);
+    auto filter = s.filter;
+    if (auto r = detail::insert_filter(g, filter, *source); !r) {
+        for (const auto& e : filter->children())
+            e->detach();
+        co_return node_err(r.error());
+    }
+    auto drv = std::make_unique<backup_job>(std::move(s), m.loop().get_executor());
+    backup_job* bj = drv.get();
+    // QEMU's block_job_create on the filter: its job id defaults to the filter's device name,
+    // which is none.
+    const std::string job_id = p.job_id ? *p.job_id : std::string();
+    auto created = m.create_block_job(job_id, job_type::backup, std::move(drv),
+                                      {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed);
+    if (!created) {
+        // The driver never touched the graph: the filter goes here (QEMU's bdrv_cbw_drop).
+        filter->stop_guarding();
+        detail::remove_filter(g, m.loop().get_executor(), filter, "backup");
+        co_return created.error();
+    }
+    job& j = **created;
+    if (auto r = bj->attach(j); !r) {
+        m.early_fail(j);
+        co_return r.error();
+    }
+    m.start(j);
+    logger()->info("backup '{}': '{}' to '{}', sync {}", j.id(), source->name(), target->name(), sync_name(p.sync));
+    co_return qapi::result<void>{};
+}
+
+} // namespace bjd::jobs
