@@ -21,11 +21,9 @@ boost::asio::awaitable<result<void>> qmp_blockdev_backup(qmp::context& ctx, bloc
                           .on_target_error = args.on_target_error.value_or(blockdev_on_error::report),
                           .filter_node_name = std::move(args.filter_node_name),
                           .auto_finalize = args.auto_finalize.value_or(true),
-                          .auto_dismiss = args.auto_dismiss.value_or(true)};
-    if (args.x_perf) {
-        p.max_workers = args.x_perf->max_workers;
-        p.max_chunk = args.x_perf->max_chunk;
-    }
+                          .auto_dismiss = args.auto_dismiss.value_or(true),
+                          .max_workers = args.x_perf ? args.x_perf->max_workers : std::nullopt,
+                          .max_chunk = args.x_perf ? args.x_perf->max_chunk : std::nullopt};
     co_return co_await jobs::start_backup(*ctx.jobs, *ctx.graph, p);
 }
 

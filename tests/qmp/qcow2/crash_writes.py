@@ -60,6 +60,17 @@ def qmp(path, *commands):
     return out[1:]
 
 
+def wait_concluded(sock, job, timeout=60.0):
+    """Polls query-jobs until `job` has concluded (a loaded machine makes any sleep too short)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = qmp(sock, {"execute": "query-jobs"})[0].get("return", [])
+        if any(j["id"] == job and j["status"] == "concluded" for j in jobs):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"job {job} did not conclude")
+
+
 def create_with_daemon(daemon, work, image, size, cluster, version):
     """Makes `image` with the daemon's blockdev-create (file, then qcow2 with a backing)."""
     sock = os.path.join(work, "create.sock")
@@ -72,13 +83,13 @@ def create_with_daemon(daemon, work, image, size, cluster, version):
             raise RuntimeError("daemon did not come up for blockdev-create")
         r = qmp(sock, {"execute": "blockdev-create", "arguments": {
             "job-id": "f", "options": {"driver": "file", "filename": image, "size": 0}}})
-        time.sleep(0.2)
+        wait_concluded(sock, "f")
         r += qmp(sock, {"execute": "job-dismiss", "arguments": {"id": "f"}},
                  {"execute": "blockdev-add", "arguments": {"driver": "file", "node-name": "f", "filename": image}},
                  {"execute": "blockdev-create", "arguments": {"job-id": "q", "options": {
                      "driver": "qcow2", "file": "f", "size": size, "cluster-size": cluster, "version": version,
                      "backing-file": "base.raw", "backing-fmt": "raw"}}})
-        time.sleep(0.2)
+        wait_concluded(sock, "q")
         r += qmp(sock, {"execute": "query-jobs"}, {"execute": "job-dismiss", "arguments": {"id": "q"}},
                  {"execute": "quit"})
         jobs = [j for m in r if isinstance(m.get("return"), list) for j in m["return"]]

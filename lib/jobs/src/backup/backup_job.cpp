@@ -7,6 +7,7 @@
 
 #include "bjd/block/bitmaps.hpp"
 #include "bjd/block/driver.hpp"
+#include "bjd/block/filter_node.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/event_flag.hpp"
 #include "bjd/io/buffer.hpp"
@@ -131,13 +132,12 @@ private:
 /// QEMU's copy-before-write filter: above the source while the backup runs, with the source
 /// as its "file" child and the target as its "target" child. Reads pass through; a write,
 /// write-zeroes or discard first copies the old data of the clusters it touches.
-class copy_before_write final : public block::node {
+class copy_before_write final : public block::filter_node {
 public:
     copy_before_write(block::node_options o, std::shared_ptr<block::node> source, std::shared_ptr<block::node> target,
                       bool implicit)
-        : node(std::move(o)), source_(source), implicit_(implicit)
+        : filter_node(std::move(o), std::move(source), "file", implicit)
     {
-        add_child("file", std::move(source));
         add_child("target", std::move(target));
     }
 
@@ -153,15 +153,6 @@ public:
     }
 
     std::string_view driver() const noexcept override { return "copy-before-write"; }
-    bool is_filter() const noexcept override { return true; }
-    bool implicit() const noexcept override { return implicit_; }
-    std::uint64_t size() const noexcept override { return source_->size(); }
-    std::int64_t allocated_size() const override { return source_->allocated_size(); }
-    std::uint32_t cluster_size() const noexcept override { return source_->cluster_size(); }
-    std::uint32_t request_alignment() const noexcept override { return source_->request_alignment(); }
-    bool zero_init() const noexcept override { return source_->zero_init(); }
-    node* primary_child() const noexcept override { return child("file"); }
-    bool flush_on_close() const noexcept override { return false; }
 
 protected:
     /// QEMU's cbw_child_perm: the target is written; the source as a filter's child, but
@@ -180,14 +171,14 @@ protected:
     }
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override
     {
-        co_return co_await source_->read(offset, buf);
+        co_return co_await below_->read(offset, buf);
     }
     asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override
     {
         if (auto s = state_)
             if (auto r = co_await s->before_write(offset, buf.size()); !r)
                 co_return r;
-        co_return co_await source_->write(offset, buf, fua);
+        co_return co_await below_->write(offset, buf, fua);
     }
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                                   block::zero_flags f) override
@@ -195,25 +186,23 @@ protected:
         if (auto s = state_)
             if (auto r = co_await s->before_write(offset, length); !r)
                 co_return r;
-        co_return co_await source_->write_zeroes(offset, length, f);
+        co_return co_await below_->write_zeroes(offset, length, f);
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override
     {
         if (auto s = state_)
             if (auto r = co_await s->before_write(offset, length); !r)
                 co_return r;
-        co_return co_await source_->discard(offset, length);
+        co_return co_await below_->discard(offset, length);
     }
-    asio::awaitable<result<void>> do_flush() override { co_return co_await source_->flush(); }
+    asio::awaitable<result<void>> do_flush() override { co_return co_await below_->flush(); }
     asio::awaitable<result<block::extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
     {
-        co_return co_await source_->block_status(offset, length);
+        co_return co_await below_->block_status(offset, length);
     }
 
 private:
-    std::shared_ptr<block::node> source_;   ///< kept for requests that outlive the edge
     std::shared_ptr<copy_state> state_;
-    bool implicit_;
     bool guarding_ = true;
 };
 
