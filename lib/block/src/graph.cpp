@@ -492,7 +492,10 @@ std::vector<std::shared_ptr<node>> graph::take_closing(std::shared_ptr<node> n)
 
 namespace {
 
-bool needs_flush(const node& n) { return !n.read_only() && n.flush_on_close() && n.unflushed(); }
+bool needs_flush(const node& n)
+{
+    return !n.read_only() && (n.close_work() || (n.flush_on_close() && n.unflushed()));
+}
 
 /// QEMU's bdrv_close: flush a writable node, and let it go even when that fails.
 asio::awaitable<void> flush_before_close(node& n)
@@ -501,6 +504,12 @@ asio::awaitable<void> flush_before_close(node& n)
         co_return;
     result<void> r;
     try {
+        if (n.close_work()) {
+            r = co_await n.before_close();
+            if (!r)
+                log::get("block")->warn("node '{}': writing back before close failed: {}", n.name(),
+                                        strerror_text(r.error()));
+        }
         r = co_await n.flush();
     } catch (const std::exception& e) {
         log::get("block")->warn("node '{}': flush before close failed: {}", n.name(), e.what());
