@@ -294,6 +294,26 @@ struct opener {
         auto n = co_await open_qcow2(std::move(common), *file, qo);
         if (!n)
             co_return n;
+        auto r = co_await attach_qcow2_backing(q, mine, *file, *n);
+        if (!r) {
+            // The image was opened (its bitmaps marked in use): close it properly, so that a
+            // failed blockdev-add leaves them consistent (QEMU's bdrv_close on the error path).
+            if ((*n)->close_work())
+                (void)co_await (*n)->before_close();
+            (void)co_await (*n)->flush();
+            co_return r.error();
+        }
+        co_return n;
+    }
+
+    /// The qcow2 branch of blockdev-add after the image opened: its backing child, given or
+    /// from the header.
+    asio::awaitable<qapi::result<void>> attach_qcow2_backing(const qapi::blockdev_options_qcow2& q, const inherited& mine,
+                                                            const std::shared_ptr<node>& filenode,
+                                                            const std::shared_ptr<node>& image)
+    {
+        const std::shared_ptr<node>* file = &filenode;
+        const std::shared_ptr<node>* n = &image;
         // Backing children are read-only unless given otherwise (QEMU's bdrv_backing_options).
         inherited binh = mine;
         binh.read_only = true;
@@ -327,7 +347,7 @@ struct opener {
                 co_return r.error();
         if (from_header)
             note_backing_from_header(**n);
-        co_return n;
+        co_return qapi::result<void>{};
     }
 
     /// Opens the backing file a qcow2 header names: relative to the image's directory, in the
