@@ -162,6 +162,32 @@ asio::awaitable<result<void>> qcow2_node::before_close()
     co_return co_await store_bitmaps_locked(true);
 }
 
+asio::awaitable<result<void>> qcow2_node::reopen_bitmaps(bool to_read_only)
+{
+    auto g = co_await meta_.lock();
+    if (to_read_only) {
+        // Still writable here: store as a close would, then let a later writable phase
+        // (another reopen) mark and store them again.
+        auto r = co_await store_bitmaps_locked(true);
+        bitmaps_closed_ = false;
+        co_return r;
+    }
+    if (read_only() || stored_.empty())
+        co_return result<void>{};
+    bool changed = false;
+    for (auto& e : stored_)
+        if (!(e.flags & bme_in_use)) {
+            e.flags |= bme_in_use;
+            changed = true;
+        }
+    if (!changed)
+        co_return result<void>{};
+    auto enc = encode_bitmap_directory(stored_);   // same size: rewritten in place
+    if (auto r = co_await file()->write(stored_dir_offset_, enc); !r)
+        co_return r;
+    co_return co_await file()->flush();
+}
+
 asio::awaitable<qapi::result<void>> qcow2_node::remove_persistent_bitmap(const std::string& bname)
 {
     // QEMU's qcow2_co_remove_persistent_dirty_bitmap: the image stops holding it at once.

@@ -187,6 +187,11 @@ public:
     asio::awaitable<result<void>> before_close() override;
     qapi::result<void> can_store_new_bitmap(const std::string& name, std::uint64_t granularity) const override;
     asio::awaitable<qapi::result<void>> remove_persistent_bitmap(const std::string& name) override;
+    /// reopen_read_only (reopen.cpp), QEMU's qcow2_reopen_bitmaps_ro/_rw: before a writable
+    /// node turns read-only its bitmaps are written back (in use cleared); after it turned
+    /// writable they are marked in use on disk, so writes never go unrecorded by a bitmap
+    /// that the image calls consistent.
+    asio::awaitable<result<void>> reopen_bitmaps(bool read_only);
 
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
