@@ -34,7 +34,7 @@ std::optional<dirty_bitmap_info> named_bitmap::bitmap_info() const
     i.granularity = static_cast<std::uint32_t>(bits_.granularity());
     i.recording = enabled_;
     i.busy = busy_;
-    i.persistent = false;
+    i.persistent = persistent_;
     return i;
 }
 
@@ -58,9 +58,9 @@ qapi::result<void> bitmap_add(graph& g, std::string_view node_ref, const std::st
         return qapi::generic("Granularity must be power of 2 and at least 512");
     const std::uint64_t gran = granularity ? *granularity : n.default_bitmap_granularity();
     if (persistent) {
-        // QEMU stores persistent bitmaps in qcow2 images only; blockjobd does not store them
-        // yet, so it refuses them everywhere, in the words QEMU uses for other formats.
-        return qapi::generic("Can't store persistent bitmaps to " + n.name() + ": Operation not supported");
+        // QEMU stores persistent bitmaps in qcow2 (v3) images only; the driver decides.
+        if (auto r = n.can_store_new_bitmap(name, gran); !r)
+            return r;
     }
     if (n.find_bitmap(name))
         return qapi::generic("Bitmap already exists: " + name);
@@ -68,6 +68,7 @@ qapi::result<void> bitmap_add(graph& g, std::string_view node_ref, const std::st
         return qapi::generic("Bitmap name too long: " + name);
     auto b = n.add_bitmap(name, gran);
     b->set_enabled(!disabled);
+    b->set_persistent(persistent);
     return {};
 }
 

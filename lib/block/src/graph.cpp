@@ -294,6 +294,26 @@ struct opener {
         auto n = co_await open_qcow2(std::move(common), *file, qo);
         if (!n)
             co_return n;
+        auto r = co_await attach_qcow2_backing(q, mine, *file, *n);
+        if (!r) {
+            // The image was opened (its bitmaps marked in use): close it properly, so that a
+            // failed blockdev-add leaves them consistent (QEMU's bdrv_close on the error path).
+            if ((*n)->close_work())
+                (void)co_await (*n)->before_close();
+            (void)co_await (*n)->flush();
+            co_return r.error();
+        }
+        co_return n;
+    }
+
+    /// The qcow2 branch of blockdev-add after the image opened: its backing child, given or
+    /// from the header.
+    asio::awaitable<qapi::result<void>> attach_qcow2_backing(const qapi::blockdev_options_qcow2& q, const inherited& mine,
+                                                            const std::shared_ptr<node>& filenode,
+                                                            const std::shared_ptr<node>& image)
+    {
+        const std::shared_ptr<node>* file = &filenode;
+        const std::shared_ptr<node>* n = &image;
         // Backing children are read-only unless given otherwise (QEMU's bdrv_backing_options).
         inherited binh = mine;
         binh.read_only = true;
@@ -327,7 +347,7 @@ struct opener {
                 co_return r.error();
         if (from_header)
             note_backing_from_header(**n);
-        co_return n;
+        co_return qapi::result<void>{};
     }
 
     /// Opens the backing file a qcow2 header names: relative to the image's directory, in the
@@ -492,7 +512,10 @@ std::vector<std::shared_ptr<node>> graph::take_closing(std::shared_ptr<node> n)
 
 namespace {
 
-bool needs_flush(const node& n) { return !n.read_only() && n.flush_on_close() && n.unflushed(); }
+bool needs_flush(const node& n)
+{
+    return !n.read_only() && (n.close_work() || (n.flush_on_close() && n.unflushed()));
+}
 
 /// QEMU's bdrv_close: flush a writable node, and let it go even when that fails.
 asio::awaitable<void> flush_before_close(node& n)
@@ -501,6 +524,12 @@ asio::awaitable<void> flush_before_close(node& n)
         co_return;
     result<void> r;
     try {
+        if (n.close_work()) {
+            r = co_await n.before_close();
+            if (!r)
+                log::get("block")->warn("node '{}': writing back before close failed: {}", n.name(),
+                                        strerror_text(r.error()));
+        }
         r = co_await n.flush();
     } catch (const std::exception& e) {
         log::get("block")->warn("node '{}': flush before close failed: {}", n.name(), e.what());

@@ -438,6 +438,19 @@ asio::awaitable<result<void>> node::do_truncate(std::uint64_t) { co_return errno
 
 asio::awaitable<result<void>> node::do_flush() { co_return result<void>{}; }
 
+asio::awaitable<result<void>> node::before_close() { co_return result<void>{}; }
+
+qapi::result<void> node::can_store_new_bitmap(const std::string&, std::uint64_t) const
+{
+    // QEMU's bdrv_co_can_store_new_dirty_bitmap for drivers without bitmap storage.
+    return qapi::generic("Can't store persistent bitmaps to " + name() + ": Operation not supported");
+}
+
+asio::awaitable<qapi::result<void>> node::remove_persistent_bitmap(const std::string&)
+{
+    co_return qapi::result<void>{};
+}
+
 asio::awaitable<result<extent>> node::do_block_status(std::uint64_t, std::uint64_t length)
 {
     co_return extent{status_data | status_allocated, length};

@@ -4,6 +4,7 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/log.hpp"
+#include "drivers/qcow2/node.hpp"
 
 #include <algorithm>
 #include <optional>
@@ -49,6 +50,11 @@ asio::awaitable<qapi::result<void>> reopen_read_only(node& n, bool read_only)
                                 "' cannot support read-write users");   // checked again below, after the flush
     if (read_only) {
         for (node* x : nodes)
+            if (auto* q = dynamic_cast<qcow2::qcow2_node*>(x))
+                if (auto r = co_await q->reopen_bitmaps(true); !r)
+                    co_return qapi::generic("Could not store bitmaps of '" + x->name() + "': " +
+                                            strerror_text(r.error()));
+        for (node* x : nodes)
             if (auto r = co_await x->flush(); !r)
                 co_return qapi::generic("Could not flush '" + x->name() + "': " + strerror_text(r.error()));
     }
@@ -59,6 +65,17 @@ asio::awaitable<qapi::result<void>> reopen_read_only(node& n, bool read_only)
             reopen_access::options(*x).read_only = !read_only;
         co_return r.error();
     }
+    if (!read_only)
+        for (node* x : nodes)
+            if (auto* q = dynamic_cast<qcow2::qcow2_node*>(x))
+                if (auto r = co_await q->reopen_bitmaps(false); !r) {
+                    // Writes must not reach an image whose bitmaps say they are consistent.
+                    for (node* y : nodes)
+                        y->opts_.read_only = true;
+                    (void)n.refresh_permissions();
+                    co_return qapi::generic("Could not mark the bitmaps of '" + x->name() +
+                                            "' in use: " + strerror_text(r.error()));
+                }
     log::get("block")->info("node '{}' reopened {}", n.name(), read_only ? "read-only" : "read-write");
     co_return qapi::result<void>{};
 }

@@ -17,7 +17,18 @@ boost::asio::awaitable<result<void>> qmp_block_dirty_bitmap_add(qmp::context& ct
 boost::asio::awaitable<result<void>> qmp_block_dirty_bitmap_remove(qmp::context& ctx,
                                                                   block_dirty_bitmap_remove_args args)
 {
-    co_return block::bitmap_remove(*ctx.graph, args.node, args.name);
+    // A persistent bitmap leaves the image too (QEMU's bdrv_co_remove_persistent_dirty_bitmap).
+    std::shared_ptr<block::node> n;
+    bool persistent = false;
+    if (auto found = ctx.graph->lookup(args.node)) {
+        n = *found;
+        if (auto b = n->find_bitmap(args.name))
+            persistent = b->persistent();
+    }
+    auto r = block::bitmap_remove(*ctx.graph, args.node, args.name);
+    if (!r || !persistent)
+        co_return r;
+    co_return co_await n->remove_persistent_bitmap(args.name);
 }
 
 boost::asio::awaitable<result<void>> qmp_block_dirty_bitmap_clear(qmp::context& ctx, block_dirty_bitmap_clear_args args)

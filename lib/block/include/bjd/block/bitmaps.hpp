@@ -8,8 +8,9 @@
 /// node (NBD exports, jobs, drives, a format writing into its file), as the node's write
 /// observer, while enabled; it is resized with the node and goes away with it (blockdev-del).
 /// An export that serves it (qemu:dirty-bitmap:NAME) marks it busy: then no command may
-/// change or remove it. Persistent bitmaps (stored in a qcow2 image) are not implemented;
-/// `persistent: true` is refused on every node. Main loop only.
+/// change or remove it. Persistent bitmaps are stored by drivers that can (qcow2 version 3,
+/// drivers/qcow2/bitmaps.cpp): written into the image when the node closes, loaded when it
+/// opens; other nodes refuse `persistent: true` (node::can_store_new_bitmap). Main loop only.
 #include "bjd/block/dirty_bitmap.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/block/transaction.hpp"
@@ -44,6 +45,9 @@ public:
     /// In use by an operation (an export serving it): QMP may not touch it.
     bool busy() const noexcept { return busy_; }
     void set_busy(bool v) noexcept { busy_ = v; }
+    /// Stored in the node's image (block-dirty-bitmap-add persistent: true, or loaded from it).
+    bool persistent() const noexcept { return persistent_; }
+    void set_persistent(bool v) noexcept { persistent_ = v; }
 
     void on_write(std::uint64_t offset, std::uint64_t length) override
     {
@@ -57,6 +61,7 @@ private:
     dirty_bitmap bits_;
     bool enabled_ = true;
     bool busy_ = false;
+    bool persistent_ = false;
 };
 
 /// "Bitmap 'x' is currently in use by another operation and cannot be used" when busy

@@ -283,6 +283,11 @@ public:
     /// Whether a write, write-zeroes, discard or resize completed since the last flush began:
     /// only then does a close need to flush (a mirror flushed its target before it finished).
     bool unflushed() const noexcept { return unflushed_; }
+    /// Whether closing the node has work to do besides a flush (a qcow2 image writes its
+    /// persistent bitmaps back, QEMU's qcow2_inactivate), even when nothing was written.
+    virtual bool close_work() const noexcept { return false; }
+    /// That work, done before the close's flush (graph.cpp, flush_before_close).
+    virtual asio::awaitable<result<void>> before_close();
     /// The backing node (COW base) or null.
     node* backing() const noexcept { return child("backing"); }
 
@@ -333,6 +338,15 @@ public:
     /// Creates an enabled, empty bitmap of the node's size that records every write-type
     /// request from now on. The caller checked the name (unique) and the granularity.
     std::shared_ptr<named_bitmap> add_bitmap(std::string name, std::uint64_t granularity);
+    /// The named bitmaps, oldest first.
+    const std::vector<std::shared_ptr<named_bitmap>>& named_bitmaps() const noexcept { return bitmaps_; }
+    /// Whether a new persistent bitmap `name` of `granularity` can be stored in this node
+    /// (QEMU's bdrv_can_store_new_dirty_bitmap); the default refuses in QEMU's words for
+    /// drivers that cannot store bitmaps.
+    virtual qapi::result<void> can_store_new_bitmap(const std::string& name, std::uint64_t granularity) const;
+    /// A persistent bitmap was removed (block-dirty-bitmap-remove): drivers that store
+    /// bitmaps drop it from the image (QEMU's bdrv_co_remove_persistent_dirty_bitmap).
+    virtual asio::awaitable<qapi::result<void>> remove_persistent_bitmap(const std::string& name);
     /// Drops a bitmap: it stops recording and leaves queries (a holder may keep the object).
     void remove_bitmap(const named_bitmap& b);
     /// Default granularity of a new bitmap, QEMU's: the cluster size within [4 KiB, 64 KiB],

@@ -151,9 +151,29 @@ bool parse_header(std::span<const std::byte> first, std::uint64_t file_size, hea
                 const char* name = reinterpret_cast<const char*>(d + i + 2);
                 feature_names[bit] = std::string(name, strnlen(name, 46));
             }
+        } else if (type == ext_bitmaps && (h.autoclear & autoclear_bitmaps)) {
+            // Only trusted while the autoclear bit says nobody unaware of bitmaps wrote the
+            // image since (qcow2.txt); otherwise the bitmaps are dropped, as QEMU does.
+            if (len < 24)
+                return fail(error, "bitmaps_ext: Invalid extension length");
+            if (load_be32(d + 4) != 0)
+                return fail(error, "bitmaps_ext: Reserved field is not zero");
+            h.has_bitmaps_ext = true;
+            h.nb_bitmaps = load_be32(d);
+            h.bitmap_directory_size = load_be64(d + 8);
+            h.bitmap_directory_offset = load_be64(d + 16);
+            if (h.nb_bitmaps == 0)
+                return fail(error, "found bitmaps extension with zero bitmaps");
+            if (h.nb_bitmaps > max_bitmaps)
+                return fail(error, "bitmaps_ext: Image has too many bitmaps");
+            if (h.bitmap_directory_size > max_bitmap_directory_bytes)
+                return fail(error, "bitmaps_ext: bitmap directory size is too big");
+            if ((h.bitmap_directory_offset & (cs - 1)) != 0 || h.bitmap_directory_offset == 0 ||
+                !range_in_file(h.bitmap_directory_offset, h.bitmap_directory_size, file_size))
+                return fail(error, "bitmaps_ext: invalid bitmap directory offset");
         }
-        // Other extensions (bitmaps, data file name, crypto header) are ignored: what
-        // depends on them is refused through the feature bits below.
+        // Other extensions (data file name, crypto header) are ignored: what depends on
+        // them is refused through the feature bits below.
         off += (std::uint64_t(len) + 7) / 8 * 8;
     }
 
@@ -314,6 +334,84 @@ void refcount_set(std::span<std::byte> block, unsigned order, std::uint64_t i, s
     unsigned byte = std::to_integer<unsigned>(block[bit / 8]);
     byte = (byte & ~mask) | ((unsigned(v) << (bit % 8)) & mask);
     block[bit / 8] = std::byte(byte);
+}
+
+std::vector<std::byte> encode_bitmap_directory(std::span<const bitmap_dir_entry> entries)
+{
+    std::uint64_t total = 0;
+    for (const auto& e : entries)
+        total += bitmap_dir_entry_size(e.name.size(), e.extra_data.size());
+    std::vector<std::byte> out(total);
+    std::byte* p = out.data();
+    for (const auto& e : entries) {
+        store_be64(p, e.table_offset);
+        store_be32(p + 8, e.table_size);
+        store_be32(p + 12, e.flags);
+        p[16] = std::byte(e.type);
+        p[17] = std::byte(e.granularity_bits);
+        p[18] = std::byte((e.name.size() >> 8) & 0xff);
+        p[19] = std::byte(e.name.size() & 0xff);
+        store_be32(p + 20, static_cast<std::uint32_t>(e.extra_data.size()));
+        std::memcpy(p + 24, e.extra_data.data(), e.extra_data.size());
+        std::memcpy(p + 24 + e.extra_data.size(), e.name.data(), e.name.size());
+        p += bitmap_dir_entry_size(e.name.size(), e.extra_data.size());
+    }
+    return out;
+}
+
+bool decode_bitmap_directory(std::span<const std::byte> dir, std::uint32_t nb, const header& h,
+                             std::uint64_t file_size, std::vector<bitmap_dir_entry>& out, std::string& error)
+{
+    out.clear();
+    const std::uint64_t cs = h.cluster_size();
+    std::uint64_t off = 0;
+    for (std::uint32_t i = 0; i < nb; ++i) {
+        if (dir.size() - off < 24)
+            return fail(error, "Less bitmaps found than specified in header extension");
+        const std::byte* p = dir.data() + off;
+        bitmap_dir_entry e;
+        e.table_offset = load_be64(p);
+        e.table_size = load_be32(p + 8);
+        e.flags = load_be32(p + 12);
+        e.type = std::to_integer<std::uint8_t>(p[16]);
+        e.granularity_bits = std::to_integer<std::uint8_t>(p[17]);
+        const std::uint32_t name_size = load_be16(p + 18);
+        const std::uint32_t extra = load_be32(p + 20);
+        const std::uint64_t sz = bitmap_dir_entry_size(name_size, extra);
+        if (sz > dir.size() - off)
+            return fail(error, "Less bitmaps found than specified in header extension");
+        e.extra_data.assign(p + 24, p + 24 + extra);
+        e.name.assign(reinterpret_cast<const char*>(p + 24 + extra), name_size);
+        if (extra != 0 && !(e.flags & bme_extra_data_compatible))
+            return fail(error, "Bitmap extra data is not supported");
+        const bool ok = e.type == bme_type_dirty_tracking && !(e.flags & ~bme_known_flags) &&
+                        e.granularity_bits >= bme_min_granularity_bits &&
+                        e.granularity_bits <= bme_max_granularity_bits && name_size != 0 &&
+                        name_size <= bme_max_name && e.table_size <= bme_max_table_size &&
+                        e.table_size == bitmap_table_entries(h.size, e.granularity_bits, cs) &&
+                        (e.table_offset & (cs - 1)) == 0 && e.table_offset != 0 &&
+                        range_in_file(e.table_offset, std::uint64_t(e.table_size) * 8, file_size) &&
+                        !overlaps_fixed_metadata(h, e.table_offset, std::uint64_t(e.table_size) * 8);
+        if (!ok)
+            return fail(error, "Bitmap '" + e.name + "' doesn't satisfy the constraints");
+        for (const auto& o : out)
+            if (o.name == e.name)
+                return fail(error, "Bitmap '" + e.name + "' is listed twice in the bitmap directory");
+        out.push_back(std::move(e));
+        off += sz;
+    }
+    if (off != dir.size())
+        return fail(error, "More bitmaps found than specified in header extension");
+    return true;
+}
+
+std::vector<std::byte> encode_bitmaps_ext(std::uint32_t nb, std::uint64_t dir_size, std::uint64_t dir_offset)
+{
+    std::vector<std::byte> out(24);
+    store_be32(out.data(), nb);
+    store_be64(out.data() + 8, dir_size);
+    store_be64(out.data() + 16, dir_offset);
+    return out;
 }
 
 } // namespace bjd::block::qcow2

@@ -21,6 +21,7 @@ inline constexpr std::uint32_t ext_end = 0x00000000;
 inline constexpr std::uint32_t ext_backing_format = 0xe2792aca;
 inline constexpr std::uint32_t ext_feature_table = 0x6803f857;
 inline constexpr std::uint32_t ext_data_file = 0x44415441;
+inline constexpr std::uint32_t ext_bitmaps = 0x23852875;
 
 inline constexpr std::uint64_t incompat_dirty = 1u << 0;
 inline constexpr std::uint64_t incompat_corrupt = 1u << 1;
@@ -28,6 +29,7 @@ inline constexpr std::uint64_t incompat_data_file = 1u << 2;
 inline constexpr std::uint64_t incompat_compression = 1u << 3;
 inline constexpr std::uint64_t incompat_extended_l2 = 1u << 4;
 inline constexpr std::uint64_t compat_lazy_refcounts = 1u << 0;
+inline constexpr std::uint64_t autoclear_bitmaps = 1u << 0;
 
 // L1/L2/refcount-table entries.
 inline constexpr std::uint64_t oflag_copied = 1ull << 63;
@@ -87,6 +89,13 @@ struct header {
     std::uint32_t refcount_order = 4;
     std::uint32_t header_length = 72;
     std::uint8_t compression_type = 0;
+
+    // Bitmaps extension (docs/interop/qcow2.txt "Bitmaps extension"); only meaningful when
+    // the extension was present and the autoclear "bitmaps" bit is set.
+    bool has_bitmaps_ext = false;
+    std::uint32_t nb_bitmaps = 0;
+    std::uint64_t bitmap_directory_size = 0;
+    std::uint64_t bitmap_directory_offset = 0;
 
     std::string backing_file;     ///< empty: no backing file
     std::string backing_format;   ///< from the extension; empty when absent
@@ -166,5 +175,58 @@ inline std::uint64_t refcount_max(unsigned order) noexcept
 std::uint64_t refcount_get(std::span<const std::byte> block, unsigned order, std::uint64_t i);
 /// Writes entry `i`; the caller checked that `v` fits in 2^order bits.
 void refcount_set(std::span<std::byte> block, unsigned order, std::uint64_t i, std::uint64_t v);
+
+// ---- persistent dirty bitmaps (docs/interop/qcow2.txt, "Bitmaps extension") -------------------
+
+inline constexpr std::uint32_t bme_in_use = 1u << 0;
+inline constexpr std::uint32_t bme_auto = 1u << 1;
+inline constexpr std::uint32_t bme_extra_data_compatible = 1u << 2;
+inline constexpr std::uint32_t bme_known_flags = bme_in_use | bme_auto | bme_extra_data_compatible;
+inline constexpr std::uint8_t bme_type_dirty_tracking = 1;
+/// QEMU's limits (block/qcow2-bitmap.c, block/qcow2.h): granularity 2^9..2^31, names up to
+/// 1023 bytes, 65535 bitmaps, a 64 MiB directory, bitmap tables of at most 2^27 entries.
+inline constexpr unsigned bme_min_granularity_bits = 9;
+inline constexpr unsigned bme_max_granularity_bits = 31;
+inline constexpr std::size_t bme_max_name = 1023;
+inline constexpr std::uint32_t max_bitmaps = 65535;
+inline constexpr std::uint64_t max_bitmap_directory_bytes = 64ull << 20;
+inline constexpr std::uint64_t bme_max_table_size = 0x8000000;
+/// Bitmap table entries: bits 9-55 the data cluster offset; bit 0 (offset 0 only) "all ones".
+inline constexpr std::uint64_t bme_table_reserved = 0xff000000000001feull;
+inline constexpr std::uint64_t bme_table_all_ones = 1;
+
+/// One bitmap directory entry, host byte order.
+struct bitmap_dir_entry {
+    std::uint64_t table_offset = 0;
+    std::uint32_t table_size = 0;   ///< entries (8 bytes each)
+    std::uint32_t flags = 0;
+    std::uint8_t type = bme_type_dirty_tracking;
+    std::uint8_t granularity_bits = 16;
+    std::vector<std::byte> extra_data;
+    std::string name;
+    friend bool operator==(const bitmap_dir_entry&, const bitmap_dir_entry&) = default;
+};
+
+/// Bytes one directory entry takes: the 24-byte fixed part, extra data and name, padded to 8.
+inline std::uint64_t bitmap_dir_entry_size(std::uint64_t name_len, std::uint64_t extra_len) noexcept
+{
+    return (24 + extra_len + name_len + 7) / 8 * 8;
+}
+/// Bitmap table entries a bitmap of an image of `size` bytes needs: one per data cluster,
+/// each cluster holding cluster_size*8 bits of one granularity each.
+inline std::uint64_t bitmap_table_entries(std::uint64_t size, unsigned granularity_bits, std::uint64_t cs) noexcept
+{
+    const std::uint64_t bits = (size + (1ull << granularity_bits) - 1) >> granularity_bits;
+    return (bits + cs * 8 - 1) / (cs * 8);
+}
+
+std::vector<std::byte> encode_bitmap_directory(std::span<const bitmap_dir_entry> entries);
+/// Decodes `nb` entries from `dir` and checks them against the image `h` (file of
+/// `file_size` bytes): known type and flags, granularity, name, table placement and the
+/// table size the image's size calls for, unique names. False with `error` set otherwise.
+bool decode_bitmap_directory(std::span<const std::byte> dir, std::uint32_t nb, const header& h,
+                             std::uint64_t file_size, std::vector<bitmap_dir_entry>& out, std::string& error);
+/// The 24 bytes of the bitmaps header extension.
+std::vector<std::byte> encode_bitmaps_ext(std::uint32_t nb, std::uint64_t dir_size, std::uint64_t dir_offset);
 
 } // namespace bjd::block::qcow2

@@ -122,15 +122,20 @@ asio::awaitable<qapi::result<void>> qcow2_node::load()
                 co_return qapi::generic("qcow2: Could not repair dirty image: " +
                                         (err.empty() ? strerror_text(rr.error()) : err));
         }
-        if (h_.autoclear != 0) {
-            // We do not maintain what these bits vouch for (bitmaps): clear them before writing.
-            std::byte zero[8]{};
-            auto w = co_await file()->write(off_autoclear, std::span<const std::byte>(zero, 8));
+        // Autoclear bits we do not maintain are cleared before writing (qcow2.txt); the
+        // bitmaps bit stays while the extension it vouches for is kept up to date.
+        const std::uint64_t keep = h_.has_bitmaps_ext ? autoclear_bitmaps : 0;
+        if (h_.autoclear & ~keep) {
+            std::byte be[8];
+            store_be64(be, h_.autoclear & keep);
+            auto w = co_await file()->write(off_autoclear, std::span<const std::byte>(be, 8));
             if (!w)
                 co_return qapi::generic("Could not update qcow2 header: " + strerror_text(w.error()));
-            h_.autoclear = 0;
+            h_.autoclear &= keep;
         }
     }
+    if (auto b = co_await load_bitmaps(); !b)
+        co_return b;
     co_return qapi::result<void>{};
 }
 

@@ -181,6 +181,18 @@ public:
     /// backing-format extension (none when `fmt` is empty), keeping the other extensions.
     asio::awaitable<result<void>> change_backing_file(const std::string& file, const std::string& fmt);
 
+    // ---- bitmaps.cpp: persistent dirty bitmaps (qcow2.txt, "Bitmaps extension") ----
+    bool close_work() const noexcept override;
+    /// Writes the persistent bitmaps back (QEMU's qcow2_store_persistent_dirty_bitmaps).
+    asio::awaitable<result<void>> before_close() override;
+    qapi::result<void> can_store_new_bitmap(const std::string& name, std::uint64_t granularity) const override;
+    asio::awaitable<qapi::result<void>> remove_persistent_bitmap(const std::string& name) override;
+    /// reopen_read_only (reopen.cpp), QEMU's qcow2_reopen_bitmaps_ro/_rw: before a writable
+    /// node turns read-only its bitmaps are written back (in use cleared); after it turned
+    /// writable they are marked in use on disk, so writes never go unrecorded by a bitmap
+    /// that the image calls consistent.
+    asio::awaitable<result<void>> reopen_bitmaps(bool read_only);
+
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
     asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
@@ -193,6 +205,20 @@ protected:
 
 private:
     node* file() const noexcept { return child("file"); }
+
+    // ---- bitmaps.cpp ----
+    /// Loads the bitmaps the image stores; a writable node marks them in use on disk
+    /// (QEMU's qcow2_load_dirty_bitmaps). Open-time errors are one phrase.
+    asio::awaitable<qapi::result<void>> load_bitmaps();
+    /// Writes every persistent bitmap (not in use) and a new directory, points the header at
+    /// them, then frees what the old directory used. Caller holds `meta_`.
+    asio::awaitable<result<void>> store_bitmaps_locked(bool closing);
+    /// Rewrites the header cluster with the bitmaps extension for `nb` entries (none: no
+    /// extension, autoclear bit cleared), keeping the other extensions.
+    asio::awaitable<result<void>> write_bitmaps_header_locked(std::uint32_t nb, std::uint64_t dir_size,
+                                                              std::uint64_t dir_offset);
+    /// Frees the clusters of directory entry `e` (its table and data clusters).
+    asio::awaitable<result<void>> free_bitmap_clusters_locked(const bitmap_dir_entry& e);
 
     // ---- resize.cpp ----
     /// Replaces the L1 table by one of `entries` entries (more than it has) at a new place:
@@ -352,6 +378,13 @@ private:
     bool l2_cache_auto_ = true;   ///< sized from the image size (again after a resize)
     lru_cache<refblock> rb_cache_;
     co_mutex meta_;
+    // Persistent bitmaps: the directory as the file holds it now, and entries that were in
+    // use when the image was opened (left by a crash: inconsistent), kept as they are.
+    std::vector<bitmap_dir_entry> stored_;
+    std::uint64_t stored_dir_offset_ = 0;
+    std::uint64_t stored_dir_size_ = 0;
+    std::vector<bitmap_dir_entry> carried_;
+    bool bitmaps_closed_ = false;   ///< written back at close: nothing more to do
 };
 
 } // namespace bjd::block::qcow2
