@@ -71,7 +71,7 @@ asio::awaitable<qapi::result<void>> reopen_read_only(node& n, bool read_only)
                 if (auto r = co_await q->reopen_bitmaps(false); !r) {
                     // Writes must not reach an image whose bitmaps say they are consistent.
                     for (node* y : nodes)
-                        y->opts_.read_only = true;
+                        reopen_access::options(*y).read_only = true;
                     (void)n.refresh_permissions();
                     co_return qapi::generic("Could not mark the bitmaps of '" + x->name() +
                                             "' in use: " + strerror_text(r.error()));
