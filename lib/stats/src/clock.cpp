@@ -38,8 +38,10 @@ std::atomic<bool>& enabled_flag() noexcept
 
 const clock& monotonic_clock() noexcept
 {
-    static const steady c;
-    return c;
+    // Never destroyed: the statistics thread (a service that lives to the end) may still
+    // read it while static objects are torn down at exit.
+    static const steady* c = new steady;
+    return *c;
 }
 
 std::int64_t realtime_ns() noexcept

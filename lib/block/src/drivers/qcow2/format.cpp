@@ -352,8 +352,11 @@ std::vector<std::byte> encode_bitmap_directory(std::span<const bitmap_dir_entry>
         p[18] = std::byte((e.name.size() >> 8) & 0xff);
         p[19] = std::byte(e.name.size() & 0xff);
         store_be32(p + 20, static_cast<std::uint32_t>(e.extra_data.size()));
-        std::memcpy(p + 24, e.extra_data.data(), e.extra_data.size());
-        std::memcpy(p + 24 + e.extra_data.size(), e.name.data(), e.name.size());
+        // memcpy of an empty vector's data() (null) is undefined, however short.
+        if (!e.extra_data.empty())
+            std::memcpy(p + 24, e.extra_data.data(), e.extra_data.size());
+        if (!e.name.empty())
+            std::memcpy(p + 24 + e.extra_data.size(), e.name.data(), e.name.size());
         p += bitmap_dir_entry_size(e.name.size(), e.extra_data.size());
     }
     return out;
