@@ -9,6 +9,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cassert>
 #include <cerrno>
@@ -91,7 +92,19 @@ job::job(manager& m, std::string id, job_type type, std::unique_ptr<job_driver> 
 {
 }
 
-job::~job() = default;
+job::~job()
+{
+    leave_txn();
+}
+
+void job::leave_txn() noexcept
+{
+    if (!txn_)
+        return;
+    auto& v = txn_->jobs_;
+    v.erase(std::remove(v.begin(), v.end(), this), v.end());
+    txn_.reset();
+}
 
 bool job::is_ready() const noexcept
 {
@@ -320,8 +333,9 @@ void job::cancel(bool force)
     if (!started_) {
         completed();
     } else if (deferred_) {
+        // A soft cancel of a finished job was ignored; a forced one fails its transaction.
         if (is_cancelled() && status_ != job_status::aborting && status_ != job_status::concluded)
-            completed_abort();
+            completed_txn_abort();
     } else {
         enter();   // the coroutine may be parked at a pause point or sleeping
     }
@@ -387,6 +401,7 @@ void job::start()
 void job::early_fail()
 {
     assert(!started_);
+    leave_txn();
     transition(job_status::null);
     mgr_.remove(*this);
 }
@@ -428,7 +443,7 @@ void job::completed()
     assert(!is_completed());
     update_rc();
     if (failed_)
-        completed_abort();
+        completed_txn_abort();
     else
         completed_success();
 }
@@ -436,13 +451,23 @@ void job::completed()
 void job::completed_success()
 {
     transition(job_status::waiting);
-    // Single-job transactions: nothing else to wait for.
-    transition(job_status::pending);
-    if (!opts_.auto_finalize) {
-        emit_pending_event();
+    // The last job of the transaction to complete moves all of them on (QEMU's
+    // job_completed_txn_success); they finalize by themselves unless one waits for job-finalize.
+    const auto txn = txn_;
+    const auto jobs = txn->jobs_;
+    if (std::any_of(jobs.begin(), jobs.end(), [](const job* o) { return !o->is_completed(); }))
         return;
-    }
-    do_finalize();
+    for (job* o : jobs)
+        o->transition_to_pending();
+    if (std::all_of(jobs.begin(), jobs.end(), [](const job* o) { return o->opts_.auto_finalize; }))
+        do_finalize();
+}
+
+void job::transition_to_pending()
+{
+    transition(job_status::pending);
+    if (!opts_.auto_finalize)
+        emit_pending_event();
 }
 
 void job::emit_pending_event()
@@ -455,7 +480,7 @@ void job::emit_pending_event()
     qapi::emit_block_job_pending(mgr_.events(), ev);
 }
 
-void job::do_finalize()
+bool job::prepare_step()
 {
     if (!failed_) {
         auto r = driver_->prepare(*this);
@@ -465,17 +490,50 @@ void job::do_finalize()
         }
         update_rc();
     }
-    if (failed_)
-        completed_abort();
-    else
-        finalize_single();
+    return !failed_;
 }
 
-void job::completed_abort()
+void job::do_finalize()
 {
-    // Only reached once run() has returned (or never started): finalize with the failure.
-    assert(deferred_ || !started_);
-    finalize_single();
+    // Every job of the transaction prepares, in order, until one fails (QEMU's job_do_finalize).
+    auto self = shared_from_this();
+    const auto txn = txn_;
+    const auto jobs = txn->jobs_;
+    if (!std::all_of(jobs.begin(), jobs.end(), [](job* o) { return o->prepare_step(); })) {
+        completed_txn_abort();
+        return;
+    }
+    for (job* o : jobs)
+        o->finalize_single();
+}
+
+void job::cancel_for_txn()
+{
+    cancel_async(true);
+    if (!started_)
+        update_rc();   // never ran: done at once (QEMU 7.2 would wait for it forever)
+    else if (!deferred_)
+        enter();
+}
+
+void job::completed_txn_abort()
+{
+    // QEMU's job_completed_txn_abort: the first failure force-cancels the other jobs of the
+    // transaction, then finalizes them in the transaction's order, each with its own outcome,
+    // waiting (in a nested event loop) for each one still running. Here whichever job
+    // completes carries the finalizing on as far as the jobs in order have completed.
+    auto self = shared_from_this();
+    const auto txn = txn_;
+    if (!txn->aborting_) {
+        txn->aborting_ = true;
+        for (job* o : std::vector<job*>(txn->jobs_))
+            if (o != this)
+                o->cancel_for_txn();
+    }
+    while (!txn->jobs_.empty() && txn->jobs_.front()->is_completed()) {
+        auto o = txn->jobs_.front()->shared_from_this();
+        o->finalize_single();
+    }
 }
 
 void job::finalize_single()
@@ -509,6 +567,7 @@ void job::finalize_single()
             qapi::emit_block_job_completed(mgr_.events(), ev);
         }
     }
+    leave_txn();
     conclude();
 }
 

@@ -26,7 +26,7 @@ manager::~manager()
 }
 
 qapi::result<std::shared_ptr<job>> manager::create(std::string id, job_type type, std::unique_ptr<job_driver> d,
-                                                   const job_options& opts)
+                                                   const job_options& opts, std::shared_ptr<job_txn> txn)
 {
     if (auto r = check_job_id(id); !r)
         return r.error();
@@ -34,6 +34,8 @@ qapi::result<std::shared_ptr<job>> manager::create(std::string id, job_type type
         return qapi::generic("Job ID '" + id + "' already in use");
     std::shared_ptr<job> j(new job(*this, std::move(id), type, std::move(d), opts));
     jobs_.push_back(j);
+    j->txn_ = txn ? std::move(txn) : std::make_shared<job_txn>();
+    j->txn_->jobs_.insert(j->txn_->jobs_.begin(), j.get());
     // created is the initial state; announce it like a transition from undefined.
     qapi::job_status_change_data ev;
     ev.id = j->id();
@@ -44,10 +46,10 @@ qapi::result<std::shared_ptr<job>> manager::create(std::string id, job_type type
 
 qapi::result<std::shared_ptr<job>> manager::create_block_job(std::string id, job_type type,
                                                              std::unique_ptr<job_driver> d, job_options opts,
-                                                             std::int64_t speed)
+                                                             std::int64_t speed, std::shared_ptr<job_txn> txn)
 {
     opts.speed = std::max<std::int64_t>(speed, 0);
-    auto j = create(std::move(id), type, std::move(d), opts);
+    auto j = create(std::move(id), type, std::move(d), opts, std::move(txn));
     if (j && speed < 0) {
         early_fail(**j);
         return qapi::generic("Parameter 'speed' expects a non-negative value");

@@ -450,3 +450,124 @@ TEST_CASE("jobs: error-code beside the error text", "[jobs]")
         CHECK_FALSE(f.ev.data[static_cast<std::size_t>(it - f.ev.seen.begin())].contains("error-code"));
     }
 }
+
+TEST_CASE("jobs: grouped transactions finish together", "[jobs]")
+{
+    boost::asio::io_context io;
+    recorder ev;
+    jobs::manager mgr{io, ev};
+    auto txn = std::make_shared<jobs::job_txn>();
+    fake_driver* d0 = nullptr;
+    fake_driver* d1 = nullptr;
+    auto make = [&](std::string id, fake_driver*& d, jobs::job_options o = {}) {
+        auto drv = std::make_unique<fake_driver>();
+        d = drv.get();
+        auto r = mgr.create(std::move(id), jobs::job_type::backup, std::move(drv), o, txn);
+        REQUIRE(r);
+        return *r;
+    };
+    auto status_events = [&] {
+        strings out;
+        for (std::size_t i = 0; i < ev.seen.size(); ++i) {
+            std::string s = ev.seen[i];
+            if (auto it = ev.data[i].find("id"); it != ev.data[i].end())
+                s = std::string(it->value().as_string()) + " " + s;
+            else if (auto dv = ev.data[i].find("device"); dv != ev.data[i].end())
+                s = std::string(dv->value().as_string()) + " " + s;
+            out.push_back(s);
+        }
+        ev.take();
+        return out;
+    };
+
+    SECTION("the first to finish waits for the other; both finalize, newest first")
+    {
+        auto j0 = make("j0", d0);
+        auto j1 = make("j1", d1);
+        mgr.start(*j0);
+        mgr.start(*j1);
+        io.poll();
+        ev.take();
+        d0->finish = true;
+        j0->enter();
+        io.poll();
+        CHECK(j0->status() == job_status::waiting);
+        CHECK(status_events() == strings{"j0 JOB_STATUS_CHANGE:waiting"});
+        d1->finish = true;
+        j1->enter();
+        io.poll();
+        CHECK(status_events() == strings{"j1 JOB_STATUS_CHANGE:waiting", "j1 JOB_STATUS_CHANGE:pending",
+                                         "j0 JOB_STATUS_CHANGE:pending", "j1 BLOCK_JOB_COMPLETED",
+                                         "j1 JOB_STATUS_CHANGE:concluded", "j1 JOB_STATUS_CHANGE:null",
+                                         "j0 BLOCK_JOB_COMPLETED", "j0 JOB_STATUS_CHANGE:concluded",
+                                         "j0 JOB_STATUS_CHANGE:null"});
+        CHECK(d0->calls == strings{"prepare", "commit", "clean"});
+        CHECK(d1->calls == strings{"prepare", "commit", "clean"});
+    }
+
+    SECTION("one job waiting for job-finalize holds back the whole transaction")
+    {
+        auto j0 = make("j0", d0, {.auto_finalize = false});
+        auto j1 = make("j1", d1);
+        mgr.start(*j0);
+        mgr.start(*j1);
+        d0->finish = d1->finish = true;
+        io.poll();
+        CHECK(j0->status() == job_status::pending);
+        CHECK(j1->status() == job_status::pending);
+        CHECK(d1->calls.empty());
+        ev.take();
+        REQUIRE(j1->finalize());
+        CHECK(mgr.list().empty());
+        CHECK(d0->calls == strings{"prepare", "commit", "clean"});
+    }
+
+    SECTION("a failure cancels the others, which abort")
+    {
+        auto j0 = make("j0", d0);
+        auto j1 = make("j1", d1);
+        mgr.start(*j0);
+        mgr.start(*j1);
+        io.poll();
+        d0->finish = true;   // j0 is done and waiting when j1 fails
+        j0->enter();
+        io.poll();
+        ev.take();
+        d1->fail = true;
+        j1->enter();
+        io.poll();
+        CHECK(status_events() == strings{"j1 JOB_STATUS_CHANGE:aborting", "j1 BLOCK_JOB_COMPLETED",
+                                         "j1 JOB_STATUS_CHANGE:concluded", "j1 JOB_STATUS_CHANGE:null",
+                                         "j0 JOB_STATUS_CHANGE:aborting", "j0 BLOCK_JOB_CANCELLED",
+                                         "j0 JOB_STATUS_CHANGE:concluded", "j0 JOB_STATUS_CHANGE:null"});
+        CHECK(d0->calls == strings{"abort", "clean"});
+        CHECK(d1->calls == strings{"abort", "clean"});
+        CHECK(mgr.idle());
+    }
+
+    SECTION("a failing prepare aborts every job of the transaction")
+    {
+        auto j0 = make("j0", d0);
+        auto j1 = make("j1", d1);
+        d1->fail_prepare = true;   // j1 prepares first: it is the newest
+        mgr.start(*j0);
+        mgr.start(*j1);
+        d0->finish = d1->finish = true;
+        io.poll();
+        CHECK(d1->calls == strings{"prepare", "abort", "clean"});
+        CHECK(d0->calls == strings{"abort", "clean"});
+        CHECK(mgr.list().empty());
+    }
+
+    SECTION("cancelling jobs that never started ends them all at once")
+    {
+        auto j0 = make("j0", d0);
+        auto j1 = make("j1", d1);
+        ev.take();
+        REQUIRE(j1->user_cancel(true));
+        CHECK(status_events() == strings{"j1 JOB_STATUS_CHANGE:aborting", "j0 JOB_STATUS_CHANGE:aborting",
+                                         "j1 JOB_STATUS_CHANGE:concluded", "j1 JOB_STATUS_CHANGE:null",
+                                         "j0 JOB_STATUS_CHANGE:concluded", "j0 JOB_STATUS_CHANGE:null"});
+        CHECK(mgr.list().empty());
+    }
+}

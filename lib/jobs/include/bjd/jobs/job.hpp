@@ -52,6 +52,18 @@ struct job_options {
     bool block_job = true;    ///< listed by query-block-jobs, emits BLOCK_JOB_* events
 };
 
+class job;
+
+/// QEMU's JobTxn: jobs that finish together (`transaction` with completion-mode grouped).
+/// None finalizes before all have completed; when one fails or is cancelled, the others are
+/// force-cancelled and all of them abort. A job created without one is alone in its own.
+class job_txn {
+    friend class job;
+    friend class manager;
+    std::vector<job*> jobs_;   ///< newest first, as QEMU keeps them: the order events come in
+    bool aborting_ = false;
+};
+
 class job : public std::enable_shared_from_this<job> {
 public:
     ~job();
@@ -148,7 +160,11 @@ private:
     void completed();
     void update_rc();
     void completed_success();
-    void completed_abort();
+    void completed_txn_abort();
+    void cancel_for_txn();
+    void leave_txn() noexcept;
+    void transition_to_pending();
+    bool prepare_step();
     void do_finalize();
     void finalize_single();
     void conclude();
@@ -165,6 +181,7 @@ private:
     job_type type_;
     std::unique_ptr<job_driver> driver_;
     job_options opts_;
+    std::shared_ptr<job_txn> txn_;   ///< until finalized
     job_status status_ = job_status::created;
     asio::steady_timer timer_;
 
@@ -198,13 +215,15 @@ public:
 
     /// Creates a job in `created` (JOB_STATUS_CHANGE created). Errors: "Invalid job ID 'X'",
     /// "Job ID 'X' already in use". The job is not started: call `start` or `early_fail`.
+    /// `txn`: the transaction whose jobs finish together with this one (none: its own).
     qapi::result<std::shared_ptr<job>> create(std::string id, job_type type, std::unique_ptr<job_driver> d,
-                                              const job_options& opts);
+                                              const job_options& opts, std::shared_ptr<job_txn> txn = nullptr);
     /// QEMU's block_job_create: `create` (opts.speed is ignored), then the speed check, which
     /// fails the new job (created → null) with "Parameter 'speed' expects a non-negative
     /// value". On success the job is in `created`, with its speed limit set.
     qapi::result<std::shared_ptr<job>> create_block_job(std::string id, job_type type, std::unique_ptr<job_driver> d,
-                                                        job_options opts, std::int64_t speed);
+                                                        job_options opts, std::int64_t speed,
+                                                        std::shared_ptr<job_txn> txn = nullptr);
     /// created → running; spawns the driver's run() with a top-level catch.
     void start(job& j);
     /// created → null (JOB_STATUS_CHANGE null): validation failed after creation.
