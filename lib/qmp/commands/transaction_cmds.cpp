@@ -7,6 +7,7 @@
 #include "bjd/block/transaction.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qmp/context.hpp"
+#include "backup_cmds.hpp"
 #include "bitmap_cmds.hpp"
 
 namespace bjd::qapi {
@@ -20,6 +21,21 @@ public:
     {
         co_return generic("Transaction aborted using Abort action");
     }
+};
+
+/// Stands for an action that has no jobs in a grouped transaction: it fails in its turn, so
+/// the actions before it are undone (QEMU's action_check_completion_mode).
+class refuse_grouped final : public block::transaction_action {
+public:
+    explicit refuse_grouped(transaction_action_kind k) : kind_(k) {}
+    boost::asio::awaitable<result<void>> prepare() override
+    {
+        co_return generic("Action '" + std::string(to_string(kind_)) +
+                          "' does not support Transaction property completion-mode = grouped");
+    }
+
+private:
+    transaction_action_kind kind_;
 };
 
 block::snapshot_sync_params sync_params(blockdev_snapshot_sync& s)
@@ -38,13 +54,18 @@ boost::asio::awaitable<result<void>> qmp_transaction(qmp::context& ctx, transact
 {
     const auto mode = args.properties ? args.properties->completion_mode.value_or(action_completion_mode::individual)
                                       : action_completion_mode::individual;
-    // Only backup actions take part in grouped completion; blockjobd has none of them yet.
-    if (mode != action_completion_mode::individual && !args.actions.empty())
-        co_return generic("Action '" + std::string(to_string(args.actions.front().type)) +
-                          "' does not support Transaction property completion-mode = " +
-                          std::string(to_string(mode)));
+    // Grouped: the backup jobs of this transaction finish together.
+    std::shared_ptr<jobs::job_txn> txn;
+    if (mode == action_completion_mode::grouped)
+        txn = std::make_shared<jobs::job_txn>();
     std::vector<std::unique_ptr<block::transaction_action>> actions;
     for (auto& a : args.actions) {
+        const bool backup = a.type == transaction_action_kind::blockdev_backup ||
+                            a.type == transaction_action_kind::drive_backup;
+        if (txn && !backup && a.type != transaction_action_kind::abort) {
+            actions.push_back(std::make_unique<refuse_grouped>(a.type));
+            continue;
+        }
         switch (a.type) {
         case transaction_action_kind::abort:
             actions.push_back(std::make_unique<abort_action>());
@@ -75,6 +96,14 @@ boost::asio::awaitable<result<void>> qmp_transaction(qmp::context& ctx, transact
             actions.push_back(block::bitmap_merge_action(*ctx.graph, d.node, d.target, merge_sources(d.bitmaps)));
             break;
         }
+        case transaction_action_kind::blockdev_backup:
+            actions.push_back(jobs::backup_action(*ctx.jobs, *ctx.graph,
+                                                  backup_params_of(a.u.blockdev_backup->data), txn));
+            break;
+        case transaction_action_kind::drive_backup:
+            actions.push_back(jobs::drive_backup_action(*ctx.jobs, *ctx.graph,
+                                                        drive_backup_params_of(a.u.drive_backup->data), txn));
+            break;
         case transaction_action_kind::blockdev_snapshot:
             actions.push_back(block::snapshot_action(*ctx.graph, a.u.blockdev_snapshot->data.node,
                                                      a.u.blockdev_snapshot->data.overlay));

@@ -9,10 +9,12 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/block/filter_node.hpp"
 #include "bjd/block/graph.hpp"
+#include "bjd/block/transaction.hpp"
 #include "bjd/event_flag.hpp"
 #include "bjd/io/buffer.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
+#include "backup/drive_target.hpp"
 #include "copy/chain.hpp"
 #include "copy/job_nodes.hpp"
 #include "copy/pacing.hpp"
@@ -393,9 +395,11 @@ private:
 
 std::string sync_name(qapi::mirror_sync_mode m) { return std::string(qapi::to_string(m)); }
 
-} // namespace
-
-asio::awaitable<qapi::result<void>> start_backup(manager& m, block::graph& g, const backup_params& in)
+/// Checks `in` in QEMU 7.2's order, puts the filter above the source and creates the job,
+/// not started.
+asio::awaitable<qapi::result<std::shared_ptr<job>>> create_backup(manager& m, block::graph& g,
+                                                                  const backup_params& in,
+                                                                  std::shared_ptr<job_txn> txn)
 {
     backup_params p = in;
     // blockdev.c blockdev_backup_prepare: both names as device or node-name.
@@ -489,7 +493,8 @@ asio::awaitable<qapi::result<void>> start_backup(manager& m, block::graph& g, co
     // which is none.
     const std::string job_id = p.job_id ? *p.job_id : std::string();
     auto created = m.create_block_job(job_id, job_type::backup, std::move(drv),
-                                      {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed);
+                                      {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed,
+                                      std::move(txn));
     if (!created) {
         // The driver never touched the graph: the filter goes here (QEMU's bdrv_cbw_drop).
         filter->stop_guarding();
@@ -501,9 +506,94 @@ asio::awaitable<qapi::result<void>> start_backup(manager& m, block::graph& g, co
         m.early_fail(j);
         co_return r.error();
     }
-    m.start(j);
     logger()->info("backup '{}': '{}' to '{}', sync {}", j.id(), source->name(), target->name(), sync_name(p.sync));
-    co_return qapi::result<void>{};
+    co_return *created;
+}
+
+/// QEMU's blockdev_backup_* and drive_backup_* transaction callbacks. With `drive`, prepare
+/// first makes the target image, which goes away with the job (or at once if none is made).
+class backup_txn_action final : public block::transaction_action {
+public:
+    backup_txn_action(manager& m, block::graph& g, backup_params p, std::shared_ptr<job_txn> txn,
+                      std::optional<drive_backup_params> drive = std::nullopt)
+        : m_(m), g_(g), p_(std::move(p)), txn_(std::move(txn)), drive_(std::move(drive))
+    {
+    }
+    asio::awaitable<qapi::result<void>> prepare() override
+    {
+        std::shared_ptr<block::node> target;
+        if (drive_) {
+            auto t = co_await detail::open_drive_backup_target(g_, *drive_);
+            if (!t)
+                co_return t.error();
+            target = *t;
+            p_ = drive_->backup;
+        }
+        auto j = co_await create_backup(m_, g_, p_, txn_);
+        if (target) {
+            const auto ex = m_.loop().get_executor();
+            if (j)
+                g_.close_when_unused(ex, target);
+            else
+                g_.close_later(ex, target);
+        }
+        if (!j)
+            co_return j.error();
+        job_ = *j;
+        co_return qapi::result<void>{};
+    }
+    asio::awaitable<void> commit() override
+    {
+        m_.start(*job_);
+        co_return;
+    }
+    void abort() override
+    {
+        // A grouped transaction may already have ended this job with a sibling's.
+        if (job_ && job_->status() == job_status::created)
+            (void)job_->user_cancel(true);
+    }
+
+private:
+    manager& m_;
+    block::graph& g_;
+    backup_params p_;
+    std::shared_ptr<job_txn> txn_;
+    std::optional<drive_backup_params> drive_;
+    std::shared_ptr<job> job_;
+};
+
+/// The command: a transaction of the one action, as QEMU runs it.
+asio::awaitable<qapi::result<void>> run_alone(std::unique_ptr<block::transaction_action> a)
+{
+    std::vector<std::unique_ptr<block::transaction_action>> actions;
+    actions.push_back(std::move(a));
+    co_return co_await block::run_transaction(std::move(actions));
+}
+
+} // namespace
+
+asio::awaitable<qapi::result<void>> start_backup(manager& m, block::graph& g, const backup_params& p)
+{
+    co_return co_await run_alone(backup_action(m, g, p, nullptr));
+}
+
+std::unique_ptr<block::transaction_action> backup_action(manager& m, block::graph& g, backup_params p,
+                                                         std::shared_ptr<job_txn> txn)
+{
+    return std::make_unique<backup_txn_action>(m, g, std::move(p), std::move(txn));
+}
+
+asio::awaitable<qapi::result<void>> start_drive_backup(manager& m, block::graph& g, const drive_backup_params& p)
+{
+    co_return co_await run_alone(drive_backup_action(m, g, p, nullptr));
+}
+
+std::unique_ptr<block::transaction_action> drive_backup_action(manager& m, block::graph& g, drive_backup_params p,
+                                                               std::shared_ptr<job_txn> txn)
+{
+    backup_params b = p.backup;
+    return std::make_unique<backup_txn_action>(m, g, std::move(b), std::move(txn), std::move(p));
 }
 
 } // namespace bjd::jobs

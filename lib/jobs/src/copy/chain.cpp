@@ -16,6 +16,12 @@ std::string real_path(const std::string& f)
 
 } // namespace
 
+std::string image_path(const block::node& n)
+{
+    const std::string f = n.filename();
+    return !f.empty() && f[0] != '/' ? real_path(f) : f;
+}
+
 block::node* chain_next(const block::node& n)
 {
     return n.is_filter() ? n.primary_child() : n.cow_backing();

@@ -17,6 +17,9 @@ namespace bjd::jobs::detail {
 /// The next node down the chain: a filter's child, a format's COW backing.
 block::node* chain_next(const block::node& n);
 
+/// The file name an image header should carry for `n`: its file's name, made absolute.
+std::string image_path(const block::node& n);
+
 /// Whether `n` is `top` or below it.
 bool chain_contains(const block::node& top, const block::node* n);
 

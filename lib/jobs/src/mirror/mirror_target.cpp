@@ -7,11 +7,10 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/jobs/mirror.hpp"
+#include "copy/chain.hpp"
 #include "mirror/mirror_job.hpp"
 
 #include <algorithm>
-#include <climits>
-#include <cstdlib>
 
 namespace bjd::jobs {
 
@@ -23,16 +22,6 @@ std::shared_ptr<block::node> backing_of(const block::node& n)
         if (e->role() == "backing")
             return e->shared();
     return nullptr;
-}
-
-/// The file name a header should carry for `n`: its protocol node's file name, absolute.
-std::string image_path(const block::node& n)
-{
-    std::string f = n.filename();
-    char real[PATH_MAX];
-    if (!f.empty() && f[0] != '/' && ::realpath(f.c_str(), real))
-        return real;
-    return f;
 }
 
 /// Opens `path` as a file node with the source's flags, read-write.
@@ -112,7 +101,7 @@ asio::awaitable<qapi::result<void>> co_start_mirror(manager& m, block::graph& g,
             deferred = source;
         }
         if (deferred) {
-            bfile = image_path(*deferred);
+            bfile = detail::image_path(*deferred);
             bfmt = std::string(deferred->driver());
         }
         auto c = co_await block::create_qcow2(g, p.target, source->size(), bfile, bfmt, 0, "drive-mirror");
