@@ -19,7 +19,8 @@ public:
 
     boost::asio::awaitable<void> wait()
     {
-        timer_.expires_at(std::chrono::steady_clock::time_point::max());
+        // The timer never expires; `notify_all` cancels every wait. (Setting the expiry here
+        // would cancel the other waiters too, and they would wake each other in turn.)
         co_await timer_.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
     }
     void notify_all() { timer_.cancel(); }
