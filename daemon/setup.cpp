@@ -77,6 +77,7 @@ runtime::runtime(asio::io_context& loop)
     jobs_ = std::make_unique<jobs::manager>(loop_, server_);
     ctx_.jobs = jobs_.get();
     exports_ = std::make_unique<exports::manager>(loop_, server_);
+    exports_->set_io_gate(graph_->gate());
     ctx_.exports = exports_.get();
     ctx_.chardevs = &chardev_registry_;
     ctx_.request_quit = [this] { request_quit(); };

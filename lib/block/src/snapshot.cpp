@@ -183,14 +183,14 @@ asio::awaitable<qapi::result<void>> snapshot(graph& g, const std::string& node, 
 {
     std::vector<std::unique_ptr<transaction_action>> one;
     one.push_back(snapshot_action(g, node, overlay));
-    co_return co_await run_transaction(std::move(one));
+    co_return co_await run_transaction(g.gate(), std::move(one));
 }
 
 asio::awaitable<qapi::result<void>> snapshot_sync(graph& g, const snapshot_sync_params& p)
 {
     std::vector<std::unique_ptr<transaction_action>> one;
     one.push_back(snapshot_sync_action(g, p));
-    co_return co_await run_transaction(std::move(one));
+    co_return co_await run_transaction(g.gate(), std::move(one));
 }
 
 } // namespace bjd::block

@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT
 #include "bjd/block/transaction.hpp"
 
+#include "bjd/block/io_gate.hpp"
+
 namespace bjd::block {
 
-asio::awaitable<qapi::result<void>> run_transaction(std::vector<std::unique_ptr<transaction_action>> actions)
+asio::awaitable<qapi::result<void>> run_transaction(io_gate& gate,
+                                                    std::vector<std::unique_ptr<transaction_action>> actions)
 {
+    const auto drained = co_await gate.drain();
     std::size_t prepared = 0;
     for (; prepared < actions.size(); ++prepared) {
         if (auto r = co_await actions[prepared]->prepare(); !r) {

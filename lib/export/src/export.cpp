@@ -7,10 +7,11 @@
 
 namespace bjd::exports {
 
-block_export::block_export(export_options opts, std::shared_ptr<block::node> n)
+block_export::block_export(export_options opts, std::shared_ptr<block::node> n, block::io_gate* gate)
     : opts_(std::move(opts))
     , edge_(block::parent_kind::export_, "export '" + opts_.id + "'", "root")
 {
+    gate_ = gate;
     (void)edge_.attach(std::move(n));   // takes nothing yet: claim_permissions asks
 }
 
@@ -18,6 +19,13 @@ block_export::~block_export()
 {
     for (auto& b : bitmaps_)
         b->set_busy(false);
+}
+
+boost::asio::awaitable<block::io_gate::pass> block_export::enter_gate()
+{
+    if (!gate_)
+        co_return block::io_gate::pass();
+    co_return co_await gate_->enter();
 }
 
 qapi::result<void> block_export::claim_permissions()

@@ -123,7 +123,7 @@ qapi::result<void> manager::add(export_options opts, std::shared_ptr<block::node
     for (auto& e : exports_)
         if (e->name() == opts.name)
             return qapi::generic("NBD server already has export named '" + opts.name + "'");
-    auto e = std::make_shared<block_export>(std::move(opts), std::move(n));
+    auto e = std::make_shared<block_export>(std::move(opts), std::move(n), gate_);
     if (auto r = e->claim_permissions(); !r)
         return r;
     if (auto r = e->claim_bitmaps(); !r)

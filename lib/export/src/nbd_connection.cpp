@@ -270,6 +270,9 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
     if (req.flags & ~allowed)
         co_return fail(err_inval, "unsupported flags for this command");
 
+    // A transaction in progress holds the request here, before it picks its node, so that it
+    // goes through the filters and overlays the transaction puts in.
+    const auto pass = co_await exp_->enter_gate();
     auto node = exp_->node_shared();
     if (!node)
         co_return fail(err_shutdown, "export is shutting down");

@@ -113,7 +113,7 @@ boost::asio::awaitable<result<void>> qmp_transaction(qmp::context& ctx, transact
             break;
         }
     }
-    co_return co_await block::run_transaction(std::move(actions));
+    co_return co_await block::run_transaction(ctx.graph->gate(), std::move(actions));
 }
 
 boost::asio::awaitable<result<void>> qmp_blockdev_snapshot(qmp::context& ctx, blockdev_snapshot_args args)

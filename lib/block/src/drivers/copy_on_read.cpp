@@ -23,7 +23,7 @@ copy_on_read::copy_on_read(node_options o, std::shared_ptr<node> child, bool imp
 
 std::optional<boost::json::object> copy_on_read::json_options() const
 {
-    return boost::json::object{{"driver", "copy-on-read"}, {"file", options_json(*below_)}};
+    return boost::json::object{{"driver", "copy-on-read"}, {"file", options_json(*below())}};
 }
 
 perm_pair copy_on_read::child_permissions(const edge& child, perm_pair cumulative) const
@@ -56,14 +56,14 @@ void copy_on_read::leave(std::size_t id)
 
 asio::awaitable<result<void>> copy_on_read::populate(std::uint64_t offset, std::uint64_t length)
 {
-    const std::uint64_t end = std::min(offset + length, below_->size());
+    const std::uint64_t end = std::min(offset + length, below()->size());
     if (offset >= end)
         co_return result<void>{};
     const std::size_t id = co_await enter(offset, end, true);
     result<void> r;
     io::aligned_buffer buf(std::min(end - offset, max_piece));
     while (r && offset < end) {
-        auto st = co_await below_->block_status(offset, end - offset);
+        auto st = co_await below()->block_status(offset, end - offset);
         if (!st) {
             r = st.error();
             break;
@@ -74,9 +74,9 @@ asio::awaitable<result<void>> copy_on_read::populate(std::uint64_t offset, std::
             for (std::uint64_t done = 0; r && done < n;) {
                 const std::uint64_t piece = std::min(n - done, max_piece);
                 auto data = buf.span().first(piece);
-                r = co_await below_->read(offset + done, data);
+                r = co_await below()->read(offset + done, data);
                 if (r)
-                    r = co_await below_->write(offset + done, data);
+                    r = co_await below()->write(offset + done, data);
                 done += piece;
             }
         }
@@ -88,13 +88,13 @@ asio::awaitable<result<void>> copy_on_read::populate(std::uint64_t offset, std::
 
 asio::awaitable<result<void>> copy_on_read::do_read(std::uint64_t offset, std::span<std::byte> buf)
 {
-    co_return co_await below_->read(offset, buf);
+    co_return co_await below()->read(offset, buf);
 }
 
 asio::awaitable<result<void>> copy_on_read::do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua)
 {
     const std::size_t id = co_await enter(offset, offset + buf.size(), false);
-    auto r = co_await below_->write(offset, buf, fua);
+    auto r = co_await below()->write(offset, buf, fua);
     leave(id);
     co_return r;
 }
@@ -102,7 +102,7 @@ asio::awaitable<result<void>> copy_on_read::do_write(std::uint64_t offset, std::
 asio::awaitable<result<void>> copy_on_read::do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags f)
 {
     const std::size_t id = co_await enter(offset, offset + length, false);
-    auto r = co_await below_->write_zeroes(offset, length, f);
+    auto r = co_await below()->write_zeroes(offset, length, f);
     leave(id);
     co_return r;
 }
@@ -110,19 +110,19 @@ asio::awaitable<result<void>> copy_on_read::do_write_zeroes(std::uint64_t offset
 asio::awaitable<result<void>> copy_on_read::do_discard(std::uint64_t offset, std::uint64_t length)
 {
     const std::size_t id = co_await enter(offset, offset + length, false);
-    auto r = co_await below_->discard(offset, length);
+    auto r = co_await below()->discard(offset, length);
     leave(id);
     co_return r;
 }
 
 asio::awaitable<result<void>> copy_on_read::do_flush()
 {
-    co_return co_await below_->flush();
+    co_return co_await below()->flush();
 }
 
 asio::awaitable<result<extent>> copy_on_read::do_block_status(std::uint64_t offset, std::uint64_t length)
 {
-    co_return co_await below_->block_status(offset, length);
+    co_return co_await below()->block_status(offset, length);
 }
 
 } // namespace bjd::block

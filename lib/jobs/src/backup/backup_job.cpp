@@ -173,14 +173,14 @@ protected:
     }
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override
     {
-        co_return co_await below_->read(offset, buf);
+        co_return co_await below()->read(offset, buf);
     }
     asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override
     {
         if (auto s = state_)
             if (auto r = co_await s->before_write(offset, buf.size()); !r)
                 co_return r;
-        co_return co_await below_->write(offset, buf, fua);
+        co_return co_await below()->write(offset, buf, fua);
     }
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                                   block::zero_flags f) override
@@ -188,19 +188,19 @@ protected:
         if (auto s = state_)
             if (auto r = co_await s->before_write(offset, length); !r)
                 co_return r;
-        co_return co_await below_->write_zeroes(offset, length, f);
+        co_return co_await below()->write_zeroes(offset, length, f);
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override
     {
         if (auto s = state_)
             if (auto r = co_await s->before_write(offset, length); !r)
                 co_return r;
-        co_return co_await below_->discard(offset, length);
+        co_return co_await below()->discard(offset, length);
     }
-    asio::awaitable<result<void>> do_flush() override { co_return co_await below_->flush(); }
+    asio::awaitable<result<void>> do_flush() override { co_return co_await below()->flush(); }
     asio::awaitable<result<block::extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
     {
-        co_return co_await below_->block_status(offset, length);
+        co_return co_await below()->block_status(offset, length);
     }
 
 private:
@@ -314,6 +314,11 @@ public:
             delay = limiter_.delay();
             ++c;
         }
+        if (!failure && !j.is_cancelled())
+            // A finished backup is on disk, and its image complete for readers as soon as
+            // the job's events say so (the target closes in the background afterwards).
+            if (auto r = co_await s_.target->flush(); !r)
+                failure = r.error();
         if (failure) {
             j.set_error_errno(failure->value());
             co_return qapi::generic(strerror_text(*failure));
@@ -564,18 +569,18 @@ private:
 };
 
 /// The command: a transaction of the one action, as QEMU runs it.
-asio::awaitable<qapi::result<void>> run_alone(std::unique_ptr<block::transaction_action> a)
+asio::awaitable<qapi::result<void>> run_alone(block::graph& g, std::unique_ptr<block::transaction_action> a)
 {
     std::vector<std::unique_ptr<block::transaction_action>> actions;
     actions.push_back(std::move(a));
-    co_return co_await block::run_transaction(std::move(actions));
+    co_return co_await block::run_transaction(g.gate(), std::move(actions));
 }
 
 } // namespace
 
 asio::awaitable<qapi::result<void>> start_backup(manager& m, block::graph& g, const backup_params& p)
 {
-    co_return co_await run_alone(backup_action(m, g, p, nullptr));
+    co_return co_await run_alone(g, backup_action(m, g, p, nullptr));
 }
 
 std::unique_ptr<block::transaction_action> backup_action(manager& m, block::graph& g, backup_params p,
@@ -586,7 +591,7 @@ std::unique_ptr<block::transaction_action> backup_action(manager& m, block::grap
 
 asio::awaitable<qapi::result<void>> start_drive_backup(manager& m, block::graph& g, const drive_backup_params& p)
 {
-    co_return co_await run_alone(drive_backup_action(m, g, p, nullptr));
+    co_return co_await run_alone(g, drive_backup_action(m, g, p, nullptr));
 }
 
 std::unique_ptr<block::transaction_action> drive_backup_action(manager& m, block::graph& g, drive_backup_params p,

@@ -54,7 +54,7 @@ protected:
     }
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override
     {
-        co_return co_await below_->read(offset, buf);
+        co_return co_await below()->read(offset, buf);
     }
     /// Nobody writes an image through its overlay's backing link.
     asio::awaitable<result<void>> do_write(std::uint64_t, std::span<const std::byte>, bool) override
@@ -63,7 +63,7 @@ protected:
     }
     asio::awaitable<result<block::extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
     {
-        co_return co_await below_->block_status(offset, length);
+        co_return co_await below()->block_status(offset, length);
     }
 };
 

@@ -22,7 +22,7 @@ asio::awaitable<block::node*> mirror_top::enter_request()
     while (held_)
         co_await changed_.wait();
     ++inflight_;
-    co_return redirect_ ? redirect_.get() : below_.get();
+    co_return redirect_ ? redirect_.get() : below();
 }
 
 void mirror_top::leave_request()

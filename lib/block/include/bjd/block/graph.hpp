@@ -12,6 +12,7 @@
 /// children nobody else holds — parent before child, since a format's flush writes into its
 /// file. At exit `close_all` flushes every node that is left.
 #include "bjd/block/backend.hpp"
+#include "bjd/block/io_gate.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/io/engine.hpp"
 #include "bjd/qapi/error.hpp"
@@ -40,6 +41,8 @@ public:
 
     io::engine& engine() noexcept { return engine_; }
     io::engine& thread_engine() noexcept { return threads_; }
+    /// The gate requests from outside the graph (exports) pass; transactions drain it.
+    io_gate& gate() noexcept { return gate_; }
 
     /// blockdev-add: opens the node (and inline children), registers it as monitor-owned.
     /// Errors carry QEMU 7.2's texts ("Duplicate nodes with node-name='X'", "Could not open
@@ -121,6 +124,7 @@ private:
 
     io::engine& engine_;
     io::engine& threads_;
+    io_gate gate_;
     std::vector<std::shared_ptr<node>> nodes_;
     unsigned closing_ = 0;                          ///< close_taken runs not yet finished
     std::vector<asio::steady_timer*> close_waiters_;   ///< close_all calls waiting for them

@@ -26,7 +26,12 @@ public:
     virtual void abort() {}
 };
 
-/// Runs `actions` as one transaction; the error is the first failing action's.
-asio::awaitable<qapi::result<void>> run_transaction(std::vector<std::unique_ptr<transaction_action>> actions);
+class io_gate;
+
+/// Runs `actions` as one transaction, inside a drained section of `gate` (QEMU drains every
+/// node for a transaction): requests from outside wait until it is over, so that all actions
+/// act at one point in time. The error is the first failing action's.
+asio::awaitable<qapi::result<void>> run_transaction(io_gate& gate,
+                                                    std::vector<std::unique_ptr<transaction_action>> actions);
 
 } // namespace bjd::block

@@ -7,6 +7,7 @@
 /// (`block::replace_node`) redirects it; every client request looks the node up through the
 /// edge at the moment it runs. Lives on the main loop; every call must be made there.
 #include "bjd/block/bitmaps.hpp"
+#include "bjd/block/io_gate.hpp"
 #include "bjd/block/node.hpp"
 
 #include <cstdint>
@@ -53,7 +54,8 @@ public:
 
 class block_export {
 public:
-    block_export(export_options opts, std::shared_ptr<block::node> n);
+    /// `gate`: the graph's gate for requests from outside (none: requests never wait).
+    block_export(export_options opts, std::shared_ptr<block::node> n, block::io_gate* gate = nullptr);
     ~block_export();
     /// Takes the permissions the export needs on its node (image locks included); fails
     /// with "Failed to get \"write\" lock" and the like when another user forbids them.
@@ -68,6 +70,9 @@ public:
     /// The node requests go to right now (after any pivot), or null once released.
     block::node* node() const noexcept { return edge_.get(); }
     std::shared_ptr<block::node> node_shared() const { return edge_.shared(); }
+    /// Before a client's request reaches the node: waits while a drained section (a
+    /// transaction) is open; the request counts as in flight while the pass lives.
+    boost::asio::awaitable<block::io_gate::pass> enter_gate();
     /// Name of the current node (query-block-exports' `node-name`).
     std::string node_name() const;
 
@@ -102,6 +107,7 @@ public:
 private:
     export_options opts_;
     block::edge edge_;
+    block::io_gate* gate_ = nullptr;
     std::vector<client*> clients_;
     std::vector<std::shared_ptr<block::named_bitmap>> bitmaps_;
     bool shutting_down_ = false;

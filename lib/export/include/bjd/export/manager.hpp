@@ -61,6 +61,8 @@ public:
     /// The daemon's constructor: emits BLOCK_EXPORT_DELETED on `events` (generated emitter).
     manager(asio::io_context& loop, qapi::event_sink& events);
     ~manager();
+    /// The graph's gate for outside requests; exports added afterwards pass through it.
+    void set_io_gate(block::io_gate& g) noexcept { gate_ = &g; }
     manager(const manager&) = delete;
     manager& operator=(const manager&) = delete;
 
@@ -118,6 +120,7 @@ private:
     void finish_delete(const std::string& id);
 
     asio::io_context& loop_;
+    block::io_gate* gate_ = nullptr;
     std::function<void(const std::string&)> on_deleted_;
     std::vector<std::shared_ptr<block_export>> exports_;   // creation order
     std::unique_ptr<detail::nbd_server> server_;
