@@ -10,7 +10,7 @@
 // close(); it always waits for its in-flight requests (so acknowledged and received writes
 // reach the node) before it detaches from its export.
 #include "bjd/export/manager.hpp"
-#include "bjd/export/nbd_protocol.hpp"
+#include "bjd/nbd/protocol.hpp"
 #include "bjd/io/buffer.hpp"
 
 #include <boost/asio/generic/stream_protocol.hpp>

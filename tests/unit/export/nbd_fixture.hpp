@@ -3,7 +3,7 @@
 // Test support for the NBD server: an in-memory node and a minimal coroutine NBD client that
 // talks to the server over a socket pair, all on one io_context driven by the test.
 #include "bjd/export/manager.hpp"
-#include "bjd/export/nbd_protocol.hpp"
+#include "bjd/nbd/protocol.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -24,7 +24,7 @@
 namespace bjd::test {
 
 namespace asio = boost::asio;
-namespace nbd = exports::nbd;
+namespace nbd = bjd::nbd;
 using bytes = std::vector<std::byte>;
 
 /// A memory-backed node: 4 KiB blocks, each allocated (data) or a hole (reads zero).

@@ -2,7 +2,8 @@
 #pragma once
 /// \file
 /// NBD wire format (doc/proto.md of NetworkBlockDevice/nbd): magic numbers, option and
-/// command codes, flags, and the big-endian encode/decode helpers the server uses.
+/// command codes, flags, and the big-endian encode/decode helpers. One definition for both
+/// ends: the NBD server (lib/export) and the nbd block driver (lib/block) use it.
 ///
 /// Pure functions and constants; no I/O. Everything here is written from the protocol
 /// document, and the unit tests drive the server with these same helpers.
@@ -14,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-namespace bjd::exports::nbd {
+namespace bjd::nbd {
 
 // ---- handshake -------------------------------------------------------------------------------
 inline constexpr std::uint64_t init_magic = 0x4e42444d41474943ull;     ///< "NBDMAGIC"
@@ -126,6 +127,8 @@ enum wire_error : std::uint32_t {
 
 /// Maps a host errno to the closest NBD error (unknown ones become EIO, as the spec asks).
 std::uint32_t to_wire_error(int host_errno) noexcept;
+/// Maps an NBD error from a server to a host errno (unknown ones become EIO; never 0).
+int from_wire_error(std::uint32_t wire) noexcept;
 
 /// Largest READ/WRITE payload we accept (the spec's recommended 32 MiB bound).
 inline constexpr std::uint32_t max_payload = 32u << 20;
@@ -183,6 +186,7 @@ public:
     explicit reader(std::span<const std::byte> in) : in_(in) {}
     bool u16(std::uint16_t& v) { return get(v, 2); }
     bool u32(std::uint32_t& v) { return get(v, 4); }
+    bool u64(std::uint64_t& v) { return get(v, 8); }
     bool str(std::size_t n, std::string& s)
     {
         if (in_.size() - pos_ < n)
@@ -231,8 +235,42 @@ void encode_simple_reply(std::vector<std::byte>& out, std::uint32_t error, std::
 void encode_chunk_header(std::vector<std::byte>& out, std::uint16_t flags, std::uint16_t type,
                          std::uint64_t cookie, std::uint32_t length);
 
+// ---- client side ----------------------------------------------------------------------------
+/// Client option header: "IHAVEOPT", option, payload length; the caller appends the payload.
+void encode_option(std::vector<std::byte>& out, std::uint32_t option, std::uint32_t length);
+
+/// A decoded option reply header (20 bytes; `length` payload bytes follow).
+inline constexpr std::size_t option_reply_size = 20;
+struct option_reply {
+    std::uint32_t option = 0;
+    std::uint32_t type = 0;
+    std::uint32_t length = 0;
+};
+/// False when the magic is wrong.
+bool decode_option_reply(std::span<const std::byte, option_reply_size> in, option_reply& out) noexcept;
+/// Whether an option reply type is an error (NBD_REP_ERR_*: the high bit set).
+inline constexpr bool is_rep_error(std::uint32_t type) noexcept { return (type & 0x80000000u) != 0; }
+
+/// A decoded transmission reply header. Simple replies are 16 bytes, structured reply
+/// chunks 20: decode the first 16 with `decode_reply_start`, and when it says `structured`,
+/// the 4-byte chunk length that follows with `load_be32`.
+inline constexpr std::size_t simple_reply_size = 16;
+inline constexpr std::size_t chunk_header_size = 20;
+struct reply_header {
+    bool structured = false;
+    std::uint32_t error = 0;      ///< simple: the NBD error
+    std::uint16_t flags = 0;      ///< structured: chunk flags (chunk_flag_done)
+    std::uint16_t type = 0;       ///< structured: chunk type
+    std::uint64_t cookie = 0;
+    std::uint32_t length = 0;     ///< structured: payload length (the 4 bytes after the first 16)
+};
+/// False when the magic is neither reply magic.
+bool decode_reply_start(std::span<const std::byte, simple_reply_size> in, reply_header& out) noexcept;
+
 /// Human-readable names for logs ("READ", "NBD_OPT_GO").
 const char* cmd_name(std::uint16_t type) noexcept;
 const char* opt_name(std::uint32_t option) noexcept;
+/// "NBD_REP_ERR_UNKNOWN" and the like, for errors from servers.
+const char* rep_name(std::uint32_t type) noexcept;
 
-} // namespace bjd::exports::nbd
+} // namespace bjd::nbd

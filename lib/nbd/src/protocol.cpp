@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
-// NBD wire helpers: request decoding and reply header encoding.
-#include "bjd/export/nbd_protocol.hpp"
+// NBD wire helpers: request and reply headers, both directions.
+#include "bjd/nbd/protocol.hpp"
 
 #include <cerrno>
 
-namespace bjd::exports::nbd {
+namespace bjd::nbd {
 
 std::uint32_t to_wire_error(int e) noexcept
 {
@@ -19,6 +19,21 @@ std::uint32_t to_wire_error(int e) noexcept
     case ENOTSUP: return err_notsup;
     case ESHUTDOWN: return err_shutdown;
     default: return err_io;
+    }
+}
+
+int from_wire_error(std::uint32_t w) noexcept
+{
+    switch (w) {
+    case err_perm: return EPERM;
+    case err_io: return EIO;
+    case err_nomem: return ENOMEM;
+    case err_inval: return EINVAL;
+    case err_nospc: return ENOSPC;
+    case err_overflow: return EOVERFLOW;
+    case err_notsup: return ENOTSUP;
+    case err_shutdown: return ESHUTDOWN;
+    default: return EIO;
     }
 }
 
@@ -56,6 +71,41 @@ void encode_chunk_header(std::vector<std::byte>& out, std::uint16_t flags, std::
     writer(out).u32(structured_reply_magic).u16(flags).u16(type).u64(cookie).u32(length);
 }
 
+void encode_option(std::vector<std::byte>& out, std::uint32_t option, std::uint32_t length)
+{
+    writer(out).u64(opts_magic).u32(option).u32(length);
+}
+
+bool decode_option_reply(std::span<const std::byte, option_reply_size> in, option_reply& out) noexcept
+{
+    if (load_be64(in.data()) != rep_magic)
+        return false;
+    out.option = load_be32(in.data() + 8);
+    out.type = load_be32(in.data() + 12);
+    out.length = load_be32(in.data() + 16);
+    return true;
+}
+
+bool decode_reply_start(std::span<const std::byte, simple_reply_size> in, reply_header& out) noexcept
+{
+    const std::uint32_t magic = load_be32(in.data());
+    if (magic == simple_reply_magic) {
+        out = reply_header{};
+        out.error = load_be32(in.data() + 4);
+        out.cookie = load_be64(in.data() + 8);
+        return true;
+    }
+    if (magic == structured_reply_magic) {
+        out = reply_header{};
+        out.structured = true;
+        out.flags = load_be16(in.data() + 4);
+        out.type = load_be16(in.data() + 6);
+        out.cookie = load_be64(in.data() + 8);
+        return true;
+    }
+    return false;
+}
+
 const char* cmd_name(std::uint16_t type) noexcept
 {
     switch (type) {
@@ -87,4 +137,24 @@ const char* opt_name(std::uint32_t option) noexcept
     }
 }
 
-} // namespace bjd::exports::nbd
+const char* rep_name(std::uint32_t type) noexcept
+{
+    switch (type) {
+    case rep_ack: return "NBD_REP_ACK";
+    case rep_server: return "NBD_REP_SERVER";
+    case rep_info: return "NBD_REP_INFO";
+    case rep_meta_context: return "NBD_REP_META_CONTEXT";
+    case rep_err_unsup: return "NBD_REP_ERR_UNSUP";
+    case rep_err_policy: return "NBD_REP_ERR_POLICY";
+    case rep_err_invalid: return "NBD_REP_ERR_INVALID";
+    case rep_err_platform: return "NBD_REP_ERR_PLATFORM";
+    case rep_err_tls_reqd: return "NBD_REP_ERR_TLS_REQD";
+    case rep_err_unknown: return "NBD_REP_ERR_UNKNOWN";
+    case rep_err_shutdown: return "NBD_REP_ERR_SHUTDOWN";
+    case rep_err_block_size_reqd: return "NBD_REP_ERR_BLOCK_SIZE_REQD";
+    case rep_err_too_big: return "NBD_REP_ERR_TOO_BIG";
+    default: return "unknown reply";
+    }
+}
+
+} // namespace bjd::nbd
