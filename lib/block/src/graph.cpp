@@ -231,6 +231,28 @@ struct opener {
                           nu.latency_ns.value_or(0), nu.read_zeroes.value_or(false));
         } else if (o.u.qcow2) {
             n = co_await open_qcow2_node(*o.u.qcow2, std::move(*common), mine);
+        } else if (o.u.nbd) {
+            const auto& nb = *o.u.nbd;
+            if (nb.tls_creds || nb.tls_hostname)
+                co_return qapi::generic("TLS is not supported by blockjobd's nbd driver yet");
+            if (nb.x_dirty_bitmap)
+                co_return qapi::generic("x-dirty-bitmap is not supported by blockjobd's nbd driver");
+            nbd_open_options no;
+            if (nb.server.u.unix) {
+                no.server.path = nb.server.u.unix->path;
+            } else if (nb.server.u.inet) {
+                no.server.unix_socket = false;
+                no.server.host = nb.server.u.inet->host;
+                no.server.port = nb.server.u.inet->port;
+            } else {
+                co_return qapi::generic("blockjobd's nbd driver connects to unix and inet addresses only");
+            }
+            no.export_name = nb.export_.value_or("");
+            no.reconnect_delay = nb.reconnect_delay.value_or(0);
+            no.open_timeout = nb.open_timeout.value_or(0);
+            if (auto r = check_name(name); !r)
+                co_return r.error();
+            n = co_await open_nbd(std::move(*common), std::move(no));
         } else if (o.u.blkdebug) {
             auto image = co_await child_ref(o.u.blkdebug->image, mine);
             if (!image)

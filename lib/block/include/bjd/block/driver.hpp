@@ -46,6 +46,29 @@ qapi::result<std::shared_ptr<node>> open_raw(node_options common, std::shared_pt
 qapi::result<std::shared_ptr<node>> open_blkdebug(node_options common, std::shared_ptr<node> image,
                                                  const qapi::blockdev_options_blkdebug& opts);
 
+/// Where an NBD server listens (BlockdevOptionsNbd's server): a UNIX socket or host:port.
+struct nbd_server_address {
+    bool unix_socket = true;
+    std::string path;           ///< unix
+    std::string host, port;     ///< inet
+    /// The address as QEMU's connect errors name it: the path, or "host:port".
+    std::string describe() const { return unix_socket ? path : host + ":" + port; }
+};
+
+struct nbd_open_options {
+    nbd_server_address server;
+    std::string export_name;          ///< "" is the server's default export
+    std::uint32_t reconnect_delay = 0;   ///< seconds requests wait for a reconnect
+    std::uint32_t open_timeout = 0;      ///< seconds to keep trying to connect at open
+};
+
+/// nbd: a client of an NBD export (lib/block/src/drivers/nbd). Connects and negotiates
+/// before it returns. Errors in QEMU 7.2's words: "Failed to connect to 'PATH': No such file
+/// or directory", "Requested export not available", "Could not open image: Permission
+/// denied" (a read-only export for a writable node without auto-read-only). Must be awaited
+/// on the node's loop.
+asio::awaitable<qapi::result<std::shared_ptr<node>>> open_nbd(node_options common, nbd_open_options opts);
+
 /// null-co / null-aio: discards writes; reads return zeroes. `latency_ns` delays every request.
 std::shared_ptr<node> open_null(node_options common, std::string_view driver, std::uint64_t size,
                                 std::uint64_t latency_ns, bool read_zeroes);

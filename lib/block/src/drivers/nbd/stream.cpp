@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+// The plain NBD client stream: a connected UNIX or TCP socket.
+#include "stream.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+namespace bjd::block::nbd_client {
+namespace {
+
+constexpr auto tok = asio::as_tuple(asio::use_awaitable);
+
+class plain_stream final : public stream {
+public:
+    explicit plain_stream(asio::generic::stream_protocol::socket s) : sock_(std::move(s)) {}
+
+    asio::awaitable<error_code> read(asio::mutable_buffer buf) override
+    {
+        auto [ec, n] = co_await asio::async_read(sock_, buf, tok);
+        co_return ec;
+    }
+    asio::awaitable<error_code> write(std::span<const asio::const_buffer> bufs) override
+    {
+        auto [ec, n] = co_await asio::async_write(sock_, bufs, tok);
+        co_return ec;
+    }
+    bool write_now(std::span<const std::byte> bytes) noexcept override
+    {
+        if (!sock_.is_open())
+            return false;
+        ssize_t n = ::send(sock_.native_handle(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        return n == static_cast<ssize_t>(bytes.size());
+    }
+    void close() noexcept override
+    {
+        error_code ec;
+        sock_.shutdown(asio::socket_base::shutdown_both, ec);
+        sock_.close(ec);
+    }
+
+private:
+    asio::generic::stream_protocol::socket sock_;
+};
+
+/// getaddrinfo's words for the resolver's errors (QEMU prints gai_strerror).
+std::string resolve_error(const error_code& ec)
+{
+    if (ec == asio::error::host_not_found)
+        return ::gai_strerror(EAI_NONAME);
+    if (ec == asio::error::host_not_found_try_again)
+        return ::gai_strerror(EAI_AGAIN);
+    if (ec == asio::error::service_not_found)
+        return ::gai_strerror(EAI_SERVICE);
+    return ec.message();
+}
+
+std::string errno_text(const error_code& ec)
+{
+    if (ec.category() == boost::system::system_category())
+        return std::strerror(ec.value());
+    return ec.message();
+}
+
+} // namespace
+
+asio::awaitable<connect_result> connect_plain(const address& a)
+{
+    auto ex = co_await asio::this_coro::executor;
+    asio::generic::stream_protocol::socket sock(ex);
+    const std::string failed = "Failed to connect to '" + a.describe() + "': ";
+    if (a.unix_socket) {
+        asio::local::stream_protocol::endpoint ep(a.path);
+        auto [ec] = co_await sock.async_connect(asio::generic::stream_protocol::endpoint(ep), tok);
+        if (ec)
+            co_return connect_result{nullptr, failed + errno_text(ec)};
+        co_return connect_result{std::make_unique<plain_stream>(std::move(sock)), {}};
+    }
+    asio::ip::tcp::resolver resolver(ex);
+    auto [rec, results] = co_await resolver.async_resolve(a.host, a.port, tok);
+    if (rec)
+        co_return connect_result{nullptr, "address resolution failed for " + a.describe() + ": " + resolve_error(rec)};
+    error_code last = asio::error::host_not_found;
+    for (const auto& r : results) {
+        error_code ignored;
+        sock.close(ignored);
+        auto [ec] = co_await sock.async_connect(asio::generic::stream_protocol::endpoint(r.endpoint()), tok);
+        if (!ec) {
+            int one = 1;
+            ::setsockopt(sock.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            co_return connect_result{std::make_unique<plain_stream>(std::move(sock)), {}};
+        }
+        last = ec;
+    }
+    co_return connect_result{nullptr, failed + errno_text(last)};
+}
+
+} // namespace bjd::block::nbd_client
