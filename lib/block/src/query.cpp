@@ -63,12 +63,12 @@ qapi::image_info describe_image(const node& n, bool with_backing_chain)
 {
     qapi::image_info img;
     img.filename = display_filename(n);
-    // QEMU reports dirty-flag when bdrv_get_info works: formats forward to their file
-    // child, and null-co has none.
+    // QEMU reports dirty-flag when bdrv_get_info works: qcow2 answers itself, raw and
+    // filters forward to their child, and null-co and nbd have none.
     const node* bottom = &n;
-    while (bottom->primary_child())
+    while (bottom->primary_child() && bottom->driver() != "qcow2")
         bottom = bottom->primary_child();
-    if (bottom->driver() != "null-co" && bottom->driver() != "null-aio")
+    if (bottom->driver() != "null-co" && bottom->driver() != "null-aio" && bottom->driver() != "nbd")
         img.dirty_flag = false;
     img.format = std::string(n.driver());
     // QEMU sizes nodes in 512-byte sectors: a file of 196616 bytes shows 197120.

@@ -120,7 +120,8 @@ private:
     void set_state(state s)
     {
         if (s != state_)
-            log::with_fields(s == state::connected ? spdlog::level::info : spdlog::level::warn, "block",
+            log::with_fields(s == state::connected || s == state::closed ? spdlog::level::info : spdlog::level::warn,
+                             "block",
                              fmt::format("node '{}': nbd connection {} -> {}", name_, state_name(state_), state_name(s)),
                              {{"NODE", name_}, {"NBD_STATE", state_name(s)}});
         state_ = s;
