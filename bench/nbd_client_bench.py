@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""blockdev-mirror into an nbd node, against the same mirror into a local file.
+
+usage: nbd_client_bench.py OURS_BINARY [--size-mib N] [--runs N]
+
+Creates a fully allocated raw source image of random data. For each daemon (blockjobd and
+qemu-storage-daemon) it times blockdev-mirror sync=full up to BLOCK_JOB_READY twice: into a
+raw node over a local file (the ceiling), and into a raw node over an nbd node connected to
+qemu-nbd on a UNIX socket (loopback), serving an empty raw file. Prints MiB/s per case (best
+of --runs) and the ratios.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from qmp import QMP  # noqa: E402
+
+MiB = 1 << 20
+
+
+def make_source(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def mirror_once(daemon, work, src, size, into_nbd):
+    dst = os.path.join(work, "dst.img")
+    with open(dst, "wb") as f:
+        f.truncate(size)
+    sock = os.path.join(work, "qmp.sock")
+    nbd_sock = os.path.join(work, "far.sock")
+    for p in (sock, nbd_sock):
+        if os.path.exists(p):
+            os.unlink(p)
+    far = None
+    if into_nbd:
+        far = subprocess.Popen(["qemu-nbd", "-t", "-e", "4", "-f", "raw", "-k", nbd_sock, "-x", "dst", dst],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not os.path.exists(nbd_sock):
+            time.sleep(0.01)
+    proc = subprocess.Popen([daemon, "--chardev", f"socket,id=c,path={sock},server=on,wait=off", "--monitor", "c"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        q = QMP(sock)
+        q.cmd("blockdev-add", **{"driver": "raw", "node-name": "src",
+                                 "file": {"driver": "file", "filename": src}})
+        if into_nbd:
+            target = {"driver": "nbd", "server": {"type": "unix", "path": nbd_sock}, "export": "dst"}
+        else:
+            target = {"driver": "file", "filename": dst}
+        q.cmd("blockdev-add", **{"driver": "raw", "node-name": "dst", "file": target})
+        t0 = time.monotonic()
+        q.cmd("blockdev-mirror", job_id="j", device="src", target="dst", sync="full")
+        q.wait_event("BLOCK_JOB_READY")
+        elapsed = time.monotonic() - t0
+        q.cmd("block-job-cancel", device="j")
+        q.wait_event("BLOCK_JOB_COMPLETED")
+        q.execute("quit")
+        q.close()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if far:
+            far.terminate()
+            far.wait()
+    r = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", src, dst])
+    if r.returncode != 0:
+        raise SystemExit(f"{daemon}: target differs from source")
+    return size / MiB / elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("ours")
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=2)
+    a = ap.parse_args()
+    size = a.size_mib * MiB
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
+        src = os.path.join(work, "src.img")
+        make_source(src, size)
+        res = {}
+        for name, daemon in (("blockjobd", a.ours), ("qsd", "qemu-storage-daemon")):
+            for case, nbd in (("file", False), ("nbd", True)):
+                res[name, case] = max(mirror_once(daemon, work, src, size, nbd) for _ in range(a.runs))
+                print(f"{name:10} mirror into {case:4}: {res[name, case]:8.0f} MiB/s", flush=True)
+        print(f"blockjobd nbd / blockjobd file: {res['blockjobd', 'nbd'] / res['blockjobd', 'file']:.2f}")
+        print(f"blockjobd nbd / qsd nbd:        {res['blockjobd', 'nbd'] / res['qsd', 'nbd']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
