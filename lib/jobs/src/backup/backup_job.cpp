@@ -2,7 +2,8 @@
 // blockdev-backup (QEMU 7.2's blockdev.c do_backup_common, block/backup.c, block/block-copy.c
 // and block/copy-before-write.c): the checks; the copy-before-write filter above the source,
 // which copies the old data of a cluster to the target before a write changes it; and the
-// copy loop for sync=full/top (sync=none copies only what the filter copies, until cancelled).
+// copy for sync=full/top/bitmap, up to x-perf's max-workers chunks of up to max-chunk at once
+// (sync=none copies only what the filter copies, until cancelled).
 #include "bjd/jobs/backup.hpp"
 
 #include "bjd/block/bitmaps.hpp"
@@ -16,8 +17,8 @@
 #include "bjd/log.hpp"
 #include "backup/drive_target.hpp"
 #include "copy/chain.hpp"
+#include "copy/copy_driver.hpp"
 #include "copy/job_nodes.hpp"
-#include "copy/pacing.hpp"
 
 #include <algorithm>
 #include <functional>
@@ -35,6 +36,13 @@ auto logger() { return log::get("jobs"); }
 /// QEMU's BLOCK_COPY_CLUSTER_SIZE_DEFAULT: the backup's cluster is at least 64 KiB, or the
 /// target's cluster size if larger (block/block-copy.c block_copy_calculate_cluster_size).
 constexpr std::uint64_t default_cluster = 64 << 10;
+
+/// QEMU's BLOCK_COPY_MAX_BUFFER, BLOCK_COPY_MAX_MEM and the default of x-perf max-workers:
+/// a job's copy request spans at most 1 MiB (or a cluster, if larger); at most 64 of them
+/// run at once, holding at most 128 MiB of buffers.
+constexpr std::uint64_t max_buffer = 1 << 20;
+constexpr std::uint64_t max_memory = 128 << 20;
+constexpr std::int64_t default_workers = 64;
 
 /// What the job and its filter share (QEMU's BlockCopyState): which clusters still hold data
 /// of the point in time the backup started and are not on the target yet.
@@ -99,6 +107,68 @@ public:
         const std::size_t last = (std::min(offset + length, len_) - 1) / cluster_;
         bool in_source = false;
         co_return co_await copy(first, last, in_source);
+    }
+
+    /// The first cluster of [from, end) still to do, and those right after it still to do,
+    /// `most` at most: they become busy, for the caller to copy with copy_claimed. A count of
+    /// 0 when none is left.
+    std::pair<std::size_t, std::size_t> claim(std::size_t from, std::size_t end, std::size_t most)
+    {
+        end = std::min(end, clusters_.size());
+        while (from < end && clusters_[from] != state::todo)
+            ++from;
+        std::size_t k = 0;
+        while (from + k < end && k < most && clusters_[from + k] == state::todo)
+            clusters_[from + k++] = state::busy;
+        return {from, k};
+    }
+
+    /// Copies the clusters [first, first+count) the caller claimed, with one read and one
+    /// write per extent of the source's block status, zeroes as write-zeroes (QEMU's
+    /// block_copy_task_entry); a single cluster goes through copy_one. Each becomes done once
+    /// on the target; on failure the rest are to do again. `buf` holds `count` clusters.
+    asio::awaitable<result<void>> copy_claimed(std::size_t first, std::size_t count, std::span<std::byte> buf,
+                                               bool& in_source)
+    {
+        const std::size_t end = first + count;
+        for (std::size_t c = first; c < end;) {
+            const std::uint64_t off = c * cluster_;
+            const std::uint64_t n = std::min(end * cluster_, len_) - off;
+            std::uint64_t m = n;
+            result<void> r;
+            if (end - c == 1) {
+                r = co_await copy_one(c, in_source);
+            } else {
+                in_source = true;
+                bool zero = false;
+                if (auto st = co_await source_->block_status(off, n)) {
+                    // A first cluster that is partly data is copied alone, as data.
+                    const std::uint64_t whole = st->length >= n ? n : st->length / cluster_ * cluster_;
+                    m = whole ? whole : cluster_;
+                    zero = whole && (st->flags & block::status_zero);
+                }
+                if (zero) {
+                    in_source = false;
+                    r = co_await target_->write_zeroes(off, m, block::zero_flags{.may_unmap = true});
+                } else {
+                    auto data = buf.first(m);
+                    r = co_await source_->read(off, data);
+                    if (r) {
+                        in_source = false;
+                        r = co_await target_->write(off, data, false);
+                    }
+                }
+            }
+            const std::size_t k = r ? (m + cluster_ - 1) / cluster_ : end - c;
+            std::fill_n(clusters_.begin() + static_cast<std::ptrdiff_t>(c), k, r ? state::done : state::todo);
+            changed_.notify_all();
+            if (!r)
+                co_return r;
+            if (on_copied)
+                on_copied(m);
+            c += k;
+        }
+        co_return result<void>{};
     }
 
 private:
@@ -219,11 +289,25 @@ struct backup_setup {
     std::uint64_t cluster = default_cluster;
     std::shared_ptr<block::named_bitmap> bitmap;   ///< sync=bitmap, or a bitmap-mode with full/top
     qapi::bitmap_sync_mode bitmap_mode = qapi::bitmap_sync_mode::on_success;
+    std::uint64_t chunk = max_buffer;   ///< the most one copy request spans (a multiple of `cluster`)
+    unsigned workers = default_workers;  ///< copy requests at once
 };
 
-class backup_job final : public job_driver {
+/// x-perf's max-chunk and max-workers as QEMU's block_copy_async takes them (0: no limit),
+/// within its buffer and memory limits.
+void copy_tuning(backup_setup& s, const std::optional<std::int64_t>& max_workers,
+                 const std::optional<std::int64_t>& max_chunk)
+{
+    s.chunk = std::max(s.cluster, max_buffer);
+    if (max_chunk && *max_chunk)
+        s.chunk = std::min(s.chunk, static_cast<std::uint64_t>(*max_chunk) / s.cluster * s.cluster);
+    const auto fit = static_cast<std::int64_t>(std::max<std::uint64_t>(1, max_memory / s.chunk));
+    s.workers = static_cast<unsigned>(std::min(max_workers.value_or(default_workers), fit));
+}
+
+class backup_job final : public detail::copy_driver {
 public:
-    backup_job(backup_setup s, asio::any_io_executor ex) : s_(std::move(s)), ex_(std::move(ex)) {}
+    backup_job(backup_setup s, asio::any_io_executor ex) : copy_driver(std::move(ex)), s_(std::move(s)) {}
     ~backup_job() override { leave_graph(); }
 
     /// Takes the job's nodes (QEMU's backup_job_create: the filter as the main node, the
@@ -272,58 +356,66 @@ public:
                 co_await j.yield();
             co_return qapi::result<void>{};
         }
-        std::optional<std::error_code> failure;
-        std::chrono::nanoseconds delay{0};
-        std::uint64_t& remaining = remaining_;
-        for (std::size_t c = 0; c < state_->clusters();) {
-            co_await j.sleep(delay);
-            if (j.is_cancelled())
-                break;
-            delay = std::chrono::nanoseconds(0);
-            if (state_->done(c)) {
-                ++c;
-                continue;
-            }
-            const std::uint64_t off = c * state_->cluster();
-            const std::uint64_t n = std::min(state_->cluster(), state_->length() - off);
-            if (s_.sync == qapi::mirror_sync_mode::top) {
-                // Only what the top image holds (QEMU's block_copy_reset_unallocated).
-                auto a = co_await detail::allocated_between(s_.source.get(), detail::chain_next(*s_.source), off, n);
-                if (a && !a->first && a->second >= n) {
-                    remaining -= state_->skip(c);
-                    j.progress_set_remaining(remaining - std::min(remaining, j.progress_current()));
-                    ++c;
-                    continue;
-                }
-            }
-            bool in_source = false;
-            auto r = co_await state_->copy(c, c, in_source);
-            if (!r) {
-                auto action = j.error_action(in_source ? s_.on_source_error : s_.on_target_error, in_source,
-                                             r.error().value());
-                if (action == qapi::block_error_action::stop)
-                    continue;   // the same cluster again once resumed
-                if (action == qapi::block_error_action::report) {
-                    failure = r.error();
+        const std::uint64_t cl = state_->cluster();
+        // One buffer per worker, allocated when first used.
+        std::vector<io::aligned_buffer> bufs(s_.workers);
+        auto piece = [&](unsigned slot, std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
+            if (!bufs[slot])
+                bufs[slot] = io::aligned_buffer(s_.chunk);
+            step st;
+            st.r = co_await state_->copy_claimed(offset / cl, (n + cl - 1) / cl, bufs[slot].span(), st.in_source);
+            st.length = offset + n;   // where a step that ignores this failure goes on
+            co_return st;
+        };
+        // A step claims runs of clusters still to do and copies them, `workers` at once; then
+        // copies what the filter was copying when the step passed it and could not (QEMU's
+        // block_copy_dirty_clusters). Failed clusters stay to do.
+        auto do_step = [&](std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
+            const std::size_t first = offset / cl;
+            const std::size_t end = std::min<std::size_t>(state_->clusters(), (offset + n + cl - 1) / cl);
+            if (s_.sync == qapi::mirror_sync_mode::top)
+                co_await skip_unallocated(j, first, end);
+            step st;
+            st.length = n;
+            detail::piece_pool pool(ex_, s_.workers, piece);
+            for (std::size_t c = first; c < end && !j.is_cancelled();) {
+                if (!co_await pool.ready())
                     break;
-                }
-                ++c;   // ignore: the cluster stays uncopied
-                continue;
+                auto [a, k] = state_->claim(c, end, s_.chunk / cl);
+                if (k == 0)
+                    break;
+                pool.spawn(a * cl, std::min<std::uint64_t>(k * cl, state_->length() - a * cl));
+                st.copied = true;
+                c = a + k;
             }
-            limiter_.charge(n);
-            delay = limiter_.delay();
-            ++c;
-        }
-        if (!failure && !j.is_cancelled())
+            if (auto failed = co_await pool.join()) {
+                st.r = failed->r;
+                st.in_source = failed->in_source;
+                st.length = failed->length - offset;
+                st.copied = false;
+                co_return st;
+            }
+            if (!j.is_cancelled())
+                st.r = co_await state_->copy(first, end - 1, st.in_source);
+            co_return st;
+        };
+        // Under a speed limit one cluster at a time; an ignored failure leaves its clusters
+        // uncopied and the job goes on.
+        const detail::step_policy policy{.on_source_error = s_.on_source_error,
+                                 .on_target_error = s_.on_target_error,
+                                 .step = 2 * s_.chunk * s_.workers,
+                                 .throttled_step = cl,
+                                 .ignored_fails_job = false,
+                                 .counts_progress = false};
+        auto r = co_await copy_loop(j, state_->length(), policy, do_step);
+        if (r && !j.is_cancelled())
             // A finished backup is on disk, and its image complete for readers as soon as
             // the job's events say so (the target closes in the background afterwards).
-            if (auto r = co_await s_.target->flush(); !r)
-                failure = r.error();
-        if (failure) {
-            j.set_error_errno(failure->value());
-            co_return qapi::generic(strerror_text(*failure));
-        }
-        co_return qapi::result<void>{};
+            if (auto f = co_await s_.target->flush(); !f) {
+                j.set_error_errno(f.error().value());
+                co_return qapi::generic(strerror_text(f.error()));
+            }
+        co_return r;
     }
 
     qapi::result<void> prepare(job&) override
@@ -343,14 +435,32 @@ public:
         finish_bitmap(false);
     }
 
-    void set_speed(job& j, std::int64_t speed) override
+private:
+    /// sync=top: the clusters of [first, end) that the top image does not hold are not copied
+    /// (QEMU's block_copy_reset_unallocated), and the progress total shrinks by them.
+    asio::awaitable<void> skip_unallocated(job& j, std::size_t first, std::size_t end)
     {
-        limiter_.set_speed(speed);
-        if (j.sleeping_timed())
-            j.enter();
+        const std::uint64_t cl = state_->cluster();
+        const std::uint64_t stop = std::min<std::uint64_t>(end * cl, state_->length());
+        bool skipped = false;
+        for (std::uint64_t pos = first * cl; pos < stop;) {
+            auto a = co_await detail::allocated_between(s_.source.get(), detail::chain_next(*s_.source), pos,
+                                                        stop - pos);
+            if (!a || a->second == 0)
+                break;   // unknown: copied
+            const std::uint64_t extent_end = pos + a->second;
+            if (!a->first)
+                for (std::size_t c = (pos + cl - 1) / cl;
+                     c < end && std::min<std::uint64_t>((c + 1) * cl, state_->length()) <= extent_end; ++c) {
+                    remaining_ -= state_->skip(c);
+                    skipped = true;
+                }
+            pos = extent_end;
+        }
+        if (skipped)
+            j.progress_set_remaining(remaining_ - std::min(remaining_, j.progress_current()));
     }
 
-private:
     /// QEMU's backup_cleanup_sync_bitmap. The bitmap now holds the writes made while the job
     /// ran. It keeps only them when the job succeeded (or always, with bitmap-mode=always);
     /// otherwise, or with bitmap-mode=never, what it held before comes back. A failed job with
@@ -389,8 +499,6 @@ private:
     }
 
     backup_setup s_;
-    asio::any_io_executor ex_;
-    detail::rate_limiter limiter_;
     std::optional<detail::job_nodes> nodes_;
     std::shared_ptr<copy_state> state_;
     std::optional<block::dirty_bitmap> before_;   ///< the bitmap's bits when the job started
@@ -483,6 +591,7 @@ asio::awaitable<qapi::result<std::shared_ptr<job>>> create_backup(manager& m, bl
     if (p.max_chunk && *p.max_chunk && static_cast<std::uint64_t>(*p.max_chunk) < s.cluster)
         co_return qapi::generic("Required max-chunk (" + std::to_string(*p.max_chunk) +
                                 ") is less than backup cluster size (" + std::to_string(s.cluster) + ")");
+    copy_tuning(s, p.max_workers, p.max_chunk);
     block::node_options fo;
     fo.name = p.filter_node_name ? *p.filter_node_name : g.auto_name();
     s.filter = std::make_shared<copy_before_write>(fo, source, target, !p.filter_node_name);

@@ -147,7 +147,7 @@ public:
             }
             co_return co_await in_pieces(offset, above->second, copy_piece);
         };
-        if (auto r = co_await copy_loop(j, len, chunk, s_.on_error, copy); !r)
+        if (auto r = co_await copy_loop(j, len, chain_policy(chunk, s_.on_error), copy); !r)
             co_return r;
         if (j.is_cancelled())
             co_return qapi::result<void>{};

@@ -98,7 +98,7 @@ public:
             co_return co_await in_pieces(offset, st.length, populate);
         };
         // An error that was ignored still keeps the backing chain as it is.
-        if (auto r = co_await copy_loop(j, s_.top->size(), chunk, s_.on_error, copy); !r)
+        if (auto r = co_await copy_loop(j, s_.top->size(), chain_policy(chunk, s_.on_error), copy); !r)
             co_return r;
         if (j.is_cancelled())
             co_return qapi::result<void>{};
