@@ -35,13 +35,20 @@ std::optional<dirty_bitmap_info> named_bitmap::bitmap_info() const
     i.recording = enabled_;
     i.busy = busy_;
     i.persistent = persistent_;
+    i.inconsistent = inconsistent_;
     return i;
 }
 
-qapi::result<void> check_not_busy(const named_bitmap& b)
+qapi::result<void> check_bitmap(const named_bitmap& b, unsigned need)
 {
-    if (b.busy())
+    if ((need & bitmap_not_busy) && b.busy())
         return qapi::generic("Bitmap '" + b.name() + "' is currently in use by another operation and cannot be used");
+    if ((need & bitmap_writable) && b.readonly())
+        return qapi::generic("Bitmap '" + b.name() + "' is readonly and cannot be modified");
+    // QEMU adds the hint "Try block-dirty-bitmap-remove to delete this bitmap from disk",
+    // which QMP does not carry.
+    if ((need & bitmap_consistent) && b.inconsistent())
+        return qapi::generic("Bitmap '" + b.name() + "' is inconsistent and cannot be used");
     return {};
 }
 
@@ -74,24 +81,28 @@ qapi::result<void> bitmap_add(graph& g, std::string_view node_ref, const std::st
 
 namespace {
 
-/// `lookup`, and the bitmap must not be busy: what every command that changes one checks.
-qapi::result<std::pair<std::shared_ptr<node>, std::shared_ptr<named_bitmap>>> lookup_idle(graph& g,
-                                                                                          std::string_view node_ref,
-                                                                                          const std::string& name)
+/// `lookup`, then `check_bitmap(need)`: what every command that changes one checks.
+qapi::result<std::pair<std::shared_ptr<node>, std::shared_ptr<named_bitmap>>> lookup_checked(graph& g,
+                                                                                             std::string_view node_ref,
+                                                                                             const std::string& name,
+                                                                                             unsigned need)
 {
     auto found = lookup(g, node_ref, name);
     if (!found)
         return found.error();
-    if (auto r = check_not_busy(*found->second); !r)
+    if (auto r = check_bitmap(*found->second, need); !r)
         return r.error();
     return found;
 }
+
+/// block_dirty_bitmap_remove's check: an inconsistent bitmap may (and should) be removed.
+constexpr unsigned remove_need = bitmap_not_busy | bitmap_writable;
 
 } // namespace
 
 qapi::result<void> bitmap_remove(graph& g, std::string_view node_ref, const std::string& name)
 {
-    auto found = lookup_idle(g, node_ref, name);
+    auto found = lookup_checked(g, node_ref, name, remove_need);
     if (!found)
         return found.error();
     found->first->remove_bitmap(*found->second);
@@ -100,7 +111,7 @@ qapi::result<void> bitmap_remove(graph& g, std::string_view node_ref, const std:
 
 qapi::result<void> bitmap_clear(graph& g, std::string_view node_ref, const std::string& name)
 {
-    auto found = lookup_idle(g, node_ref, name);
+    auto found = lookup_checked(g, node_ref, name, bitmap_changeable);
     if (!found)
         return found.error();
     found->second->bits().clear();
@@ -109,7 +120,7 @@ qapi::result<void> bitmap_clear(graph& g, std::string_view node_ref, const std::
 
 qapi::result<void> bitmap_enable(graph& g, std::string_view node_ref, const std::string& name, bool enable)
 {
-    auto found = lookup_idle(g, node_ref, name);
+    auto found = lookup_checked(g, node_ref, name, bitmap_usable);
     if (!found)
         return found.error();
     found->second->set_enabled(enable);
@@ -119,7 +130,7 @@ qapi::result<void> bitmap_enable(graph& g, std::string_view node_ref, const std:
 qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::string& target,
                                 const std::vector<bitmap_ref>& sources)
 {
-    auto found = lookup_idle(g, node_ref, target);
+    auto found = lookup(g, node_ref, target);
     if (!found)
         return found.error();
     auto& [n, dst] = *found;
@@ -137,13 +148,20 @@ qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::
                 return other.error();
             src = other->second;
         }
-        if (auto r = check_not_busy(*src); !r)
+        // QEMU 7.2 merges each source into the target in turn (bdrv_merge_dirty_bitmap): the
+        // target's checks, the source's, then the sizes.
+        if (auto r = check_bitmap(*dst, bitmap_changeable); !r)
+            return r;
+        if (auto r = check_bitmap(*src, bitmap_usable); !r)
             return r;
         if (src->bits().size() != acc.size())
             return qapi::generic("Bitmaps are of different sizes (destination size is " + std::to_string(acc.size()) +
                                  ", source size is " + std::to_string(src->bits().size()) + ") and can't be merged");
         acc.merge(src->bits());
     }
+    if (sources.empty())   // QEMU 7.2 crashes here (merge-empty.md); checked as for any merge
+        if (auto r = check_bitmap(*dst, bitmap_changeable); !r)
+            return r;
     dst->bits().merge(acc);
     return {};
 }
@@ -162,7 +180,7 @@ qapi::result<std::shared_ptr<named_bitmap>> find_export_bitmap(node& n, const st
         return qapi::generic("Bitmap '" + name + "' is not found");
     if (!writable_export && !at->read_only() && b->enabled())
         return qapi::generic("Enabled bitmap '" + name + "' incompatible with readonly export");
-    if (auto r = check_not_busy(*b); !r)
+    if (auto r = check_bitmap(*b, bitmap_usable); !r)
         return r.error();
     return b;
 }
@@ -236,7 +254,7 @@ std::unique_ptr<transaction_action> bitmap_remove_action(graph& g, std::string n
     auto held = std::make_shared<std::pair<std::shared_ptr<node>, std::shared_ptr<named_bitmap>>>();
     return std::make_unique<bitmap_action>(
         [&g, node_ref = std::move(node_ref), name = std::move(name), held]() -> qapi::result<void> {
-            auto found = lookup_idle(g, node_ref, name);
+            auto found = lookup_checked(g, node_ref, name, remove_need);
             if (!found)
                 return found.error();
             *held = *found;

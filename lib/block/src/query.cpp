@@ -87,6 +87,20 @@ qapi::image_info describe_image(const node& n, bool with_backing_chain)
         }
         d.refcount_bits = q->refcount_bits;
         d.compression_type = qapi::qcow2_compression_type::zlib;
+        // Read from the bitmap directory as it is now, like QEMU's qcow2_get_specific_info.
+        if (auto stored = qcow2_stored_bitmaps(n); !stored.empty()) {
+            d.bitmaps.emplace();
+            for (auto& b : stored) {
+                qapi::qcow2_bitmap_info i;
+                i.name = std::move(b.name);
+                i.granularity = b.granularity;
+                if (b.in_use)
+                    i.flags.push_back(qapi::qcow2_bitmap_info_flags::in_use);
+                if (b.auto_enable)
+                    i.flags.push_back(qapi::qcow2_bitmap_info_flags::auto_);
+                d.bitmaps->push_back(std::move(i));
+            }
+        }
         qapi::image_info_specific spec;
         spec.type = qapi::image_info_specific_kind::qcow2;
         spec.u.qcow2 = qapi::image_info_specific_q_cow2_wrapper{std::move(d)};
@@ -152,6 +166,8 @@ qapi::block_device_info describe_node(const node& n, bool flat)
             d.recording = b.recording;
             d.busy = b.busy;
             d.persistent = b.persistent;
+            if (b.inconsistent)
+                d.inconsistent = true;   // QEMU shows the member only when true
             info.dirty_bitmaps->push_back(std::move(d));
         }
     }

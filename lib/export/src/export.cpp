@@ -47,14 +47,14 @@ qapi::result<void> block_export::claim_bitmaps()
             found.push_back(std::move(*b));
             continue;
         }
-        // A {node, name} pair: QEMU 7.2's block_dirty_bitmap_lookup, and only the busy check
-        // (QEMU makes the read-only check for names only).
+        // A {node, name} pair: QEMU 7.2's block_dirty_bitmap_lookup, and only the busy and
+        // inconsistent checks (QEMU makes the read-only export check for names only).
         if (!want.node)
             return qapi::generic("Node '" + *want.node_ref + "' not found");
         auto b = want.node->find_bitmap(want.name);
         if (!b)
             return qapi::generic("Dirty bitmap '" + want.name + "' not found");
-        if (auto r = block::check_not_busy(*b); !r)
+        if (auto r = block::check_bitmap(*b, block::bitmap_usable); !r)
             return r;
         found.push_back(std::move(b));
     }

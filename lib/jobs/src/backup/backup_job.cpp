@@ -541,7 +541,7 @@ asio::awaitable<qapi::result<std::shared_ptr<job>>> create_backup(manager& m, bl
             co_return qapi::generic("Bitmap '" + *p.bitmap + "' could not be found");
         if (!p.bitmap_mode)
             co_return qapi::generic("Bitmap sync mode must be given when providing a bitmap");
-        if (auto r = block::check_not_busy(*bm); !r)
+        if (auto r = block::check_bitmap(*bm, block::bitmap_usable); !r)
             co_return r.error();
         if (p.sync == mirror_sync_mode::none)
             co_return qapi::generic("sync mode 'none' does not produce meaningful bitmap outputs");

@@ -48,6 +48,19 @@ public:
     /// Stored in the node's image (block-dirty-bitmap-add persistent: true, or loaded from it).
     bool persistent() const noexcept { return persistent_; }
     void set_persistent(bool v) noexcept { persistent_ = v; }
+    /// Loaded from an image whose copy was still marked in use (its writer never stored it):
+    /// its bits are unknown, so it stays empty, records nothing and may only be removed
+    /// (QEMU's bdrv_dirty_bitmap_set_inconsistent).
+    bool inconsistent() const noexcept { return inconsistent_; }
+    void set_inconsistent() noexcept
+    {
+        inconsistent_ = true;
+        enabled_ = false;
+    }
+    /// Loaded from an image the node cannot write (read-only): it cannot be changed or removed,
+    /// since the image could not follow (QEMU's bdrv_dirty_bitmap_set_readonly).
+    bool readonly() const noexcept { return readonly_; }
+    void set_readonly(bool v) noexcept { readonly_ = v; }
 
     void on_write(std::uint64_t offset, std::uint64_t length) override
     {
@@ -62,19 +75,28 @@ private:
     bool enabled_ = true;
     bool busy_ = false;
     bool persistent_ = false;
+    bool inconsistent_ = false;
+    bool readonly_ = false;
 };
 
-/// "Bitmap 'x' is currently in use by another operation and cannot be used" when busy
-/// (QEMU's bdrv_dirty_bitmap_check; blockjobd has no read-only or inconsistent bitmaps, which
-/// only come from images).
-qapi::result<void> check_not_busy(const named_bitmap& b);
+/// What a command needs of a bitmap, QEMU's BDRV_BITMAP_* flags of bdrv_dirty_bitmap_check.
+enum bitmap_need : unsigned {
+    bitmap_not_busy = 1u << 0,           ///< "Bitmap 'x' is currently in use by another operation and cannot be used"
+    bitmap_writable = 1u << 1,           ///< "Bitmap 'x' is readonly and cannot be modified"
+    bitmap_consistent = 1u << 2,         ///< "Bitmap 'x' is inconsistent and cannot be used"
+    bitmap_changeable = bitmap_not_busy | bitmap_writable | bitmap_consistent,   ///< BDRV_BITMAP_DEFAULT
+    bitmap_usable = bitmap_not_busy | bitmap_consistent,                         ///< BDRV_BITMAP_ALLOW_RO
+};
+/// Checks `need` in QEMU's order (busy, read-only, inconsistent).
+qapi::result<void> check_bitmap(const named_bitmap& b, unsigned need);
 
 /// block-dirty-bitmap-add. Order: empty name, the node (drive, then node name), granularity
 /// (a power of two, at least 512), persistence, a duplicate name, a name over 1023 bytes.
 qapi::result<void> bitmap_add(graph& g, std::string_view node_ref, const std::string& name,
                               std::optional<std::uint32_t> granularity, bool persistent, bool disabled);
 /// block-dirty-bitmap-remove, -clear, -enable, -disable: "Node 'x' not found", "Dirty bitmap
-/// 'y' not found", then busy.
+/// 'y' not found", then `check_bitmap`: remove needs the bitmap idle and writable (an
+/// inconsistent one may go), clear `bitmap_changeable`, enable and disable `bitmap_usable`.
 qapi::result<void> bitmap_remove(graph& g, std::string_view node_ref, const std::string& name);
 qapi::result<void> bitmap_clear(graph& g, std::string_view node_ref, const std::string& name);
 qapi::result<void> bitmap_enable(graph& g, std::string_view node_ref, const std::string& name, bool enable);
@@ -84,8 +106,9 @@ struct bitmap_ref {
     std::optional<std::string> node;
     std::string name;
 };
-/// block-dirty-bitmap-merge: every source into `target`, all or nothing. Target lookup and
-/// busy check, then each source in order (lookup, busy, same size as the target's node).
+/// block-dirty-bitmap-merge: every source into `target`, all or nothing. Target lookup, then
+/// for each source in order: its lookup, the target's `bitmap_changeable`, the source's
+/// `bitmap_usable`, the same size as the target's node.
 qapi::result<void> bitmap_merge(graph& g, std::string_view node_ref, const std::string& target,
                                 const std::vector<bitmap_ref>& sources);
 
@@ -104,7 +127,7 @@ std::unique_ptr<transaction_action> bitmap_merge_action(graph& g, std::string no
 
 /// The bitmap an export of `n` serves as qemu:dirty-bitmap:NAME: found on `n` or down its
 /// filter and backing chain ("Bitmap 'x' is not found"), not enabled on a writable node when
-/// the export is read-only ("Enabled bitmap 'x' incompatible with readonly export"), not busy.
+/// the export is read-only ("Enabled bitmap 'x' incompatible with readonly export"), usable.
 /// The caller marks it busy once every bitmap of the export passed.
 qapi::result<std::shared_ptr<named_bitmap>> find_export_bitmap(node& n, const std::string& name, bool writable_export);
 

@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace bjd::qapi {
 struct blockdev_options_blkdebug;
@@ -89,6 +90,18 @@ struct qcow2_image_info {
     unsigned refcount_bits = 16;
     std::uint32_t nb_snapshots = 0;
 };
+
+/// A bitmap a qcow2 image stores, as its bitmap directory holds it now.
+struct qcow2_stored_bitmap {
+    std::string name;
+    std::uint32_t granularity = 0;
+    bool in_use = false;        ///< the in-use flag: open read-write, or left so by a crash
+    bool auto_enable = false;   ///< the auto flag: enabled when loaded
+};
+
+/// The bitmaps a qcow2 node's image stores, in directory order (QEMU's
+/// qcow2_get_bitmap_info_list); empty for other nodes.
+std::vector<qcow2_stored_bitmap> qcow2_stored_bitmaps(const node& n);
 
 /// qcow2 (versions 2 and 3) over its `file` child. Reads the header, L1 and refcount tables
 /// (everything from the image is validated; bogus offsets, oversized tables and unknown

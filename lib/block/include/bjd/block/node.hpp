@@ -64,6 +64,7 @@ struct dirty_bitmap_info {
     bool recording = true;
     bool busy = false;
     bool persistent = false;
+    bool inconsistent = false;         ///< loaded from an image that was not closed cleanly
 };
 
 /// Told about every finished write-type request on the node it is attached to.

@@ -97,10 +97,16 @@ asio::awaitable<qapi::result<void>> qcow2_node::load_bitmaps()
     for (auto& e : entries) {
         if (e.flags & bme_in_use) {
             // Left in use by a process that never closed the image: its contents cannot be
-            // trusted (QEMU loads it as inconsistent). Kept in the image as it is.
-            log::get("qcow2")->warn("qcow2 node '{}' ({}): bitmap '{}' is marked in use (inconsistent); it is "
-                                    "kept in the image but not loaded",
+            // trusted. Like QEMU's qcow2_load_dirty_bitmaps, the node lists it as inconsistent
+            // (empty, not recording, good only for block-dirty-bitmap-remove); the image keeps
+            // its entry as it is until it is removed.
+            log::get("qcow2")->warn("qcow2 node '{}' ({}): bitmap '{}' is marked in use (inconsistent); "
+                                    "block-dirty-bitmap-remove deletes it",
                                     name(), filename(), e.name);
+            auto b = add_bitmap(e.name, 1ull << e.granularity_bits);
+            b->set_persistent(true);
+            b->set_inconsistent();
+            b->set_readonly(read_only());
             carried_.push_back(e);
             continue;
         }
@@ -111,6 +117,7 @@ asio::awaitable<qapi::result<void>> qcow2_node::load_bitmaps()
         auto b = add_bitmap(e.name, gran);
         b->set_persistent(true);
         b->set_enabled((e.flags & bme_auto) != 0);
+        b->set_readonly(read_only());   // the image could not follow a change
         dirty_bitmap& bits = b->bits();
         for (std::uint32_t i = 0; i < e.table_size; ++i) {
             const std::uint64_t te = load_be64(raw.data() + std::size_t(i) * 8);
@@ -165,11 +172,19 @@ asio::awaitable<result<void>> qcow2_node::before_close()
 asio::awaitable<result<void>> qcow2_node::reopen_bitmaps(bool to_read_only)
 {
     auto g = co_await meta_.lock();
+    // QEMU's qcow2_reopen_bitmaps_ro/_rw: the bitmaps the image stores follow its access.
+    const auto set_readonly = [&](bool v) {
+        for (const auto& e : stored_)
+            if (auto b = find_bitmap(e.name); b && b->persistent())
+                b->set_readonly(v);
+    };
     if (to_read_only) {
         // Still writable here: store as a close would, then let a later writable phase
         // (another reopen) mark and store them again.
         auto r = co_await store_bitmaps_locked(true);
         bitmaps_closed_ = false;
+        if (r)
+            set_readonly(true);
         co_return r;
     }
     if (read_only() || stored_.empty())
@@ -180,12 +195,15 @@ asio::awaitable<result<void>> qcow2_node::reopen_bitmaps(bool to_read_only)
             e.flags |= bme_in_use;
             changed = true;
         }
-    if (!changed)
-        co_return result<void>{};
-    auto enc = encode_bitmap_directory(stored_);   // same size: rewritten in place
-    if (auto r = co_await file()->write(stored_dir_offset_, enc); !r)
-        co_return r;
-    co_return co_await file()->flush();
+    if (changed) {
+        auto enc = encode_bitmap_directory(stored_);   // same size: rewritten in place
+        if (auto r = co_await file()->write(stored_dir_offset_, enc); !r)
+            co_return r;
+        if (auto r = co_await file()->flush(); !r)
+            co_return r;
+    }
+    set_readonly(false);
+    co_return result<void>{};
 }
 
 asio::awaitable<qapi::result<void>> qcow2_node::remove_persistent_bitmap(const std::string& bname)
@@ -233,7 +251,8 @@ asio::awaitable<result<void>> qcow2_node::store_bitmaps_locked(bool closing)
     }
     const auto& all = named_bitmaps();
     for (auto it = all.rbegin(); it != all.rend(); ++it) {
-        if (!(*it)->persistent() || std::find(order.begin(), order.end(), *it) != order.end())
+        // An inconsistent bitmap is only ever the entry the image already has (carried).
+        if (!(*it)->persistent() || (*it)->inconsistent() || std::find(order.begin(), order.end(), *it) != order.end())
             continue;
         order.push_back(*it);
         slot.push_back(entries.size());
@@ -428,3 +447,17 @@ asio::awaitable<result<void>> qcow2_node::write_bitmaps_header_locked(std::uint3
 }
 
 } // namespace bjd::block::qcow2
+
+namespace bjd::block {
+
+std::vector<qcow2_stored_bitmap> qcow2_stored_bitmaps(const node& n)
+{
+    std::vector<qcow2_stored_bitmap> out;
+    if (const auto* q = dynamic_cast<const qcow2::qcow2_node*>(&n))
+        for (const auto& e : q->stored_bitmaps())
+            out.push_back({e.name, std::uint32_t{1} << e.granularity_bits, (e.flags & qcow2::bme_in_use) != 0,
+                           (e.flags & qcow2::bme_auto) != 0});
+    return out;
+}
+
+} // namespace bjd::block

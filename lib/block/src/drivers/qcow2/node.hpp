@@ -186,6 +186,8 @@ public:
     /// Writes the persistent bitmaps back (QEMU's qcow2_store_persistent_dirty_bitmaps).
     asio::awaitable<result<void>> before_close() override;
     qapi::result<void> can_store_new_bitmap(const std::string& name, std::uint64_t granularity) const override;
+    /// The bitmap directory as the file holds it now.
+    const std::vector<bitmap_dir_entry>& stored_bitmaps() const noexcept { return stored_; }
     asio::awaitable<qapi::result<void>> remove_persistent_bitmap(const std::string& name) override;
     /// reopen_read_only (reopen.cpp), QEMU's qcow2_reopen_bitmaps_ro/_rw: before a writable
     /// node turns read-only its bitmaps are written back (in use cleared); after it turned
