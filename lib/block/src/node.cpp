@@ -131,17 +131,23 @@ namespace {
 /// QEMU's bdrv_get_device_or_node_name: the drive whose medium `n` is, else its node name.
 std::string device_or_node_name(const node& n)
 {
-    for (const edge* e : n.parents()) {
+    auto d = n.device_name();
+    return d.empty() ? n.name() : d;
+}
+
+} // namespace
+
+std::string node::device_name() const
+{
+    for (const edge* e : parents()) {
         // A drive's edge is owned by "block device 'NAME'" (backend.cpp).
         const std::string& o = e->owner();
         if (e->kind() == parent_kind::backend && o.size() > 2 && o.back() == '\'')
             if (auto q = o.find('\''); q != o.size() - 1)
                 return o.substr(q + 1, o.size() - q - 2);
     }
-    return n.name();
+    return {};
 }
-
-} // namespace
 
 void node::check_unused()
 {
@@ -271,9 +277,34 @@ asio::awaitable<result<void>> node::read(std::uint64_t offset, std::span<std::by
 
 asio::awaitable<result<void>> node::write(std::uint64_t offset, std::span<const std::byte> buf, bool fua)
 {
-    if (auto r = check_request(offset, buf.size(), true); !r) {
+    co_return co_await write_request(offset, buf, fua, false);
+}
+
+asio::awaitable<result<void>> node::write_compressed(std::uint64_t offset, std::span<const std::byte> buf)
+{
+    co_return co_await write_request(offset, buf, false, true);
+}
+
+asio::awaitable<result<void>> node::do_write_compressed(std::uint64_t, std::span<const std::byte>)
+{
+    co_return errno_error(ENOTSUP);
+}
+
+asio::awaitable<result<void>> node::write_request(std::uint64_t offset, std::span<const std::byte> buf, bool fua,
+                                                  bool compressed)
+{
+    auto r0 = check_request(offset, buf.size(), true);
+    if (r0 && compressed) {
+        // qcow2_co_pwritev_compressed_part's rule: whole clusters, the last one may end the node.
+        const std::uint64_t cs = cluster_size();
+        if (!supports_compressed_writes())
+            r0 = errno_error(ENOTSUP);
+        else if (cs == 0 || offset % cs != 0 || (buf.size() % cs != 0 && offset + buf.size() != size()))
+            r0 = errno_error(EINVAL);
+    }
+    if (!r0) {
         acct_.invalid(stats::op::write);
-        co_return r;
+        co_return r0;
     }
     if (auto end = padded_write_end(offset, buf.size(), write_padding()))
         check_write_threshold(*end);
@@ -287,8 +318,14 @@ asio::awaitable<result<void>> node::write(std::uint64_t offset, std::span<const 
     if (opts_.zeroes != node_options::detect_zeroes::off && is_all_zero(buf)) {
         zero_flags zf{.may_unmap = opts_.zeroes == node_options::detect_zeroes::unmap && opts_.discard_unmap};
         r = co_await do_write_zeroes(offset, buf.size(), zf);
-        if (!r && r.error() == std::errc::operation_not_supported)
-            r = co_await do_write(offset, buf, fua);
+        if (!r && r.error() == std::errc::operation_not_supported) {
+            if (compressed)
+                r = co_await do_write_compressed(offset, buf);
+            else
+                r = co_await do_write(offset, buf, fua);
+        }
+    } else if (compressed) {
+        r = co_await do_write_compressed(offset, buf);
     } else {
         r = co_await do_write(offset, buf, fua);
     }

@@ -220,6 +220,8 @@ public:
     virtual std::optional<boost::json::object> json_options() const { return std::nullopt; }
     /// Implicit filters (mirror_top without filter-node-name) are skipped by device views.
     virtual bool implicit() const noexcept { return false; }
+    /// The drive whose medium this node is, "" for other nodes (QEMU's bdrv_get_device_name).
+    std::string device_name() const;
 
     // ---- geometry and capabilities -----------------------------------------------------------
     virtual std::uint64_t size() const noexcept = 0;
@@ -241,10 +243,20 @@ public:
     virtual bool can_discard() const noexcept { return true; }
     bool read_only() const noexcept { return opts_.read_only; }
     const node_options& options() const noexcept { return opts_; }
+    /// Whether the driver writes compressed clusters (`write_compressed`; QEMU's
+    /// bdrv_supports_compressed_writes): qcow2. No filter of blockjobd passes them on.
+    virtual bool supports_compressed_writes() const noexcept { return false; }
 
     // ---- data path (main loop; see file comment) ---------------------------------------------
     asio::awaitable<result<void>> read(std::uint64_t offset, std::span<std::byte> buf);
     asio::awaitable<result<void>> write(std::uint64_t offset, std::span<const std::byte> buf, bool fua = false);
+    /// A write whose clusters are stored compressed (QEMU's BDRV_REQ_WRITE_COMPRESSED), as a
+    /// backup with compress: true writes its target. `offset` is aligned to `cluster_size()`
+    /// and the length is a multiple of it or reaches the end of the node (else EINVAL); every
+    /// cluster must be unallocated or a plain zero cluster (else EIO: compressed data never
+    /// overwrites). ENOTSUP where `supports_compressed_writes()` is false. Otherwise `write`'s
+    /// contract: write threshold, detect-zeroes (zeroes are written as zeroes), observers.
+    asio::awaitable<result<void>> write_compressed(std::uint64_t offset, std::span<const std::byte> buf);
     asio::awaitable<result<void>> write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags = {});
     asio::awaitable<result<void>> discard(std::uint64_t offset, std::uint64_t length);
     asio::awaitable<result<void>> flush();
@@ -415,6 +427,8 @@ protected:
 
     virtual asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
     virtual asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) = 0;
+    /// Called for `write_compressed` with the alignment checked. Default: ENOTSUP.
+    virtual asio::awaitable<result<void>> do_write_compressed(std::uint64_t offset, std::span<const std::byte> buf);
     virtual asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags);
     virtual asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length);
     virtual asio::awaitable<result<void>> do_flush();
@@ -430,6 +444,9 @@ private:
     friend struct reopen_access;   // reopen.cpp: changes options of an open node
     friend qapi::result<void> replace_node(node& from, const std::shared_ptr<node>& to);
     result<void> check_request(std::uint64_t offset, std::uint64_t length, bool is_write) const;
+    /// `write` and `write_compressed`: one request path.
+    asio::awaitable<result<void>> write_request(std::uint64_t offset, std::span<const std::byte> buf, bool fua,
+                                                bool compressed);
     void notify_write(std::uint64_t offset, std::uint64_t length);
     /// Runs the unused hook if the node has no parent left.
     void check_unused();

@@ -155,6 +155,7 @@ public:
     std::int64_t allocated_size() const override { return file()->allocated_size(); }
     std::uint32_t cluster_size() const noexcept override { return static_cast<std::uint32_t>(cs_); }
     bool zero_init() const noexcept override { return backing() == nullptr; }
+    bool supports_compressed_writes() const noexcept override { return true; }
 
 protected:
     // The file holds the metadata: a writable image writes and resizes it even without
@@ -198,6 +199,9 @@ public:
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
     asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
+    /// compress.cpp: deflates each cluster, writes those that shrink compressed, the others as
+    /// they are.
+    asio::awaitable<result<void>> do_write_compressed(std::uint64_t offset, std::span<const std::byte> buf) override;
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags) override;
     asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override;
     asio::awaitable<result<void>> do_flush() override;
@@ -245,6 +249,15 @@ private:
     asio::awaitable<result<void>> read_mapped(const mapping& m, std::uint64_t offset, std::span<std::byte> buf);
     asio::awaitable<result<void>> read_backing(std::uint64_t offset, std::span<std::byte> buf);
     asio::awaitable<result<void>> read_compressed(const mapping& m, std::span<std::byte> cluster);
+
+    // ---- compress.cpp ----
+    /// Stores `data` (deflated, < one cluster) as guest cluster `guest`, which must not
+    /// reference host bytes yet (EIO).
+    asio::awaitable<result<void>> write_compressed_cluster(std::uint64_t guest, std::span<const std::byte> data);
+    /// `len` bytes for compressed data with one more reference counted on the host cluster
+    /// they lie in: after the last ones when they fit there, else a new cluster. Caller
+    /// holds `meta_`.
+    asio::awaitable<result<std::uint64_t>> alloc_compressed_bytes_locked(std::uint64_t len);
 
     // ---- write.cpp ----
     /// A write split into pieces that go to clusters the image already owns and runs of newly
@@ -387,6 +400,8 @@ private:
     std::uint64_t stored_dir_size_ = 0;
     std::vector<bitmap_dir_entry> carried_;
     bool bitmaps_closed_ = false;   ///< written back at close: nothing more to do
+    /// Where the next compressed cluster's bytes may go (inside a host cluster), 0 when none.
+    std::uint64_t free_byte_ = 0;
 };
 
 } // namespace bjd::block::qcow2
