@@ -21,7 +21,8 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
              [,read-only=on|off][,auto-read-only=on|off]
              [,force-share=on|off][,detect-zeroes=on|off|unmap]
              [,<driver-specific options>]
-  --blockdev <json>         configure a block node (drivers: file, raw, null-co, null-aio)
+  --blockdev <json>         configure a block node (drivers: file, raw, qcow2, nbd,
+                            null-co, null-aio, blkdebug)
 
   --drive id=<id>[,node-name=<node>][,removable=on|off][,tray=on|off]
           [,tray-open=on|off][,locked=on|off][,stats-intervals.N=<secs>]

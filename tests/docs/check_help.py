@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 """Docs match code: every long option `blockjobd --help` lists is in the man page, and the
-man page documents no option the binary does not have."""
+man page documents no option the binary does not have. With the block-core schema as a third
+argument, both also name every driver of its BlockdevDriver enum."""
 import re
 import subprocess
 import sys
 
 binary, manpage = sys.argv[1], sys.argv[2]
+schema = sys.argv[3] if len(sys.argv) > 3 else None
 help_text = subprocess.run([binary, "--help"], check=True, capture_output=True, text=True).stdout
 man_text = open(manpage, encoding="utf-8").read().replace("\\-", "-")
 
@@ -20,4 +22,22 @@ for o in missing:
 for o in extra:
     print(f"man page documents {o}, which --help does not list")
 print(f"{len(help_opts)} options in --help, {len(man_opts)} in the man page")
-sys.exit(1 if missing or extra else 0)
+
+undocumented = []
+if schema:
+    enum = re.search(r"'enum':\s*'BlockdevDriver',\s*'data':\s*\[([^\]]*)\]",
+                     open(schema, encoding="utf-8").read())
+    drivers = re.findall(r"'([^']+)'", enum.group(1)) if enum else []
+    if not drivers:
+        undocumented.append("no BlockdevDriver enum in the schema")
+    man_words = set(re.findall(r"[\w-]+", re.sub(r"\\f[BIRP]", "", man_text)))
+    help_words = set(re.findall(r"[\w-]+", help_text))
+    for d in drivers:
+        if d not in help_words:
+            undocumented.append(f"--help does not name driver {d}")
+        if d not in man_words:
+            undocumented.append(f"man page does not name driver {d}")
+    for u in undocumented:
+        print(u)
+    print(f"{len(drivers)} drivers in the schema")
+sys.exit(1 if missing or extra or undocumented else 0)
