@@ -270,6 +270,8 @@ def migrate(net, daemon, work, src, mode, n, port, size, restart):
     if restart:
         args["speed"] = 16 << 20
     src.cmd("blockdev-mirror", **args)
+    if fio.poll() is not None:
+        raise Failure(f"fio ended before the copy started: {fio.communicate()[0][-500:]}")
     if restart:
         time.sleep(1.0)
         job = src.cmd("query-block-jobs")[0]
