@@ -8,6 +8,7 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "copy/chain.hpp"
+#include "copy/job_nodes.hpp"
 
 namespace bjd::jobs::detail {
 
@@ -72,15 +73,12 @@ asio::awaitable<qapi::result<std::shared_ptr<block::node>>> open_drive_backup_ta
         }
     }
 
-    block::node_options fo = bs->options();
-    fo.name = g.auto_name();
-    fo.read_only = false;
+    // QEMU's drive_backup_prepare opens the target with discard=unmap, detect-zeroes=unmap.
+    block::node_options fo = target_file_options(g, *bs);
     fo.auto_read_only = false;
     fo.discard_unmap = true;
     fo.zeroes = block::node_options::detect_zeroes::unmap;
-    block::file_open_options o;
-    o.filename = d.target;
-    auto file = block::open_file(fo, o, g.engine());
+    auto file = open_target_file(g, fo, d.target);
     if (!file)
         co_return file.error();
     if (!fmt) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "copy/job_nodes.hpp"
 
+#include "bjd/block/driver.hpp"
 #include "bjd/block/reopen.hpp"
 #include "bjd/log.hpp"
 
@@ -112,6 +113,23 @@ void remove_filter(block::graph& g, const asio::any_io_executor& ex, const std::
 void restore_read_only(const asio::any_io_executor& ex, std::shared_ptr<block::node> n, std::string what)
 {
     asio::co_spawn(ex, reopen_back(std::move(n), std::move(what)), log::on_failure("jobs", "reopen read-only"));
+}
+
+block::node_options target_file_options(block::graph& g, const block::node& source)
+{
+    block::node_options o = source.options();
+    o.name = g.auto_name();
+    o.read_only = false;
+    o.zeroes = block::node_options::detect_zeroes::off;
+    return o;
+}
+
+qapi::result<std::shared_ptr<block::node>> open_target_file(block::graph& g, const block::node_options& o,
+                                                            const std::string& path)
+{
+    block::file_open_options fo;
+    fo.filename = path;
+    return block::open_file(o, fo, g.engine());
 }
 
 } // namespace bjd::jobs::detail

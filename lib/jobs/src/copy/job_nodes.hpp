@@ -76,4 +76,13 @@ void remove_filter(block::graph& g, const asio::any_io_executor& ex, const std::
 /// node stays read-write, which is safe.
 void restore_read_only(const asio::any_io_executor& ex, std::shared_ptr<block::node> n, std::string what);
 
+/// The options of a job target's new file node (drive-mirror, drive-backup): the source's open
+/// options, read-write, detect-zeroes off, under a fresh name (QEMU's blockdev.c opens such
+/// targets with the source's flags plus read-write).
+block::node_options target_file_options(block::graph& g, const block::node& source);
+
+/// Opens `path` as a file node with `o` (from `target_file_options`, possibly adjusted).
+qapi::result<std::shared_ptr<block::node>> open_target_file(block::graph& g, const block::node_options& o,
+                                                            const std::string& path);
+
 } // namespace bjd::jobs::detail

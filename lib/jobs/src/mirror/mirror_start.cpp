@@ -67,13 +67,8 @@ qapi::result<std::shared_ptr<block::node>> open_drive_target(block::graph& g, co
         ::close(fd);
     }
     // The source's open flags, read-write (QEMU's blockdev.c, blockdev_mirror_common).
-    block::node_options file_opts = source.options();
-    file_opts.name = g.auto_name();
-    file_opts.read_only = false;
-    file_opts.zeroes = block::node_options::detect_zeroes::off;
-    block::file_open_options fo;
-    fo.filename = p.target;
-    auto file = block::open_file(file_opts, fo, g.engine());
+    const block::node_options file_opts = detail::target_file_options(g, source);
+    auto file = detail::open_target_file(g, file_opts, p.target);
     if (!file)
         return file.error();
     block::node_options raw_opts = file_opts;

@@ -8,6 +8,7 @@
 #include "bjd/block/graph.hpp"
 #include "bjd/jobs/mirror.hpp"
 #include "copy/chain.hpp"
+#include "copy/job_nodes.hpp"
 #include "mirror/mirror_job.hpp"
 
 #include <algorithm>
@@ -22,19 +23,6 @@ std::shared_ptr<block::node> backing_of(const block::node& n)
         if (e->role() == "backing")
             return e->shared();
     return nullptr;
-}
-
-/// Opens `path` as a file node with the source's flags, read-write.
-qapi::result<std::shared_ptr<block::node>> open_target_file(block::graph& g, const block::node& source,
-                                                            const std::string& path)
-{
-    block::node_options fo = source.options();
-    fo.name = g.auto_name();
-    fo.read_only = false;
-    fo.zeroes = block::node_options::detect_zeroes::off;
-    block::file_open_options o;
-    o.filename = path;
-    return block::open_file(fo, o, g.engine());
 }
 
 } // namespace
@@ -57,7 +45,7 @@ asio::awaitable<qapi::result<void>> co_start_mirror(manager& m, block::graph& g,
     } else if (!existing) {
         fmt = std::string(source->driver());
     } else {
-        auto f = open_target_file(g, *source, p.target);
+        auto f = detail::open_target_file(g, detail::target_file_options(g, *source), p.target);
         if (!f)
             co_return start_mirror(m, g, p);   // start_mirror reports the open error in order
         auto pr = co_await block::probe_format(**f);
@@ -110,7 +98,7 @@ asio::awaitable<qapi::result<void>> co_start_mirror(manager& m, block::graph& g,
     }
     std::shared_ptr<block::node> file = probed_file;
     if (!file) {
-        auto f = open_target_file(g, *source, p.target);
+        auto f = detail::open_target_file(g, detail::target_file_options(g, *source), p.target);
         if (!f)
             co_return f.error();
         file = *f;
