@@ -272,7 +272,9 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
 
     // A transaction in progress holds the request here, before it picks its node, so that it
     // goes through the filters and overlays the transaction puts in.
-    const auto pass = co_await exp_->enter_gate();
+    auto pass = exp_->try_enter_gate();
+    if (!pass)
+        pass.emplace(co_await exp_->enter_gate());
     auto node = exp_->node_shared();
     if (!node)
         co_return fail(err_shutdown, "export is shutting down");

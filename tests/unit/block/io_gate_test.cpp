@@ -34,6 +34,7 @@ TEST_CASE("io_gate: a drain waits for requests in flight and holds new ones", "[
     poll();
     CHECK(gate.closed());
     CHECK_FALSE(section);   // the request in flight has not finished
+    CHECK_FALSE(gate.try_enter());   // no way past a closed gate without waiting
 
     asio::co_spawn(io, [&]() -> asio::awaitable<void> {
         auto p = co_await gate.enter();
@@ -52,5 +53,11 @@ TEST_CASE("io_gate: a drain waits for requests in flight and holds new ones", "[
     poll();
     CHECK(second_in);
     CHECK_FALSE(gate.closed());
+    CHECK(gate.in_flight() == 0);
+    {
+        auto quick = gate.try_enter();   // an open gate lets a request in at once
+        REQUIRE(quick);
+        CHECK(gate.in_flight() == 1);
+    }
     CHECK(gate.in_flight() == 0);
 }

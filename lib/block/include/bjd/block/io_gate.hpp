@@ -50,6 +50,15 @@ public:
         io_gate* g_ = nullptr;
     };
 
+    /// Counts the caller in at once when no section is open (the common case, without a
+    /// coroutine); none otherwise: then `enter`.
+    std::optional<pass> try_enter()
+    {
+        if (closed_ > 0)
+            return std::nullopt;
+        ++in_flight_;
+        return std::optional<pass>(std::in_place, this);
+    }
     /// Waits while a section is open, then counts the caller in.
     boost::asio::awaitable<pass> enter();
     /// Closes the gate and waits until no request is past it.

@@ -73,6 +73,11 @@ public:
     /// Before a client's request reaches the node: waits while a drained section (a
     /// transaction) is open; the request counts as in flight while the pass lives.
     boost::asio::awaitable<block::io_gate::pass> enter_gate();
+    /// `enter_gate` without waiting: the pass, or none while a section is open.
+    std::optional<block::io_gate::pass> try_enter_gate()
+    {
+        return gate_ ? gate_->try_enter() : std::optional<block::io_gate::pass>(std::in_place);
+    }
     /// Name of the current node (query-block-exports' `node-name`).
     std::string node_name() const;
 
