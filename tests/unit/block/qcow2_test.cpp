@@ -2,6 +2,7 @@
 // qcow2 driver against qemu-img made images: randomized workloads compared byte for byte with
 // a raw model, then `qemu-img check` and `qemu-img compare`; chains; block status; concurrency.
 #include "bjd/block/driver.hpp"
+#include "bjd/block/reopen.hpp"
 
 #include "qcow2_test_util.hpp"
 
@@ -476,4 +477,73 @@ TEST_CASE("block: qcow2 holds a freed cluster back while a write that mapped it 
     gate.reset();
     std::string out;
     CHECK(sh("qemu-img check -f qcow2 " + img, &out) == 0);
+}
+
+namespace {
+
+/// Counts how often the qcow2 driver resizes its file.
+class truncate_counting_node : public forwarding_node {
+public:
+    using forwarding_node::forwarding_node;
+    unsigned truncates = 0;
+
+protected:
+    asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
+    {
+        ++truncates;
+        co_return co_await forwarding_node::do_truncate(size);
+    }
+};
+
+std::uint64_t image_end_offset(const std::string& img)
+{
+    std::string out;
+    REQUIRE(sh("qemu-img check -U --output=json " + img + " | jq '.\"image-end-offset\"'", &out) == 0);
+    return std::stoull(out);
+}
+
+} // namespace
+
+TEST_CASE("block: qcow2 grows its file ahead of allocations and trims it at close and read-only", "[qcow2]")
+{
+    env e;
+    const std::uint64_t mib = 1 << 20;
+    const std::string img = e.path("g.qcow2");
+    REQUIRE(sh("qemu-img create -q -f qcow2 " + img + " 128M") == 0);
+    auto f = e.file(img, false);
+    REQUIRE(ok(f));
+    auto counting = std::make_shared<truncate_counting_node>(e.opts(false), *f);
+    auto q = e.run(open_qcow2(e.opts(false), counting, {}));
+    REQUIRE(ok(q));
+    auto n = *q;
+    std::vector<std::byte> piece(mib);
+    for (std::uint64_t i = 0; i < 64; ++i) {
+        std::fill(piece.begin(), piece.end(), std::byte(0x40 + i));
+        REQUIRE(e.run(n->write(i * mib, piece)));
+    }
+    REQUIRE(e.run(n->flush()));
+    // 64 allocating writes (and an L2 table); one resize each would be 65. Small files grow
+    // exactly, from 8 MiB on by an eighth of their size.
+    CHECK(counting->truncates <= 36);
+    CHECK(std::filesystem::file_size(img) > image_end_offset(img));
+    REQUIRE(sh("qemu-img check -U -q " + img) == 0);
+
+    SECTION("closing trims the tail")
+    {
+        REQUIRE(n->close_work());
+        REQUIRE(e.run(n->before_close()));
+        REQUIRE(e.run(n->flush()));
+        CHECK_FALSE(n->close_work());
+    }
+    SECTION("turning read-only trims the tail")
+    {
+        REQUIRE(ok(e.run(reopen_read_only(*n, true))));
+        CHECK(n->read_only());
+        CHECK_FALSE(n->close_work());
+    }
+    CHECK(std::filesystem::file_size(img) == image_end_offset(img));
+    REQUIRE(sh("qemu-img check -U -q " + img) == 0);
+    for (std::uint64_t i = 0; i < 64; i += 7)
+        CHECK(sh("qemu-io -r -U -f qcow2 -c 'read -P " + std::to_string(0x40 + i) + " " + std::to_string(i * mib) +
+                 " 1M' " + img + " | grep -q 'read 1048576'") == 0);
 }

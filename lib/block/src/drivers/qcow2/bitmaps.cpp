@@ -31,6 +31,11 @@ std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / 
 
 bool qcow2_node::close_work() const noexcept
 {
+    return !read_only() && (grown_ahead_ || bitmaps_to_store());
+}
+
+bool qcow2_node::bitmaps_to_store() const noexcept
+{
     if (read_only() || bitmaps_closed_)
         return false;
     if (!stored_.empty())
@@ -166,7 +171,11 @@ asio::awaitable<qapi::result<void>> qcow2_node::load_bitmaps()
 asio::awaitable<result<void>> qcow2_node::before_close()
 {
     auto g = co_await meta_.lock();
-    co_return co_await store_bitmaps_locked(true);
+    result<void> r;
+    if (bitmaps_to_store())
+        r = co_await store_bitmaps_locked(true);
+    co_await trim_grown_locked();
+    co_return r;
 }
 
 asio::awaitable<result<void>> qcow2_node::reopen_bitmaps(bool to_read_only)
@@ -185,6 +194,7 @@ asio::awaitable<result<void>> qcow2_node::reopen_bitmaps(bool to_read_only)
         bitmaps_closed_ = false;
         if (r)
             set_readonly(true);
+        co_await trim_grown_locked();
         co_return r;
     }
     if (read_only() || stored_.empty())

@@ -184,7 +184,8 @@ public:
 
     // ---- bitmaps.cpp: persistent dirty bitmaps (qcow2.txt, "Bitmaps extension") ----
     bool close_work() const noexcept override;
-    /// Writes the persistent bitmaps back (QEMU's qcow2_store_persistent_dirty_bitmaps).
+    /// Writes the persistent bitmaps back (QEMU's qcow2_store_persistent_dirty_bitmaps) and
+    /// trims the file's grown-ahead tail.
     asio::awaitable<result<void>> before_close() override;
     qapi::result<void> can_store_new_bitmap(const std::string& name, std::uint64_t granularity) const override;
     /// The bitmap directory as the file holds it now.
@@ -193,7 +194,7 @@ public:
     /// reopen_read_only (reopen.cpp), QEMU's qcow2_reopen_bitmaps_ro/_rw: before a writable
     /// node turns read-only its bitmaps are written back (in use cleared); after it turned
     /// writable they are marked in use on disk, so writes never go unrecorded by a bitmap
-    /// that the image calls consistent.
+    /// that the image calls consistent. Turning read-only also trims the grown-ahead tail.
     asio::awaitable<result<void>> reopen_bitmaps(bool read_only);
 
 protected:
@@ -329,6 +330,10 @@ private:
     /// `free_hint_`, which moves past them); grows the file to cover them. The caller sets
     /// their refcounts before anything can lower the hint again.
     asio::awaitable<result<std::uint64_t>> reserve(std::uint64_t n, std::uint64_t* got = nullptr);
+    /// Makes the file at least `end` bytes long, growing it ahead (see grown_ahead_).
+    asio::awaitable<result<void>> grow_file(std::uint64_t end);
+    /// Cuts off the tail that grow_file added and no cluster came to use (close, read-only).
+    asio::awaitable<void> trim_grown_locked();
     /// Drops host clusters no longer referenced, after their refcount went to 0.
     asio::awaitable<void> release_host(std::uint64_t off, std::uint64_t len);
     /// Makes held-back clusters that no in-flight request can still touch available again.
@@ -400,6 +405,10 @@ private:
     std::uint64_t stored_dir_size_ = 0;
     std::vector<bitmap_dir_entry> carried_;
     bool bitmaps_closed_ = false;   ///< written back at close: nothing more to do
+    /// bitmaps.cpp: persistent bitmaps still to be written back at close.
+    bool bitmaps_to_store() const noexcept;
+    /// The file was grown past its last allocated cluster (grow_file): trim it at close.
+    bool grown_ahead_ = false;
     /// Where the next compressed cluster's bytes may go (inside a host cluster), 0 when none.
     std::uint64_t free_byte_ = 0;
 };
