@@ -73,12 +73,12 @@ TEST_CASE("io: backend wire names", "[io]")
     CHECK(std::strcmp(to_string(backend::threads), "threads") == 0);
 }
 
-TEST_CASE("io: probe finds io_uring on this machine", "[io][uring]")
+TEST_CASE("io: probe finds io_uring on this machine", "[io][uring][may-skip]")
 {
     ::unsetenv("BJD_FORCE_URING_FAILURE");
     auto p = probe_io_uring();
     if (!p.usable) {
-        WARN("SKIPPED: io_uring refused by the kernel: " << p.reason);
+        bjd::test::skip("io_uring refused by the kernel: " + p.reason);
         CHECK(p.error != 0);
         CHECK_FALSE(p.reason.empty());
         return;
@@ -137,14 +137,14 @@ TEST_CASE("io: asking for threads is not a fallback", "[io]")
     CHECK(why == "untouched");
 }
 
-TEST_CASE("io: without the hook, io_uring is used when the kernel allows it", "[io][uring]")
+TEST_CASE("io: without the hook, io_uring is used when the kernel allows it", "[io][uring][may-skip]")
 {
     ::unsetenv("BJD_FORCE_URING_FAILURE");
     asio::io_context ctx;
     std::string why;
     auto e = make_engine(ctx, backend::io_uring, {}, &why);
     if (e->kind() != backend::io_uring) {
-        WARN("SKIPPED: io_uring refused by the kernel: " << why);
+        bjd::test::skip("io_uring refused by the kernel: " + why);
         CHECK_FALSE(why.empty());
         return;
     }

@@ -10,6 +10,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "skip.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -126,14 +128,14 @@ inline std::string direct_io_dir()
     return {};
 }
 
-/// The engine for `b`, or null (with a visible WARN) when io_uring is refused by the kernel.
+/// The engine for `b`, or null (the test case skipped, see skip.hpp) when the kernel refuses io_uring.
 inline std::unique_ptr<engine> open_engine(asio::io_context& ctx, backend b, const engine_options& opts = {})
 {
     std::string why;
     auto e = make_engine(ctx, b, opts, &why);
     REQUIRE(e);
     if (e->kind() != b) {
-        WARN("SKIPPED: io_uring refused by the kernel: " << why);
+        bjd::test::skip("io_uring refused by the kernel: " + why);
         return nullptr;
     }
     return e;
