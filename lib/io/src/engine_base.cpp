@@ -63,7 +63,8 @@ asio::awaitable<int> engine_base::perform_retrying(raw_request r)
     }
 }
 
-asio::awaitable<result<std::size_t>> engine_base::read(int fd, std::span<std::byte> buf, std::uint64_t offset)
+asio::awaitable<result<std::size_t>> engine_base::read(int fd, std::span<std::byte> buf, std::uint64_t offset,
+                                                       io_hint hint)
 {
     if (draining_)
         co_return errno_error(ECANCELED);
@@ -73,6 +74,7 @@ asio::awaitable<result<std::size_t>> engine_base::read(int fd, std::span<std::by
     while (done < buf.size()) {
         raw_request r;
         r.op = raw_request::opcode::read;
+        r.hint = hint;
         r.fd = fd;
         r.addr = buf.data() + done;
         r.len = static_cast<std::uint32_t>(std::min<std::size_t>(buf.size() - done, max_chunk));
@@ -97,7 +99,8 @@ asio::awaitable<result<std::size_t>> engine_base::read(int fd, std::span<std::by
     co_return done;
 }
 
-asio::awaitable<result<void>> engine_base::write(int fd, std::span<const std::byte> buf, std::uint64_t offset)
+asio::awaitable<result<void>> engine_base::write(int fd, std::span<const std::byte> buf, std::uint64_t offset,
+                                                 io_hint hint)
 {
     if (draining_)
         co_return errno_error(ECANCELED);
@@ -108,6 +111,7 @@ asio::awaitable<result<void>> engine_base::write(int fd, std::span<const std::by
     while (done < buf.size()) {
         raw_request r;
         r.op = raw_request::opcode::write;
+        r.hint = hint;
         r.fd = fd;
         r.addr = const_cast<std::byte*>(buf.data() + done); // the kernel only reads it
         r.len = static_cast<std::uint32_t>(std::min<std::size_t>(buf.size() - done, max_chunk));

@@ -23,6 +23,7 @@ struct raw_request {
     std::uint32_t len = 0;      ///< read/write length (a request never exceeds max_chunk)
     std::uint64_t offset = 0;
     std::uint64_t range = 0;    ///< fallocate length
+    io_hint hint = io_hint::none;
 };
 
 /// Largest single read/write handed down; longer buffers are split (SQE lengths are 32-bit,
@@ -33,8 +34,10 @@ class engine_base : public engine {
 public:
     explicit engine_base(asio::io_context& ctx);
 
-    asio::awaitable<result<std::size_t>> read(int fd, std::span<std::byte> buf, std::uint64_t offset) final;
-    asio::awaitable<result<void>> write(int fd, std::span<const std::byte> buf, std::uint64_t offset) final;
+    asio::awaitable<result<std::size_t>> read(int fd, std::span<std::byte> buf, std::uint64_t offset,
+                                              io_hint hint) final;
+    asio::awaitable<result<void>> write(int fd, std::span<const std::byte> buf, std::uint64_t offset,
+                                        io_hint hint) final;
     asio::awaitable<result<void>> fsync(int fd, bool datasync) final;
     asio::awaitable<result<void>> fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t len) final;
     asio::awaitable<void> drain() final;

@@ -233,6 +233,8 @@ void uring_engine::prep(io_uring_sqe* sqe, op_base* o)
         io_uring_prep_fallocate(sqe, r.fd, r.mode, static_cast<off_t>(r.offset), static_cast<off_t>(r.range));
         break;
     }
+    if (r.hint == io_hint::offload)
+        io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
     io_uring_sqe_set_data(sqe, o); // ownership of *o passes to the kernel until its CQE
 }
 

@@ -68,6 +68,17 @@ struct engine_stats {
     unsigned setup_flags = 0;         ///< IORING_SETUP_* flags the ring was created with
 };
 
+/// How a read or write should travel to the kernel.
+enum class io_hint : std::uint8_t {
+    none,
+    /// The CPU will copy the data: a large request on a file opened without O_DIRECT, whose
+    /// pages are cached. io_uring would copy them inline, inside the loop's io_uring_enter,
+    /// stalling every socket the loop serves for the length of the copy; with this hint its
+    /// kernel workers do it (IOSQE_ASYNC) beside the loop. The thread pool copies off the
+    /// loop anyway and ignores it.
+    offload,
+};
+
 class engine {
 public:
     virtual ~engine() = default;
@@ -78,10 +89,12 @@ public:
     /// Reads `buf.size()` bytes at `offset`. Short reads are resumed; returns the number of
     /// bytes read, which is less than asked only at end of file. EAGAIN/EINTR are retried.
     /// Errors: the errno of the failed read (EIO, EBADF, EINVAL for misaligned O_DIRECT, …).
-    virtual asio::awaitable<result<std::size_t>> read(int fd, std::span<std::byte> buf, std::uint64_t offset) = 0;
+    virtual asio::awaitable<result<std::size_t>> read(int fd, std::span<std::byte> buf, std::uint64_t offset,
+                                                      io_hint hint = io_hint::none) = 0;
 
     /// Writes all of `buf` at `offset`. A short write that cannot make progress is ENOSPC.
-    virtual asio::awaitable<result<void>> write(int fd, std::span<const std::byte> buf, std::uint64_t offset) = 0;
+    virtual asio::awaitable<result<void>> write(int fd, std::span<const std::byte> buf, std::uint64_t offset,
+                                                io_hint hint = io_hint::none) = 0;
 
     /// fsync(2), or fdatasync(2) when `datasync`.
     virtual asio::awaitable<result<void>> fsync(int fd, bool datasync) = 0;
