@@ -10,7 +10,7 @@ pkgs=(
   # build
   g++ cmake ninja-build pkg-config python3
   libboost1.81-dev libboost-json1.81-dev liburing-dev catch2 libspdlog-dev libfmt-dev
-  libsystemd-dev zlib1g-dev
+  libsystemd-dev zlib1g-dev libedit-dev
   # test and benchmark peers
   qemu-utils qemu-system-common libnbd-bin nbdkit fio socat systemd
 )
