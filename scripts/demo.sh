@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Installs what is needed, builds blockjobd and starts it on a built-in demo: two scratch
-# images, a QMP socket, and a mirror whose progress is printed until it is READY. The daemon
+# images, a QMP socket, and a mirror whose progress blockjobctl shows until it is READY. The daemon
 # then keeps running so you can connect to it; Ctrl-C stops it and removes the scratch files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C build blockjobd
+ninja -C build blockjobd blockjobctl
 
 dir=$(mktemp -d /var/tmp/blockjobd-demo.XXXXXX)
 daemon_pid=
@@ -40,36 +40,26 @@ build/daemon/blockjobd \
   2>"$dir/blockjobd.log" &
 daemon_pid=$!
 
-python3 - "$dir/qmp.sock" <<'PY'
-import sys, time
-sys.path.insert(0, "bench")
-from qmp import QMP   # the benchmarks' client: one QMP client for scripts
-q = QMP(sys.argv[1])
-print("demo: connected; starting blockdev-mirror source -> target at 100 MiB/s")
-q.cmd("blockdev-mirror", **{"job-id": "demo", "device": "source", "target": "target",
-                            "sync": "full", "speed": 100 << 20})
-while True:
-    jobs = q.cmd("query-block-jobs")
-    if not jobs:
-        break
-    j = jobs[0]
-    pct = 100.0 * j["offset"] / j["len"] if j["len"] else 0.0
-    print(f"demo: {j['status']:8s} {j['offset'] >> 20:6d} / {j['len'] >> 20} MiB  ({pct:5.1f}%)", flush=True)
-    if j["ready"]:
-        break
-    time.sleep(0.5)
-print("demo: mirror is READY: the target now follows every write to the source")
-PY
+ctl=$PWD/build/tools/blockjobctl/blockjobctl
+for _ in $(seq 100); do [ -S "$dir/qmp.sock" ] && break; sleep 0.1; done
+echo "demo: starting blockdev-mirror source -> target at 100 MiB/s"
+"$ctl" "$dir/qmp.sock" blockdev-mirror job-id=demo device=source target=target sync=full \
+  speed=$((100 << 20)) >/dev/null
+# A progress bar on a terminal, one line per change otherwise; ends when the job is READY.
+"$ctl" "$dir/qmp.sock" watch --until-ready demo
+echo "demo: mirror is READY: the target now follows every write to the source"
 
 cat <<EOF
 
 blockjobd is running (pid $daemon_pid); its log is $dir/blockjobd.log.
-Talk QMP to it from another terminal:
+Talk QMP to it from another terminal (Tab completes commands and arguments):
 
-  socat - UNIX-CONNECT:$dir/qmp.sock
-  {"execute": "qmp_capabilities"}
-  {"execute": "query-block-jobs"}
-  {"execute": "job-complete", "arguments": {"id": "demo"}}
+  $ctl $dir/qmp.sock
+  (blockjobctl) query-block-jobs
+  (blockjobctl) job-complete id=demo
+
+or one command at a time: $ctl $dir/qmp.sock query-block-jobs
+(socat - UNIX-CONNECT:$dir/qmp.sock speaks raw QMP too.)
 
 Press Ctrl-C here to stop the daemon and remove the scratch files.
 EOF
