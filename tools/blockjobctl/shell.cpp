@@ -181,8 +181,10 @@ asio::awaitable<int> run_shell(client::connection& conn, std::string address)
             interrupted = true;
             if (st.prompt_active) {
                 // Ctrl-C at the prompt discards the line, as shells do.
-                rl_replace_line("", 0);
-                std::fputs("^C\n", stdout);
+                // libedit's rl_replace_line ignores an empty text, and its rl_delete_text
+                // does not touch the line: replace it by a blank, which the parser skips.
+                rl_replace_line(" ", 0);
+                std::fputs("\n", stdout);
                 rl_forced_update_display();
                 interrupted = false;
             }
