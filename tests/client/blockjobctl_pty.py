@@ -80,6 +80,11 @@ class Pty:
                              and not self.read_some(0.1)):
                 return None
 
+    def drain(self):
+        """Reads until the child has been quiet for 0.3 s."""
+        while self.read_some(0.3):
+            pass
+
     def send(self, data):
         os.write(self.master, data.encode() if isinstance(data, str) else data)
 
@@ -191,11 +196,13 @@ def main():
             ctl(socks["cmd"], "job-cancel", "id=ev")
             sh.send("\x15")   # ^U: clear the line
             # Ctrl-C (SIGINT from the terminal) discards the line being typed.
+            sh.drain()
             sh.send("garbage words")
-            time.sleep(0.3)
+            sh.drain()
             mark = len(sh.raw)
             sh.send("\x03")
             sh.expect(r"\(blockjobctl\) ", start=mark, timeout=5)
+            sh.drain()
             sh.send("query-jobs\r")
             m = sh.expect(r'"return": \[[\s\S]*\(blockjobctl\) ', start=mark)
             check(m is not None and "Expected a key=value" not in sh.text(mark),
