@@ -174,33 +174,47 @@ std::string mode_text(const job_view& j)
 
 std::string render_bar(const job_view& j, std::optional<double> rate, int width)
 {
+    constexpr int min_bar = 6;
     std::string head = j.id + " " + j.type + " " + j.status;
-    std::string figs = percent(j) + " " + format_bytes(j.done) + "/" + format_bytes(j.total);
+    std::string base = percent(j) + " " + format_bytes(j.done) + "/" + format_bytes(j.total);
+    // Optional figures, the first ones kept longest when the line is short of room.
+    std::vector<std::string> extra;
     if (rate) {
-        figs += " " + format_bytes(static_cast<std::int64_t>(*rate)) + "/s";
+        extra.push_back(" " + format_bytes(static_cast<std::int64_t>(*rate)) + "/s");
     }
     if (auto eta = eta_seconds(j, rate)) {
-        figs += " ETA " + format_duration(*eta);
+        extra.push_back(" ETA " + format_duration(*eta));
     }
     if (j.dirty_bytes) {
-        figs += " dirty " + format_bytes(*j.dirty_bytes);
+        extra.push_back(" dirty " + format_bytes(*j.dirty_bytes));
     }
     if (auto m = mode_text(j); !m.empty()) {
-        figs += " " + m;
+        extra.push_back(" " + m);
     }
-    if (j.error) {
-        figs += " error: " + *j.error;
+    std::string error = j.error ? " error: " + *j.error : std::string();
+    auto figures = [&](std::size_t n) {
+        std::string f = base;
+        for (std::size_t i = 0; i < n; ++i) {
+            f += extra[i];
+        }
+        return f + error;
+    };
+    auto room_for = [&](const std::string& f) {
+        return width - static_cast<int>(head.size() + f.size()) - 4;   // " [" "] " around the bar
+    };
+    std::size_t keep = extra.size();
+    while (keep > 0 && room_for(figures(keep)) < min_bar) {
+        --keep;
     }
     std::string line;
-    int room = width - static_cast<int>(head.size() + figs.size()) - 4;   // " [" "] " around the bar
-    if (room >= 10) {
+    if (int room = room_for(figures(keep)); room >= min_bar) {
         int bar = std::min(room, 50);
         double frac = j.total > 0 ? static_cast<double>(j.done) / static_cast<double>(j.total) : 0.0;
         int fill = static_cast<int>(std::clamp(frac, 0.0, 1.0) * bar + 0.5);
         line = head + " [" + std::string(static_cast<std::size_t>(fill), '#') +
-               std::string(static_cast<std::size_t>(bar - fill), '.') + "] " + figs;
+               std::string(static_cast<std::size_t>(bar - fill), '.') + "] " + figures(keep);
     } else {
-        line = head + " " + figs;
+        line = head + " " + figures(extra.size());   // too narrow for a bar: the figures, cut
     }
     if (width > 0 && static_cast<int>(line.size()) > width) {
         line.resize(static_cast<std::size_t>(width));

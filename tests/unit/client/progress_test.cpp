@@ -84,9 +84,18 @@ TEST_CASE("progress: rate estimate, ETA and lines")
     auto open = bar.find('['), close = bar.find(']');
     std::string inside = bar.substr(open + 1, close - open - 1);
     CHECK(std::count(inside.begin(), inside.end(), '#') == static_cast<long>(inside.size() / 4 + (inside.size() % 4 >= 2)));
-    // Narrow terminals lose the bar, then the tail.
-    CHECK(render_bar(j, rate, 60).find('[') == std::string::npos);
-    CHECK(render_bar(j, rate, 30).size() == 30);
+    // Narrower terminals lose the optional figures from the end first, then the bar.
+    bar = render_bar(j, rate, 90);
+    CHECK(bar.find('[') != std::string::npos);
+    CHECK(bar.find(" dirty 768 MiB") != std::string::npos);
+    CHECK(bar.size() <= 90);
+    bar = render_bar(j, rate, 60);
+    CHECK(bar.find('[') != std::string::npos);
+    CHECK(bar.find("100 MiB/s") != std::string::npos);
+    CHECK(bar.find("dirty") == std::string::npos);
+    bar = render_bar(j, rate, 30);
+    CHECK(bar.find('[') == std::string::npos);
+    CHECK(bar == std::string("m0 mirror running  25.0% 256 MiB/1.00 GiB").substr(0, 30));
 
     j.status = "ready";
     CHECK_FALSE(eta_seconds(j, rate));

@@ -63,7 +63,8 @@ std::optional<std::int64_t> eta_seconds(const job_view& j, std::optional<double>
 
 /// One terminal line of at most `width` columns (no newline):
 ///   m0 mirror running [#####.....]  45.2% 462 MiB/1.00 GiB 100 MiB/s ETA 5s dirty 12.0 MiB
-/// The bar shrinks (or goes) to make room for the figures.
+/// The bar shrinks to make room for the figures; below 6 columns of bar the copy mode, the
+/// dirty bytes, the ETA and the rate go, in that order; then the bar goes.
 std::string render_bar(const job_view& j, std::optional<double> rate, int width);
 
 /// One line for scripts, key=value with raw numbers:
