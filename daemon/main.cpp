@@ -11,6 +11,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <systemd/sd-daemon.h>
@@ -18,6 +20,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -84,13 +88,36 @@ asio::awaitable<void> start(daemon::runtime& rt, const daemon::options& opts)
     log::get("daemon")->info("ready");
 }
 
-asio::awaitable<void> wait_for_signal(daemon::runtime& rt, asio::signal_set& signals)
+/// SIGINT and SIGTERM start the shutdown (again: ignored, it is under way); SIGHUP reopens the
+/// logs, as daemons do for logrotate, and never stops the daemon.
+asio::awaitable<void> wait_for_signals(daemon::runtime& rt, asio::signal_set& signals)
 {
-    auto [ec, sig] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
-    if (ec)
-        co_return;
-    log::get("daemon")->info("signal {}: shutting down", sig);
-    rt.request_quit();
+    for (;;) {
+        auto [ec, sig] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec)
+            co_return;
+        if (sig == SIGHUP) {
+            log::get("daemon")->info("SIGHUP: {}", log::reopen());
+            continue;
+        }
+        log::get("daemon")->info("signal {}: shutting down", sig);
+        rt.request_quit();
+    }
+}
+
+/// WatchdogSec= (sd_watchdog_enabled(3)): WATCHDOG=1 at half the interval, from the main
+/// loop's own timer, so a loop that stops turning stops the pings and systemd restarts us.
+asio::awaitable<void> watchdog(std::uint64_t usec)
+{
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    const auto period = std::chrono::microseconds(usec / 2);
+    for (;;) {
+        ::sd_notify(0, "WATCHDOG=1");
+        timer.expires_after(period);
+        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec)
+            co_return;
+    }
 }
 
 } // namespace
@@ -115,8 +142,14 @@ int main(int argc, char** argv)
     ::signal(SIGPIPE, SIG_IGN);
 
     asio::co_spawn(loop, start(rt, opts), asio::detached);
-    asio::co_spawn(loop, wait_for_signal(rt, signals), asio::detached);
+    asio::co_spawn(loop, wait_for_signals(rt, signals), asio::detached);
+    // sd_watchdog_enabled checks WATCHDOG_PID against our pid (it changes with --daemonize).
+    std::uint64_t watchdog_usec = 0;
+    if (::sd_watchdog_enabled(1, &watchdog_usec) > 0 && watchdog_usec > 0) {
+        log::get("daemon")->info("watchdog: WATCHDOG=1 every {} ms", watchdog_usec / 2000);
+        asio::co_spawn(loop, watchdog(watchdog_usec), asio::detached);
+    }
     loop.run();
-    ::sd_notify(0, "STOPPING=1");
+    // STOPPING=1 went out when the shutdown began (runtime::stop_work).
     return rt.exit_code();
 }

@@ -11,6 +11,8 @@
 #include <boost/asio/detached.hpp>
 #include <boost/json/parse.hpp>
 
+#include <systemd/sd-daemon.h>
+
 #include <unistd.h>
 
 #include <cerrno>
@@ -267,6 +269,8 @@ asio::awaitable<void> runtime::stop_work()
     if (work_stopped_)
         co_return;
     work_stopped_ = true;
+    // The shutdown begins (quit, SIGTERM, SIGINT): systemd shows the unit as deactivating.
+    ::sd_notify(0, "STOPPING=1\nSTATUS=shutting down");
     if (metrics_)
         metrics_->stop();
     try {

@@ -65,6 +65,17 @@ void init_logging(spdlog::level::level_enum level, style s)
     spdlog::apply_all([level](const std::shared_ptr<spdlog::logger>& l) { l->set_level(level); });
 }
 
+std::string reopen()
+{
+    std::lock_guard lk(mu);
+    sink_locked()->flush();
+    if (current_style != style::journal)
+        return "no log file to reopen: logging to stderr (flushed)";
+    journald_here = ::access("/run/systemd/journal/socket", W_OK) == 0;
+    return journald_here ? "no log file to reopen: logging to stderr and journald's socket (found again)"
+                         : "no log file to reopen: logging to stderr (flushed); journald's socket is absent";
+}
+
 std::shared_ptr<spdlog::logger> get(const std::string& module)
 {
     std::lock_guard lk(mu);

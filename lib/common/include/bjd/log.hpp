@@ -21,6 +21,13 @@ enum class style { terminal, journal };
 /// call once at startup before other threads exist.
 void init_logging(spdlog::level::level_enum level, style s);
 
+/// SIGHUP: reopens what can be reopened and says what that was, for the log line. blockjobd
+/// writes to stderr (a terminal, a file the caller redirected, or the journal stream
+/// systemd passes) and, in journal style, to journald's native socket: stderr is flushed
+/// (its file is the caller's to rotate, with copytruncate) and journald's socket is looked
+/// for again, so a journald that came up after the daemon gets the structured entries.
+std::string reopen();
+
 /// The named module logger. Never null; safe from any thread.
 std::shared_ptr<spdlog::logger> get(const std::string& module);
 
