@@ -135,8 +135,8 @@ options parse_options(int argc, char** argv)
             o.log_level = value();
         } else if (arg == "--metrics") {
             o.metrics = value();
-            if (!o.metrics->starts_with("unix:") && !o.metrics->starts_with("tcp:"))
-                usage_error("--metrics takes unix:<path> or tcp:<host>:<port>");
+            if (!o.metrics->starts_with("unix:") && !o.metrics->starts_with("tcp:") && !o.metrics->starts_with("fd:"))
+                usage_error("--metrics takes unix:<path>, tcp:<host>:<port> or fd:<n>|<name>");
         } else if (arg == "--log-format") {
             o.log_format = value();
             if (*o.log_format != "terminal" && *o.log_format != "journal")
