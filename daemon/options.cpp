@@ -68,7 +68,8 @@ blockjobd options:
   --metrics tcp:<host>:<port>
   --metrics fd:<n>|<name>
                             serve Prometheus metrics (block statistics with their start
-                            time, timed statistics, latency histograms, job progress)
+                            time, timed statistics, latency histograms, node roles, job
+                            progress and state, build information)
                             over HTTP at /metrics (UNIX socket, loopback TCP, or a socket
                             passed by systemd)
 )";

@@ -136,6 +136,16 @@ std::string render(const block::graph& g, const jobs::manager* jobs)
                 w.sample(name, s.labels, c.value(s.snap.ops[o]));
         }
     }
+    // Every request is accounted on each node it passes: a write through a raw or qcow2 node
+    // counts there and again on its file node. The role says which nodes to sum:
+    // role="protocol" (no children: file, nbd, null-co) is what reached storage, once.
+    w.family("bjd_node_info", "gauge", "Always 1: a node's driver and role (protocol, format or filter).");
+    for (const auto& n : g.nodes()) {
+        const char* role = n->children().empty() ? "protocol" : n->is_filter() ? "filter" : "format";
+        w.sample("bjd_node_info",
+                 "node=\"" + escape_label(n->name()) + "\",driver=\"" + escape_label(n->driver()) + "\",role=\"" + role + "\"",
+                 "1");
+    }
     w.family("bjd_wr_highest_offset_bytes", "gauge", "End of the furthest write.");
     for (const source& s : srcs)
         w.sample("bjd_wr_highest_offset_bytes", s.labels, std::to_string(s.wr_highest_offset));
@@ -178,7 +188,8 @@ std::string render(const block::graph& g, const jobs::manager* jobs)
     // Latency histograms (block-latency-histogram-set) as Prometheus histograms. QEMU's bin i
     // counts [b(i-1), b(i)): bucket le=b(i) is the sum of the bins below b(i), i.e. latencies
     // strictly under b(i) ns (at nanosecond resolution, <= b(i) - 1 ns). Setting a histogram
-    // again starts it afresh: its _created time changes.
+    // again starts it afresh: its start time changes. Not NAME_created: OpenMetrics reserves
+    // that suffix for the creation time of the histogram's own series.
     for (unsigned o = 0; o < stats::latency_op_count; ++o) {
         std::string fam = std::string("bjd_") + op_names[o] + "_latency_seconds";
         w.family(fam, "histogram",
@@ -199,27 +210,43 @@ std::string render(const block::graph& g, const jobs::manager* jobs)
             w.sample(fam + "_sum", s.labels, seconds(std::int64_t(h->sum_ns)));
             w.sample(fam + "_count", s.labels, std::to_string(cum));
         }
-        w.family(fam + "_created", "gauge",
-                 std::string("Unix time when the ") + op_words[o] + " latency histogram was set.");
+    }
+    for (unsigned o = 0; o < stats::latency_op_count; ++o) {
+        std::string fam = std::string("bjd_") + op_names[o] + "_latency_histogram_start_time_seconds";
+        w.family(fam, "gauge", std::string("Unix time when the ") + op_words[o] + " latency histogram was set.");
         for (const source& s : srcs)
             if (const auto& h = s.snap.histograms[o])
-                w.sample(fam + "_created", s.labels, seconds(h->start_time_ns));
+                w.sample(fam, s.labels, seconds(h->start_time_ns));
     }
 
-    // Jobs.
+    // Jobs. The progress gauges carry what stays the same for a job's life (id, type); its
+    // state is a gauge of its own, one series per state, 1 for the current one and 0 for the
+    // others (as node_exporter's node_systemd_unit_state), so a state change moves a value
+    // instead of starting new progress series:
+    //   bjd_job_current_progress_bytes * on(id) group_left(state) (bjd_job_state == 1)
     std::vector<std::shared_ptr<jobs::job>> js;
     if (jobs)
         js = jobs->list();
+    auto job_labels = [](const jobs::job& j) {
+        return "id=\"" + escape_label(j.id()) + "\",type=\"" + std::string(to_string(j.type())) + "\"";
+    };
     auto job_family = [&](const char* fam, const char* h, std::uint64_t (jobs::job::*get)() const noexcept) {
         w.family(fam, "gauge", h);
         for (const auto& j : js)
-            w.sample(fam,
-                     "id=\"" + escape_label(j->id()) + "\",type=\"" + std::string(to_string(j->type())) +
-                         "\",status=\"" + std::string(to_string(j->status())) + "\"",
-                     std::to_string((*j.*get)()));
+            w.sample(fam, job_labels(*j), std::to_string((*j.*get)()));
     };
     job_family("bjd_job_current_progress_bytes", "Job progress so far.", &jobs::job::progress_current);
     job_family("bjd_job_total_progress_bytes", "Job progress expected in total (an estimate).", &jobs::job::progress_total);
+    w.family("bjd_job_state", "gauge", "1 for the job's current state (query-jobs' status), 0 for the others.");
+    for (const auto& j : js)
+        // Every JobStatus but 'undefined', which no job is ever in.
+        for (int st = int(jobs::job_status::created); st <= int(jobs::job_status::null); ++st)
+            w.sample("bjd_job_state",
+                     job_labels(*j) + ",state=\"" + std::string(to_string(jobs::job_status(st))) + "\"",
+                     j->status() == jobs::job_status(st) ? "1" : "0");
+
+    w.family("bjd_build_info", "gauge", "Always 1: the version of this blockjobd and the QEMU it follows.");
+    w.sample("bjd_build_info", "version=\"" + escape_label(BJD_VERSION) + "\",qemu_version=\"7.2\"", "1");
     return w.take();
 }
 

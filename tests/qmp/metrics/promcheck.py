@@ -9,7 +9,9 @@ samples are contiguous, counters are named *_total and are non-negative, and no 
 (name + label set) appears twice. Histogram families (TYPE histogram) have only
 NAME_bucket (with an `le` label), NAME_sum and NAME_count samples; per label set the buckets
 come in increasing `le` order, ending with le="+Inf", their counts are cumulative
-(non-decreasing), and NAME_count equals the +Inf bucket. Prints "OK: F families, S samples"
+(non-decreasing), and NAME_count equals the +Inf bucket. No family is named *_created,
+*_bucket, *_sum, *_count or *_info unless it is what OpenMetrics reserves the suffix for (an
+_info family is a gauge). Prints "OK: F families, S samples"
 or one line per problem (exit 1)."""
 import math
 import re
@@ -61,6 +63,12 @@ def check(text):
             if fam in done or fam == current:
                 err(f"{line[2:6]} for {fam} after its samples")
             table[fam] = m.group(2)
+            if line.startswith("# TYPE "):
+                reserved = [x for x in ("_created", "_bucket", "_sum", "_count") if fam.endswith(x)]
+                if reserved:
+                    err(f"family {fam} ends in OpenMetrics' reserved suffix {reserved[0]}")
+                if fam.endswith("_info") and m.group(2) != "gauge":
+                    err(f"info family {fam} is not a gauge")
             continue
         if line.startswith("#"):
             continue

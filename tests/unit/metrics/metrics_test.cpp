@@ -92,6 +92,14 @@ TEST_CASE("render: exact counters per node, families in order", "[metrics]")
     // No jobs: the job families are declared, without samples.
     CHECK(t.find("# TYPE bjd_job_current_progress_bytes gauge\n") != std::string::npos);
     CHECK(t.find("\nbjd_job_current_progress_bytes{") == std::string::npos);
+    CHECK(t.find("# TYPE bjd_job_state gauge\n") != std::string::npos);
+    CHECK(t.find("\nbjd_job_state{") == std::string::npos);
+    // The node's driver and role, for sums that count each request once.
+    CHECK(has_line(t, "bjd_node_info{node=\"n\\\"0\",driver=\"null-co\",role=\"protocol\"} 1"));
+    // The build, always.
+    CHECK(has_line(t, std::string("bjd_build_info{version=\"") + BJD_VERSION + "\",qemu_version=\"7.2\"} 1"));
+    // No family uses OpenMetrics' reserved _created suffix.
+    CHECK(t.find("_created") == std::string::npos);
     // The start time is the accounting's own, in seconds.
     auto st = acct.start_time_ns();
     CHECK(t.find("bjd_stats_start_time_seconds{node=\"n\\\"0\"} " + std::to_string(st / 1'000'000'000) + ".") !=
@@ -134,16 +142,19 @@ TEST_CASE("render: latency histograms as Prometheus histograms", "[metrics]")
     double sum = std::stod(t.substr(t.find(' ', at + 1) + 1));
     CHECK(sum >= 20.01);
     CHECK(sum < 20.01 + 600);
-    // Samples in order: buckets, then sum, then count; the _created gauge after the family.
+    // Samples in order: buckets, then sum, then count; the start time in a gauge of its own,
+    // not NAME_created (OpenMetrics' reserved suffix).
     CHECK(t.find("le=\"+Inf\"") < t.find("bjd_rd_latency_seconds_sum{"));
     CHECK(t.find("bjd_rd_latency_seconds_sum{") < t.find("bjd_rd_latency_seconds_count{"));
     auto created = acct.read().histograms[0]->start_time_ns;
-    CHECK(t.find("bjd_rd_latency_seconds_created{node=\"h0\"} " + std::to_string(created / 1'000'000'000) + ".") !=
-          std::string::npos);
+    CHECK(t.find("bjd_rd_latency_histogram_start_time_seconds{node=\"h0\"} " + std::to_string(created / 1'000'000'000) +
+                 ".") != std::string::npos);
+    CHECK(t.find("# TYPE bjd_rd_latency_histogram_start_time_seconds gauge\n") != std::string::npos);
+    CHECK(t.find("_created") == std::string::npos);
     // No write or flush histogram set: families declared, no samples.
     CHECK(t.find("# TYPE bjd_wr_latency_seconds histogram\n") != std::string::npos);
     CHECK(t.find("\nbjd_wr_latency_seconds_bucket{") == std::string::npos);
-    CHECK(t.find("\nbjd_flush_latency_seconds_created{") == std::string::npos);
+    CHECK(t.find("\nbjd_flush_latency_histogram_start_time_seconds{") == std::string::npos);
 }
 
 TEST_CASE("server: /metrics 200, other paths 404, methods 405, garbage 400", "[metrics]")
