@@ -9,11 +9,11 @@ raw node over a local file (the ceiling), and into a raw node over an nbd node c
 qemu-nbd on a UNIX socket (loopback), serving an empty raw file. Prints MiB/s per case (best
 of --runs) and the ratios.
 
-The source is in the page cache (just written). With aio=io_uring (blockjobd's default) the
-kernel copies cached pages inside io_uring_enter on the main loop's thread, which also copies
-every WRITE payload into the socket: that one thread is the limit (perf: _copy_to_iter and
-_copy_from_iter ~2/3 of its samples). `--source-aio threads` (QEMU's default) moves the read
-copies to the thread pool, as qemu-storage-daemon does.
+The source is in the page cache (just written). io_uring copies cached pages inside
+io_uring_enter on the loop's thread unless told otherwise; blockjobd marks reads and writes
+of 256 KiB or more on files without O_DIRECT for io_uring's workers (IOSQE_ASYNC, see
+io::io_hint in lib/io), so the loop only moves payloads to and from the socket.
+`--source-aio threads` (QEMU's default) compares with the thread pool doing the copies.
 """
 import argparse
 import os
