@@ -82,6 +82,7 @@ runtime::runtime(asio::io_context& loop)
     exports_->set_io_gate(graph_->gate());
     ctx_.exports = exports_.get();
     ctx_.chardevs = &chardev_registry_;
+    ctx_.objects = &objects_;
     ctx_.request_quit = [this] { request_quit(); };
     ctx_.prepare_quit = [this]() -> asio::awaitable<void> { co_await stop_work(); };
     server_.attach(ctx_);
@@ -100,7 +101,7 @@ asio::awaitable<void> runtime::apply(const options& opts)
         case k::monitor: add_monitor(o.value); break;
         case k::nbd_server: add_nbd_server(o.value); break;
         case k::export_: add_export(o.value); break;
-        case k::object: fail("--object is not supported: blockjobd has no QOM objects (iothreads, secrets, throttle groups)");
+        case k::object: add_object(o.value); break;
         }
     }
     if (opts.metrics) {
@@ -132,6 +133,25 @@ asio::awaitable<void> runtime::add_drive(const std::string& value)
     auto r = co_await qapi::qmp_x_drive_add(ctx_, std::move(args));
     if (!r)
         fail(r.error().desc);
+}
+
+void runtime::add_object(const std::string& value)
+{
+    // QEMU's --object: key=value pairs with the type first ("secret,id=s0,file=/k"), or JSON.
+    qapi::result<qapi::object_options> r = qapi::generic("empty option");
+    if (!value.empty() && value[0] == '{') {
+        r = decode_option<qapi::object_options>(value);
+    } else {
+        auto kv = qapi::parse_keyval(value, "qom-type");
+        if (!kv)
+            fail(kv.error().desc);
+        r = qapi::decode_keyval<qapi::object_options>(
+            json::value(std::move(*kv)), [](const json::value& v) { return qapi::decode<qapi::object_options>(v); });
+        if (!r)
+            fail(r.error().desc);
+    }
+    if (auto a = objects_.add(*r); !a)
+        fail(a.error().desc);
 }
 
 void runtime::add_nbd_server(const std::string& value)

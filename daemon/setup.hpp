@@ -5,6 +5,7 @@
 
 #include "bjd/block/graph.hpp"
 #include "bjd/chardev/registry.hpp"
+#include "bjd/crypto/objects.hpp"
 #include "bjd/export/manager.hpp"
 #include "bjd/io/engine.hpp"
 #include "bjd/jobs/job.hpp"
@@ -48,10 +49,12 @@ private:
     boost::asio::awaitable<void> add_drive(const std::string& value);
     void add_nbd_server(const std::string& value);
     void add_export(const std::string& value);
+    void add_object(const std::string& value);
 
     boost::asio::io_context& loop_;
     std::unique_ptr<io::engine> engine_;
     std::unique_ptr<io::engine> threads_;
+    crypto::registry objects_;   // before exports_ and graph_, which look objects up
     std::unique_ptr<block::graph> graph_;
     qmp::server server_;
     std::unique_ptr<jobs::manager> jobs_;   // after graph_: jobs hold nodes, so they go first

@@ -10,9 +10,9 @@ pkgs=(
   # build
   g++ cmake ninja-build pkg-config python3
   libboost1.81-dev libboost-json1.81-dev liburing-dev catch2 libspdlog-dev libfmt-dev
-  libsystemd-dev zlib1g-dev libedit-dev
+  libsystemd-dev zlib1g-dev libedit-dev libgnutls28-dev
   # test and benchmark peers
-  qemu-utils qemu-system-common libnbd-bin nbdkit fio socat systemd
+  qemu-utils qemu-system-common libnbd-bin nbdkit fio socat systemd gnutls-bin
 )
 if [ "${1:-}" = "--fuzz" ]; then
   pkgs+=(clang-14 libclang-rt-14-dev libfuzzer-14-dev)

@@ -17,6 +17,7 @@ namespace bjd::block { class graph; }
 namespace bjd::jobs { class manager; }
 namespace bjd::exports { class manager; }
 namespace bjd::chardev { class registry; }
+namespace bjd::crypto { class registry; }
 
 namespace bjd::qmp {
 
@@ -39,6 +40,7 @@ public:
     jobs::manager* jobs = nullptr;
     exports::manager* exports = nullptr;   ///< NBD server and block exports (lib/export)
     chardev::registry* chardevs = nullptr; ///< ring buffers and monitor sockets (lib/chardev)
+    crypto::registry* objects = nullptr;   ///< secrets, TLS credentials, authz (lib/crypto)
     io_report io;
 
     /// `quit`, before it answers: closes the exports and cancels the jobs, so their events

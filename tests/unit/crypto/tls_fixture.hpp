@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Throwaway TLS material (tests/qmp/tls/gencerts.sh: certtool and psktool) in a temp dir,
+// made once per test binary.
+#include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+
+#include <unistd.h>
+
+namespace bjd::test {
+
+inline const std::string& tls_dir()
+{
+    static const std::string dir = [] {
+        char tmpl[] = "/tmp/bjd-tls-XXXXXX";
+        if (!::mkdtemp(tmpl))
+            throw std::runtime_error("mkdtemp failed");
+        std::filesystem::path script =
+            std::filesystem::path(__FILE__).parent_path() / ".." / ".." / "qmp" / "tls" / "gencerts.sh";
+        std::string cmd = "sh '" + script.string() + "' '" + tmpl + "' localhost";
+        if (std::system(cmd.c_str()) != 0)
+            throw std::runtime_error("gencerts.sh failed (certtool and psktool are in gnutls-bin)");
+        std::string d = tmpl;
+        std::atexit([] { std::filesystem::remove_all(tls_dir()); });
+        return d;
+    }();
+    return dir;
+}
+
+} // namespace bjd::test
