@@ -47,8 +47,24 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
   --nbd-server addr.type=unix,addr.path=<path>[,max-connections=<n>]
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
   --nbd-server addr.type=fd,addr.str=<n>|<name>
-                            start an NBD server (no TLS); fd takes a socket passed by
-                            systemd, by FileDescriptorName= or number
+  --nbd-server ...[,tls-creds=<id>][,tls-authz=<id>]
+                            start an NBD server; fd takes a socket passed by systemd, by
+                            FileDescriptorName= or number; with tls-creds, clients must
+                            use TLS (NBD_OPT_STARTTLS), and tls-authz admits one identity
+
+  --object secret,id=<id>,file=<path>[,format=raw|base64]
+                            a secret read from a file (data=<value> works too, but shows
+                            in the process list)
+  --object tls-creds-x509,id=<id>,dir=<dir>,endpoint=server|client[,verify-peer=on|off]
+           [,priority=<gnutls priority>][,passwordid=<secret id>]
+                            x509 credentials: <dir> holds ca-cert.pem and server-cert.pem,
+                            server-key.pem (or client-cert.pem, client-key.pem), and
+                            optionally ca-crl.pem, dh-params.pem
+  --object tls-creds-psk,id=<id>,dir=<dir>,endpoint=server|client[,username=<user>]
+                            pre-shared keys: <dir>/keys.psk holds <user>:<hexkey> lines
+  --object authz-simple,id=<id>,identity=<name>
+                            the one client tls-authz admits: its certificate's DN (commas
+                            doubled, e.g. O=Example,,CN=client) or its PSK username
 
   --export [type=]nbd,id=<id>,node-name=<node>[,name=<name>]
            [,writable=on|off][,description=<text>][,stats-intervals.N=<secs>]

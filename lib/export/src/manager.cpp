@@ -53,14 +53,28 @@ qapi::result<void> manager::start_server(const nbd_server_options& opts)
 {
     if (server_)
         return qapi::generic("NBD server already running");
-    if (opts.tls_creds)
-        return qapi::generic("TLS is not supported by blockjobd (tls-creds '" + *opts.tls_creds + "')");
-    if (opts.tls_authz)
+    std::shared_ptr<crypto::tls_creds> creds;
+    if (opts.tls_creds) {
+        if (!objects_)
+            return qapi::generic("No TLS credentials with id '" + *opts.tls_creds + "'");
+        auto c = objects_->tls_creds_for(*opts.tls_creds, crypto::endpoint::server);
+        if (!c)
+            return c.error();
+        creds = std::move(*c);
+    }
+    // QEMU 7.2 accepts tls-authz alone and then serves plaintext to anyone; refusing it
+    // keeps an operator from believing clients are checked when they are not.
+    if (opts.tls_authz && !opts.tls_creds)
         return qapi::generic("'tls-authz' is only supported with 'tls-creds'");
     auto s = std::make_unique<detail::nbd_server>(*this, tracker_);
     if (auto r = s->listen(opts); !r)
         return r;
     server_ = std::move(s);
+    tls_creds_ = std::move(creds);
+    tls_authz_ = opts.tls_authz;
+    if (tls_creds_)
+        log::get("nbd")->info("NBD server requires TLS ({} '{}'{}{})", crypto::to_string(tls_creds_->kind()),
+                              tls_creds_->id(), tls_authz_ ? ", tls-authz " : "", tls_authz_.value_or(""));
     return {};
 }
 
@@ -70,6 +84,8 @@ qapi::result<void> manager::stop_server()
         return qapi::generic("NBD server not running");
     server_->stop();
     server_.reset();
+    tls_creds_.reset();
+    tls_authz_.reset();
     // Like QEMU's nbd_server_free: every NBD export goes, clients are disconnected.
     auto copy = exports_;
     for (auto& e : copy) {

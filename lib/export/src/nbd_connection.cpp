@@ -104,6 +104,8 @@ bool connection::hung_up() const
 asio::awaitable<void> connection::run(std::shared_ptr<connection> self)
 {
     co_await self->run_phases();
+    if (self->tls_)
+        self->tls_->bye();
     boost::system::error_code ec;
     self->socket_.shutdown(asio::socket_base::shutdown_both, ec);
     self->socket_.close(ec);
@@ -147,7 +149,7 @@ asio::awaitable<bool> connection::discard_payload(std::uint32_t length)
     std::vector<std::byte> sink(std::min<std::uint32_t>(length, 1u << 20));
     while (length > 0) {
         std::size_t n = std::min<std::size_t>(length, sink.size());
-        auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(sink.data(), n), tok);
+        auto ec = co_await read_exact(asio::buffer(sink.data(), n));
         if (ec)
             co_return false;
         length -= std::uint32_t(n);
@@ -163,7 +165,12 @@ asio::awaitable<void> connection::transmission()
     const auto& lim = mgr_.limits();
     for (;;) {
         std::array<std::byte, request_size> hdr;
-        auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(hdr), tok);
+        // The plain socket is read here directly: no extra coroutine frame without TLS.
+        boost::system::error_code ec;
+        if (tls_)
+            ec = co_await tls_->read(asio::buffer(hdr));
+        else
+            ec = std::get<0>(co_await asio::async_read(socket_, asio::buffer(hdr), tok));
         if (ec || closing_)
             break;   // EOF or reset: the client went away; in-flight requests still finish
         request req;
@@ -194,7 +201,11 @@ asio::awaitable<void> connection::transmission()
                 continue;
             }
             payload = tracker_->buffers.get(req.length);
-            auto [ec2, n2] = co_await asio::async_read(socket_, asio::buffer(payload.data(), req.length), tok);
+            boost::system::error_code ec2;
+            if (tls_)
+                ec2 = co_await tls_->read(asio::buffer(payload.data(), req.length));
+            else
+                ec2 = std::get<0>(co_await asio::async_read(socket_, asio::buffer(payload.data(), req.length), tok));
             if (ec2) {
                 log::get("nbd")->info("nbd {}: client vanished in the middle of a WRITE payload", peer_);
                 break;
@@ -549,7 +560,11 @@ asio::awaitable<void> connection::write_loop(std::shared_ptr<connection> self)
             }
         }
         if (!self->closing_) {
-            auto [ec, n] = co_await asio::async_write(self->socket_, bufs, tok);
+            boost::system::error_code ec;
+            if (self->tls_)
+                ec = co_await self->tls_->write(bufs);
+            else
+                ec = std::get<0>(co_await asio::async_write(self->socket_, bufs, tok));
             if (ec) {
                 // The client is gone: keep completing requests (their writes still reach the
                 // node), but stop reading and drop the replies.

@@ -9,6 +9,7 @@
 // for room before it reads further. A connection ends on DISC, EOF, a protocol error or
 // close(); it always waits for its in-flight requests (so acknowledged and received writes
 // reach the node) before it detaches from its export.
+#include "bjd/crypto/tls_session.hpp"
 #include "bjd/export/manager.hpp"
 #include "bjd/nbd/protocol.hpp"
 #include "bjd/io/buffer.hpp"
@@ -65,6 +66,12 @@ private:
     // handshake (nbd_handshake.cpp): true when transmission should start with exp_ set
     asio::awaitable<bool> handshake();
     asio::awaitable<bool> send(std::vector<std::byte> bytes);
+    /// The connection's byte stream: the socket, or the TLS session after NBD_OPT_STARTTLS.
+    asio::awaitable<boost::system::error_code> read_exact(asio::mutable_buffer buf);
+    /// NBD_OPT_STARTTLS: ACK, TLS handshake, tls-authz. False drops the connection.
+    asio::awaitable<bool> start_tls(std::uint32_t option, std::size_t length);
+    /// An option other than STARTTLS while TLS is required but not yet started.
+    asio::awaitable<int> refuse_before_tls(std::uint32_t option);
     asio::awaitable<bool> send_option_reply(std::uint32_t option, std::uint32_t type,
                                             std::vector<std::byte> payload = {});
     asio::awaitable<bool> send_error(std::uint32_t option, std::uint32_t type, std::string message);
@@ -98,6 +105,7 @@ private:
     asio::steady_timer handshake_timer_;
     std::shared_ptr<block_export> exp_;
     std::string peer_;
+    std::unique_ptr<crypto::tls_session> tls_;   ///< set once NBD_OPT_STARTTLS succeeded
 
     bool no_zeroes_ = false;
     bool structured_ = false;

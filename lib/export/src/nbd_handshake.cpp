@@ -10,6 +10,7 @@
 #include <boost/asio/write.hpp>
 
 #include <algorithm>
+#include <cstdio>
 
 namespace bjd::exports::detail {
 
@@ -30,8 +31,72 @@ std::vector<std::byte> string_payload(std::string_view s)
 
 asio::awaitable<bool> connection::send(std::vector<std::byte> bytes)
 {
+    if (tls_)
+        co_return !co_await tls_->write(asio::buffer(bytes));
     auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(bytes), tok);
     co_return !ec;
+}
+
+asio::awaitable<boost::system::error_code> connection::read_exact(asio::mutable_buffer buf)
+{
+    if (tls_)
+        co_return co_await tls_->read(buf);
+    auto [ec, n] = co_await asio::async_read(socket_, buf, tok);
+    co_return ec;
+}
+
+asio::awaitable<int> connection::refuse_before_tls(std::uint32_t option)
+{
+    // QEMU's nbd_negotiate_options with tls-creds and a plaintext channel: EXPORT_NAME cannot
+    // be answered with an error, so the connection ends; every other option gets
+    // NBD_REP_ERR_TLS_REQD (ABORT too, and then the connection ends).
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%x", option);
+    const std::string msg = std::string("Option ") + hex + " not permitted before TLS";
+    if (option == opt_export_name) {
+        log::get("nbd")->info("nbd {}: {}, disconnecting", peer_, msg);
+        co_return 0;
+    }
+    bool ok = co_await send_error(option, rep_err_tls_reqd, msg);
+    co_return ok && option != opt_abort ? 1 : 0;
+}
+
+asio::awaitable<bool> connection::start_tls(std::uint32_t option, std::size_t length)
+{
+    if (length != 0) {
+        // QEMU's nbd_reject_length(fatal): an error reply, then the connection ends.
+        co_await send_error(option, rep_err_invalid, "option 'starttls' has unexpected length");
+        co_return false;
+    }
+    if (!co_await send_option_reply(option, rep_ack))
+        co_return false;
+    auto t = crypto::tls_session::create(mgr_.tls_creds(), socket_);
+    if (!t) {
+        log::get("nbd")->warn("nbd {}: {}", peer_, t.error().desc);
+        co_return false;
+    }
+    tls_ = std::move(*t);
+    if (auto err = co_await tls_->handshake(); !err.empty()) {
+        log::get("nbd")->info("nbd {}: {}", peer_, err);
+        co_return false;
+    }
+    if (const auto& authz_id = mgr_.tls_authz()) {
+        const char* kind = mgr_.tls_creds()->is_x509() ? "x509" : "PSK";
+        auto a = mgr_.objects() ? mgr_.objects()->find_authz(*authz_id) : nullptr;
+        if (!a) {
+            log::get("nbd")->warn("nbd {}: TLS {} authz check failed: no authorization object with id '{}'",
+                                  peer_, kind, *authz_id);
+            co_return false;
+        }
+        if (!a->allows(tls_->peer_identity())) {
+            log::get("nbd")->info("nbd {}: TLS {} authz check for '{}' is denied", peer_, kind,
+                                  tls_->peer_identity());
+            co_return false;
+        }
+    }
+    log::get("nbd")->debug("nbd {}: TLS started ({}){}{}", peer_, tls_->description(),
+                           tls_->peer_identity().empty() ? "" : ", peer ", tls_->peer_identity());
+    co_return true;
 }
 
 asio::awaitable<bool> connection::send_option_reply(std::uint32_t option, std::uint32_t type,
@@ -74,7 +139,7 @@ asio::awaitable<bool> connection::handshake()
             co_return false;
     }
     std::array<std::byte, 4> cflags_raw;
-    if (auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(cflags_raw), tok); ec)
+    if (auto ec = co_await read_exact(asio::buffer(cflags_raw)); ec)
         co_return false;
     std::uint32_t cflags = load_be32(cflags_raw.data());
     if (cflags & ~(flag_c_fixed_newstyle | flag_c_no_zeroes)) {
@@ -85,7 +150,7 @@ asio::awaitable<bool> connection::handshake()
 
     for (;;) {
         std::array<std::byte, 16> hdr;
-        if (auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(hdr), tok); ec)
+        if (auto ec = co_await read_exact(asio::buffer(hdr)); ec)
             co_return false;
         if (load_be64(hdr.data()) != opts_magic) {
             log::get("nbd")->info("nbd {}: bad option magic, disconnecting", peer_);
@@ -99,9 +164,17 @@ asio::awaitable<bool> connection::handshake()
             co_return false;
         }
         std::vector<std::byte> data(length);
-        if (auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(data), tok); ec)
+        if (auto ec = co_await read_exact(asio::buffer(data)); ec)
             co_return false;
-        int r = co_await handle_option(option, std::move(data));
+        int r = 1;
+        if (mgr_.tls_creds() && !tls_) {
+            if (option == opt_starttls)
+                r = co_await start_tls(option, length) ? 1 : 0;
+            else
+                r = co_await refuse_before_tls(option);
+        } else {
+            r = co_await handle_option(option, std::move(data));
+        }
         if (r == 0)
             co_return false;
         if (r == 2)
@@ -144,7 +217,10 @@ asio::awaitable<int> connection::handle_option(std::uint32_t option, std::vector
         co_return co_await send_option_reply(option, rep_ack) ? 1 : 0;
     }
     case opt_starttls:
-        co_return co_await send_error(option, rep_err_policy, "TLS is not supported by blockjobd") ? 1 : 0;
+        // QEMU's texts: a second STARTTLS, or one to a server without tls-creds.
+        if (tls_)
+            co_return co_await send_error(option, rep_err_invalid, "TLS already enabled") ? 1 : 0;
+        co_return co_await send_error(option, rep_err_policy, "TLS not configured") ? 1 : 0;
     case opt_info:
     case opt_go:
         co_return co_await handle_info_go(option, data);

@@ -2,6 +2,7 @@
 #pragma once
 // Test support for the NBD server: an in-memory node and a minimal coroutine NBD client that
 // talks to the server over a socket pair, all on one io_context driven by the test.
+#include "bjd/crypto/tls_session.hpp"
 #include "bjd/export/manager.hpp"
 #include "bjd/nbd/protocol.hpp"
 
@@ -151,22 +152,54 @@ struct client_conn {
         m.serve(std::move(g));
     }
 
+    // After starttls(): the same socket as a generic one, and the TLS session over it.
+    std::unique_ptr<asio::generic::stream_protocol::socket> tls_sock;
+    std::unique_ptr<crypto::tls_session> tls;
+
     asio::awaitable<bytes> read(std::size_t n)
     {
         bytes b(n);
+        if (tls) {
+            if (auto ec = co_await tls->read(asio::buffer(b)))
+                throw boost::system::system_error(ec);
+            co_return b;
+        }
         co_await asio::async_read(sock, asio::buffer(b), asio::use_awaitable);
         co_return b;
     }
     asio::awaitable<void> write(const bytes& b)
     {
+        if (tls) {
+            if (auto ec = co_await tls->write(asio::buffer(b)))
+                throw boost::system::system_error(ec);
+            co_return;
+        }
         co_await asio::async_write(sock, asio::buffer(b), asio::use_awaitable);
     }
     /// True when the server closed the connection.
     asio::awaitable<bool> at_eof()
     {
         std::byte x;
+        if (tls)
+            co_return bool((co_await tls->read_some(asio::buffer(&x, 1))).first);
         auto [ec, n] = co_await asio::async_read(sock, asio::buffer(&x, 1), asio::as_tuple(asio::use_awaitable));
         co_return bool(ec);
+    }
+    /// NBD_OPT_STARTTLS (after greet()), then the TLS handshake with client credentials:
+    /// "" when TLS is up, else what failed.
+    asio::awaitable<std::string> starttls(std::shared_ptr<const crypto::tls_creds> creds)
+    {
+        co_await option(nbd::opt_starttls, {});
+        auto r = co_await option_reply();
+        if (r.type != nbd::rep_ack)
+            co_return "STARTTLS refused";
+        tls_sock = std::make_unique<asio::generic::stream_protocol::socket>(
+            sock.get_executor(), asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM), sock.release());
+        auto t = crypto::tls_session::create(std::move(creds), *tls_sock, "localhost");
+        if (!t)
+            co_return t.error().desc;
+        tls = std::move(*t);
+        co_return co_await tls->handshake();
     }
 
     /// Reads the greeting and sends client flags.

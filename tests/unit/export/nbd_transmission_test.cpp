@@ -482,7 +482,14 @@ TEST_CASE("export: add errors use qemu-storage-daemon's texts", "[export]")
     exports::nbd_server_options tls;
     tls.addr.path = f.sock_path;
     tls.tls_creds = "tls0";
-    CHECK(f.mgr.start_server(tls).error().desc == "TLS is not supported by blockjobd (tls-creds 'tls0')");
+    CHECK(f.mgr.start_server(tls).error().desc == "No TLS credentials with id 'tls0'");
+    crypto::registry objects;
+    f.mgr.set_objects(objects);
+    CHECK(f.mgr.start_server(tls).error().desc == "No TLS credentials with id 'tls0'");
+    tls.tls_creds.reset();
+    tls.tls_authz = "az";
+    CHECK(f.mgr.start_server(tls).error().desc == "'tls-authz' is only supported with 'tls-creds'");
+    CHECK_FALSE(f.mgr.server_running());
 }
 
 TEST_CASE("export: a pivot redirects the export to the new node", "[export]")

@@ -7,6 +7,7 @@
 ///
 /// Lives on the main loop; every call must be made there. Owned by the daemon, which must call
 /// `shutdown()` before destroying it (and before the block graph goes away).
+#include "bjd/crypto/objects.hpp"
 #include "bjd/net/listener.hpp"
 #include "bjd/export/export.hpp"
 #include "bjd/qapi/error.hpp"
@@ -33,8 +34,8 @@ using listen_address = net::listen_address;
 
 struct nbd_server_options {
     listen_address addr;
-    std::optional<std::string> tls_creds;   ///< rejected: TLS is not supported
-    std::optional<std::string> tls_authz;   ///< rejected with tls_creds
+    std::optional<std::string> tls_creds;   ///< id of server-endpoint TLS credentials
+    std::optional<std::string> tls_authz;   ///< id of an authz object (needs tls_creds)
     std::uint32_t max_connections = 0;      ///< 0 = unlimited
 };
 
@@ -63,12 +64,19 @@ public:
     ~manager();
     /// The graph's gate for outside requests; exports added afterwards pass through it.
     void set_io_gate(block::io_gate& g) noexcept { gate_ = &g; }
+    /// Where tls-creds and tls-authz are looked up (the daemon's objects). Without it, a
+    /// server with tls-creds cannot start ("No TLS credentials with id 'X'").
+    void set_objects(crypto::registry& r) noexcept { objects_ = &r; }
     manager(const manager&) = delete;
     manager& operator=(const manager&) = delete;
 
     // ---- NBD server ------------------------------------------------------------------------
     /// nbd-server-start. Errors: "NBD server already running", "Failed to bind socket to P: …",
-    /// "TLS is not supported by blockjobd (tls-creds 'X')".
+    /// "No TLS credentials with id 'X'", "Object with id 'X' is not TLS credentials",
+    /// "Expected TLS credentials for a server endpoint", "'tls-authz' is only supported with
+    /// 'tls-creds'". With tls-creds, clients must upgrade with NBD_OPT_STARTTLS; the server
+    /// keeps the credentials (even if object-del removes their id) until it stops. tls-authz
+    /// is looked up at each handshake, as in QEMU.
     qapi::result<void> start_server(const nbd_server_options& opts);
     /// nbd-server-stop: closes the listener and deletes every NBD export (hard).
     /// Error: "NBD server not running".
@@ -108,6 +116,10 @@ public:
     std::vector<std::shared_ptr<block_export>> listable() const;
 
     const connection_limits& limits() const noexcept { return limits_; }
+    /// The running server's TLS credentials (null: plaintext) and tls-authz id.
+    const std::shared_ptr<crypto::tls_creds>& tls_creds() const noexcept { return tls_creds_; }
+    const std::optional<std::string>& tls_authz() const noexcept { return tls_authz_; }
+    const crypto::registry* objects() const noexcept { return objects_; }
     void set_limits(const connection_limits& l) { limits_ = l; }
 
     /// Daemon shutdown: stops the server, hard-deletes every export (emitting their events)
@@ -121,6 +133,9 @@ private:
 
     asio::io_context& loop_;
     block::io_gate* gate_ = nullptr;
+    crypto::registry* objects_ = nullptr;
+    std::shared_ptr<crypto::tls_creds> tls_creds_;
+    std::optional<std::string> tls_authz_;
     std::function<void(const std::string&)> on_deleted_;
     std::vector<std::shared_ptr<block_export>> exports_;   // creation order
     std::unique_ptr<detail::nbd_server> server_;
