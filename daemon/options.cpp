@@ -72,10 +72,6 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
                             export a block node (or a drive) over NBD; the stats-*
                             keys (blockjobd's) configure the exported node's accounting
 
-  --object <type>,id=<id>[,<property>=<value>...]
-                            a user-creatable object, as in qemu-storage-daemon; see
-                            blockjobd(8) for what blockjobd supports
-
   --pidfile <path>          write the process ID to <path> once everything is set up
   --daemonize               detach from the terminal once set up; the parent exits only
                             when the daemon is ready (or with its error)
