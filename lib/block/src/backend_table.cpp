@@ -2,27 +2,13 @@
 // The table of named drives: creation, deletion and QEMU's device lookups.
 #include "bjd/block/backend.hpp"
 #include "bjd/block/graph.hpp"
+#include "bjd/id.hpp"
 
 #include "bjd/log.hpp"
 
 #include <cctype>
 
 namespace bjd::block {
-
-namespace {
-
-/// QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'.
-bool id_wellformed(std::string_view id)
-{
-    if (id.empty() || !std::isalpha(static_cast<unsigned char>(id[0])))
-        return false;
-    for (char c : id)
-        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_')
-            return false;
-    return true;
-}
-
-} // namespace
 
 qapi::result<std::shared_ptr<backend>> backend_table::add(const drive_options& opts)
 {

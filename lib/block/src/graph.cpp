@@ -3,6 +3,7 @@
 #include "bjd/block/graph.hpp"
 
 #include "bjd/block/driver.hpp"
+#include "bjd/id.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qapi/types.hpp"
 
@@ -21,15 +22,6 @@
 namespace bjd::block {
 
 namespace {
-
-bool id_wellformed(std::string_view id)
-{
-    if (id.empty() || !std::isalpha(static_cast<unsigned char>(id[0])))
-        return false;
-    return std::all_of(id.begin(), id.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
-    });
-}
 
 /// The options a child inherits from its parent unless it sets them itself (QEMU's
 /// bdrv_inherited_options: read-only, cache.*, discard, detect-zeroes pass down).

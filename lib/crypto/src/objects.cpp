@@ -4,6 +4,7 @@
 
 #include "tls_creds_data.hpp"
 
+#include "bjd/id.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qapi/types.hpp"
 
@@ -22,16 +23,6 @@
 namespace bjd::crypto {
 
 namespace {
-
-/// QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'.
-bool id_wellformed(std::string_view id)
-{
-    if (id.empty() || !std::isalpha(static_cast<unsigned char>(id[0])))
-        return false;
-    return std::all_of(id.begin() + 1, id.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
-    });
-}
 
 /// GLib's g_file_get_contents texts, which QEMU's secret prints after "Unable to read F: ".
 qapi::result<std::string> read_whole_file(const std::string& path)

@@ -5,6 +5,7 @@
 #include "nbd_connection.hpp"
 #include "nbd_server.hpp"
 
+#include "bjd/id.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qapi/events.hpp"
 
@@ -15,20 +16,6 @@
 #include <cctype>
 
 namespace bjd::exports {
-
-namespace {
-
-/// QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'.
-bool id_wellformed(std::string_view id)
-{
-    if (id.empty() || !std::isalpha(static_cast<unsigned char>(id[0])))
-        return false;
-    return std::all_of(id.begin() + 1, id.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
-    });
-}
-
-} // namespace
 
 manager::manager(asio::io_context& loop, std::function<void(const std::string&)> on_deleted)
     : loop_(loop)

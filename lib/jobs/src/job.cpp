@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The job state machine: tables, transitions, verbs and the completion path (QEMU's job.c).
 #include "bjd/jobs/job.hpp"
+
+#include "bjd/id.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qapi/events.hpp"
@@ -68,11 +70,7 @@ bool verb_allowed(job_verb verb, job_status s) noexcept
 
 qapi::result<void> check_job_id(std::string_view id)
 {
-    auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
-    bool ok = !id.empty() && alpha(id[0]);
-    for (char c : id)
-        ok = ok && (alpha(c) || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_');
-    if (!ok)
+    if (!id_wellformed(id))
         return qapi::generic("Invalid job ID '" + std::string(id) + "'");
     return {};
 }
