@@ -17,8 +17,7 @@ inline const std::string& tls_dir()
         char tmpl[] = "/tmp/bjd-tls-XXXXXX";
         if (!::mkdtemp(tmpl))
             throw std::runtime_error("mkdtemp failed");
-        std::filesystem::path script =
-            std::filesystem::path(__FILE__).parent_path() / ".." / ".." / "qmp" / "tls" / "gencerts.sh";
+        const std::filesystem::path script = std::filesystem::path(BJD_TESTS_DIR) / "qmp" / "tls" / "gencerts.sh";
         std::string cmd = "sh '" + script.string() + "' '" + tmpl + "' localhost";
         if (std::system(cmd.c_str()) != 0)
             throw std::runtime_error("gencerts.sh failed (certtool and psktool are in gnutls-bin)");
