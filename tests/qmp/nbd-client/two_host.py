@@ -132,14 +132,21 @@ class Daemon:
                                                   "--monitor", "chardev=m"]),
                                   stdout=self.log, stderr=self.log, start_new_session=True)
         CHILDREN.append(self.p)
+        # The socket file appears at bind(), a moment before listen(): until then a connect is
+        # refused (seen with qemu-storage-daemon on a loaded machine).
         end = time.monotonic() + 10
-        while not os.path.exists(self.sock):
+        while True:
             if self.p.poll() is not None or time.monotonic() > end:
                 raise Failure(f"{name} daemon did not start (exit {self.p.poll()}, see {name}.log)")
+            if os.path.exists(self.sock):
+                self.s = socket.socket(socket.AF_UNIX)
+                try:
+                    self.s.connect(self.sock)
+                    break
+                except ConnectionRefusedError:
+                    self.s.close()
             time.sleep(0.02)
-        self.s = socket.socket(socket.AF_UNIX)
         self.s.settimeout(60)
-        self.s.connect(self.sock)
         self.f = self.s.makefile("rwb")
         self.events = []
         self.f.readline()
