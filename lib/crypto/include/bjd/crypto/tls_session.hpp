@@ -60,7 +60,12 @@ public:
     asio::awaitable<error_code> read(asio::mutable_buffer buf);
     /// Writes all of `bufs` in order; small buffers share records.
     asio::awaitable<error_code> write(std::span<const asio::const_buffer> bufs);
-    asio::awaitable<error_code> write(asio::const_buffer buf) { return write(std::span(&buf, 1)); }
+    /// One buffer. A coroutine itself, so that `buf` lives in its frame while the write runs
+    /// (a plain function returning write(span) would leave the span pointing at a dead argument).
+    asio::awaitable<error_code> write(asio::const_buffer buf)
+    {
+        co_return co_await write(std::span<const asio::const_buffer>(&buf, 1));
+    }
     /// Sends close_notify if that can be done without waiting (best effort; the caller then
     /// closes the socket).
     void bye() noexcept;
