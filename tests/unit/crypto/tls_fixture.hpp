@@ -3,6 +3,7 @@
 // Throwaway TLS material (tests/qmp/tls/gencerts.sh: certtool and psktool) in a temp dir,
 // made once per test binary.
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -21,9 +22,12 @@ inline const std::string& tls_dir()
         std::string cmd = "sh '" + script.string() + "' '" + tmpl + "' localhost";
         if (std::system(cmd.c_str()) != 0)
             throw std::runtime_error("gencerts.sh failed (certtool and psktool are in gnutls-bin)");
-        std::string d = tmpl;
-        std::atexit([] { std::filesystem::remove_all(tls_dir()); });
-        return d;
+        // Not tls_dir() at exit: that string is destroyed before atexit handlers registered
+        // during its initialisation run.
+        static char doomed[sizeof tmpl];
+        std::memcpy(doomed, tmpl, sizeof tmpl);
+        std::atexit([] { std::filesystem::remove_all(doomed); });
+        return std::string(tmpl);
     }();
     return dir;
 }
