@@ -3,6 +3,7 @@
 // itself, and a guest write to a range being populated is never overwritten by the copy.
 #include "bjd/block/copy_on_read.hpp"
 
+#include "bjd/io/buffer.hpp"
 #include "qcow2_test_util.hpp"
 
 #include <algorithm>
@@ -18,6 +19,8 @@ namespace {
 struct chain_env : env {
     std::shared_ptr<node> base, top;
     std::shared_ptr<copy_on_read> cor;
+    /// Smaller than the ranges populated, so that populate works in several pieces.
+    io::aligned_buffer scratch{192 << 10};
 
     chain_env()
     {
@@ -62,7 +65,7 @@ TEST_CASE("copy-on-read: populate copies the backing's data into the node", "[bl
 {
     chain_env e;
     CHECK_FALSE(e.allocated_in_top(0));
-    REQUIRE(e.run(e.cor->populate(0, 512 << 10)));
+    REQUIRE(e.run(e.cor->populate(0, 512 << 10, e.scratch.span())));
     CHECK(e.allocated_in_top(0));
     CHECK(e.allocated_in_top((512 << 10) - 1));
     CHECK_FALSE(e.allocated_in_top(512 << 10));
@@ -77,7 +80,7 @@ TEST_CASE("copy-on-read: what the node holds itself is not copied over", "[block
     chain_env e;
     std::vector<std::byte> data(64 << 10, std::byte{0x33});
     REQUIRE(e.run(e.top->write(256 << 10, data)));
-    REQUIRE(e.run(e.cor->populate(0, 1 << 20)));
+    REQUIRE(e.run(e.cor->populate(0, 1 << 20, e.scratch.span())));
     CHECK(e.reads(*e.cor, 256 << 10, 64 << 10, 0x33));
     CHECK(e.reads(*e.cor, 0, 256 << 10, 0x11));
     CHECK(e.reads(*e.cor, 320 << 10, 704 << 10, 0x11));
@@ -92,7 +95,7 @@ TEST_CASE("copy-on-read: a guest write racing a populate of the same range wins"
         std::vector<std::byte> data(64 << 10, std::byte{0x44});
         int done = 0;
         auto populate = [&] {
-            asio::co_spawn(e.ctx, e.cor->populate(0, 1 << 20), [&](std::exception_ptr, result<void> r) {
+            asio::co_spawn(e.ctx, e.cor->populate(0, 1 << 20, e.scratch.span()), [&](std::exception_ptr, result<void> r) {
                 CHECK(r);
                 ++done;
             });

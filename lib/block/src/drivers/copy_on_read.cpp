@@ -3,18 +3,10 @@
 #include "bjd/block/copy_on_read.hpp"
 #include "bjd/block/driver.hpp"
 #include "bjd/block/query.hpp"
-#include "bjd/io/buffer.hpp"
 
 #include <algorithm>
 
 namespace bjd::block {
-
-namespace {
-
-/// The largest piece populate reads and writes at once.
-constexpr std::uint64_t max_piece = 1 << 20;
-
-} // namespace
 
 copy_on_read::copy_on_read(node_options o, std::shared_ptr<node> child, bool implicit, asio::any_io_executor ex)
     : filter_node(std::move(o), std::move(child), "file", implicit), changed_(ex)
@@ -54,14 +46,16 @@ void copy_on_read::leave(std::size_t id)
     changed_.notify_all();
 }
 
-asio::awaitable<result<void>> copy_on_read::populate(std::uint64_t offset, std::uint64_t length)
+asio::awaitable<result<void>> copy_on_read::populate(std::uint64_t offset, std::uint64_t length,
+                                                    std::span<std::byte> scratch)
 {
     const std::uint64_t end = std::min(offset + length, below()->size());
     if (offset >= end)
         co_return result<void>{};
+    if (scratch.empty())
+        co_return errno_error(EINVAL);
     const std::size_t id = co_await enter(offset, end, true);
     result<void> r;
-    io::aligned_buffer buf(std::min(end - offset, max_piece));
     while (r && offset < end) {
         auto st = co_await below()->block_status(offset, end - offset);
         if (!st) {
@@ -72,12 +66,11 @@ asio::awaitable<result<void>> copy_on_read::populate(std::uint64_t offset, std::
         // What the child holds itself (written by a guest, or copied before) stays.
         if (!(st->flags & status_allocated)) {
             for (std::uint64_t done = 0; r && done < n;) {
-                const std::uint64_t piece = std::min(n - done, max_piece);
-                auto data = buf.span().first(piece);
+                auto data = scratch.first(std::min<std::uint64_t>(n - done, scratch.size()));
                 r = co_await below()->read(offset + done, data);
                 if (r)
                     r = co_await below()->write(offset + done, data);
-                done += piece;
+                done += data.size();
             }
         }
         offset += n;

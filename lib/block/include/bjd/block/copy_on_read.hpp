@@ -28,8 +28,11 @@ public:
 
     /// Copies [offset, offset+length) as reads of the child show it into the child, wherever
     /// the child does not hold the data itself (it reads it from its backing chain). Waits
-    /// for guest writes to the range first; guest writes to it wait for the copy.
-    asio::awaitable<result<void>> populate(std::uint64_t offset, std::uint64_t length);
+    /// for guest writes to the range first; guest writes to it wait for the copy. The data
+    /// goes through `scratch` (aligned for O_DIRECT; any size > 0) in pieces of its size:
+    /// a caller that populates again and again keeps one, so that the copy does not fault in
+    /// fresh memory for every page it moves.
+    asio::awaitable<result<void>> populate(std::uint64_t offset, std::uint64_t length, std::span<std::byte> scratch);
 
     // The filter leaves the graph with `drop_filter` (node.hpp); requests already inside it
     // finish on the child, which it keeps.
