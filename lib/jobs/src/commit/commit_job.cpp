@@ -119,9 +119,7 @@ public:
                 j.set_error_errno(r.error().value());
                 co_return qapi::generic(strerror_text(r.error()));
             }
-        std::vector<io::aligned_buffer> bufs;
-        for (unsigned i = 0; i < depth; ++i)
-            bufs.emplace_back(piece_size);
+        auto bufs = piece_buffers();
         auto copy_piece = [&](unsigned slot, std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
             step st;
             auto data = bufs[slot].span().first(n);

@@ -6,6 +6,7 @@
 /// runs, the nodes the job holds, a chunked copy (copy_driver's loop, ruled by `on-error`),
 /// and the chain written into an image header at the end.
 #include "bjd/block/graph.hpp"
+#include "bjd/io/buffer.hpp"
 #include "copy/copy_driver.hpp"
 #include "copy/job_nodes.hpp"
 
@@ -43,6 +44,15 @@ protected:
     asio::awaitable<step> in_pieces(std::uint64_t offset, std::uint64_t n, piece_pool::piece_fn piece)
     {
         return copy_driver::in_pieces(offset, n, piece_size, depth, std::move(piece));
+    }
+    /// One buffer per piece in flight (index them by in_pieces' slot), kept for the whole
+    /// job: a buffer per piece would fault in fresh memory for every page copied.
+    static std::vector<io::aligned_buffer> piece_buffers()
+    {
+        std::vector<io::aligned_buffer> bufs;
+        for (unsigned i = 0; i < depth; ++i)
+            bufs.emplace_back(piece_size);
+        return bufs;
     }
     /// The walk of copy_loop for a job with one `on_error` policy and QEMU's `chunk`: steps of
     /// `chunk` under a speed limit, else `depth` pieces (so that in_pieces can keep that many

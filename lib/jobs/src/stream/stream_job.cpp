@@ -7,7 +7,6 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/block/reopen.hpp"
-#include "bjd/io/buffer.hpp"
 #include "bjd/log.hpp"
 #include "copy/chain.hpp"
 #include "copy/chain_job.hpp"
@@ -72,10 +71,7 @@ public:
             co_return qapi::result<void>{};   // the base already is the backing image
         // What the node does not hold itself, and an image between its backing image and the
         // bottom (inclusive) does, is copied up through the filter.
-        // One buffer per piece in flight, for the whole job (as commit keeps them).
-        std::vector<io::aligned_buffer> bufs;
-        for (unsigned i = 0; i < depth; ++i)
-            bufs.emplace_back(piece_size);
+        auto bufs = piece_buffers();
         auto populate = [&](unsigned slot, std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
             step st;
             st.r = co_await filter_->populate(offset, n, bufs[slot].span());
