@@ -75,6 +75,7 @@ runtime::runtime(asio::io_context& loop)
     else
         log::get("daemon")->info("I/O engine: io_uring");
     graph_ = std::make_unique<block::graph>(*engine_, *threads_);
+    graph_->set_objects(objects_);
     ctx_.graph = graph_.get();
     jobs_ = std::make_unique<jobs::manager>(loop_, server_);
     ctx_.jobs = jobs_.get();

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The block graph: opening nodes from BlockdevOptions, deleting them, looking them up.
 #include "bjd/block/graph.hpp"
+#include "bjd/crypto/objects.hpp"
 
 #include "bjd/block/driver.hpp"
 #include "bjd/id.hpp"
@@ -225,8 +226,6 @@ struct opener {
             n = co_await open_qcow2_node(*o.u.qcow2, std::move(*common), mine);
         } else if (o.u.nbd) {
             const auto& nb = *o.u.nbd;
-            if (nb.tls_creds || nb.tls_hostname)
-                co_return qapi::generic("TLS is not supported by blockjobd's nbd driver yet");
             if (nb.x_dirty_bitmap)
                 co_return qapi::generic("x-dirty-bitmap is not supported by blockjobd's nbd driver");
             nbd_open_options no;
@@ -244,6 +243,17 @@ struct opener {
             no.open_timeout = nb.open_timeout.value_or(0);
             if (auto r = check_name(name); !r)
                 co_return r.error();
+            if (nb.tls_creds) {
+                // QEMU's nbd_get_tls_creds; tls-hostname (only with tls-creds) defaults to the
+                // inet host, a unix socket has none.
+                if (!g.objects())
+                    co_return qapi::generic("No TLS credentials with id '" + *nb.tls_creds + "'");
+                auto c = g.objects()->tls_creds_for(*nb.tls_creds, crypto::endpoint::client);
+                if (!c)
+                    co_return c.error();
+                no.tls_creds = std::move(*c);
+                no.tls_hostname = nb.tls_hostname.value_or(no.server.unix_socket ? std::string() : no.server.host);
+            }
             n = co_await open_nbd(std::move(*common), std::move(no));
         } else if (o.u.blkdebug) {
             auto image = co_await child_ref(o.u.blkdebug->image, mine);

@@ -184,8 +184,12 @@ std::string tls_session::check_peer()
     int rc = gnutls_certificate_verify_peers3(s, client && !hostname_.empty() ? hostname_.c_str() : nullptr, &status);
     if (rc < 0)
         return std::string("Cannot get peer certificate status: ") + gnutls_strerror(rc);
-    if (status == 0)
+    if (status == 0) {
+        // QEMU's qcrypto_tls_session_check_certificate: a client must know whom it expects.
+        if (client && hostname_.empty())
+            return "No hostname for certificate validation";
         return {};
+    }
     // QEMU's texts for the common cases; GnuTLS's description otherwise.
     if (status & GNUTLS_CERT_REVOKED)
         return "The certificate has been revoked";
@@ -271,6 +275,22 @@ asio::awaitable<error_code> tls_session::uncork()
 
 asio::awaitable<error_code> tls_session::write(std::span<const asio::const_buffer> bufs)
 {
+    writing_ = true;
+    auto ec = co_await write_all(bufs);
+    writing_ = false;
+    co_return ec;
+}
+
+bool tls_session::send_now(std::span<const std::byte> bytes) noexcept
+{
+    if (!session_ || writing_ || bytes.empty())
+        return false;
+    ssize_t n = gnutls_record_send(S(session_), bytes.data(), bytes.size());
+    return n == ssize_t(bytes.size());
+}
+
+asio::awaitable<error_code> tls_session::write_all(std::span<const asio::const_buffer> bufs)
+{
     gnutls_session_t s = S(session_);
     bool corked = false;
     std::size_t gathered = 0;
@@ -323,7 +343,7 @@ asio::awaitable<error_code> tls_session::write(std::span<const asio::const_buffe
 
 void tls_session::bye() noexcept
 {
-    if (session_)
+    if (session_ && !writing_)
         (void)gnutls_bye(S(session_), GNUTLS_SHUT_WR);   // non-blocking: EAGAIN just gives up
 }
 

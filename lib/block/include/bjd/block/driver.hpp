@@ -24,6 +24,8 @@ namespace bjd::qapi {
 struct blockdev_options_blkdebug;
 }
 
+namespace bjd::crypto { class tls_creds; }
+
 namespace bjd::block {
 
 /// file: a host file or block device.
@@ -61,12 +63,17 @@ struct nbd_open_options {
     std::string export_name;          ///< "" is the server's default export
     std::uint32_t reconnect_delay = 0;   ///< seconds requests wait for a reconnect
     std::uint32_t open_timeout = 0;      ///< seconds to keep trying to connect at open
+    /// tls-creds (a client endpoint's): NBD_OPT_STARTTLS first, then everything over TLS.
+    std::shared_ptr<const crypto::tls_creds> tls_creds;
+    /// Checked against the server's x509 certificate: tls-hostname, else the inet host.
+    std::string tls_hostname;
 };
 
 /// nbd: a client of an NBD export (lib/block/src/drivers/nbd). Connects and negotiates
 /// before it returns. Errors in QEMU 7.2's words: "Failed to connect to 'PATH': No such file
 /// or directory", "Requested export not available", "Could not open image: Permission
-/// denied" (a read-only export for a writable node without auto-read-only). Must be awaited
+/// denied" (a read-only export for a writable node without auto-read-only), "Server don't
+/// support STARTTLS option", "Certificate does not match the hostname H". Must be awaited
 /// on the node's loop.
 asio::awaitable<qapi::result<std::shared_ptr<node>>> open_nbd(node_options common, nbd_open_options opts);
 

@@ -29,6 +29,7 @@
 #include <vector>
 
 namespace bjd::qapi { struct blockdev_options; }
+namespace bjd::crypto { class registry; }
 
 namespace bjd::block {
 
@@ -43,6 +44,10 @@ public:
     io::engine& thread_engine() noexcept { return threads_; }
     /// The gate requests from outside the graph (exports) pass; transactions drain it.
     io_gate& gate() noexcept { return gate_; }
+    /// Where the nbd driver looks its tls-creds up (the daemon's objects). Without it, every
+    /// tls-creds is unknown ("No TLS credentials with id 'X'").
+    void set_objects(const crypto::registry& r) noexcept { objects_ = &r; }
+    const crypto::registry* objects() const noexcept { return objects_; }
 
     /// blockdev-add: opens the node (and inline children), registers it as monitor-owned.
     /// Errors carry QEMU 7.2's texts ("Duplicate nodes with node-name='X'", "Could not open
@@ -125,6 +130,7 @@ private:
     io::engine& engine_;
     io::engine& threads_;
     io_gate gate_;
+    const crypto::registry* objects_ = nullptr;
     std::vector<std::shared_ptr<node>> nodes_;
     unsigned closing_ = 0;                          ///< close_taken runs not yet finished
     std::vector<asio::steady_timer*> close_waiters_;   ///< close_all calls waiting for them

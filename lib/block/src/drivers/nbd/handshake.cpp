@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // NBD client handshake, fixed newstyle (doc/proto.md of NetworkBlockDevice/nbd):
-// NBD_OPT_STRUCTURED_REPLY, NBD_OPT_SET_META_CONTEXT base:allocation, then NBD_OPT_GO
+// NBD_OPT_STARTTLS and the TLS handshake when the node has tls-creds, NBD_OPT_STRUCTURED_REPLY, NBD_OPT_SET_META_CONTEXT base:allocation, then NBD_OPT_GO
 // asking for NBD_INFO_BLOCK_SIZE (NBD_OPT_EXPORT_NAME when the server lacks GO).
 #include "session.hpp"
 
@@ -56,19 +56,35 @@ asio::awaitable<option_answer> read_answer(stream& s, std::uint32_t option)
     co_return a;
 }
 
+/// The option names QEMU's messages use (nbd/common.c, nbd_opt_lookup).
+const char* qemu_opt_name(std::uint32_t option)
+{
+    switch (option) {
+    case opt_export_name: return "export name";
+    case opt_abort: return "abort";
+    case opt_list: return "list";
+    case opt_starttls: return "starttls";
+    case opt_info: return "info";
+    case opt_go: return "go";
+    case opt_structured_reply: return "structured reply";
+    case opt_list_meta_context: return "list meta context";
+    case opt_set_meta_context: return "set meta context";
+    default: return "<unknown>";
+    }
+}
+
 /// QEMU's words for an option the server refused (nbd/client.c, nbd_handle_reply_err).
 std::string refusal(std::uint32_t option, const option_answer& a)
 {
     std::string msg(reinterpret_cast<const char*>(a.payload.data()), a.payload.size());
+    const char* name = qemu_opt_name(option);
     switch (a.head.type) {
     case rep_err_unknown: return "Requested export not available";
-    case rep_err_tls_reqd:
-        return fmt::format("TLS negotiation required before option {} ({}): blockjobd's nbd driver does not "
-                           "support TLS yet", option, opt_name(option));
-    case rep_err_policy: return fmt::format("Denied by server for option {} ({})", option, opt_name(option));
-    case rep_err_shutdown: return fmt::format("Server shutting down before option {} ({})", option, opt_name(option));
+    case rep_err_tls_reqd: return fmt::format("TLS negotiation required before option {} ({})", option, name);
+    case rep_err_policy: return fmt::format("Denied by server for option {} ({})", option, name);
+    case rep_err_shutdown: return fmt::format("Server shutting down before option {} ({})", option, name);
     default:
-        return fmt::format("Server refused option {} ({}) with {}{}{}", option, opt_name(option), rep_name(a.head.type),
+        return fmt::format("Server refused option {} ({}) with {}{}{}", option, name, rep_name(a.head.type),
                            msg.empty() ? "" : ": ", msg);
     }
 }
@@ -82,7 +98,9 @@ std::vector<std::byte> name_payload(const std::string& name)
 
 } // namespace
 
-asio::awaitable<handshake_result> handshake(stream& s, const std::string& export_name)
+asio::awaitable<handshake_result> handshake(std::unique_ptr<stream>& sp, const std::string& export_name,
+                                            std::shared_ptr<const crypto::tls_creds> tls_creds,
+                                            const std::string& tls_hostname)
 {
     handshake_result r;
     auto& info = r.info;
@@ -91,7 +109,7 @@ asio::awaitable<handshake_result> handshake(stream& s, const std::string& export
         return r;
     };
     std::array<std::byte, 18> hello;
-    if (auto ec = co_await s.read(asio::buffer(hello)))
+    if (auto ec = co_await sp->read(asio::buffer(hello)))
         co_return fail("Failed to read initial magic: " + ec.message());
     if (load_be64(hello.data()) != init_magic)
         co_return fail("Invalid initial magic");
@@ -99,15 +117,34 @@ asio::awaitable<handshake_result> handshake(stream& s, const std::string& export
         co_return fail("Server does not speak the newstyle protocol");
     const std::uint16_t sflags = load_be16(hello.data() + 16);
     if (!(sflags & flag_fixed_newstyle))
-        co_return fail("Server does not support the fixed newstyle protocol");
+        co_return fail(tls_creds ? "Server does not support STARTTLS" : "Server does not support the fixed newstyle protocol");
     const bool no_zeroes = sflags & flag_no_zeroes;
     {
         std::vector<std::byte> cf;
         writer(cf).u32(flag_c_fixed_newstyle | (no_zeroes ? flag_c_no_zeroes : 0));
         asio::const_buffer b(cf.data(), cf.size());
-        if (auto ec = co_await s.write(std::span(&b, 1)))
+        if (auto ec = co_await sp->write(std::span(&b, 1)))
             co_return fail("Failed to send client flags: " + ec.message());
     }
+
+    // TLS before anything else (QEMU's nbd_receive_starttls): the server must acknowledge.
+    if (tls_creds) {
+        if (auto e = co_await send_option(*sp, opt_starttls, {}); !e.empty())
+            co_return fail(e);
+        auto a = co_await read_answer(*sp, opt_starttls);
+        if (!a.error.empty())
+            co_return fail(a.error);
+        if (is_rep_error(a.head.type)) {
+            (void)co_await send_option(*sp, opt_abort, {});   // as QEMU does, best effort
+            co_return fail(a.head.type == rep_err_unsup ? "Server don't support STARTTLS option"
+                                                        : refusal(opt_starttls, a));
+        }
+        if (a.head.type != rep_ack || a.head.length != 0)
+            co_return fail("Server sent an unexpected reply to the starttls option");
+        if (auto e = co_await start_tls(sp, std::move(tls_creds), tls_hostname); !e.empty())
+            co_return fail(e);
+    }
+    stream& s = *sp;
 
     // Structured replies: holes in READ replies, and what BLOCK_STATUS needs.
     if (auto e = co_await send_option(s, opt_structured_reply, {}); !e.empty())
@@ -119,8 +156,8 @@ asio::awaitable<handshake_result> handshake(stream& s, const std::string& export
         info.structured = a.head.type == rep_ack;
         if (!info.structured && !is_rep_error(a.head.type))
             co_return fail("Unexpected reply to NBD_OPT_STRUCTURED_REPLY");
-        if (a.head.type == rep_err_tls_reqd)
-            co_return fail(refusal(opt_structured_reply, a));
+        // Any refusal just means simple replies (QEMU asks non-strictly); a TLS-only server
+        // refuses NBD_OPT_GO next, and that error is the one reported.
     }
     if (info.structured) {
         auto p = name_payload(export_name);

@@ -46,7 +46,7 @@ asio::awaitable<attempt> connect_once(asio::any_io_executor ex, const nbd_open_o
         a.connect_failed = true;
         co_return a;
     }
-    auto h = co_await nbd_client::handshake(*c.s, o.export_name);
+    auto h = co_await nbd_client::handshake(c.s, o.export_name, o.tls_creds, o.tls_hostname);
     if (!h.error.empty()) {
         c.s->close();
         a.error = std::move(h.error);
@@ -419,10 +419,10 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_nbd(node_options commo
     }
     auto c = std::make_shared<client>(ex, opts, common.name);
     c->adopt(std::move(a.s), !common.read_only);
-    log::get("block")->info("node '{}': connected to {} (export '{}', {} bytes{}{})", common.name,
+    log::get("block")->info("node '{}': connected to {} (export '{}', {} bytes{}{}{})", common.name,
                             opts.server.describe(), opts.export_name, info.size,
                             info.structured ? ", structured replies" : "",
-                            info.allocation ? ", base:allocation" : "");
+                            info.allocation ? ", base:allocation" : "", opts.tls_creds ? ", TLS" : "");
     co_return std::shared_ptr<node>(std::make_shared<nbd_node>(std::move(common), std::move(opts), std::move(c)));
 }
 

@@ -36,13 +36,17 @@ struct export_info {
     bool has(std::uint16_t f) const noexcept { return (flags & f) != 0; }
 };
 
-/// Runs the handshake for `export_name` on `s`. Errors in QEMU's words ("Requested export
-/// not available", ...).
+/// Runs the handshake for `export_name` on `s`. With `tls_creds`, NBD_OPT_STARTTLS comes
+/// first and `s` is replaced by the TLS stream the rest runs over (`tls_hostname` is checked
+/// against the server's certificate). Errors in QEMU's words ("Requested export not
+/// available", "Server don't support STARTTLS option", ...).
 struct handshake_result {
     export_info info;
     std::string error;   ///< empty on success
 };
-asio::awaitable<handshake_result> handshake(stream& s, const std::string& export_name);
+asio::awaitable<handshake_result> handshake(std::unique_ptr<stream>& s, const std::string& export_name,
+                                            std::shared_ptr<const crypto::tls_creds> tls_creds = {},
+                                            const std::string& tls_hostname = {});
 
 /// How a request ended.
 struct outcome {

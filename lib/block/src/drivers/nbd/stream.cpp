@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
-// The plain NBD client stream: a connected UNIX or TCP socket.
+// The NBD client streams: a connected UNIX or TCP socket, and TLS over it.
 #include "stream.hpp"
+
+#include "bjd/crypto/tls_session.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
@@ -52,8 +54,65 @@ public:
         sock_.close(ec);
     }
 
+    /// The socket, for the TLS stream that takes it over.
+    asio::generic::stream_protocol::socket take() { return std::move(sock_); }
+
 private:
     asio::generic::stream_protocol::socket sock_;
+};
+
+/// TLS over the socket a plain stream had. The session reads and writes the socket itself;
+/// the session's single reader and single writer are the NBD session's reader and writer.
+class tls_stream final : public stream {
+public:
+    explicit tls_stream(asio::generic::stream_protocol::socket s)
+        : sock_(std::make_unique<asio::generic::stream_protocol::socket>(std::move(s)))
+    {
+    }
+
+    /// Makes the session and runs the handshake; the reason on failure.
+    asio::awaitable<std::string> start(std::shared_ptr<const crypto::tls_creds> creds, const std::string& hostname)
+    {
+        auto t = crypto::tls_session::create(std::move(creds), *sock_, hostname);
+        if (!t)
+            co_return t.error().desc;
+        tls_ = std::move(*t);
+        co_return co_await tls_->handshake();
+    }
+
+    asio::awaitable<error_code> read(asio::mutable_buffer buf) override
+    {
+        if (!open_)
+            co_return error_code(asio::error::operation_aborted);
+        co_return co_await tls_->read(buf);
+    }
+    asio::awaitable<error_code> write(std::span<const asio::const_buffer> bufs) override
+    {
+        if (!open_)
+            co_return error_code(asio::error::operation_aborted);
+        co_return co_await tls_->write(bufs);
+    }
+    bool write_now(std::span<const std::byte> bytes) noexcept override
+    {
+        return open_ && tls_ && tls_->send_now(bytes);
+    }
+    void close() noexcept override
+    {
+        if (!open_)
+            return;
+        open_ = false;
+        if (tls_)
+            tls_->bye();
+        error_code ec;
+        sock_->shutdown(asio::socket_base::shutdown_both, ec);
+        sock_->close(ec);
+    }
+
+private:
+    // The session refers to the socket: the socket lives on the heap, before the session.
+    std::unique_ptr<asio::generic::stream_protocol::socket> sock_;
+    std::unique_ptr<crypto::tls_session> tls_;
+    bool open_ = true;
 };
 
 /// getaddrinfo's words for the resolver's errors (QEMU prints gai_strerror).
@@ -106,6 +165,17 @@ asio::awaitable<connect_result> connect_plain(const address& a)
         last = ec;
     }
     co_return connect_result{nullptr, failed + errno_text(last)};
+}
+
+asio::awaitable<std::string> start_tls(std::unique_ptr<stream>& s, std::shared_ptr<const crypto::tls_creds> creds,
+                                       const std::string& hostname)
+{
+    auto* plain = dynamic_cast<plain_stream*>(s.get());
+    if (!plain)
+        co_return "TLS already enabled";
+    auto t = std::make_unique<tls_stream>(plain->take());
+    s = std::move(t);
+    co_return co_await static_cast<tls_stream&>(*s).start(std::move(creds), hostname);
 }
 
 } // namespace bjd::block::nbd_client

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // The byte stream an NBD client connection runs over. The handshake and the transmission
-// phase only read and write whole buffers through this interface, so a TLS stream (after
-// NBD_OPT_STARTTLS) can replace the plain socket without touching them.
+// phase only read and write whole buffers through this interface, so after NBD_OPT_STARTTLS
+// the TLS stream (`start_tls`) replaces the plain socket without touching them.
 #include "bjd/block/driver.hpp"
+#include "bjd/crypto/objects.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
@@ -42,5 +43,14 @@ struct connect_result {
     std::string error;   ///< set when `s` is null
 };
 asio::awaitable<connect_result> connect_plain(const address& a);
+
+/// Runs the TLS handshake (GnuTLS, `crypto::tls_session`) over the plain stream `s` made by
+/// connect_plain, after the server acknowledged NBD_OPT_STARTTLS, and on success replaces
+/// `s` with the TLS stream over the same socket. `hostname` is checked against an x509
+/// server certificate (empty: "No hostname for certificate validation" when verify-peer is
+/// on). Returns the reason on failure, in QEMU's words ("Certificate does not match the
+/// hostname H", "TLS handshake failed: …"); `s` is then unusable.
+asio::awaitable<std::string> start_tls(std::unique_ptr<stream>& s, std::shared_ptr<const crypto::tls_creds> creds,
+                                       const std::string& hostname);
 
 } // namespace bjd::block::nbd_client

@@ -45,7 +45,8 @@ public:
 
     /// Runs the handshake and, with verify-peer, checks the peer's certificate as QEMU does
     /// ("The certificate hasn't got a known issuer", "No certificate peer", "Certificate does
-    /// not match the hostname H", …). Empty on success, else the reason.
+    /// not match the hostname H", and for a client without a hostname "No hostname for
+    /// certificate validation", …). Empty on success, else the reason.
     asio::awaitable<std::string> handshake();
 
     /// After the handshake: the peer's identity for tls-authz, i.e. the distinguished name of
@@ -66,6 +67,9 @@ public:
     {
         co_return co_await write(std::span<const asio::const_buffer>(&buf, 1));
     }
+    /// Sends `bytes` as one record if that can be done without waiting (a last message before
+    /// closing, such as NBD_CMD_DISC); false when it cannot, or another write is under way.
+    bool send_now(std::span<const std::byte> bytes) noexcept;
     /// Sends close_notify if that can be done without waiting (best effort; the caller then
     /// closes the socket).
     void bye() noexcept;
@@ -74,6 +78,7 @@ private:
     tls_session(std::shared_ptr<const tls_creds> creds, socket_type& sock);
     asio::awaitable<error_code> wait(bool for_write);
     asio::awaitable<error_code> uncork();
+    asio::awaitable<error_code> write_all(std::span<const asio::const_buffer> bufs);
     std::string check_peer();
 
     std::shared_ptr<const tls_creds> creds_;
@@ -81,6 +86,7 @@ private:
     void* session_ = nullptr;   // gnutls_session_t
     std::string hostname_;
     std::string identity_;
+    bool writing_ = false;   ///< a write() is under way (send_now must not interleave)
 };
 
 } // namespace bjd::crypto
