@@ -5,6 +5,7 @@
 #include "tls_creds_data.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/error.hpp>
 
@@ -18,6 +19,15 @@
 
 namespace bjd::crypto {
 
+namespace detail {
+struct tls_outbox {
+    int fd = -1;
+    bool gather = false;      ///< write() is gathering records
+    std::vector<char> buf;    ///< gathered records; [off, size) not sent yet
+    std::size_t off = 0;
+};
+} // namespace detail
+
 namespace {
 
 constexpr auto tok = asio::as_tuple(asio::use_awaitable);
@@ -26,6 +36,13 @@ constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t cork_below = 16 * 1024;
 /// Flush the gathered records once they hold this much.
 constexpr std::size_t cork_limit = 256 * 1024;
+/// A write gathers this many bytes of encrypted records before it hands them to the kernel
+/// in one sendmsg, and then lets the loop run. One sendmsg per 16 KiB record (GnuTLS's own
+/// push) wakes the reader on the other end once per record and keeps the loop busy with
+/// syscalls; and without a pause a batch of replies (the NBD server queues up to 64 READ
+/// replies, megabytes) keeps the loop from reading requests and reaping the disk reads that
+/// would overlap with the encryption.
+constexpr std::size_t gather_limit = 256 * 1024;
 
 class category final : public boost::system::error_category {
 public:
@@ -37,7 +54,7 @@ gnutls_session_t S(void* p) { return static_cast<gnutls_session_t>(p); }
 
 ssize_t pull(gnutls_transport_ptr_t p, void* buf, size_t len)
 {
-    int fd = int(reinterpret_cast<intptr_t>(p));
+    int fd = static_cast<detail::tls_outbox*>(p)->fd;
     for (;;) {
         ssize_t n = ::recv(fd, buf, len, 0);
         if (n < 0 && errno == EINTR)
@@ -46,18 +63,34 @@ ssize_t pull(gnutls_transport_ptr_t p, void* buf, size_t len)
     }
 }
 
-ssize_t push_vec(gnutls_transport_ptr_t p, const giovec_t* iov, int iovcnt)
+ssize_t send_iov(int fd, const iovec* iov, int iovcnt)
 {
-    int fd = int(reinterpret_cast<intptr_t>(p));
     msghdr m{};
-    m.msg_iov = const_cast<iovec*>(reinterpret_cast<const iovec*>(iov));
+    m.msg_iov = const_cast<iovec*>(iov);
     m.msg_iovlen = std::size_t(iovcnt);
     for (;;) {
         ssize_t n = ::sendmsg(fd, &m, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
-        return n;
+        return n;   // GnuTLS reads errno (EAGAIN → GNUTLS_E_AGAIN)
     }
+}
+
+/// GnuTLS's push: while a write() gathers (or still holds gathered records, which a record
+/// the reader sends, a TLS 1.3 key update, must follow), records are appended to the outbox;
+/// otherwise they go straight to the socket.
+ssize_t push_vec(gnutls_transport_ptr_t p, const giovec_t* iov, int iovcnt)
+{
+    auto& o = *static_cast<detail::tls_outbox*>(p);
+    if (!o.gather && o.off == o.buf.size())
+        return send_iov(o.fd, reinterpret_cast<const iovec*>(iov), iovcnt);
+    std::size_t total = 0;
+    for (int i = 0; i < iovcnt; ++i) {
+        const char* b = static_cast<const char*>(iov[i].iov_base);
+        o.buf.insert(o.buf.end(), b, b + iov[i].iov_len);
+        total += iov[i].iov_len;
+    }
+    return ssize_t(total);
 }
 
 error_code tls_error(int rc)
@@ -118,7 +151,10 @@ qapi::result<std::unique_ptr<tls_session>> tls_session::create(std::shared_ptr<c
     sock.non_blocking(true, ec);
     if (ec)
         return qapi::generic("Cannot make the socket non-blocking: " + ec.message());
-    gnutls_transport_set_ptr(s, reinterpret_cast<gnutls_transport_ptr_t>(intptr_t(sock.native_handle())));
+    t->out_ = std::make_unique<detail::tls_outbox>();
+    t->out_->fd = sock.native_handle();
+    t->out_->buf.reserve(gather_limit + 32 * 1024);
+    gnutls_transport_set_ptr(s, t->out_.get());
     gnutls_transport_set_pull_function(s, pull);
     gnutls_transport_set_vec_push_function(s, push_vec);
     return t;
@@ -276,14 +312,40 @@ asio::awaitable<error_code> tls_session::uncork()
 asio::awaitable<error_code> tls_session::write(std::span<const asio::const_buffer> bufs)
 {
     writing_ = true;
+    out_->gather = true;
     auto ec = co_await write_all(bufs);
+    if (!ec)
+        ec = co_await flush();
+    out_->gather = false;
     writing_ = false;
     co_return ec;
 }
 
+asio::awaitable<error_code> tls_session::flush()
+{
+    auto& o = *out_;
+    while (o.off < o.buf.size()) {
+        iovec v{o.buf.data() + o.off, o.buf.size() - o.off};
+        ssize_t n = send_iov(o.fd, &v, 1);
+        if (n >= 0) {
+            o.off += std::size_t(n);
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (auto ec = co_await wait(true); ec)
+                co_return ec;
+            continue;
+        }
+        co_return error_code(errno, boost::system::system_category());
+    }
+    o.buf.clear();
+    o.off = 0;
+    co_return error_code{};
+}
+
 bool tls_session::send_now(std::span<const std::byte> bytes) noexcept
 {
-    if (!session_ || writing_ || bytes.empty())
+    if (!session_ || writing_ || bytes.empty() || out_->off != out_->buf.size())
         return false;
     ssize_t n = gnutls_record_send(S(session_), bytes.data(), bytes.size());
     return n == ssize_t(bytes.size());
@@ -323,17 +385,17 @@ asio::awaitable<error_code> tls_session::write_all(std::span<const asio::const_b
                 co_return ec;
         }
         while (left > 0) {
+            // Gathering, the push only appends: GnuTLS encrypts one record and returns.
             ssize_t n = gnutls_record_send(s, p, left);
-            if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
-                // GnuTLS keeps the record it was sending: call again with the same data.
-                if (auto ec = co_await wait(true); ec)
-                    co_return ec;
-                continue;
-            }
             if (n < 0)
                 co_return tls_error(int(n));
             p += n;
             left -= std::size_t(n);
+            if (out_->buf.size() - out_->off >= gather_limit) {
+                if (auto ec = co_await flush(); ec)
+                    co_return ec;
+                co_await asio::post(sock_.get_executor(), asio::use_awaitable);
+            }
         }
     }
     if (corked)
@@ -343,7 +405,7 @@ asio::awaitable<error_code> tls_session::write_all(std::span<const asio::const_b
 
 void tls_session::bye() noexcept
 {
-    if (session_ && !writing_)
+    if (session_ && !writing_ && out_->off == out_->buf.size())
         (void)gnutls_bye(S(session_), GNUTLS_SHUT_WR);   // non-blocking: EAGAIN just gives up
 }
 

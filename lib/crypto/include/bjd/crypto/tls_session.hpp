@@ -24,6 +24,8 @@
 
 namespace bjd::crypto {
 
+namespace detail { struct tls_outbox; }
+
 namespace asio = boost::asio;
 using boost::system::error_code;
 
@@ -79,6 +81,8 @@ private:
     asio::awaitable<error_code> wait(bool for_write);
     asio::awaitable<error_code> uncork();
     asio::awaitable<error_code> write_all(std::span<const asio::const_buffer> bufs);
+    /// Sends the records gathered in the outbox, waiting for the socket as needed.
+    asio::awaitable<error_code> flush();
     std::string check_peer();
 
     std::shared_ptr<const tls_creds> creds_;
@@ -87,6 +91,7 @@ private:
     std::string hostname_;
     std::string identity_;
     bool writing_ = false;   ///< a write() is under way (send_now must not interleave)
+    std::unique_ptr<detail::tls_outbox> out_;   ///< the fd, and records gathered by write()
 };
 
 } // namespace bjd::crypto
