@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file
+/// What a mirror job leaves in `--state-dir` when the daemon stops cleanly, so that the next
+/// start carries on where it stopped: the job's dirty bitmap (what is left to copy, one bit per
+/// granularity chunk) and its progress counters, tagged with the generation of the job's
+/// definition file and the identity of the images it copies. docs/job-state.md describes the
+/// directory as a whole; this is the binary progress file and the atomic file writes.
+///
+/// Progress file layout (all integers little-endian):
+///   "BJDPROG1"                       8 bytes, magic and version
+///   u32 meta_len, meta               JSON object (progress_meta below)
+///   u64 bitmap_len, bitmap           ceil(chunks / 8) bytes, bit i of byte j is chunk 8j+i
+///   u32 crc32                        of everything before it (zlib's polynomial)
+/// A file that is short, has a wrong magic, CRC or bitmap length, or names another generation
+/// is rejected with a reason; the caller then falls back to a full copy.
+#include "bjd/qapi/error.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bjd::jobs {
+
+/// What the state dir records about one image file, to tell whether it changed while the
+/// daemon was down: a different size, inode or modification time means it did.
+struct file_identity {
+    std::string path;
+    std::uint64_t size = 0;
+    std::uint64_t dev = 0;
+    std::uint64_t ino = 0;
+    std::int64_t mtime_ns = 0;
+    friend bool operator==(const file_identity&, const file_identity&) = default;
+};
+
+/// The identity of `path` now, or the errno text ("No such file or directory").
+qapi::result<file_identity> identify_file(const std::string& path);
+
+/// A mirror's progress at a clean stop.
+struct mirror_progress {
+    std::string generation;    ///< the definition file's generation this belongs to
+    std::string job_id;
+    std::uint64_t size = 0;          ///< source size in bytes
+    std::uint64_t granularity = 0;   ///< bytes per bitmap bit
+    std::uint64_t offset = 0;        ///< progress: bytes done (query-jobs current-progress)
+    std::uint64_t len = 0;           ///< progress: total (query-jobs total-progress)
+    bool ready = false;              ///< had reached READY
+    std::vector<file_identity> files;   ///< the images, as they were after the stop
+    /// One bit per chunk, ceil(size / granularity) bits, 1 = still to copy.
+    std::vector<std::uint8_t> bitmap;
+
+    std::uint64_t chunks() const noexcept { return granularity ? (size + granularity - 1) / granularity : 0; }
+    /// Bytes still to copy according to `bitmap` (the last chunk may be short).
+    std::uint64_t dirty_bytes() const noexcept;
+};
+
+/// The progress file's bytes.
+std::string encode_progress(const mirror_progress& p);
+/// Parses a progress file; `generation`: the one the definition file names (a mismatch is an
+/// error: "generation mismatch (…)"). Errors say what is wrong, for the log and query-jobs.
+qapi::result<mirror_progress> decode_progress(std::string_view bytes, std::string_view generation);
+
+/// zlib's CRC-32 of `data`.
+std::uint32_t crc32(std::string_view data, std::uint32_t crc = 0) noexcept;
+
+/// Writes `data` to `dir`/`name` atomically: a temporary file in `dir`, fsync, rename over the
+/// name, fsync of the directory. On failure the old file (if any) is left as it was and the
+/// error says why.
+qapi::result<void> write_file_atomic(const std::string& dir, const std::string& name, std::string_view data);
+/// Removes `dir`/`name` (absent is fine) and fsyncs the directory.
+qapi::result<void> remove_file_durable(const std::string& dir, const std::string& name);
+/// The whole file, or the errno text.
+qapi::result<std::string> read_file(const std::string& path);
+/// A fresh random 128-bit identifier as 32 hex digits.
+std::string random_generation();
+
+} // namespace bjd::jobs
