@@ -88,6 +88,12 @@ blockjobd options:
                             progress and state, build information)
                             over HTTP at /metrics (UNIX socket, loopback TCP, or a socket
                             passed by systemd)
+  --state-dir <dir>         keep running mirror jobs (blockdev-mirror with a job-id) in
+                            <dir>: their arguments, the blockdev-add definitions of their
+                            nodes, and at a clean stop (SIGTERM, quit) what is left to
+                            copy; the next start with the same <dir> brings them back
+                            paused, copying only what was left (job-resume carries on)
+  --resume-jobs             with --state-dir: jobs brought back resume at once
 )";
 }
 
@@ -154,6 +160,12 @@ options parse_options(int argc, char** argv)
             o.metrics = value();
             if (!o.metrics->starts_with("unix:") && !o.metrics->starts_with("tcp:") && !o.metrics->starts_with("fd:"))
                 usage_error("--metrics takes unix:<path>, tcp:<host>:<port> or fd:<n>|<name>");
+        } else if (arg == "--state-dir") {
+            o.state_dir = value();
+            if (o.state_dir->empty())
+                usage_error("--state-dir takes a directory");
+        } else if (arg == "--resume-jobs") {
+            o.resume_jobs = true;
         } else if (arg == "--log-format") {
             o.log_format = value();
             if (*o.log_format != "terminal" && *o.log_format != "journal")
@@ -162,6 +174,8 @@ options parse_options(int argc, char** argv)
             usage_error("unrecognized option '" + std::string(argv[i]) + "'");
         }
     }
+    if (o.resume_jobs && !o.state_dir)
+        usage_error("--resume-jobs needs --state-dir");
     return o;
 }
 

@@ -21,6 +21,8 @@ struct options {
     std::string log_level = "info";
     std::optional<std::string> metrics;      ///< --metrics unix:PATH | tcp:HOST:PORT
     std::optional<std::string> log_format;   ///< terminal | journal; default: journal under systemd
+    std::optional<std::string> state_dir;    ///< --state-dir: mirror jobs kept across restarts
+    bool resume_jobs = false;                ///< --resume-jobs: restored jobs resume at once
 };
 
 /// Parses argv. Prints --help / --version itself and exits 0; on a usage error prints the reason

@@ -94,6 +94,14 @@ runtime::~runtime() = default;
 
 asio::awaitable<void> runtime::apply(const options& opts)
 {
+    if (opts.state_dir) {
+        // Before the command line's nodes open the images: their identity is noted as the
+        // last stop left them.
+        state_ = std::make_unique<qmp::state_dir>(*opts.state_dir);
+        state_->load();
+        ctx_.state = state_.get();
+        jobs_->set_status_listener([this](const jobs::job& j, jobs::job_status s) { state_->job_status(j, s); });
+    }
     using k = ordered_option::kind;
     for (const auto& o : opts.objects) {
         switch (o.what) {
@@ -106,6 +114,8 @@ asio::awaitable<void> runtime::apply(const options& opts)
         case k::object: add_object(o.value); break;
         }
     }
+    if (state_)
+        co_await state_->restore(ctx_, opts.resume_jobs);
     if (opts.metrics) {
         metrics_ = std::make_unique<metrics::server>(loop_, [this] { return metrics::render(*graph_, jobs_.get()); });
         metrics_->listen(*opts.metrics);
@@ -126,6 +136,8 @@ asio::awaitable<void> runtime::add_blockdev(const std::string& value)
     auto r = co_await graph_->add(bo);
     if (!r)
         fail(r.error().desc);
+    if (state_)
+        state_->remember_node((*r)->name(), qapi::to_json(bo).as_object());
 }
 
 asio::awaitable<void> runtime::add_drive(const std::string& value)
@@ -299,6 +311,9 @@ asio::awaitable<void> runtime::stop_work()
         // QEMU's order: exports first (BLOCK_EXPORT_DELETED, clients drained), then jobs
         // (force-cancelled; their events still go out).
         co_await exports_->shutdown();
+        // --state-dir: jobs pause and their progress is taken before they are cancelled.
+        if (state_)
+            co_await state_->save_all(ctx_);
         co_await jobs_->shutdown();
     } catch (const std::exception& e) {
         log::get("daemon")->error("shutdown: {}", e.what());
@@ -312,6 +327,9 @@ asio::awaitable<void> runtime::shutdown()
         // QEMU's bdrv_close_all: with exports and jobs gone, every node's cached metadata
         // goes to its file before the engines stop taking I/O.
         co_await graph_->close_all();
+        // The images are final now: their identity goes with the saved progress.
+        if (state_)
+            state_->finish_shutdown();
     } catch (const std::exception& e) {
         log::get("daemon")->error("shutdown: {}", e.what());
     }

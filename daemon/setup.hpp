@@ -12,6 +12,7 @@
 #include "bjd/metrics/metrics.hpp"
 #include "bjd/qmp/context.hpp"
 #include "bjd/qmp/server.hpp"
+#include "bjd/qmp/state_dir.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -61,6 +62,7 @@ private:
     std::unique_ptr<exports::manager> exports_;   // likewise: exports hold nodes
     std::unique_ptr<metrics::server> metrics_;    // reads graph_ and jobs_
     qmp::context ctx_;
+    std::unique_ptr<qmp::state_dir> state_;   ///< --state-dir
     std::map<std::string, qmp::listen_address> chardevs_;
     chardev::registry chardev_registry_;   // ring buffers, and the sockets for query-chardev
     std::optional<std::string> pidfile_;

@@ -141,6 +141,8 @@ void job::transition(job_status to)
     ev.id = id_;
     ev.status = to;
     qapi::emit_job_status_change(mgr_.events(), ev);
+    if (mgr_.status_listener_)
+        mgr_.status_listener_(*this, to);
 }
 
 qapi::result<void> job::apply_verb(job_verb v)
@@ -603,6 +605,7 @@ qapi::job_info job::info() const
     if (failed_)
         i.error = error_;
     i.error_code = error_code_name();
+    i.restore_note = restore_note_;
     return i;
 }
 
@@ -624,6 +627,7 @@ qapi::block_job_info job::block_info() const
     if (failed_)
         i.error = error_;
     i.error_code = error_code_name();
+    i.restore_note = restore_note_;
     driver_->fill_info(*this, i);
     return i;
 }

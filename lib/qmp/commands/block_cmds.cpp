@@ -8,6 +8,7 @@
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qapi/events.hpp"
 #include "bjd/qmp/context.hpp"
+#include "bjd/qmp/state_dir.hpp"
 
 namespace bjd::qapi {
 
@@ -16,6 +17,9 @@ boost::asio::awaitable<result<void>> qmp_blockdev_add(qmp::context& ctx, blockde
     auto r = co_await ctx.graph->add(args);
     if (!r)
         co_return r.error();
+    // --state-dir: what the node was added with, to add it again for a job that needs it.
+    if (ctx.state)
+        ctx.state->remember_node((*r)->name(), to_json(args).as_object());
     co_return result<void>{};
 }
 
@@ -26,7 +30,11 @@ boost::asio::awaitable<result<void>> qmp_blockdev_reopen(qmp::context& ctx, bloc
 
 boost::asio::awaitable<result<void>> qmp_blockdev_del(qmp::context& ctx, blockdev_del_args args)
 {
-    co_return co_await ctx.graph->del(std::move(args.node_name));
+    std::string name = args.node_name;
+    auto r = co_await ctx.graph->del(std::move(args.node_name));
+    if (r && ctx.state)
+        ctx.state->forget_node(name);
+    co_return r;
 }
 
 boost::asio::awaitable<result<void>> qmp_block_resize(qmp::context& ctx, block_resize_args args)

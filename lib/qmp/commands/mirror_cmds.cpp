@@ -6,10 +6,12 @@
 #include "bjd/jobs/mirror.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qmp/context.hpp"
+#include "bjd/qmp/state_dir.hpp"
+#include "mirror_cmds.hpp"
 
 namespace bjd::qapi {
 
-boost::asio::awaitable<result<void>> qmp_blockdev_mirror(qmp::context& ctx, blockdev_mirror_args args)
+jobs::mirror_params blockdev_mirror_params_of(const blockdev_mirror_args& args)
 {
     jobs::mirror_params p;
     p.job_id = args.job_id;
@@ -27,7 +29,17 @@ boost::asio::awaitable<result<void>> qmp_blockdev_mirror(qmp::context& ctx, bloc
     p.auto_finalize = args.auto_finalize.value_or(true);
     p.auto_dismiss = args.auto_dismiss.value_or(true);
     p.target_is_zero = args.target_is_zero.value_or(false);
-    co_return co_await jobs::co_start_mirror(*ctx.jobs, *ctx.graph, p);
+    return p;
+}
+
+boost::asio::awaitable<result<void>> qmp_blockdev_mirror(qmp::context& ctx, blockdev_mirror_args args)
+{
+    auto r = co_await jobs::co_start_mirror(*ctx.jobs, *ctx.graph, blockdev_mirror_params_of(args));
+    // --state-dir: the job's definition, kept until it ends (jobs without an id cannot be
+    // found again, and are not kept).
+    if (r && ctx.state && args.job_id)
+        ctx.state->job_started(ctx, *args.job_id, "blockdev-mirror", to_json(args).as_object());
+    co_return r;
 }
 
 boost::asio::awaitable<result<void>> qmp_drive_mirror(qmp::context& ctx, drive_mirror args)

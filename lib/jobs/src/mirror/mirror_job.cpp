@@ -7,7 +7,9 @@
 #include "bjd/log.hpp"
 #include "copy/chain.hpp"
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <cassert>
@@ -456,7 +458,9 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         co_return qapi::generic("Source and target image have different sizes");
     }
 
-    co_await init_bitmap();
+    if (!(s_.resume && load_resume(j)))
+        co_await init_bitmap();
+    scan_done_ = !j.is_cancelled();
     bool converged = false;
     for (;;) {
         if (error_)
@@ -547,6 +551,64 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
     if (converged)
         j.progress_set_remaining(0);
     co_return qapi::result<void>{};
+}
+
+bool mirror_job::load_resume(job& j)
+{
+    const mirror_resume& r = *s_.resume;
+    if (r.granularity != bitmap_.granularity() || r.size != bitmap_.size() ||
+        r.bitmap.size() != (bitmap_.chunks() + 7) / 8) {
+        std::string why = fmt::format("full copy: the saved bitmap (granularity {}, size {}) does not fit the job "
+                                      "(granularity {}, size {})",
+                                      r.granularity, r.size, bitmap_.granularity(), bitmap_.size());
+        logger()->warn("{} '{}': {}", qapi::to_string(s_.type), j.id(), why);
+        j.set_restore_note(why);
+        return false;
+    }
+    const std::uint64_t g = bitmap_.granularity();
+    for (std::uint64_t c = 0; c < bitmap_.chunks(); ++c)
+        if ((r.bitmap[c / 8] >> (c % 8)) & 1u)
+            bitmap_.set(c * g, std::min(g, bitmap_.size() - c * g));
+    j.progress_done(r.offset);
+    j.progress_set_remaining(bitmap_.dirty_bytes());
+    logger()->info("{} '{}': carrying on from saved progress: {} bytes done, {} left", qapi::to_string(s_.type),
+                   j.id(), r.offset, bitmap_.dirty_bytes());
+    return true;
+}
+
+asio::awaitable<qapi::result<mirror_progress>> mirror_job::save_progress(job& j)
+{
+    if (j.is_completed() || exited_ || j.cancel_requested())
+        co_return qapi::generic("the job has already finished");
+    // Park the job as a drain would: the loop waits for its requests before a pause point.
+    j.pause();
+    asio::steady_timer t(ex_);
+    for (;;) {
+        const bool parked = (j.status() == job_status::paused || j.status() == job_status::standby) && ops_ == 0 &&
+                            active_bytes_ == 0;
+        if (parked || j.is_completed())
+            break;
+        t.expires_after(std::chrono::milliseconds(5));
+        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    if (j.is_completed())
+        co_return qapi::generic("the job finished while it was being paused");
+    if (!scan_done_)
+        co_return qapi::generic("its initial scan of the source had not finished");
+    if (auto r = co_await s_.target->flush(); !r)
+        co_return qapi::generic("cannot flush the target: " + strerror_text(r.error()));
+    mirror_progress p;
+    p.job_id = j.id();
+    p.size = bitmap_.size();
+    p.granularity = bitmap_.granularity();
+    p.offset = j.progress_current();
+    p.len = j.progress_total();
+    p.ready = j.is_ready();
+    p.bitmap.assign((bitmap_.chunks() + 7) / 8, 0);
+    for (std::uint64_t c = 0; c < bitmap_.chunks(); ++c)
+        if (bitmap_.test(c))
+            p.bitmap[c / 8] = static_cast<std::uint8_t>(p.bitmap[c / 8] | (1u << (c % 8)));
+    co_return p;
 }
 
 std::optional<block::dirty_bitmap_info> mirror_job::bitmap_info() const

@@ -112,6 +112,9 @@ struct mirror_setup {
     /// source's place (QEMU's mirror_exit_common, base_ro).
     bool target_reopened = false;
     job_type type = job_type::mirror;   ///< commit for an active commit
+    std::optional<mirror_resume> resume;   ///< --state-dir: the bitmap to start from
+    bool start_paused = false;             ///< --state-dir: user-paused before it runs
+    std::optional<std::string> restore_note;
 };
 
 /// Creates the job for `s` (JOB_STATUS_CHANGE created), connects it to the graph and starts
@@ -151,6 +154,9 @@ public:
     qapi::result<void> change(job& j, const qapi::block_job_change_options& opts) override;
     void fill_info(const job& j, qapi::block_job_info& info) const override;
 
+    /// save_mirror_progress (mirror.hpp).
+    asio::awaitable<qapi::result<mirror_progress>> save_progress(job& j);
+
     // write_observer (source)
     void on_write(std::uint64_t offset, std::uint64_t length) override;
     /// The job's bitmap, anonymous and not busy, as QEMU lists a mirror's.
@@ -164,6 +170,9 @@ public:
 
 private:
     asio::awaitable<void> init_bitmap();
+    /// Loads `s_.resume` into the bitmap and the counters; false (with a restore note on the
+    /// job) when it does not fit this job.
+    bool load_resume(job& j);
     asio::awaitable<void> iteration();
     asio::awaitable<void> wait_op() { co_await op_done_.wait(); }
     asio::awaitable<void> wait_all_ops();
@@ -222,6 +231,7 @@ private:
     bool exited_ = false;
     bool aborted_ = false;   ///< failed, or cancelled before READY
     bool drain_paused_ = false;
+    bool scan_done_ = false;   ///< the initial bitmap is complete (saved progress is usable)
     std::optional<std::string> error_;
     int error_errno_ = 0;   ///< errno behind error_ (0: none, e.g. an op threw)
     std::chrono::steady_clock::time_point rate_window_start_{};

@@ -205,6 +205,12 @@ qapi::result<void> detail::start_prepared(manager& m, block::graph& g, const mir
     s.deferred_backing = std::move(deferred_backing);
     s.open_header_backing = header_backing;
     s.release_target = opened_target;
+    s.resume = p.resume;
+    s.start_paused = p.start_paused;
+    s.restore_note = p.restore_note;
+    // A job carried on from saved progress must not zero the target again.
+    if (p.resume)
+        s.zero_target = false;
     // 13. speed, 14. permissions
     if (auto r = launch(m, std::move(s), p.job_id.value_or(""),
                         {.auto_finalize = p.auto_finalize, .auto_dismiss = p.auto_dismiss}, p.speed,
@@ -230,6 +236,8 @@ qapi::result<void> detail::launch(manager& m, mirror_setup s, const std::string&
     const std::string what = fmt::format("{} -> {} (sync {})", s.source->name(), s.target->name(),
                                          qapi::to_string(s.sync));
     const job_type type = s.type;
+    const bool start_paused = s.start_paused;
+    std::optional<std::string> note = s.restore_note;
 
     auto drv = std::make_unique<mirror_job>(std::move(s), m.loop().get_executor());
     mirror_job* mj = drv.get();
@@ -244,10 +252,22 @@ qapi::result<void> detail::launch(manager& m, mirror_setup s, const std::string&
         m.early_fail(j);
         return r.error();
     }
+    if (note)
+        j.set_restore_note(std::move(*note));
+    if (start_paused)
+        (void)j.user_pause();   // created accepts pause: the job parks before it copies
     m.start(j);
     log::get("jobs")->info("{} '{}': {}, granularity {}, buf-size {}", qapi::to_string(type), j.id(), what,
                            mj->granularity(), mj->buf_size());
     return {};
+}
+
+asio::awaitable<qapi::result<mirror_progress>> save_mirror_progress(job& j)
+{
+    auto* mj = dynamic_cast<mirror_job*>(&j.driver());
+    if (!mj)
+        co_return qapi::generic("not a mirror job");
+    co_return co_await mj->save_progress(j);
 }
 
 qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params& p)

@@ -18,6 +18,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -97,6 +98,11 @@ public:
     /// job has not failed. Shown as `error-code` (its symbolic name).
     int error_errno() const noexcept { return failed_ ? error_errno_ : 0; }
     job_driver& driver() noexcept { return *driver_; }
+    /// blockjobd's: how a job recreated from --state-dir at startup was restored (from its
+    /// saved progress, or as a full copy and why); shown as `restore-note` by query-jobs and
+    /// query-block-jobs. Absent for jobs started over QMP.
+    const std::optional<std::string>& restore_note() const noexcept { return restore_note_; }
+    void set_restore_note(std::string note) { restore_note_ = std::move(note); }
 
     qapi::job_info info() const;
     qapi::block_job_info block_info() const;
@@ -200,6 +206,7 @@ private:
     qapi::block_device_io_status io_status_ = qapi::block_device_io_status::ok;
     std::uint64_t current_ = 0;
     std::uint64_t total_ = 0;
+    std::optional<std::string> restore_note_;
 };
 
 /// Owns every job. One per daemon, on the main loop.
@@ -238,6 +245,11 @@ public:
     /// Every listed job, newest first.
     std::vector<std::shared_ptr<job>> list() const;
 
+    /// Called after every status change of every job (after JOB_STATUS_CHANGE went out), on
+    /// the main loop: the --state-dir keeper forgets a job that has ended. Must not call back
+    /// into the job's verbs.
+    void set_status_listener(std::function<void(const job&, job_status)> f) { status_listener_ = std::move(f); }
+
     /// Force-cancels every job (quit, shutdown).
     void cancel_all();
     /// Whether every job has finished its coroutine and none is mid-completion.
@@ -254,6 +266,7 @@ private:
     qapi::event_sink& events_;
     std::vector<std::shared_ptr<job>> jobs_;   ///< creation order; list() reverses
     unsigned running_ = 0;                     ///< job coroutines not yet finished
+    std::function<void(const job&, job_status)> status_listener_;
 };
 
 } // namespace bjd::jobs

@@ -5,14 +5,27 @@
 /// (QEMU's blockdev.c, blockdev_mirror_common), then a job that copies `device` to `target` through a dirty bitmap and, on
 /// completion, replaces `device` (or `replaces`) by the target in all its parents.
 #include "bjd/jobs/job.hpp"
+#include "bjd/jobs/job_state.hpp"
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace bjd::block { class graph; }
 
 namespace bjd::jobs {
+
+/// Where a mirror recreated from --state-dir starts (bjd/jobs/job_state.hpp).
+struct mirror_resume {
+    /// One bit per `granularity` chunk, 1 = still to copy (mirror_progress::bitmap). Used only
+    /// when the job's own granularity and size match; otherwise the job copies everything
+    /// and its restore note says why.
+    std::vector<std::uint8_t> bitmap;
+    std::uint64_t granularity = 0;
+    std::uint64_t size = 0;
+    std::uint64_t offset = 0;   ///< progress already made
+};
 
 /// The union of blockdev-mirror's and drive-mirror's arguments, defaults not yet applied
 /// (absent and 0 mean "default", as on the wire).
@@ -37,6 +50,10 @@ struct mirror_params {
     std::optional<std::string> node_name;        ///< drive-mirror: name of the opened target
     qapi::new_image_mode mode = qapi::new_image_mode::absolute_paths;
     bool target_is_zero = false;                 ///< blockdev-mirror (QEMU 10.1): skip zeroes
+    // Restarts from --state-dir (blockjobd's): not QMP arguments.
+    std::optional<mirror_resume> resume;         ///< saved progress; absent: copy as a new job
+    bool start_paused = false;                   ///< user-paused before it copies anything
+    std::optional<std::string> restore_note;     ///< shown by query-jobs (job::restore_note)
 };
 
 /// Checks `p`, creates the job (JOB_STATUS_CHANGE created; null again if a later check
@@ -48,6 +65,13 @@ qapi::result<void> start_mirror(manager& m, block::graph& g, const mirror_params
 /// (created with `block::create_qcow2` for mode absolute-paths, opened as they are for
 /// existing): those need I/O before the job exists. Main loop only.
 asio::awaitable<qapi::result<void>> co_start_mirror(manager& m, block::graph& g, const mirror_params& p);
+
+/// A clean stop with --state-dir: pauses the mirror job `j` (internally, as a drain does),
+/// waits until no request of the job is in flight, flushes the target, and returns what is
+/// left to copy with the progress counters (generation and files left for the caller). The job
+/// stays paused; the caller cancels it afterwards. Errors: not a mirror, already finished,
+/// its initial scan not done yet (the next start copies everything), the target flush failed.
+asio::awaitable<qapi::result<mirror_progress>> save_mirror_progress(job& j);
 
 /// Granularity used when the caller gives 0: the target's cluster size clamped to
 /// [4 KiB, 64 KiB], 64 KiB without clusters.

@@ -22,6 +22,7 @@ namespace bjd::crypto { class registry; }
 namespace bjd::qmp {
 
 class session;
+class state_dir;
 
 /// How the daemon's I/O engine came up; `query-...` commands and logs report it.
 struct io_report {
@@ -42,6 +43,7 @@ public:
     chardev::registry* chardevs = nullptr; ///< ring buffers and monitor sockets (lib/chardev)
     crypto::registry* objects = nullptr;   ///< secrets, TLS credentials, authz (lib/crypto)
     io_report io;
+    state_dir* state = nullptr;            ///< --state-dir (state_dir.hpp); null without it
 
     /// `quit`, before it answers: closes the exports and cancels the jobs, so their events
     /// (BLOCK_EXPORT_DELETED, BLOCK_JOB_CANCELLED, ...) precede quit's return, as in QEMU.

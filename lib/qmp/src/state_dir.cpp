@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: MIT
+// --state-dir: keeping mirror jobs across a restart (bjd/qmp/state_dir.hpp, docs/job-state.md).
+#include "bjd/qmp/state_dir.hpp"
+
+#include "../commands/mirror_cmds.hpp"
+#include "bjd/block/graph.hpp"
+#include "bjd/jobs/job_driver.hpp"
+#include "bjd/jobs/mirror.hpp"
+#include "bjd/log.hpp"
+#include "bjd/qapi/commands.hpp"
+#include "bjd/qapi/types.hpp"
+#include "bjd/qmp/context.hpp"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+namespace bjd::qmp {
+
+namespace json = boost::json;
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr std::string_view def_suffix = ".job.json";
+constexpr std::string_view progress_suffix = ".progress";
+constexpr int format_version = 1;
+
+auto logger() { return log::get("state"); }
+
+std::string def_name(const std::string& id) { return id + std::string(def_suffix); }
+std::string progress_name(const std::string& id) { return id + std::string(progress_suffix); }
+
+/// A job that only reports why it could not come back: it fails at once and stays concluded
+/// (auto-dismiss off) until job-dismiss.
+class failed_restore final : public jobs::job_driver {
+public:
+    explicit failed_restore(std::string why) : why_(std::move(why)) {}
+    asio::awaitable<qapi::result<void>> run(jobs::job& j) override
+    {
+        j.set_error_errno(ENOENT);
+        co_return qapi::generic(why_);
+    }
+
+private:
+    std::string why_;
+};
+
+void collect_files(const json::value& v, std::vector<std::string>& out)
+{
+    if (v.is_object()) {
+        const auto& o = v.as_object();
+        auto* drv = o.if_contains("driver");
+        auto* fn = o.if_contains("filename");
+        if (drv && drv->is_string() && (drv->as_string() == "file" || drv->as_string() == "host_device") && fn &&
+            fn->is_string())
+            out.emplace_back(fn->as_string());
+        for (const auto& kv : o)
+            collect_files(kv.value(), out);
+    } else if (v.is_array()) {
+        for (const auto& e : v.as_array())
+            collect_files(e, out);
+    }
+}
+
+std::vector<std::string> job_files(const json::object& doc)
+{
+    std::vector<std::string> out;
+    if (auto* n = doc.if_contains("nodes"))
+        out = definition_files(*n);
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+}
+
+} // namespace
+
+std::vector<std::string> definition_files(const json::value& def)
+{
+    std::vector<std::string> out;
+    collect_files(def, out);
+    return out;
+}
+
+state_dir::state_dir(std::string dir) : dir_(std::move(dir))
+{
+    if (dir_.empty())
+        throw std::runtime_error("--state-dir: empty directory name");
+    struct stat st {};
+    if (::stat(dir_.c_str(), &st) != 0) {
+        if (errno != ENOENT || ::mkdir(dir_.c_str(), 0700) != 0)
+            throw std::runtime_error("--state-dir '" + dir_ + "': " + std::strerror(errno));
+    } else if (!S_ISDIR(st.st_mode)) {
+        throw std::runtime_error("--state-dir '" + dir_ + "': not a directory");
+    }
+}
+
+// ---- node definitions ------------------------------------------------------------------------
+
+void state_dir::remember_node(const std::string& name, json::object def)
+{
+    nodes_[name] = node_def{next_seq_++, std::move(def)};
+}
+
+void state_dir::forget_node(const std::string& name) { nodes_.erase(name); }
+
+const json::object* state_dir::node_definition(const std::string& name) const
+{
+    auto it = nodes_.find(name);
+    return it == nodes_.end() ? nullptr : &it->second.def;
+}
+
+// ---- job lifecycle ---------------------------------------------------------------------------
+
+void state_dir::job_started(context& ctx, const std::string& id, const std::string& command,
+                            const json::object& args)
+{
+    auto j = ctx.jobs->find(id);
+    if (!j)
+        return;
+    // The monitor-owned nodes below the source and the target (the filter the job inserted
+    // sits above the source); the others come back with the node that opened them.
+    auto src = ctx.graph->lookup(std::string(args.at("device").as_string()));
+    auto tgt = ctx.graph->lookup(std::string(args.at("target").as_string()));
+    if (!src || !tgt)
+        return;
+    std::vector<const block::node*> seen;
+    std::vector<std::pair<std::uint64_t, std::string>> needed;
+    std::string missing;
+    std::function<void(const block::node&)> walk = [&](const block::node& n) {
+        if (std::find(seen.begin(), seen.end(), &n) != seen.end())
+            return;
+        seen.push_back(&n);
+        if (n.monitor_owned()) {
+            auto it = nodes_.find(n.name());
+            if (it == nodes_.end())
+                missing = n.name();
+            else
+                needed.emplace_back(it->second.seq, n.name());
+        }
+        for (const auto& e : n.children())
+            if (e->get())
+                walk(*e->get());
+    };
+    walk(**src);
+    walk(**tgt);
+    if (!missing.empty()) {
+        logger()->warn("job '{}' is not kept in the state directory: node '{}' was not added with blockdev-add", id,
+                       missing);
+        return;
+    }
+    std::sort(needed.begin(), needed.end());   // the order they were added in
+    json::array nodes;
+    for (const auto& [seq, name] : needed)
+        nodes.push_back(nodes_.at(name).def);
+    kept k;
+    k.generation = jobs::random_generation();
+    k.doc["format"] = "blockjobd-job";
+    k.doc["version"] = format_version;
+    k.doc["job-id"] = id;
+    k.doc["command"] = command;
+    k.doc["arguments"] = args;
+    k.doc["nodes"] = std::move(nodes);
+    write_definition(id, k);
+    jobs_[id] = std::move(k);
+}
+
+void state_dir::write_definition(const std::string& id, const kept& k)
+{
+    json::object doc = k.doc;
+    doc["generation"] = k.generation;
+    auto r = jobs::write_file_atomic(dir_, def_name(id), json::serialize(doc) + "\n");
+    if (!r)
+        logger()->error("job '{}': cannot save its definition: {}", id, r.error().desc);
+    else
+        logger()->info("job '{}': definition saved in {}", id, dir_);
+}
+
+void state_dir::forget_job(const std::string& id)
+{
+    jobs_.erase(id);
+    keep_until_dismissed_.erase(id);
+    for (const auto& name : {def_name(id), progress_name(id)})
+        if (auto r = jobs::remove_file_durable(dir_, name); !r)
+            logger()->error("job '{}': {}", id, r.error().desc);
+}
+
+void state_dir::job_status(const jobs::job& j, jobs::job_status s)
+{
+    if (stopping_ || !jobs_.count(j.id()))
+        return;
+    // A failed restore stays until job-dismiss, so that a restart in between shows it again.
+    const bool ended = s == jobs::job_status::null ||
+                       (s == jobs::job_status::concluded && !keep_until_dismissed_.count(j.id()));
+    if (!ended)
+        return;
+    logger()->info("job '{}' ended: its state is removed", j.id());
+    forget_job(j.id());
+}
+
+// ---- stop ------------------------------------------------------------------------------------
+
+asio::awaitable<void> state_dir::save_all(context& ctx)
+{
+    stopping_ = true;
+    for (auto& [id, k] : jobs_) {
+        if (keep_until_dismissed_.count(id))
+            continue;
+        auto j = ctx.jobs->find(id);
+        if (!j)
+            continue;
+        // A set-speed since the start holds after the restart too.
+        if (auto* a = k.doc["arguments"].if_object()) {
+            (*a)["speed"] = j->speed();
+            write_definition(id, k);
+        }
+        auto p = co_await jobs::save_mirror_progress(*j);
+        if (!p) {
+            logger()->warn("job '{}': progress not saved ({}): the next start copies everything", id, p.error().desc);
+            (void)jobs::remove_file_durable(dir_, progress_name(id));
+            continue;
+        }
+        p->generation = k.generation;
+        logger()->info("job '{}': paused for the restart, {} of {} bytes done, {} bytes left", id, p->offset, p->len,
+                       p->dirty_bytes());
+        saved_[id] = std::move(*p);
+    }
+}
+
+void state_dir::finish_shutdown()
+{
+    for (auto& [id, p] : saved_) {
+        auto it = jobs_.find(id);
+        if (it == jobs_.end())
+            continue;
+        p.files.clear();
+        bool ok = true;
+        for (const auto& f : job_files(it->second.doc)) {
+            auto idn = jobs::identify_file(f);
+            if (!idn) {
+                logger()->warn("job '{}': {}: progress not saved", id, idn.error().desc);
+                ok = false;
+                break;
+            }
+            p.files.push_back(*idn);
+        }
+        if (!ok)
+            continue;
+        if (auto r = jobs::write_file_atomic(dir_, progress_name(id), jobs::encode_progress(p)); !r)
+            logger()->error("job '{}': cannot save its progress: {}", id, r.error().desc);
+        else
+            logger()->info("job '{}': progress saved ({} bytes left to copy)", id, p.dirty_bytes());
+    }
+    saved_.clear();
+}
+
+// ---- start -----------------------------------------------------------------------------------
+
+void state_dir::load()
+{
+    DIR* d = ::opendir(dir_.c_str());
+    if (!d)
+        throw std::runtime_error("--state-dir '" + dir_ + "': " + std::strerror(errno));
+    std::vector<std::string> ids;
+    while (auto* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n.size() > def_suffix.size() && n.ends_with(def_suffix) && n[0] != '.')
+            ids.push_back(n.substr(0, n.size() - def_suffix.size()));
+    }
+    ::closedir(d);
+    std::sort(ids.begin(), ids.end());
+    for (const auto& id : ids) {
+        const std::string path = dir_ + "/" + def_name(id);
+        auto text = jobs::read_file(path);
+        boost::system::error_code ec;
+        json::value v = text ? json::parse(*text, ec) : json::value();
+        const json::object* o = v.if_object();
+        const json::value* gen = o ? o->if_contains("generation") : nullptr;
+        const json::value* args = o ? o->if_contains("arguments") : nullptr;
+        const json::value* cmd = o ? o->if_contains("command") : nullptr;
+        if (!text || ec || !o || !gen || !gen->is_string() || !args || !args->is_object() || !cmd ||
+            !cmd->is_string() || cmd->as_string() != "blockdev-mirror" || !o->if_contains("nodes") || !o->at("nodes").is_array()) {
+            // Nothing to rebuild the job from: say so, and keep the file for a person to read.
+            logger()->error("state directory: '{}' is not a usable job definition; job '{}' is not restored", path, id);
+            continue;
+        }
+        loaded l;
+        l.doc = *o;
+        l.generation = std::string(gen->as_string());
+        // Each image's identity now, before anything opens it (opening may write a header).
+        std::vector<jobs::file_identity> now;
+        for (const auto& f : job_files(l.doc)) {
+            auto idn = jobs::identify_file(f);
+            if (!idn) {
+                l.gone = idn.error().desc;
+                break;
+            }
+            now.push_back(*idn);
+        }
+        auto bytes = jobs::read_file(dir_ + "/" + progress_name(id));
+        if (!bytes) {
+            l.progress_problem = "no saved progress (the daemon did not stop cleanly, or the job had not finished "
+                                 "its initial scan)";
+        } else if (auto p = jobs::decode_progress(*bytes, l.generation); !p) {
+            l.progress_problem = p.error().desc;
+        } else {
+            l.progress = std::move(*p);
+            for (const auto& f : now) {
+                auto it = std::find_if(l.progress->files.begin(), l.progress->files.end(),
+                                       [&](const jobs::file_identity& s) { return s.path == f.path; });
+                if (it == l.progress->files.end()) {
+                    l.progress_problem = "'" + f.path + "' is not in the saved progress";
+                } else if (!(*it == f)) {
+                    l.progress_problem = "'" + f.path + "' changed while the daemon was down (" +
+                                         (it->size != f.size ? "size" : it->ino != f.ino || it->dev != f.dev
+                                                                            ? "inode" : "modification time") +
+                                         ")";
+                }
+                if (!l.progress_problem.empty()) {
+                    l.progress.reset();
+                    break;
+                }
+            }
+        }
+        loaded_[id] = std::move(l);
+    }
+}
+
+void state_dir::fail_job(context& ctx, const std::string& id, const std::string& why)
+{
+    logger()->error("job '{}' cannot be restored: {}", id, why);
+    jobs::job_options o{.auto_finalize = true, .auto_dismiss = false};
+    auto j = ctx.jobs->create(id, jobs::job_type::mirror, std::make_unique<failed_restore>(why), o);
+    if (!j) {
+        logger()->error("job '{}': {}", id, j.error().desc);
+        return;
+    }
+    (*j)->set_restore_note("not restored: " + why);
+    keep_until_dismissed_.insert(id);
+    ctx.jobs->start(**j);
+}
+
+asio::awaitable<void> state_dir::restore(context& ctx, bool resume)
+{
+    for (auto& [id, l] : loaded_)
+        co_await restore_one(ctx, id, l, resume);
+    loaded_.clear();
+}
+
+asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id, loaded& l, bool resume)
+{
+    kept k;
+    k.doc = l.doc;
+    k.doc.erase("generation");
+    // From here on, the job's files are this instance's: a new generation, so that a progress
+    // file left from before can never be taken for this run's.
+    k.generation = jobs::random_generation();
+    jobs_[id] = k;
+    write_definition(id, k);
+    (void)jobs::remove_file_durable(dir_, progress_name(id));
+
+    if (!l.gone.empty()) {
+        fail_job(ctx, id, "image gone: " + l.gone);
+        co_return;
+    }
+    // The nodes: the command line's when identical, else added from the saved definitions.
+    for (const auto& nv : l.doc.at("nodes").as_array()) {
+        const json::object* def = nv.if_object();
+        const json::value* name = def ? def->if_contains("node-name") : nullptr;
+        if (!name || !name->is_string()) {
+            fail_job(ctx, id, "a saved node definition has no node-name");
+            co_return;
+        }
+        const std::string n(name->as_string());
+        if (ctx.graph->find(n)) {
+            const json::object* have = node_definition(n);
+            if (!have || *have != *def) {
+                fail_job(ctx, id, "node '" + n + "' exists with a definition other than the saved one");
+                co_return;
+            }
+            continue;
+        }
+        auto opts = qapi::decode<qapi::blockdev_options>(nv);
+        if (!opts) {
+            fail_job(ctx, id, "node '" + n + "': " + opts.error().desc);
+            co_return;
+        }
+        auto added = co_await ctx.graph->add(*opts);
+        if (!added) {
+            fail_job(ctx, id, "cannot reopen node '" + n + "': " + added.error().desc);
+            co_return;
+        }
+        remember_node(n, *def);
+    }
+    auto args = qapi::decode<qapi::blockdev_mirror_args>(l.doc.at("arguments"));
+    if (!args) {
+        fail_job(ctx, id, "saved arguments: " + args.error().desc);
+        co_return;
+    }
+    jobs::mirror_params p = qapi::blockdev_mirror_params_of(*args);
+    p.start_paused = !resume;
+    if (l.progress) {
+        jobs::mirror_resume r;
+        r.bitmap = l.progress->bitmap;
+        r.granularity = l.progress->granularity;
+        r.size = l.progress->size;
+        r.offset = l.progress->offset;
+        // The granularity it ran with (the default depends on the target).
+        p.granularity = static_cast<std::uint32_t>(l.progress->granularity);
+        p.restore_note = "saved progress: " + std::to_string(l.progress->dirty_bytes()) + " bytes left to copy";
+        p.resume = std::move(r);
+    } else {
+        p.restore_note = "full copy: " + l.progress_problem;
+        logger()->warn("job '{}': restarts as a full copy: {}", id, l.progress_problem);
+    }
+    auto r = co_await jobs::co_start_mirror(*ctx.jobs, *ctx.graph, p);
+    if (!r) {
+        jobs_.erase(id);   // fail_job keeps it again, as a failed restore
+        jobs_[id] = k;
+        fail_job(ctx, id, r.error().desc);
+        co_return;
+    }
+    logger()->info("job '{}' restored ({}), {}", id, *p.restore_note, resume ? "resumed" : "paused");
+}
+
+std::vector<std::string> state_dir::kept_jobs() const
+{
+    std::vector<std::string> out;
+    for (const auto& [id, k] : jobs_)
+        out.push_back(id);
+    return out;
+}
+
+} // namespace bjd::qmp
