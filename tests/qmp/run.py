@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 
 DEFAULT_TIMEOUT = 10.0      # seconds for a response, an event or a daemon exit
 SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)"
@@ -30,6 +31,8 @@ DEFAULT_MASKS = ("pid", "thread-id", "start_time_ns")   # start_time_ns: wall cl
 MAX_DEPTH = 12              # deeper values are abbreviated in transcripts
 LONG_STRING = 200           # longer strings are abbreviated in transcripts
 SHUTDOWN = object()
+REQUIREMENTS = ("ceph",)    # what @requires may name
+SKIP_EXIT = 77              # exit status when only unmet requirements skipped (ctest SKIP_RETURN_CODE)
 
 
 class ScenarioError(Exception):
@@ -69,11 +72,12 @@ class Step:
 
 
 def parse_scenario(path):
-    """Returns (steps, only, timeout): only is None or (daemon-kind, reason); timeout is the
-    scenario's @timeout in seconds, or None."""
+    """Returns (steps, only, timeout, requires): only is None or (daemon-kind, reason);
+    timeout is the scenario's @timeout in seconds, or None; requires the set of @requires."""
     steps = []
     only = None
     timeout = None
+    requires = set()
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     i = 0
@@ -108,6 +112,11 @@ def parse_scenario(path):
                 raise ScenarioError(f"{path}:{lineno}: @only ours|qsd <reason>")
             only = (kind, reason.strip())
             continue
+        if name == "requires":
+            if rest not in REQUIREMENTS:
+                raise ScenarioError(f"{path}:{lineno}: @requires {'|'.join(REQUIREMENTS)}")
+            requires.add(rest)
+            continue
         if name == "timeout":
             try:
                 timeout = float(rest)
@@ -122,7 +131,7 @@ def parse_scenario(path):
         if name not in known:
             raise ScenarioError(f"{path}:{lineno}: unknown directive @{name}")
         steps.append(Step(name, rest, lineno))
-    return steps, only, timeout
+    return steps, only, timeout, requires
 
 
 # ---------------------------------------------------------------- filtering
@@ -140,9 +149,12 @@ class Filters:
         self.tmp = tmp
         self.masks = set(DEFAULT_MASKS)
         self.full = set()           # members never abbreviated (@full)
+        self.names = []             # (real value, shown as) besides the temp dir, in order
 
     def text(self, s):
         s = s.replace(self.tmp, "TMP")
+        for real, shown in self.names:
+            s = s.replace(real, shown)
         # Implicit node names carry a global counter (#block123): mask the number.
         s = re.sub(r"#block[0-9]+", "#blockN", s)
         # json:{...} filenames print the options in hash order: sort them.
@@ -367,6 +379,9 @@ class Run:
         self.bg = []
         self.expect_exit = 0
         self.quit_done = False
+        self.placeholders = {"$TMP": self.tmp}   # substituted in commands, @args, @env...
+        self.shell_env = {"TMP": self.tmp, "QMPDIR": os.path.dirname(os.path.abspath(__file__))}
+        self.ceph = None              # (conf, namespace) under @requires ceph
 
     def sock_for(self, name):
         return os.path.join(self.tmp, f"qmp-{name}.sock")
@@ -534,8 +549,53 @@ class Run:
                 return
             self.emit_recv(msg)
 
+    # -- @requires ceph: the cluster of BJD_CEPH_CONF, one RBD namespace per run
+    def rbd(self, *args):
+        conf = self.ceph[0]
+        return subprocess.run(["rbd", "-c", conf, *args], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+
+    def ceph_setup(self, conf):
+        """Creates this run's namespace in pool rbd; placeholders and filters for it."""
+        conf = os.path.abspath(conf)
+        base = re.sub(r"[^a-z0-9]+", "-", os.path.basename(self.path)[:-4].lower())[:24]
+        ns = f"bjd-{base}-{uuid.uuid4().hex[:12]}"
+        self.ceph = (conf, ns)
+        p = self.rbd("namespace", "create", "--pool", "rbd", "--namespace", ns)
+        if p.returncode != 0:
+            self.ceph = None
+            raise ScenarioError(f"rbd namespace create {ns} failed (rc={p.returncode}): "
+                                + p.stderr.decode("utf-8", "replace").strip())
+        cdir = os.path.dirname(conf)
+        self.placeholders.update({"$CEPH_CONF": conf, "$CEPH_DIR": cdir, "$RBD_NS": ns})
+        self.shell_env.update({"CEPH_CONF": conf, "CEPH_DIR": cdir, "RBD_NS": ns})
+        # The conf before its directory; all before any shorter overlap could matter.
+        self.filters.names += [(conf, "CEPH_CONF"), (cdir, "CEPH_DIR"), (ns, "RBD_NS")]
+
+    def ceph_cleanup(self):
+        """Removes the namespace and whatever the scenario left in it (images, snapshots,
+        trash); failing to is a failure of the scenario (something still holds an image)."""
+        if not self.ceph:
+            return
+        ns = self.ceph[1]
+        where = ["--pool", "rbd", "--namespace", ns]
+        try:
+            p = self.rbd("trash", "ls", *where, "--format", "json")
+            for e in json.loads(p.stdout or b"[]") if p.returncode == 0 else []:
+                self.rbd("trash", "rm", *where, "--image-id", e["id"], "--force", "--no-progress")
+            p = self.rbd("ls", *where, "--format", "json")
+            for img in json.loads(p.stdout or b"[]") if p.returncode == 0 else []:
+                self.rbd("snap", "purge", *where, "--image", img, "--no-progress")
+                self.rbd("rm", *where, "--image", img, "--no-progress")
+            p = self.rbd("namespace", "remove", "--pool", "rbd", "--namespace", ns)
+            if p.returncode != 0:
+                self.failures.append(f"could not remove RBD namespace {ns} (rc={p.returncode}): "
+                                     + p.stderr.decode("utf-8", "replace").strip())
+        except (subprocess.TimeoutExpired, ValueError) as e:
+            self.failures.append(f"could not clean RBD namespace {ns}: {e}")
+
     def shell(self, cmd, record):
-        env = dict(os.environ, TMP=self.tmp, QMPDIR=os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, **self.shell_env)
         p = subprocess.run(["/bin/sh", "-c", cmd], cwd=self.tmp, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
         text = p.stdout.decode("utf-8", "replace")
@@ -548,7 +608,9 @@ class Run:
             self.note(f"shell command failed (rc={p.returncode}): {cmd}\n{text}")
 
     def subst(self, s):
-        return s.replace("$TMP", self.tmp)
+        for name, value in self.placeholders.items():
+            s = s.replace(name, value)
+        return s
 
     def step(self, st):
         k, a = st.kind, st.arg
@@ -571,7 +633,7 @@ class Run:
         elif k == "shell-out":
             self.shell(a, True)
         elif k == "shell-bg":
-            env = dict(os.environ, TMP=self.tmp, QMPDIR=os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, **self.shell_env)
             log = open(os.path.join(self.tmp, f"bg{len(self.bg)}.log"), "wb")
             self.bg.append(subprocess.Popen(["/bin/sh", "-c", "exec " + a], cwd=self.tmp, env=env,
                                             stdout=log, stderr=log, start_new_session=True))
@@ -696,11 +758,13 @@ class Run:
         else:
             self.stderr = ""
 
-    def run(self, steps):
+    def run(self, steps, ceph_conf=None):
         for st in steps:
             if st.kind == "session" and st.arg.split() and st.arg.split()[0] not in self.session_names:
                 self.session_names.append(st.arg.split()[0])
         try:
+            if ceph_conf:
+                self.ceph_setup(ceph_conf)
             for st in steps:
                 self.step(st)
         except ScenarioError as e:
@@ -709,6 +773,7 @@ class Run:
             self.note(f"{type(e).__name__}: {e}")
         finally:
             self.finish()
+            self.ceph_cleanup()
         return "\n".join(collapse(self.out)) + "\n"
 
 
@@ -742,18 +807,33 @@ def display_name(scn):
     return os.path.relpath(p, here)[:-4] if p.startswith(here + os.sep) else scn[:-4]
 
 
+def unmet_requirement(requires):
+    """Why this machine cannot run a scenario with these @requires, or None."""
+    if "ceph" in requires:
+        conf = os.environ.get("BJD_CEPH_CONF", "")
+        if not conf:
+            return "requires ceph: BJD_CEPH_CONF is not set (tests/ceph/cluster.sh starts a cluster)"
+        if not os.path.isfile(conf):
+            return f"requires ceph: BJD_CEPH_CONF={conf} is not a file (Ceph not installed?)"
+    return None
+
+
 def run_one(scn, opts):
-    """Returns (status, report) where status is PASS, FAIL or SKIP."""
+    """Returns (status, report) where status is PASS, FAIL, SKIP or SKIP-REQ (an unmet
+    @requires)."""
     name = display_name(scn)
     start = time.monotonic()
     try:
-        steps, only, timeout = parse_scenario(scn)
+        steps, only, timeout, requires = parse_scenario(scn)
     except (ScenarioError, OSError) as e:
         return "FAIL", f"FAIL {name}: {e}", ""
     if only and only[0] != opts.kind:
         return "SKIP", f"SKIP {name} (only {only[0]}: {only[1]})", ""
+    why = unmet_requirement(requires)
+    if why:
+        return "SKIP-REQ", f"SKIP {name} ({why})", ""
     r = Run(scn, opts.kind, opts.bin, opts.keep, max(opts.timeout, timeout or 0))
-    got = r.run(steps)
+    got = r.run(steps, os.environ["BJD_CEPH_CONF"] if "ceph" in requires else None)
     exp_path = expected_path(scn, opts.kind)
     detail = []
     if opts.update:
@@ -814,7 +894,7 @@ def main():
         else:
             files.append(s)
     files.sort()
-    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0, "SKIP-REQ": 0}
     lock = threading.Lock()
 
     def job(f):
@@ -835,10 +915,14 @@ def main():
 
     with concurrent.futures.ThreadPoolExecutor(max(1, opts.j)) as ex:
         list(ex.map(job, files))
-    if counts["SKIP"]:
-        print(f"({counts['SKIP']} skipped)")
+    skipped = counts["SKIP"] + counts["SKIP-REQ"]
+    if skipped:
+        print(f"({skipped} skipped)")
     print(f"{counts['PASS']} passed, {counts['FAIL']} failed")
-    return 1 if counts["FAIL"] else 0
+    if counts["FAIL"]:
+        return 1
+    # Nothing ran because this machine lacks something (not merely @only): say so to ctest.
+    return SKIP_EXIT if counts["SKIP-REQ"] and not counts["PASS"] else 0
 
 
 if __name__ == "__main__":
