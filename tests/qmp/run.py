@@ -585,6 +585,10 @@ class Run:
                 self.rbd("trash", "rm", *where, "--image-id", e["id"], "--force", "--no-progress")
             p = self.rbd("ls", *where, "--format", "json")
             for img in json.loads(p.stdout or b"[]") if p.returncode == 0 else []:
+                p = self.rbd("snap", "ls", *where, "--image", img, "--format", "json")
+                for snap in json.loads(p.stdout or b"[]") if p.returncode == 0 else []:
+                    if snap.get("protected") == "true":
+                        self.rbd("snap", "unprotect", *where, "--image", img, "--snap", snap["name"])
                 self.rbd("snap", "purge", *where, "--image", img, "--no-progress")
                 self.rbd("rm", *where, "--image", img, "--no-progress")
             p = self.rbd("namespace", "remove", "--pool", "rbd", "--namespace", ns)
