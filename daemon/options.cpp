@@ -22,7 +22,7 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
              [,force-share=on|off][,detect-zeroes=on|off|unmap]
              [,<driver-specific options>]
   --blockdev <json>         configure a block node (drivers: file, raw, qcow2, nbd,
-                            null-co, null-aio, blkdebug)
+                            rbd, null-co, null-aio, blkdebug)
 
   --drive id=<id>[,node-name=<node>][,removable=on|off][,tray=on|off]
           [,tray-open=on|off][,locked=on|off][,stats-intervals.N=<secs>]

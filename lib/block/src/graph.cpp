@@ -255,6 +255,13 @@ struct opener {
                 no.tls_hostname = nb.tls_hostname.value_or(no.server.unix_socket ? std::string() : no.server.host);
             }
             n = co_await open_nbd(std::move(*common), std::move(no));
+        } else if (o.u.rbd) {
+            auto ro = rbd_options(*o.u.rbd, g.objects());
+            if (!ro)
+                co_return ro.error();
+            if (auto r = check_name(name); !r)
+                co_return r.error();
+            n = co_await open_rbd(std::move(*common), std::move(*ro));
         } else if (o.u.blkdebug) {
             auto image = co_await child_ref(o.u.blkdebug->image, mine);
             if (!image)

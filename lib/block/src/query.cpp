@@ -77,6 +77,12 @@ qapi::image_info describe_image(const node& n, bool with_backing_chain)
         img.actual_size = a;
     if (auto c = n.cluster_size())
         img.cluster_size = c;
+    if (n.driver() == "rbd") {   // QEMU's qemu_rbd_get_specific_info: encryption-format only when encrypted
+        qapi::image_info_specific spec;
+        spec.type = qapi::image_info_specific_kind::rbd;
+        spec.u.rbd = qapi::image_info_specific_rbd_wrapper{};
+        img.format_specific = std::move(spec);
+    }
     if (const auto* q = qcow2_info(n)) {
         qapi::image_info_specific_q_cow2 d;
         d.compat = q->version >= 3 ? "1.1" : "0.10";

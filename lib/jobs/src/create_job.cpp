@@ -3,6 +3,7 @@
 #include "bjd/jobs/create_job.hpp"
 
 #include "bjd/block/create.hpp"
+#include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/log.hpp"
@@ -35,6 +36,8 @@ public:
         qapi::result<void> r;
         if (o_.u.file)
             r = co_await create_file(*o_.u.file);
+        else if (o_.u.rbd)
+            r = co_await create_rbd(*o_.u.rbd);
         else
             r = co_await create_qcow2(j, *o_.u.qcow2);
         j.progress_done(1);
@@ -53,6 +56,26 @@ private:
         o.nocow = f.nocow.value_or(false);
         o.extent_size_hint = f.extent_size_hint;
         co_return co_await block::create_file(o);
+    }
+
+    /// QEMU 7.2's qemu_rbd_do_create, in its order.
+    asio::awaitable<qapi::result<void>> create_rbd(const qapi::blockdev_create_options_rbd& q)
+    {
+        if (q.location.snapshot)
+            co_return qapi::generic("Can't use snapshot name for image creation");
+        if (q.encrypt)
+            co_return qapi::generic("RBD image encryption is not supported by blockjobd's rbd driver");
+        const std::uint64_t obj = q.cluster_size.value_or(0);
+        if (q.cluster_size && ((obj - 1) & obj))
+            co_return qapi::generic("obj size needs to be power of 2");
+        if (q.cluster_size && obj < 4096)
+            co_return qapi::generic("obj size too small");
+        auto loc = q.location;
+        loc.encrypt.reset();   // the image's encryption is create's own encrypt member
+        auto where = block::rbd_options(loc, g_.objects());
+        if (!where)
+            co_return where.error();
+        co_return co_await block::create_rbd(*where, q.size, obj);
     }
 
     asio::awaitable<qapi::result<void>> create_qcow2(job& j, const qapi::blockdev_create_options_qcow2& q)
@@ -98,7 +121,7 @@ private:
 
 qapi::result<void> start_create(manager& m, block::graph& g, std::string job_id, qapi::blockdev_create_options opts)
 {
-    if (!opts.u.file && !opts.u.qcow2)
+    if (!opts.u.file && !opts.u.qcow2 && !opts.u.rbd)
         return qapi::generic("Driver does not support blockdev-create");
     job_options jo;
     jo.auto_finalize = true;

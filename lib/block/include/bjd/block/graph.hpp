@@ -44,8 +44,8 @@ public:
     io::engine& thread_engine() noexcept { return threads_; }
     /// The gate requests from outside the graph (exports) pass; transactions drain it.
     io_gate& gate() noexcept { return gate_; }
-    /// Where the nbd driver looks its tls-creds up (the daemon's objects). Without it, every
-    /// tls-creds is unknown ("No TLS credentials with id 'X'").
+    /// The daemon's objects, where nodes look up what they name: the nbd driver its tls-creds,
+    /// rbd its key-secret. Without it every lookup fails ("No TLS credentials with id 'X'").
     void set_objects(const crypto::registry& r) noexcept { objects_ = &r; }
     const crypto::registry* objects() const noexcept { return objects_; }
 
@@ -129,8 +129,8 @@ private:
 
     io::engine& engine_;
     io::engine& threads_;
-    io_gate gate_;
     const crypto::registry* objects_ = nullptr;
+    io_gate gate_;
     std::vector<std::shared_ptr<node>> nodes_;
     unsigned closing_ = 0;                          ///< close_taken runs not yet finished
     std::vector<asio::steady_timer*> close_waiters_;   ///< close_all calls waiting for them
