@@ -4,6 +4,7 @@
 
 #include "tls_creds_data.hpp"
 
+#include "bjd/file.hpp"
 #include "bjd/id.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qapi/types.hpp"
@@ -30,23 +31,11 @@ qapi::result<std::string> read_whole_file(const std::string& path)
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return qapi::generic("Failed to open file \u201C" + path + "\u201D: " + std::strerror(errno));
-    std::string out;
-    char buf[4096];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int e = errno;
-            ::close(fd);
-            return qapi::generic("Error reading file \u201C" + path + "\u201D: " + std::strerror(e));
-        }
-        if (n == 0)
-            break;
-        out.append(buf, std::size_t(n));
-    }
+    auto r = read_to_end(fd);
     ::close(fd);
-    return out;
+    if (!r)
+        return qapi::generic("Error reading file \u201C" + path + "\u201D: " + std::strerror(r.error().value()));
+    return std::move(*r);
 }
 
 qapi::result<std::string> base64_decode(const std::string& in)

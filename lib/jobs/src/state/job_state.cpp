@@ -2,6 +2,8 @@
 // The progress file of a job kept in --state-dir (bjd/jobs/job_state.hpp), and durable writes.
 #include "bjd/jobs/job_state.hpp"
 
+#include "bjd/file.hpp"
+
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
@@ -286,23 +288,11 @@ qapi::result<std::string> read_file(const std::string& path)
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno_error("'" + path + "'", errno);
-    std::string out;
-    char buf[65536];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int e = errno;
-            ::close(fd);
-            return errno_error("'" + path + "'", e);
-        }
-        if (n == 0)
-            break;
-        out.append(buf, static_cast<std::size_t>(n));
-    }
+    auto r = read_to_end(fd);
     ::close(fd);
-    return out;
+    if (!r)
+        return errno_error("'" + path + "'", r.error().value());
+    return std::move(*r);
 }
 
 std::string random_generation()
