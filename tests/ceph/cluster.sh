@@ -182,8 +182,11 @@ osd pool default pg autoscale mode = off
 osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon warn on pool no redundancy = false
-# CI disks are often more than 70% full, which would raise MON_DISK_LOW.
-mon data avail warn = 5
+# CI disks are often more than 70% full, which would raise MON_DISK_LOW; and below 5% free
+# the monitor refuses to start at all (mon data avail crit), silently in its log. A scratch
+# cluster of a few hundred MB does not need that margin.
+mon data avail warn = 2
+mon data avail crit = 1
 # The monitor commits map changes (a pool, an RBD snapshot id) at most once a second by
 # default; a single monitor need not wait.
 paxos propose interval = 0.05
