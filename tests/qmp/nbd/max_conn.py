@@ -5,19 +5,13 @@ whether B was kept waiting (no greeting, no EOF) while A was connected, and whet
 its greeting once A has gone.
 
 usage: max_conn.py SOCKET"""
+import os
 import socket
 import struct
 import sys
 
-
-def recv_exact(s, n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            return b
-        b += c
-    return b
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
+from bjdtest import recv_exact  # noqa: E402
 
 
 path = sys.argv[1]

@@ -9,30 +9,23 @@ import struct
 import sys
 import threading
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
+from bjdtest import recv_exact  # noqa: E402
+
 OPTS_MAGIC = 0x49484156454F5054
 REP_MAGIC = 0x3E889045565A9
 REP_ACK, REP_ERR_UNSUP = 1, 0x80000001
 
 
-def recv(c, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = c.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
 def serve(c):
     try:
         c.sendall(b"NBDMAGIC" + struct.pack(">QH", OPTS_MAGIC, 1))   # fixed newstyle
-        recv(c, 4)
+        recv_exact(c, 4)
         while True:
-            magic, opt, length = struct.unpack(">QII", recv(c, 16))
+            magic, opt, length = struct.unpack(">QII", recv_exact(c, 16))
             if magic != OPTS_MAGIC:
                 return
-            recv(c, length)
+            recv_exact(c, length)
             if opt == 2:   # NBD_OPT_ABORT
                 c.sendall(struct.pack(">QIII", REP_MAGIC, opt, REP_ACK, 0))
                 return
