@@ -7,17 +7,24 @@ Usage: two_host.py DAEMON WORKDIR copy|restart [SIZE_MIB]
 Two network namespaces joined by a veth pair (10.254.77.1/30 source, 10.254.77.2/30
 destination; the addresses exist only inside those namespaces) each run one DAEMON
 (blockjobd or qemu-storage-daemon: the options are QEMU's) under `ip netns exec`. The QMP
-sequence is the one libvirt's src/qemu/qemu_migration.c sends, over plain TCP (no tls-creds
-yet):
+sequence is the one libvirt's src/qemu/qemu_migration.c sends for `virsh migrate
+--copy-storage-all --tls`, over TCP with TLS (x509 certificates made by
+tests/qmp/tls/gencerts.sh, the server's naming the destination's address):
 
-  destination: nbd-server-start on the inet address, blockdev-add of a raw target file of the
-               source's size (libvirt-1-storage/libvirt-1-format), block-export-add writable
-               named after the disk alias (drive-virtio-disk0), id libvirt-nbd-<node>;
-  source:      blockdev-add of the nbd node migration-vda-storage (server inet, export
-               drive-virtio-disk0) and the raw node migration-vda-format over it,
-               blockdev-mirror sync=full with auto-finalize/auto-dismiss=false, READY, then
-               block-job-cancel (the point-in-time finish), job-dismiss, blockdev-del;
+  destination: object-add tls-creds-x509 objlibvirt_migrate_tls0 (endpoint server,
+               verify-peer), nbd-server-start on the inet address with those tls-creds,
+               blockdev-add of a raw target file of the source's size
+               (libvirt-1-storage/libvirt-1-format), block-export-add writable named after
+               the disk alias (drive-virtio-disk0), id libvirt-nbd-<node>;
+  source:      object-add of the client's tls-creds-x509; blockdev-add of the nbd node
+               migration-vda-storage (server inet, export drive-virtio-disk0, tls-creds,
+               tls-hostname the destination's address) and the raw node migration-vda-format
+               over it, blockdev-mirror sync=full with auto-finalize/auto-dismiss=false,
+               READY, then block-job-cancel (the point-in-time finish), job-dismiss,
+               blockdev-del, object-del;
   destination: block-export-del, nbd-server-stop.
+
+Before the first copy, an nbd node without tls-creds must be refused by the TLS-only server.
 
 While the copy runs, fio (the guest) writes through the source daemon's own NBD export (a
 unix socket); it stops before the cancel. The target then equals the source (qemu-img
@@ -46,14 +53,17 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
+import bjdtest  # noqa: E402
+
 SRC_IP, DST_IP, PREFIX = "10.254.77.1", "10.254.77.2", 30
+TLS_ID = "objlibvirt_migrate_tls0"   # libvirt's alias for the migration's TLS credentials
 PORT = 49153  # the first port of libvirt's default migration NBD range
 DISK = "drive-virtio-disk0"
 EXPORT_ID = "libvirt-nbd-libvirt-1-format"
 
 
-class Failure(Exception):
-    pass
+Failure = bjdtest.Failure
 
 
 CHILDREN = []  # daemons and fio, killed on the way out whatever happened
@@ -132,62 +142,20 @@ class Daemon:
                                                   "--monitor", "chardev=m"]),
                                   stdout=self.log, stderr=self.log, start_new_session=True)
         CHILDREN.append(self.p)
-        # The socket file appears at bind(), a moment before listen(): until then a connect is
-        # refused (seen with qemu-storage-daemon on a loaded machine).
-        end = time.monotonic() + 10
-        while True:
-            if self.p.poll() is not None or time.monotonic() > end:
-                raise Failure(f"{name} daemon did not start (exit {self.p.poll()}, see {name}.log)")
-            if os.path.exists(self.sock):
-                self.s = socket.socket(socket.AF_UNIX)
-                try:
-                    self.s.connect(self.sock)
-                    break
-                except ConnectionRefusedError:
-                    self.s.close()
-            time.sleep(0.02)
-        self.s.settimeout(60)
-        self.f = self.s.makefile("rwb")
-        self.events = []
-        self.f.readline()
-        self.cmd("qmp_capabilities")
+        try:
+            self.q = bjdtest.QMP(self.sock, timeout=10, alive=lambda: self.p.poll() is None)
+        except Failure as e:
+            raise Failure(f"{name} daemon did not start (exit {self.p.poll()}, see {name}.log): {e}") from None
+        self.s = self.q.s
 
-    def cmd(self, execute, ok=True, **args):
-        msg = {"execute": execute}
-        if args:
-            msg["arguments"] = args
-        self.f.write(json.dumps(msg).encode() + b"\n")
-        self.f.flush()
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise Failure(f"{execute}: connection closed")
-            m = json.loads(line)
-            if "event" in m:
-                self.events.append(m)
-                continue
-            if ok and "error" in m:
-                raise Failure(f"{execute} {json.dumps(args)}: {m['error']['desc']}")
-            return m.get("return", m)
+    def cmd(self, execute, /, ok=True, **args):
+        if ok:
+            return self.q.ok(execute, **args)
+        m = self.q.cmd(execute, **args)
+        return m.get("return", m)
 
-    def wait_event(self, name, timeout=60, **data):
-        end = time.monotonic() + timeout
-        while True:
-            for i, e in enumerate(self.events):
-                if e["event"] == name and all(e.get("data", {}).get(k) == v for k, v in data.items()):
-                    del self.events[i]
-                    return e
-            left = end - time.monotonic()
-            if left <= 0:
-                raise Failure(f"timeout waiting for {name} {data}")
-            self.s.settimeout(left)
-            line = self.f.readline()
-            self.s.settimeout(60)
-            if not line:
-                raise Failure(f"connection closed waiting for {name}")
-            m = json.loads(line)
-            if "event" in m:
-                self.events.append(m)
+    def wait_event(self, name, /, timeout=60, **data):
+        return self.q.wait_event(name, timeout, **data)
 
     def kill(self):
         if self.p.poll() is None:
@@ -210,13 +178,20 @@ class Daemon:
             raise Failure(f"daemon exited with status {self.p.returncode}")
 
 
+def tls_creds(d, work, endpoint):
+    d.cmd("object-add", **{"qom-type": "tls-creds-x509", "id": TLS_ID, "endpoint": endpoint,
+                           "dir": os.path.join(work, "pki", endpoint), "verify-peer": True})
+
+
 def start_destination(net, daemon, work, name, target, port):
     """libvirt's destination: the disk, the NBD server on the migration address, the export."""
     d = Daemon(net, "dst", daemon, work, name)
+    tls_creds(d, work, "server")
     d.cmd("blockdev-add", driver="file", filename=target, **{"node-name": "libvirt-1-storage",
           "auto-read-only": True, "discard": "unmap"})
     d.cmd("blockdev-add", driver="raw", file="libvirt-1-storage", **{"node-name": "libvirt-1-format", "read-only": False})
-    d.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": net.dst_ip, "port": str(port)}})
+    d.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": net.dst_ip, "port": str(port)}},
+          **{"tls-creds": TLS_ID})
     d.cmd("block-export-add", type="nbd", id=EXPORT_ID, name=DISK, writable=True, **{"node-name": "libvirt-1-format"})
     return d
 
@@ -264,6 +239,13 @@ def migrate(net, daemon, work, src, mode, n, port, size, restart):
                "server": {"type": "inet", "host": net.dst_ip, "port": str(port)}, "export": DISK}
     if restart:
         storage["reconnect-delay"] = 20
+    if n == 0:
+        plain = src.cmd("blockdev-add", ok=False, **storage)
+        if "error" not in plain:
+            raise Failure("the TLS-only destination accepted a plaintext client")
+        print(f"{mode}: an nbd node without tls-creds is refused by the TLS-only destination")
+    tls_creds(src, work, "client")
+    storage.update({"tls-creds": TLS_ID, "tls-hostname": net.dst_ip})
     src.cmd("blockdev-add", **storage)
     src.cmd("blockdev-add", driver="raw", file="migration-vda-storage",
             **{"node-name": "migration-vda-format", "read-only": False})
@@ -307,6 +289,7 @@ def migrate(net, daemon, work, src, mode, n, port, size, restart):
     src.cmd("job-dismiss", id=DISK)
     src.cmd("blockdev-del", **{"node-name": "migration-vda-format"})
     src.cmd("blockdev-del", **{"node-name": "migration-vda-storage"})
+    src.cmd("object-del", id=TLS_ID)
     print(f"{mode}: block-job-cancel after READY: concluded without error")
     stop_destination(dst)
     compare("raw", uri, target, f"{mode}: source (through its export) vs target")
@@ -328,6 +311,8 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     try:
         net.setup()
+        run(["sh", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tls", "gencerts.sh"),
+             os.path.join(work, "pki"), "localhost", net.dst_ip])
         image = os.path.join(work, "src.qcow2")
         run(["qemu-img", "create", "-q", "-f", "qcow2", image, str(size)])
         # Data at the start, the middle and the end; the rest stays unallocated.

@@ -1,16 +1,18 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # Throwaway TLS material for tests, in QEMU's layouts:
-#   gencerts.sh DIR [HOSTNAME]
+#   gencerts.sh DIR [HOSTNAME [IP]]
 # DIR/server: ca-cert.pem server-cert.pem server-key.pem   (x509, endpoint=server)
 # DIR/client: ca-cert.pem client-cert.pem client-key.pem   (x509, endpoint=client)
 # DIR/psk:    keys.psk with the user "alice"               (tls-creds-psk, both ends)
 # DIR/rogue:  a second CA and client pair the first CA does not know
+# The server certificate names HOSTNAME (default localhost), 127.0.0.1 and IP if given.
 # The client certificate's DN is "O=blockjobd tests,CN=client" (as tls-authz sees it).
 # Needs certtool and psktool (Debian: gnutls-bin).
 set -eu
 dir=$1
 host=${2:-localhost}
+extra_ip=${3:+ip_address = $3}
 mkdir -p "$dir/server" "$dir/client" "$dir/psk" "$dir/rogue" "$dir/work"
 w=$dir/work
 gen() { certtool --generate-privkey --key-type=ecdsa --outfile "$1" >/dev/null 2>&1; }
@@ -30,6 +32,7 @@ organization = blockjobd tests
 cn = $host
 dns_name = $host
 ip_address = 127.0.0.1
+$extra_ip
 tls_www_server
 encryption_key
 signing_key
