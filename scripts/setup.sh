@@ -12,7 +12,7 @@ pkgs=(
   libboost1.81-dev libboost-json1.81-dev liburing-dev catch2 libspdlog-dev libfmt-dev
   libsystemd-dev zlib1g-dev libedit-dev libgnutls28-dev
   # test and benchmark peers
-  qemu-utils qemu-system-common libnbd-bin nbdkit fio socat systemd gnutls-bin
+  qemu-utils qemu-system-common libnbd-bin nbdkit fio socat systemd gnutls-bin lintian
   # Ceph RBD: librbd to build against; a one-node test cluster (tests/ceph/cluster.sh, no
   # manager); QEMU's rbd driver for qemu-img and qemu-storage-daemon
   ceph-mon ceph-osd ceph-common librbd-dev qemu-block-extra
