@@ -1,26 +1,36 @@
 #!/usr/bin/env python3
-"""blockdev-mirror into an nbd node, against the same mirror into a local file.
+"""Storage migration's copy, daemon to daemon over NBD, with TLS off and on.
 
-usage: nbd_client_bench.py OURS_BINARY [--size-mib N] [--runs N] [--source-aio io_uring|threads] [--tls]
+usage: nbd_client_bench.py OURS_BINARY [--size-mib N] [--runs N] [--source-aio io_uring|threads]
+                           [--cases local,pair,pair-tls] [--json FILE]
 
-Creates a fully allocated raw source image of random data. For each daemon (blockjobd and
-qemu-storage-daemon) it times blockdev-mirror sync=full up to BLOCK_JOB_READY twice: into a
-raw node over a local file (the ceiling), and into a raw node over an nbd node connected to
-qemu-nbd on a UNIX socket (loopback), serving an empty raw file. Prints MiB/s per case (best
-of --runs) and the ratios.
+The copy of `virsh migrate --copy-storage-all` without shared storage: a destination daemon
+exports an empty raw file over NBD on TCP 127.0.0.1, and a source daemon runs
+blockdev-mirror sync=full from a raw image into a raw node over an nbd node connected to it,
+timed up to BLOCK_JOB_READY. Each daemon is paired with itself: blockjobd to blockjobd and
+qemu-storage-daemon to qemu-storage-daemon, in the same run, on the same files.
 
-The source is in the page cache (just written). io_uring copies cached pages inside
-io_uring_enter on the loop's thread unless told otherwise; blockjobd marks reads and writes
-of 256 KiB or more on files without O_DIRECT for io_uring's workers (IOSQE_ASYNC, see
-io::io_hint in lib/io), so the loop only moves payloads to and from the socket.
-`--source-aio threads` (QEMU's default) compares with the thread pool doing the copies.
+cases:
+  local     the same mirror into a local file: the ceiling for the copies over NBD
+  pair      over NBD, plaintext
+  pair-tls  over NBD with tls-creds-x509 at both ends (certificates from
+            tests/qmp/tls/gencerts.sh), as libvirt's --tls migration
 
-`--tls`: the far side is qemu-storage-daemon exporting the empty file over NBD with
-tls-creds-x509 (certificates from tests/qmp/tls/gencerts.sh), and the nbd node connects with
-tls-creds (a client endpoint's x509 object added by object-add): the issue-13 migration path.
+The source is a fully allocated image of random data, in the page cache (just written). Every
+target is checked with qemu-img compare. Repetitions interleave the daemons; the ratios are
+medians of per-repetition ratios, as bench/suite.py computes them:
+
+  blockjobd pair / blockjobd local   how close the copy over NBD comes to a local one
+  blockjobd pair / qsd pair          against qemu-storage-daemon's pair
+
+`--source-aio threads` (QEMU's default for aio) runs the source file nodes with the thread
+pool instead of io_uring.
 """
 import argparse
+import json
 import os
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +40,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from qmp import QMP  # noqa: E402
 
 MiB = 1 << 20
+GENCERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "qmp", "tls", "gencerts.sh")
+CASES = ("local", "pair", "pair-tls")
 
 
 def make_source(path, size):
@@ -41,69 +53,83 @@ def make_source(path, size):
             left -= n
 
 
-GENCERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "qmp", "tls", "gencerts.sh")
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
-def far_server(work, dst, nbd_sock, tls):
-    if not tls:
-        return subprocess.Popen(["qemu-nbd", "-t", "-e", "4", "-f", "raw", "-k", nbd_sock, "-x", "dst", dst],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pki = os.path.join(work, "pki")
-    return subprocess.Popen(["qemu-storage-daemon",
-                             "--object", f"tls-creds-x509,id=t,dir={pki}/server,endpoint=server",
-                             "--blockdev", f"driver=file,node-name=f,filename={dst}",
-                             "--nbd-server", f"addr.type=unix,addr.path={nbd_sock},tls-creds=t",
-                             "--export", "type=nbd,id=e,node-name=f,name=dst,writable=on"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+class Daemon:
+    def __init__(self, binary, work, name):
+        self.sock = os.path.join(work, f"{name}.sock")
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        self.proc = subprocess.Popen([binary, "--chardev", f"socket,id=c,path={self.sock},server=on,wait=off",
+                                      "--monitor", "c"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.q = QMP(self.sock)
+
+    def tls(self, work, endpoint):
+        self.q.cmd("object-add", **{"qom-type": "tls-creds-x509", "id": "tls0", "endpoint": endpoint,
+                                    "dir": os.path.join(work, "pki", endpoint)})
+
+    def stop(self):
+        try:
+            self.q.execute("quit")
+            self.q.close()
+            self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
 
 
-def mirror_once(daemon, work, src, size, into_nbd, source_aio="io_uring", tls=False):
+def mirror_once(binary, work, src, size, case, source_aio):
+    """MiB/s of one mirror to READY."""
     dst = os.path.join(work, "dst.img")
     with open(dst, "wb") as f:
         f.truncate(size)
-    sock = os.path.join(work, "qmp.sock")
-    nbd_sock = os.path.join(work, "far.sock")
-    for p in (sock, nbd_sock):
-        if os.path.exists(p):
-            os.unlink(p)
-    far = None
-    if into_nbd:
-        far = far_server(work, dst, nbd_sock, tls)
-        while not os.path.exists(nbd_sock):
-            time.sleep(0.01)
-    proc = subprocess.Popen([daemon, "--chardev", f"socket,id=c,path={sock},server=on,wait=off", "--monitor", "c"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tls = case == "pair-tls"
+    far = near = None
     try:
-        q = QMP(sock)
-        q.cmd("blockdev-add", **{"driver": "raw", "node-name": "src",
-                                 "file": {"driver": "file", "filename": src, "aio": source_aio}})
-        if into_nbd:
-            target = {"driver": "nbd", "server": {"type": "unix", "path": nbd_sock}, "export": "dst"}
-            if tls:
-                q.cmd("object-add", **{"qom-type": "tls-creds-x509", "id": "cx",
-                                       "dir": os.path.join(work, "pki", "client"), "endpoint": "client"})
-                target.update({"tls-creds": "cx", "tls-hostname": "localhost"})
-        else:
+        if case == "local":
             target = {"driver": "file", "filename": dst}
-        q.cmd("blockdev-add", **{"driver": "raw", "node-name": "dst", "file": target})
+        else:
+            far = Daemon(binary, work, "far")
+            port = free_port()
+            if tls:
+                far.tls(work, "server")
+            far.q.cmd("blockdev-add", **{"driver": "raw", "node-name": "t",
+                                         "file": {"driver": "file", "filename": dst}})
+            far.q.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": "127.0.0.1", "port": str(port)}},
+                      **({"tls-creds": "tls0"} if tls else {}))
+            r = far.q.execute("block-export-add", {"type": "nbd", "id": "e", "name": "dst", "writable": True,
+                                                   "node-name": "t"})
+            if "error" in r:
+                raise SystemExit(f"block-export-add: {r['error']['desc']}")
+            target = {"driver": "nbd", "server": {"type": "inet", "host": "127.0.0.1", "port": str(port)},
+                      "export": "dst"}
+        near = Daemon(binary, work, "near")
+        if tls:
+            near.tls(work, "client")
+            target["tls-creds"] = "tls0"
+        near.q.cmd("blockdev-add", **{"driver": "raw", "node-name": "src",
+                                      "file": {"driver": "file", "filename": src, "aio": source_aio}})
+        near.q.cmd("blockdev-add", **{"driver": "raw", "node-name": "dst", "file": target})
         t0 = time.monotonic()
-        q.cmd("blockdev-mirror", job_id="j", device="src", target="dst", sync="full")
-        q.wait_event("BLOCK_JOB_READY")
+        near.q.cmd("blockdev-mirror", job_id="j", device="src", target="dst", sync="full")
+        near.q.wait_event("BLOCK_JOB_READY")
         elapsed = time.monotonic() - t0
-        q.cmd("block-job-cancel", device="j")
-        q.wait_event("BLOCK_JOB_COMPLETED")
-        q.execute("quit")
-        q.close()
-        proc.wait(timeout=60)
+        near.q.cmd("block-job-cancel", device="j")
+        near.q.wait_event("BLOCK_JOB_COMPLETED")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        if far:
-            far.terminate()
-            far.wait()
+        for d in (near, far):
+            if d:
+                d.stop()
     r = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", src, dst])
     if r.returncode != 0:
-        raise SystemExit(f"{daemon}: target differs from source")
+        raise SystemExit(f"{binary} {case}: target differs from source")
     return size / MiB / elapsed
 
 
@@ -111,24 +137,42 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("ours")
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--source-aio", choices=["io_uring", "threads"], default="io_uring")
-    ap.add_argument("--tls", action="store_true", help="the far side is qemu-storage-daemon with tls-creds-x509")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--json", help="write the per-repetition figures here")
     a = ap.parse_args()
+    cases = a.cases.split(",")
     size = a.size_mib * MiB
+    daemons = (("blockjobd", a.ours), ("qsd", "qemu-storage-daemon"))
+    res = {(d, c): [] for d, _ in daemons for c in cases}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
         src = os.path.join(work, "src.img")
         make_source(src, size)
-        if a.tls:
-            subprocess.run(["sh", GENCERTS, os.path.join(work, "pki")], check=True)
-        res = {}
-        for name, daemon in (("blockjobd", a.ours), ("qsd", "qemu-storage-daemon")):
-            for case, nbd in (("file", False), ("nbd", True)):
-                res[name, case] = max(mirror_once(daemon, work, src, size, nbd, a.source_aio, a.tls and nbd) for _ in range(a.runs))
-                label = "nbd+tls" if nbd and a.tls else case
-                print(f"{name:10} mirror into {label:7}: {res[name, case]:8.0f} MiB/s", flush=True)
-        print(f"blockjobd nbd / blockjobd file: {res['blockjobd', 'nbd'] / res['blockjobd', 'file']:.2f}")
-        print(f"blockjobd nbd / qsd nbd:        {res['blockjobd', 'nbd'] / res['qsd', 'nbd']:.2f}")
+        subprocess.run(["sh", GENCERTS, os.path.join(work, "pki")], check=True)
+        for rep in range(a.runs):
+            for case in cases:
+                for name, binary in daemons:
+                    v = mirror_once(binary, work, src, size, case, a.source_aio)
+                    res[name, case].append(v)
+                    print(f"rep {rep + 1}: {name:10} {case:9} {v:7.0f} MiB/s", flush=True)
+
+    def ratio(a_key, b_key):
+        return statistics.median(x / y for x, y in zip(res[a_key], res[b_key]))
+
+    print(f"\n{size // MiB} MiB, {a.runs} repetitions, medians (MiB/s):")
+    for case in cases:
+        print(f"  {case:9} blockjobd {statistics.median(res['blockjobd', case]):7.0f}"
+              f"   qsd {statistics.median(res['qsd', case]):7.0f}"
+              f"   blockjobd/qsd {ratio(('blockjobd', case), ('qsd', case)):.2f}")
+    if "local" in cases:
+        for case in cases:
+            if case != "local":
+                print(f"  blockjobd {case} / blockjobd local: {ratio(('blockjobd', case), ('blockjobd', 'local')):.2f}"
+                      f"   (qsd: {ratio(('qsd', case), ('qsd', 'local')):.2f})")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"size_mib": a.size_mib, "results": {f"{d} {c}": v for (d, c), v in res.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":
