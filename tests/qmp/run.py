@@ -486,9 +486,9 @@ class Run:
             if ret_filter is not None and isinstance(resp.get("return"), list):
                 keep = ret_filter
                 resp = dict(resp)
-                resp["return"] = sorted((e for e in resp["return"]
-                                         if isinstance(e, dict) and e.get("name") in keep),
-                                        key=lambda e: e["name"])
+                def name(e):   # commands and most lists: name; block nodes: node-name
+                    return e.get("name", e.get("node-name")) if isinstance(e, dict) else None
+                resp["return"] = sorted((e for e in resp["return"] if name(e) in keep), key=name)
             if sort_key is not None and isinstance(resp.get("return"), list):
                 resp = dict(resp)
                 f = self.filters

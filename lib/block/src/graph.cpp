@@ -226,9 +226,9 @@ struct opener {
             n = co_await open_qcow2_node(*o.u.qcow2, std::move(*common), mine);
         } else if (o.u.nbd) {
             const auto& nb = *o.u.nbd;
-            if (nb.x_dirty_bitmap)
-                co_return qapi::generic("x-dirty-bitmap is not supported by blockjobd's nbd driver");
             nbd_open_options no;
+            no.meta_context = nb.x_dirty_bitmap.value_or("");
+            no.connections = std::max<std::uint32_t>(nb.multi_conn.value_or(no.connections), 1);
             if (nb.server.u.unix) {
                 no.server.path = nb.server.u.unix->path;
             } else if (nb.server.u.inet) {

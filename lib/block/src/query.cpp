@@ -177,6 +177,16 @@ qapi::block_device_info describe_node(const node& n, bool flat)
             info.dirty_bitmaps->push_back(std::move(d));
         }
     }
+    if (auto c = n.connection()) {
+        qapi::blockdev_connection_info ci;
+        if (!qapi::parse_enum(c->state, ci.state))
+            ci.state = qapi::blockdev_connection_state::closed;
+        ci.server = std::move(c->server);
+        ci.connections = c->connections;
+        ci.tls = c->tls;
+        ci.reconnects = static_cast<std::int64_t>(c->reconnects);
+        info.connection = std::move(ci);
+    }
     return info;
 }
 

@@ -72,6 +72,10 @@ struct nbd_open_options {
     std::shared_ptr<const crypto::tls_creds> tls_creds;
     /// Checked against the server's x509 certificate: tls-hostname, else the inet host.
     std::string tls_hostname;
+    /// x-dirty-bitmap: the metadata context block status reports instead of base:allocation.
+    std::string meta_context;
+    /// multi-conn: up to this many connections when the server allows several.
+    std::uint32_t connections = 4;
 };
 
 /// nbd: a client of an NBD export (lib/block/src/drivers/nbd). Connects and negotiates

@@ -51,6 +51,15 @@ struct extent {
     std::uint64_t length = 0;     ///< > 0; may be shorter than asked, never longer
 };
 
+/// How a network node reaches its server (query-named-block-nodes' `connection`).
+struct connection_info {
+    std::string state;             ///< connected, reconnecting, disconnected, closed
+    std::string server;            ///< a unix socket's path or "host:port"
+    int connections = 0;           ///< in use: several with multi-conn, 0 unless connected
+    bool tls = false;
+    std::uint64_t reconnects = 0;  ///< connections made again after a break
+};
+
 struct zero_flags {
     bool may_unmap = false;       ///< holes are acceptable (NBD: !NO_HOLE; QEMU BDRV_REQ_MAY_UNMAP)
     bool no_fallback = false;     ///< fail with ENOTSUP rather than write zero buffers (NBD FAST_ZERO)
@@ -218,6 +227,8 @@ public:
     /// not describe the node (non-default options, a window of a file); nullopt when
     /// `filename()` says it all. See `display_filename` in query.hpp.
     virtual std::optional<boost::json::object> json_options() const { return std::nullopt; }
+    /// A network node's connection to its server; nullopt for local nodes.
+    virtual std::optional<connection_info> connection() const { return std::nullopt; }
     /// Implicit filters (mirror_top without filter-node-name) are skipped by device views.
     virtual bool implicit() const noexcept { return false; }
     /// The drive whose medium this node is, "" for other nodes (QEMU's bdrv_get_device_name).

@@ -100,8 +100,9 @@ std::vector<std::byte> name_payload(const std::string& name)
 
 asio::awaitable<handshake_result> handshake(std::unique_ptr<stream>& sp, const std::string& export_name,
                                             std::shared_ptr<const crypto::tls_creds> tls_creds,
-                                            const std::string& tls_hostname)
+                                            const std::string& tls_hostname, const std::string& meta_context)
 {
+    const std::string_view context = meta_context.empty() ? base_allocation : std::string_view(meta_context);
     handshake_result r;
     auto& info = r.info;
     auto fail = [&](std::string e) {
@@ -161,7 +162,7 @@ asio::awaitable<handshake_result> handshake(std::unique_ptr<stream>& sp, const s
     }
     if (info.structured) {
         auto p = name_payload(export_name);
-        writer(p).u32(1).u32(std::uint32_t(base_allocation.size())).bytes(base_allocation);
+        writer(p).u32(1).u32(std::uint32_t(context.size())).bytes(context);
         if (auto e = co_await send_option(s, opt_set_meta_context, p); !e.empty())
             co_return fail(e);
         for (;;) {
@@ -172,8 +173,9 @@ asio::awaitable<handshake_result> handshake(std::unique_ptr<stream>& sp, const s
                 break;   // an export the server does not have shows in GO's answer
             if (a.head.type == rep_meta_context && a.payload.size() >= 4) {
                 std::string name(reinterpret_cast<const char*>(a.payload.data()) + 4, a.payload.size() - 4);
-                if (name == base_allocation) {
+                if (name == context) {
                     info.allocation = true;
+                    info.allocation_depth = name == "qemu:allocation-depth";
                     info.allocation_id = load_be32(a.payload.data());
                 }
             }
@@ -234,6 +236,11 @@ asio::awaitable<handshake_result> handshake(std::unique_ptr<stream>& sp, const s
     }
     if (!have_export)
         co_return fail("Server did not describe the export");
+    if (!meta_context.empty() && !info.allocation) {
+        // QEMU 7.2 reports only the errno of "requested x-dirty-bitmap X not found".
+        log::get("block")->warn("requested x-dirty-bitmap {} not found", meta_context);
+        co_return fail("Could not open image: Invalid argument");
+    }
     if (!(info.flags & tflag_has_flags))
         info.flags = tflag_has_flags;   // no flags: nothing optional is supported
     // Sanity of the block sizes (powers of two, min <= pref <= max); fall back otherwise.

@@ -2,6 +2,12 @@
 // nbd: a protocol node whose data lives in an export of an NBD server (QEMU's block/nbd.c
 // options and errors). The connection may break; within reconnect-delay the node reconnects
 // and sends the requests that were in flight again, after it they fail with EIO.
+//
+// multi-conn (a blockjobd extension): when the server sets NBD_FLAG_CAN_MULTI_CONN, a flush
+// on any connection covers the writes completed on all of them (the NBD protocol's
+// doc/proto.md), so requests may be spread over several connections to the same export.
+// The extra connections are made after the first, in the background; they are one group: a
+// break of any takes the others down and all reconnect together.
 #include "bjd/block/driver.hpp"
 #include "session.hpp"
 
@@ -9,11 +15,15 @@
 #include "bjd/log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -29,6 +39,9 @@ namespace wire = bjd::nbd;
 constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 /// Write-zeroes and trim lengths go up to this per request (the wire length is 32 bits).
 constexpr std::uint64_t max_zero_request = 1u << 30;
+/// An extra multi-conn connection that has not finished its handshake by then is given up
+/// (a server at its max-connections keeps it waiting).
+constexpr auto extra_connection_timeout = 5s;
 
 /// A connection attempt: connect, then handshake.
 struct attempt {
@@ -46,7 +59,7 @@ asio::awaitable<attempt> connect_once(asio::any_io_executor ex, const nbd_open_o
         a.connect_failed = true;
         co_return a;
     }
-    auto h = co_await nbd_client::handshake(c.s, o.export_name, o.tls_creds, o.tls_hostname);
+    auto h = co_await nbd_client::handshake(c.s, o.export_name, o.tls_creds, o.tls_hostname, o.meta_context);
     if (!h.error.empty()) {
         c.s->close();
         a.error = std::move(h.error);
@@ -56,7 +69,7 @@ asio::awaitable<attempt> connect_once(asio::any_io_executor ex, const nbd_open_o
     co_return a;
 }
 
-/// The connection state shared by the node and the coroutines that outlive a request.
+/// The connections shared by the node and the coroutines that outlive a request.
 class client : public std::enable_shared_from_this<client> {
 public:
     enum class state { connected, reconnecting, failed, closed };
@@ -88,6 +101,15 @@ public:
         return "?";
     }
 
+    connection_info describe() const
+    {
+        return connection_info{.state = state_name(state_),
+                               .server = opts_.server.describe(),
+                               .connections = state_ == state::connected ? int(sessions_.size()) : 0,
+                               .tls = opts_.tls_creds != nullptr,
+                               .reconnects = reconnects_};
+    }
+
     /// Sends a request, again on a new connection when the connection breaks before the
     /// reply, as long as the reconnect delay allows; EIO after it.
     asio::awaitable<outcome> submit(wire::request hdr, std::span<const std::byte> payload = {},
@@ -99,7 +121,7 @@ public:
                 co_await changed_.async_wait(tok);
             if (state_ != state::connected)
                 co_return outcome{EIO, false};
-            auto s = session_;
+            auto s = sessions_[next_++ % sessions_.size()];
             auto out = co_await s->request(hdr, payload, into, status);
             if (!out.lost)
                 co_return out;
@@ -112,8 +134,7 @@ public:
             return;
         set_state(state::closed);
         delay_timer_.cancel();
-        if (auto s = std::exchange(session_, nullptr))
-            s->close();
+        drop_sessions(nullptr);
     }
 
 private:
@@ -128,22 +149,81 @@ private:
         changed_.cancel();
     }
 
+    /// The first connection of a group; the others follow in the background.
     void set_session(std::shared_ptr<session> s)
     {
-        session_ = std::move(s);
+        add_session(std::move(s));
+        set_state(state::connected);
+        if (opts_.connections > 1 && info_.has(wire::tflag_can_multi_conn))
+            asio::co_spawn(ex_, widen(shared_from_this(), group_),
+                           asio::bind_cancellation_slot(widen_cancel_.slot(), log::on_failure("block", "nbd multi-conn")));
+    }
+
+    void add_session(std::shared_ptr<session> s)
+    {
         std::weak_ptr<client> weak = weak_from_this();
-        session_->start([weak](session* lost) {
+        s->start([weak](session* lost) {
             if (auto self = weak.lock())
                 self->lost(lost);
         });
-        set_state(state::connected);
+        sessions_.push_back(std::move(s));
+    }
+
+    /// Closes every connection but `except` (whose stream is already gone), cancels the
+    /// extra connections still being made, and starts a new group.
+    void drop_sessions(session* except)
+    {
+        ++group_;
+        widen_cancel_.emit(asio::cancellation_type::terminal);
+        for (auto& s : std::exchange(sessions_, {}))
+            if (s.get() != except)
+                s->close();
+    }
+
+    /// The extra connections of multi-conn, one after the other, until `opts_.connections`
+    /// are in use; any that fails or takes too long is given up.
+    static asio::awaitable<void> widen(std::shared_ptr<client> self, std::uint64_t group)
+    {
+        using namespace asio::experimental::awaitable_operators;
+        const std::string log_name = "node '" + self->name_ + "'";
+        while (self->group_ == group && self->state_ == state::connected && self->sessions_.size() < self->opts_.connections) {
+            asio::steady_timer timeout(self->ex_, extra_connection_timeout);
+            auto r = co_await (connect_once(self->ex_, self->opts_, log_name) || timeout.async_wait(tok));
+            if (self->group_ != group || self->state_ != state::connected) {   // dropped or closed meanwhile
+                if (r.index() == 0 && std::get<0>(r).s)
+                    std::get<0>(r).s->close();
+                co_return;
+            }
+            if (r.index() != 0) {
+                log::get("block")->info("{}: an extra nbd connection did not complete within {} s; using {}", log_name,
+                                        extra_connection_timeout.count(), self->sessions_.size());
+                co_return;
+            }
+            auto a = std::move(std::get<0>(r));
+            if (!a.s) {
+                log::get("block")->info("{}: extra nbd connection failed ({}); using {}", log_name, a.error,
+                                        self->sessions_.size());
+                co_return;
+            }
+            if (a.s->info().size != self->info_.size || !a.s->info().has(wire::tflag_can_multi_conn)) {
+                a.s->close();
+                co_return;
+            }
+            self->add_session(std::move(a.s));
+        }
+        if (self->group_ == group && self->sessions_.size() > 1)
+            log::get("block")->info("{}: {} nbd connections (the server allows multi-conn)", log_name,
+                                    self->sessions_.size());
     }
 
     void lost(session* s)
     {
-        if (s != session_.get() || state_ == state::closed)
+        if (state_ == state::closed ||
+            std::none_of(sessions_.begin(), sessions_.end(), [s](const auto& p) { return p.get() == s; }))
             return;
-        session_.reset();
+        // One break takes the group down: the requests waiting on the other connections come
+        // back lost and are sent again once the node has connected again.
+        drop_sessions(s);
         if (opts_.reconnect_delay == 0) {
             set_state(state::failed);
         } else {
@@ -180,6 +260,7 @@ private:
                 if (a.error.empty()) {
                     self->delay_timer_.cancel();
                     self->info_ = ni;
+                    ++self->reconnects_;
                     self->set_session(std::move(a.s));
                     co_return;
                 }
@@ -198,7 +279,11 @@ private:
     export_info info_;
     bool writable_ = false;
     state state_ = state::failed;
-    std::shared_ptr<session> session_;
+    std::vector<std::shared_ptr<session>> sessions_;   ///< non-empty while connected
+    std::size_t next_ = 0;                             ///< round robin over sessions_
+    std::uint64_t group_ = 0;                          ///< bumped when the sessions are dropped
+    std::uint64_t reconnects_ = 0;
+    asio::cancellation_signal widen_cancel_;           ///< stops the extra connections being made
     asio::steady_timer changed_;       ///< expiry never reset: cancel() wakes every waiter
     asio::steady_timer delay_timer_;
 };
@@ -224,6 +309,7 @@ public:
     ~nbd_node() override { client_->close(); }
 
     std::string_view driver() const noexcept override { return "nbd"; }
+    std::optional<connection_info> connection() const override { return client_->describe(); }
     std::string filename() const override { return nbd_filename(opts_); }
     std::uint64_t size() const noexcept override { return client_->info().size; }
     std::uint32_t request_alignment() const noexcept override { return client_->info().min_block; }

@@ -194,13 +194,16 @@ asio::awaitable<bool> session::chunk(pending& p, std::uint16_t type, std::uint32
         if (load_be32(d.data()) != info_.allocation_id || p.status_seen)
             co_return false;
         const std::uint32_t len = load_be32(d.data() + 4);
-        const std::uint32_t flags = load_be32(d.data() + 8);
+        std::uint32_t flags = load_be32(d.data() + 8);
+        if (info_.allocation_depth && flags > 2)
+            flags = 2;
         if (len == 0)
             co_return false;
         p.status_seen = true;
         if (p.status) {
             // base:allocation: a hole reads as zeroes from nothing stored; data is this
-            // export's own (QEMU's nbd_client_co_block_status).
+            // export's own (QEMU's nbd_client_co_block_status). An x-dirty-bitmap context's
+            // flags are read the same way.
             unsigned f = (flags & state_hole) ? 0u : (status_data | status_allocated);
             if (flags & state_zero)
                 f |= status_zero;

@@ -30,15 +30,19 @@ struct export_info {
     std::uint32_t pref_block = 0;
     std::uint32_t max_block = 0;
     bool structured = false;                 ///< NBD_OPT_STRUCTURED_REPLY accepted
-    bool allocation = false;                 ///< base:allocation selected
+    bool allocation = false;                 ///< base:allocation (or x-dirty-bitmap's context) selected
     std::uint32_t allocation_id = 0;         ///< its context id
+    /// x-dirty-bitmap=qemu:allocation-depth: depths above 2 read as 2 (QEMU's mapping, so that
+    /// depth 0 shows as data, 1 as a hole and 2 or more as zero in `qemu-img map`).
+    bool allocation_depth = false;
 
     bool has(std::uint16_t f) const noexcept { return (flags & f) != 0; }
 };
 
 /// Runs the handshake for `export_name` on `s`. With `tls_creds`, NBD_OPT_STARTTLS comes
 /// first and `s` is replaced by the TLS stream the rest runs over (`tls_hostname` is checked
-/// against the server's certificate). Errors in QEMU's words ("Requested export not
+/// against the server's certificate). `meta_context` (x-dirty-bitmap) is asked for instead
+/// of base:allocation and must be granted. Errors in QEMU's words ("Requested export not
 /// available", "Server don't support STARTTLS option", ...).
 struct handshake_result {
     export_info info;
@@ -46,7 +50,8 @@ struct handshake_result {
 };
 asio::awaitable<handshake_result> handshake(std::unique_ptr<stream>& s, const std::string& export_name,
                                             std::shared_ptr<const crypto::tls_creds> tls_creds = {},
-                                            const std::string& tls_hostname = {});
+                                            const std::string& tls_hostname = {},
+                                            const std::string& meta_context = {});
 
 /// How a request ended.
 struct outcome {
