@@ -244,6 +244,10 @@ qapi::result<void> connect_blocking(rbd_handles& h, const rbd_open_options& o, b
             return s;
     }
     rados_conf_set(h.cluster, "rbd_cache", cache ? "true" : "false");   // failure: no cache, as QEMU
+    // librbd copies every write's buffer unless told not to; without the copy it keeps a
+    // reference and delays the completion until it lets the buffer go. Every write here
+    // waits for its completion before its buffer is reused or freed, so the copy is saved.
+    rados_conf_set(h.cluster, "rbd_disable_zero_copy_writes", "false");
     if (r = rados_connect(h.cluster); r < 0)
         return qapi::generic("error connecting: " + errtext(r));
     if (r = rados_ioctx_create(h.cluster, o.pool.c_str(), &h.ioctx); r < 0) {
