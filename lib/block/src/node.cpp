@@ -353,8 +353,13 @@ asio::awaitable<result<void>> node::write_zeroes(std::uint64_t offset, std::uint
     // (a mirror's zero areas, NBD WRITE_ZEROES without NO_HOLE) punches a hole either way,
     // so a sparse target stays sparse.
     auto r = co_await do_write_zeroes(offset, length, flags);
-    if (!r && r.error() == std::errc::operation_not_supported && !flags.no_fallback)
+    if (!r && r.error() == std::errc::operation_not_supported) {
+        // Refused without fallback: nothing was written, and the caller (e.g. the raw node
+        // above) emulates it with writes that are counted here as such. Not a failed write.
+        if (flags.no_fallback)
+            co_return r;
         r = co_await emulate_write_zeroes(offset, length);
+    }
     notify_write(offset, length);
     acct_.finish(ck, bool(r));
     co_return r;

@@ -244,6 +244,10 @@ qapi::result<void> connect_blocking(rbd_handles& h, const rbd_open_options& o, b
             return s;
     }
     rados_conf_set(h.cluster, "rbd_cache", cache ? "true" : "false");   // failure: no cache, as QEMU
+    // librbd copies every write's buffer unless told not to; without the copy it keeps a
+    // reference and delays the completion until it lets the buffer go. Every write here
+    // waits for its completion before its buffer is reused or freed, so the copy is saved.
+    rados_conf_set(h.cluster, "rbd_disable_zero_copy_writes", "false");
     if (r = rados_connect(h.cluster); r < 0)
         return qapi::generic("error connecting: " + errtext(r));
     if (r = rados_ioctx_create(h.cluster, o.pool.c_str(), &h.ioctx); r < 0) {
@@ -322,8 +326,13 @@ protected:
     }
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags) override
     {
-        // QEMU 7.2 declares only MAY_UNMAP: a request that must not fall back is refused.
-        if (flags.no_fallback)
+        // Without MAY_UNMAP librbd writes zeroes (thick provisioning): no faster than the
+        // caller's own fallback, so a request that must not fall back is refused, as in QEMU
+        // 7.2. With MAY_UNMAP librbd discards whole objects and zeroes the rest in place: that
+        // is the fast path, taken even under no_fallback, which the raw driver sets on every
+        // request it passes down (else a mirror's zeroing through raw over rbd, libvirt's
+        // layout, would write the whole image full of zero buffers).
+        if (flags.no_fallback && !flags.may_unmap)
             co_return errno_error(ENOTSUP);
         const int zf = flags.may_unmap ? 0 : RBD_WRITE_ZEROES_FLAG_THICK_PROVISION;
         auto r = co_await aio(
