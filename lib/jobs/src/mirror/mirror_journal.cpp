@@ -47,6 +47,10 @@ void mirror_job::stop_journal()
     journal_->job = nullptr;
     journal_->timer.cancel();
     if (journal_->log) {
+        logger()->info("mirror '{}': journal stopped: {} checkpoints, {} write-intent records, {} writes waited for "
+                       "one",
+                       journal_->cfg.job_id, journal_->checkpoints, journal_->log->records_written(),
+                       journal_->log->writes_waited());
         s_.source->set_write_intent_hook(nullptr);
         journal_->log->stop();
     }
