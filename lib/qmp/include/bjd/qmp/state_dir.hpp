@@ -18,7 +18,10 @@
 /// trusted (query-jobs' `restore-note` says why). A job whose images are gone comes back
 /// concluded with an error and stays listed until job-dismiss.
 ///
-/// Main loop only. File I/O is synchronous: the files are small (a bitmap bit per chunk).
+/// While a job runs, its journal (jobs::start_mirror_journal) keeps `<id>.ckpt` and `<id>.wil`
+/// for a restart after a crash; without a progress file the next start unites the two.
+///
+/// Main loop only. File I/O here is synchronous: the files are small (a bitmap bit per chunk).
 #include "bjd/jobs/job.hpp"
 #include "bjd/jobs/job_state.hpp"
 
