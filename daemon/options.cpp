@@ -92,7 +92,10 @@ blockjobd options:
                             <dir>: their arguments, the blockdev-add definitions of their
                             nodes, and at a clean stop (SIGTERM, quit) what is left to
                             copy; the next start with the same <dir> brings them back
-                            paused, copying only what was left (job-resume carries on)
+                            paused, copying only what was left (job-resume carries on);
+                            after a crash (kill -9) its last checkpoint and its
+                            write-intent log (every source write waits until its 4 MiB
+                            region is marked on disk) say what is left
   --resume-jobs             with --state-dir: jobs brought back resume at once
 )";
 }

@@ -207,6 +207,8 @@ def run(binary, d):
     check("full copy" in open(os.path.join(d, "daemon.log")).read(), "the log says it too")
     q.ok("job-cancel", id="job1")
     wait_for("the cancelled job to go", lambda: job(q, "job1") is None)
+    # (a checkpoint being written when the job ended leaves its temporary file a moment longer)
+    wait_for("the state directory to empty", lambda: not os.listdir(state), 10)
     check(not os.listdir(state), "a cancelled job leaves nothing behind")
 
     # ---- 4. the images are gone: concluded with an error, until job-dismiss ---------------

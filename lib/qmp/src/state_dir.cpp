@@ -32,12 +32,16 @@ namespace {
 
 constexpr std::string_view def_suffix = ".job.json";
 constexpr std::string_view progress_suffix = ".progress";
+constexpr std::string_view checkpoint_suffix = ".ckpt";
+constexpr std::string_view intent_suffix = ".wil";
 constexpr int format_version = 1;
 
 auto logger() { return log::get("state"); }
 
 std::string def_name(const std::string& id) { return id + std::string(def_suffix); }
 std::string progress_name(const std::string& id) { return id + std::string(progress_suffix); }
+std::string checkpoint_name(const std::string& id) { return id + std::string(checkpoint_suffix); }
+std::string intent_name(const std::string& id) { return id + std::string(intent_suffix); }
 
 /// A job that only reports why it could not come back: it fails at once and stays concluded
 /// (auto-dismiss off) until job-dismiss.
@@ -170,7 +174,19 @@ void state_dir::job_started(context& ctx, const std::string& id, const std::stri
     k.doc["arguments"] = args;
     k.doc["nodes"] = std::move(nodes);
     write_definition(id, k);
+    start_journal(*j, id, k);
     jobs_[id] = std::move(k);
+}
+
+void state_dir::start_journal(jobs::job& j, const std::string& id, const kept& k)
+{
+    jobs::mirror_journal_config c;
+    c.dir = dir_;
+    c.job_id = id;
+    c.generation = k.generation;
+    c.files = job_files(k.doc);
+    if (auto r = jobs::start_mirror_journal(j, std::move(c)); !r)
+        logger()->warn("job '{}': no write-intent log: {}", id, r.error().desc);
 }
 
 void state_dir::write_definition(const std::string& id, const kept& k)
@@ -188,7 +204,7 @@ void state_dir::forget_job(const std::string& id)
 {
     jobs_.erase(id);
     keep_until_dismissed_.erase(id);
-    for (const auto& name : {def_name(id), progress_name(id)})
+    for (const auto& name : {def_name(id), progress_name(id), checkpoint_name(id), intent_name(id)})
         if (auto r = jobs::remove_file_durable(dir_, name); !r)
             logger()->error("job '{}': {}", id, r.error().desc);
 }
@@ -225,7 +241,8 @@ asio::awaitable<void> state_dir::save_all(context& ctx)
         auto p = co_await jobs::save_mirror_progress(*j);
         if (!p) {
             logger()->warn("job '{}': progress not saved ({}): the next start copies everything", id, p.error().desc);
-            (void)jobs::remove_file_durable(dir_, progress_name(id));
+            for (const auto& name : {progress_name(id), checkpoint_name(id), intent_name(id)})
+        (void)jobs::remove_file_durable(dir_, name);
             continue;
         }
         p->generation = k.generation;
@@ -307,8 +324,7 @@ void state_dir::load()
         }
         auto bytes = jobs::read_file(dir_ + "/" + progress_name(id));
         if (!bytes) {
-            l.progress_problem = "no saved progress (the daemon did not stop cleanly, or the job had not finished "
-                                 "its initial scan)";
+            load_after_crash(id, l, now);
         } else if (auto p = jobs::decode_progress(*bytes, l.generation); !p) {
             l.progress_problem = p.error().desc;
         } else {
@@ -332,6 +348,57 @@ void state_dir::load()
         }
         loaded_[id] = std::move(l);
     }
+}
+
+void state_dir::load_after_crash(const std::string& id, loaded& l, const std::vector<jobs::file_identity>& now)
+{
+    // No clean stop: the last checkpoint plus what the write-intent log marked since.
+    auto ckpt = jobs::read_file(dir_ + "/" + checkpoint_name(id));
+    if (!ckpt) {
+        l.progress_problem = "no saved progress and no checkpoint (the daemon did not stop cleanly before the job "
+                             "finished its initial scan)";
+        return;
+    }
+    auto p = jobs::decode_progress(*ckpt, l.generation);
+    if (!p) {
+        l.progress_problem = "checkpoint: " + p.error().desc;
+        return;
+    }
+    auto wil = jobs::read_file(dir_ + "/" + intent_name(id));
+    if (!wil) {
+        l.progress_problem = "a checkpoint but no write-intent log: " + wil.error().desc;
+        return;
+    }
+    auto log = jobs::decode_intent_log(*wil, l.generation);
+    if (!log) {
+        l.progress_problem = log.error().desc;
+        return;
+    }
+    // Our own writes changed the images' sizes and times since the checkpoint; that they are
+    // still the same files is what can be checked.
+    for (const auto& f : now) {
+        auto it = std::find_if(p->files.begin(), p->files.end(),
+                               [&](const jobs::file_identity& s) { return s.path == f.path; });
+        if (it == p->files.end()) {
+            l.progress_problem = "'" + f.path + "' is not in the checkpoint";
+            return;
+        }
+        if (it->ino != f.ino || it->dev != f.dev) {
+            l.progress_problem = "'" + f.path + "' was replaced while the daemon was down (inode)";
+            return;
+        }
+    }
+    const std::uint64_t ckpt_left = p->dirty_bytes();
+    if (auto m = jobs::merge_intent(*p, *log); !m) {
+        l.progress_problem = m.error().desc;
+        return;
+    }
+    l.progress = std::move(*p);
+    l.note = "after a crash: " + std::to_string(l.progress->dirty_bytes()) +
+             " bytes left to copy (checkpoint + write-intent log)";
+    logger()->info("job '{}': the daemon did not stop cleanly: checkpoint with {} bytes left, {} regions of {} MiB "
+                   "marked in the write-intent log",
+                   id, ckpt_left, log->marked(), log->region >> 20);
 }
 
 void state_dir::fail_job(context& ctx, const std::string& id, const std::string& why)
@@ -365,7 +432,8 @@ asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id
     k.generation = jobs::random_generation();
     jobs_[id] = k;
     write_definition(id, k);
-    (void)jobs::remove_file_durable(dir_, progress_name(id));
+    for (const auto& name : {progress_name(id), checkpoint_name(id), intent_name(id)})
+        (void)jobs::remove_file_durable(dir_, name);
 
     if (!l.gone.empty()) {
         fail_job(ctx, id, "image gone: " + l.gone);
@@ -415,7 +483,9 @@ asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id
         r.offset = l.progress->offset;
         // The granularity it ran with (the default depends on the target).
         p.granularity = static_cast<std::uint32_t>(l.progress->granularity);
-        p.restore_note = "saved progress: " + std::to_string(l.progress->dirty_bytes()) + " bytes left to copy";
+        p.restore_note = !l.note.empty() ? l.note
+                                         : "saved progress: " + std::to_string(l.progress->dirty_bytes()) +
+                                               " bytes left to copy";
         p.resume = std::move(r);
     } else {
         p.restore_note = "full copy: " + l.progress_problem;
@@ -428,6 +498,8 @@ asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id
         fail_job(ctx, id, r.error().desc);
         co_return;
     }
+    if (auto j = ctx.jobs->find(id))
+        start_journal(*j, id, k);
     logger()->info("job '{}' restored ({}), {}", id, *p.restore_note, resume ? "resumed" : "paused");
 }
 

@@ -44,6 +44,7 @@ mirror_job::~mirror_job()
     // clean() normally did this already; a job that never started still has its hooks.
     if (!exited_ && s_.filter)
         (void)exit_common(false);
+    stop_journal();
     s_.source->remove_write_observer(this);
 }
 
@@ -506,6 +507,7 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
                 j.progress_set_remaining(0);
                 actively_synced_ = active_;
                 j.transition_to_ready();
+                poke_journal();   // a checkpoint with nothing left to copy
             }
             continue;
         }
@@ -746,6 +748,7 @@ qapi::result<void> mirror_job::exit_common(bool pivot)
     if (exited_)
         return {};
     exited_ = true;
+    stop_journal();   // from here on the source is not the job's to track
     // The job no longer reads through the filter nor writes the target: drop what it took, so
     // that the graph change below is checked against the real users only (QEMU drops the
     // target's BlockBackend and the filter's permissions before it pivots). The filter's

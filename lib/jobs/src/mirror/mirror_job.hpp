@@ -24,6 +24,19 @@
 namespace bjd::jobs::detail {
 
 class mirror_job;
+class intent_log;
+
+/// The journal of a mirror kept in --state-dir, shared with its coroutine (mirror_journal.cpp).
+struct mirror_journal {
+    mirror_journal(asio::any_io_executor ex, mirror_journal_config c) : cfg(std::move(c)), timer(ex) {}
+    mirror_job* job = nullptr;   ///< null once the job left the graph: the coroutine ends
+    mirror_journal_config cfg;
+    std::shared_ptr<intent_log> log;
+    asio::steady_timer timer;
+    bool poked = false;          ///< a checkpoint is wanted now (READY)
+    bool first_done = false;     ///< a checkpoint was written
+    std::uint64_t checkpoints = 0;
+};
 
 /// The mirror_top filter inserted above the source. Forwards everything to the source; in
 /// write-blocking mode writes also go to the target before they complete. `drain` holds new
@@ -156,6 +169,8 @@ public:
 
     /// save_mirror_progress (mirror.hpp).
     asio::awaitable<qapi::result<mirror_progress>> save_progress(job& j);
+    /// start_mirror_journal (mirror.hpp).
+    void start_journal(mirror_journal_config c);
 
     // write_observer (source)
     void on_write(std::uint64_t offset, std::uint64_t length) override;
@@ -169,6 +184,14 @@ public:
                                                bool may_unmap);
 
 private:
+    static asio::awaitable<void> journal_loop(std::shared_ptr<mirror_journal> jn);
+    /// One checkpoint: bitmap snapshot (in-flight chunks count as dirty), target flush,
+    /// `<id>.ckpt`, then the log drops what it covers.
+    static asio::awaitable<void> checkpoint(std::shared_ptr<mirror_journal> jn);
+    void stop_journal();
+    void poke_journal();
+    /// The bitmap as a progress record, chunks with requests in flight counted as dirty.
+    mirror_progress snapshot(job& j) const;
     asio::awaitable<void> init_bitmap();
     /// Loads `s_.resume` into the bitmap and the counters; false (with a restore note on the
     /// job) when it does not fit this job.
@@ -237,6 +260,7 @@ private:
     std::chrono::steady_clock::time_point rate_window_start_{};
     std::uint64_t rate_window_bytes_ = 0;
     std::int64_t last_rate_ = 0;
+    std::shared_ptr<mirror_journal> journal_;
 };
 
 } // namespace bjd::jobs::detail

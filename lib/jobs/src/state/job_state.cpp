@@ -13,7 +13,9 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <random>
+#include <span>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -145,6 +147,8 @@ std::string encode_progress(const mirror_progress& p)
     meta["offset"] = u64(p.offset);
     meta["len"] = u64(p.len);
     meta["ready"] = p.ready;
+    if (p.checkpoint)
+        meta["checkpoint"] = true;
     json::array files;
     for (const auto& f : p.files) {
         json::object o;
@@ -199,6 +203,8 @@ qapi::result<mirror_progress> decode_progress(std::string_view b, std::string_vi
         return bad("metadata lacks a member");
     if (auto* r = m.if_contains("ready"); r && r->is_bool())
         p.ready = r->as_bool();
+    if (auto* c = m.if_contains("checkpoint"); c && c->is_bool())
+        p.checkpoint = c->as_bool();
     if (auto* f = m.if_contains("files"); f && f->is_array()) {
         for (const auto& fv : f->as_array()) {
             if (!fv.is_object())
@@ -270,6 +276,156 @@ qapi::result<void> write_file_atomic(const std::string& dir, const std::string& 
         return errno_error("Cannot rename '" + tmp + "'", e);
     }
     return fsync_dir(dir);
+}
+
+// ---- write-intent log -------------------------------------------------------------------------
+
+namespace {
+
+constexpr std::string_view wil_magic = "BJDWIL01";
+constexpr std::size_t wil_header = 8 + 8 + 8 + 8 + 32 + 4;
+constexpr std::size_t wil_align = 4096;
+
+} // namespace
+
+std::uint64_t intent_record::marked() const noexcept
+{
+    std::uint64_t n = 0;
+    for (std::uint64_t r = 0; r < regions(); ++r)
+        n += test(r);
+    return n;
+}
+
+std::uint64_t intent_region_size(std::uint64_t size, std::uint64_t granularity) noexcept
+{
+    std::uint64_t region = std::uint64_t(4) << 20;
+    while (region < granularity || (size + region - 1) / region > 65536)
+        region *= 2;
+    return region;
+}
+
+std::size_t intent_slot_size(std::uint64_t size, std::uint64_t region) noexcept
+{
+    const std::uint64_t regions = region ? (size + region - 1) / region : 0;
+    const std::size_t n = wil_header + (regions + 7) / 8 + 4;
+    return (n + wil_align - 1) / wil_align * wil_align;
+}
+
+std::string encode_intent_slot(const intent_record& r)
+{
+    std::string out(wil_magic);
+    put_u64(out, r.seq);
+    put_u64(out, r.size);
+    put_u64(out, r.region);
+    std::string gen = r.generation.substr(0, 32);
+    gen.resize(32, '\0');
+    out += gen;
+    put_u32(out, static_cast<std::uint32_t>(r.bitmap.size()));
+    out.append(reinterpret_cast<const char*>(r.bitmap.data()), r.bitmap.size());
+    put_u32(out, crc32(out));
+    out.resize(intent_slot_size(r.size, r.region), '\0');
+    return out;
+}
+
+std::string encode_intent_log(const intent_record& r)
+{
+    const std::string slot = encode_intent_slot(r);
+    const std::string empty(slot.size(), '\0');
+    return r.seq % 2 ? empty + slot : slot + empty;
+}
+
+qapi::result<intent_record> decode_intent_log(std::string_view b, std::string_view generation)
+{
+    auto bad = [](const std::string& why) { return qapi::generic("write-intent log is damaged: " + why); };
+    if (b.size() < 2 * wil_align || b.size() % (2 * wil_align) != 0)
+        return bad("wrong size (" + std::to_string(b.size()) + " bytes)");
+    const std::size_t slot_size = b.size() / 2;
+    std::optional<intent_record> best;
+    for (int i = 0; i < 2; ++i) {
+        std::string_view s = b.substr(i * slot_size, slot_size);
+        if (s.substr(0, wil_magic.size()) != wil_magic)
+            continue;
+        const std::uint64_t bitmap_len = get_le(s, wil_header - 4, 4);
+        if (bitmap_len > slot_size - wil_header - 4)
+            continue;
+        const std::size_t end = wil_header + bitmap_len;
+        if (crc32(s.substr(0, end)) != static_cast<std::uint32_t>(get_le(s, end, 4)))
+            continue;   // torn or never written
+        intent_record r;
+        r.seq = get_le(s, 8, 8);
+        r.size = get_le(s, 16, 8);
+        r.region = get_le(s, 24, 8);
+        std::string_view gen = s.substr(32, 32);
+        r.generation = std::string(gen.substr(0, std::min(gen.find('\0'), gen.size())));
+        if (r.region < wil_align || (r.region & (r.region - 1)) != 0 || bitmap_len != (r.regions() + 7) / 8 ||
+            r.seq % 2 != static_cast<std::uint64_t>(i))
+            continue;
+        r.bitmap.assign(reinterpret_cast<const std::uint8_t*>(s.data() + wil_header),
+                        reinterpret_cast<const std::uint8_t*>(s.data() + end));
+        if (!best || r.seq > best->seq)
+            best = std::move(r);
+    }
+    if (!best)
+        return bad("no valid record");
+    if (best->generation != generation)
+        return qapi::generic("generation mismatch (write-intent log " + best->generation + ", definition " +
+                             std::string(generation) + ")");
+    return std::move(*best);
+}
+
+qapi::result<void> merge_intent(mirror_progress& p, const intent_record& log)
+{
+    if (log.size != p.size)
+        return qapi::generic("the write-intent log (" + std::to_string(log.size) + " bytes) and the checkpoint (" +
+                             std::to_string(p.size) + " bytes) describe different images");
+    const std::uint64_t chunks = p.chunks();
+    p.bitmap.resize((chunks + 7) / 8, 0);
+    for (std::uint64_t r = 0; r < log.regions(); ++r) {
+        if (!log.test(r))
+            continue;
+        const std::uint64_t first = r * log.region / p.granularity;
+        const std::uint64_t last = std::min(chunks, ((r + 1) * log.region + p.granularity - 1) / p.granularity);
+        for (std::uint64_t c = first; c < last; ++c)
+            p.bitmap[c / 8] = static_cast<std::uint8_t>(p.bitmap[c / 8] | (1u << (c % 8)));
+    }
+    return {};
+}
+
+asio::awaitable<qapi::result<void>> co_write_file_atomic(io::engine& engine, const std::string& dir,
+                                                          const std::string& name, std::string_view data,
+                                                          std::function<bool()> still_wanted)
+{
+    const std::string final_path = dir_join(dir, name);
+    const std::string tmp = dir_join(dir, "." + name + ".tmp");
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        co_return errno_error("Cannot create '" + tmp + "'", errno);
+    const std::string copy(data);   // the caller's bytes may go while this waits
+    auto w = co_await engine.write(fd, std::as_bytes(std::span(copy.data(), copy.size())), 0);
+    if (w)
+        w = co_await engine.fsync(fd, false);
+    ::close(fd);
+    if (!w) {
+        ::unlink(tmp.c_str());
+        co_return errno_error("Cannot write '" + tmp + "'", w.error().value());
+    }
+    if (still_wanted && !still_wanted()) {
+        ::unlink(tmp.c_str());
+        co_return errno_error("'" + final_path + "' is no longer wanted", ECANCELED);
+    }
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+        int e = errno;
+        ::unlink(tmp.c_str());
+        co_return errno_error("Cannot rename '" + tmp + "'", e);
+    }
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        co_return errno_error("Cannot open state directory '" + dir + "'", errno);
+    auto d = co_await engine.fsync(dfd, false);
+    ::close(dfd);
+    if (!d)
+        co_return errno_error("Cannot sync state directory '" + dir + "'", d.error().value());
+    co_return qapi::result<void>{};
 }
 
 qapi::result<void> remove_file_durable(const std::string& dir, const std::string& name)

@@ -86,6 +86,21 @@ public:
     virtual std::optional<dirty_bitmap_info> bitmap_info() const { return std::nullopt; }
 };
 
+/// Told before every write-type request on the node it is attached to is carried out, and
+/// after it finished (successfully or not): a mirror's write-intent log (docs/job-state.md)
+/// makes the request's area durable there before the data may change. Main loop only.
+/// `enter` returns true when the request may go on at once; otherwise the node awaits
+/// `wait` first. Every `enter` is followed by exactly one `leave` with the same range, after
+/// the write observers were told, so that a request is never out of the hook without having
+/// marked its observers' bitmaps.
+class write_intent_hook {
+public:
+    virtual ~write_intent_hook() = default;
+    virtual bool enter(std::uint64_t offset, std::uint64_t length) = 0;
+    virtual asio::awaitable<void> wait(std::uint64_t offset, std::uint64_t length) = 0;
+    virtual void leave(std::uint64_t offset, std::uint64_t length) = 0;
+};
+
 /// Options every node has (BlockdevOptions' common members).
 struct node_options {
     std::string name;
@@ -352,6 +367,12 @@ public:
     // ---- observers ----------------------------------------------------------------------------
     void add_write_observer(write_observer* o);
     void remove_write_observer(write_observer* o);
+    /// Installs (or, with null, removes) the write-intent hook. Requests already past the
+    /// hook keep the one they entered.
+    void set_write_intent_hook(std::shared_ptr<write_intent_hook> h) { intent_hook_ = std::move(h); }
+    /// Write-type requests (write, write_zeroes, discard passed down) between their range check
+    /// and their end: a hook installed now can tell whether all of them entered it.
+    std::uint64_t writes_in_flight() const noexcept { return writes_in_flight_; }
     /// The dirty bitmaps among the observers, named or a job's, newest first (QEMU's listing
     /// order).
     std::vector<dirty_bitmap_info> dirty_bitmaps() const;
@@ -459,6 +480,11 @@ private:
     asio::awaitable<result<void>> write_request(std::uint64_t offset, std::span<const std::byte> buf, bool fua,
                                                 bool compressed);
     void notify_write(std::uint64_t offset, std::uint64_t length);
+    /// The write-intent hook around a write-type request: `intent_enter` before it is carried
+    /// out (`must_wait`: await the hook's `wait` first), `intent_leave` after notify_write.
+    /// Not a coroutine: no frame on the write path.
+    std::shared_ptr<write_intent_hook> intent_enter(std::uint64_t offset, std::uint64_t length, bool& must_wait);
+    void intent_leave(const std::shared_ptr<write_intent_hook>& h, std::uint64_t offset, std::uint64_t length);
     /// Runs the unused hook if the node has no parent left.
     void check_unused();
     /// Fires and disarms the write threshold if `end` lies beyond it.
@@ -472,6 +498,8 @@ private:
     std::vector<std::unique_ptr<edge>> children_;
     std::vector<edge*> parents_;
     std::vector<write_observer*> observers_;
+    std::shared_ptr<write_intent_hook> intent_hook_;
+    std::uint64_t writes_in_flight_ = 0;
     std::vector<std::shared_ptr<named_bitmap>> bitmaps_;   ///< also in observers_
     std::uint64_t wr_highest_offset_ = 0;
     std::uint64_t threshold_ = 0;             ///< armed write threshold, 0 when none

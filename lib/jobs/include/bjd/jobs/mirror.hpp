@@ -7,6 +7,7 @@
 #include "bjd/jobs/job.hpp"
 #include "bjd/jobs/job_state.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -72,6 +73,23 @@ asio::awaitable<qapi::result<void>> co_start_mirror(manager& m, block::graph& g,
 /// stays paused; the caller cancels it afterwards. Errors: not a mirror, already finished,
 /// its initial scan not done yet (the next start copies everything), the target flush failed.
 asio::awaitable<qapi::result<mirror_progress>> save_mirror_progress(job& j);
+
+/// --state-dir after kill -9 (docs/job-state.md): where a mirror keeps its write-intent log
+/// (`dir`/`<job_id>.wil`) and its periodic checkpoints (`dir`/`<job_id>.ckpt`, the progress
+/// file's format), and what they are tagged with.
+struct mirror_journal_config {
+    std::string dir;
+    std::string job_id;
+    std::string generation;          ///< the definition file's
+    std::vector<std::string> files;  ///< image files whose identity each checkpoint records
+    std::chrono::milliseconds interval{2000};   ///< between checkpoints (and at READY)
+};
+
+/// Starts the journal of the mirror job `j`: creates the log, puts its hook on the source
+/// (from then on every write to the source waits until its regions are durably marked), and
+/// writes a checkpoint every `interval` once the initial scan is done, and at READY. It stops
+/// when the job leaves the graph; the files stay for the caller to remove. Errors: not a mirror.
+qapi::result<void> start_mirror_journal(job& j, mirror_journal_config c);
 
 /// Granularity used when the caller gives 0: the target's cluster size clamped to
 /// [4 KiB, 64 KiB], 64 KiB without clusters.

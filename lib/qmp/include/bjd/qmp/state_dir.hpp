@@ -18,7 +18,10 @@
 /// trusted (query-jobs' `restore-note` says why). A job whose images are gone comes back
 /// concluded with an error and stays listed until job-dismiss.
 ///
-/// Main loop only. File I/O is synchronous: the files are small (a bitmap bit per chunk).
+/// While a job runs, its journal (jobs::start_mirror_journal) keeps `<id>.ckpt` and `<id>.wil`
+/// for a restart after a crash; without a progress file the next start unites the two.
+///
+/// Main loop only. File I/O here is synchronous: the files are small (a bitmap bit per chunk).
 #include "bjd/jobs/job.hpp"
 #include "bjd/jobs/job_state.hpp"
 
@@ -86,10 +89,15 @@ private:
         std::string generation;
         std::optional<jobs::mirror_progress> progress;
         std::string progress_problem;   ///< why `progress` is absent
+        std::string note;               ///< restore note when it is not a clean stop's
         std::string gone;               ///< an image that is missing: the job cannot come back
     };
 
     void write_definition(const std::string& id, const kept& k);
+    /// The job's write-intent log and checkpoints (`<id>.wil`, `<id>.ckpt`).
+    void start_journal(jobs::job& j, const std::string& id, const kept& k);
+    /// No progress file: the checkpoint ∪ the write-intent log, or why not.
+    void load_after_crash(const std::string& id, loaded& l, const std::vector<jobs::file_identity>& now);
     void forget_job(const std::string& id);
     boost::asio::awaitable<void> restore_one(context& ctx, const std::string& id, loaded& l, bool resume);
     void fail_job(context& ctx, const std::string& id, const std::string& why);
