@@ -16,54 +16,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from bjdtest import QMP  # noqa: E402
+
 MiB = 1 << 20
 SIZE = 512 * MiB
-
-
-class QMP:
-    def __init__(self, path, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.f = self.s.makefile("rw")
-        self.events = []
-        json.loads(self.f.readline())  # greeting
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.f.write(json.dumps(msg) + "\n")
-        self.f.flush()
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise RuntimeError(f"{name}: connection closed")
-            r = json.loads(line)
-            if "event" in r:
-                self.events.append(r)
-                continue
-            return r
-
-    def ok(self, name, **args):
-        r = self.cmd(name, **args)
-        if "error" in r:
-            raise RuntimeError(f"{name} {args}: {r['error']['desc']}")
-        return r["return"]
 
 
 def job(q, jid="job0"):
