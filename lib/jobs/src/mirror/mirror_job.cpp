@@ -599,18 +599,7 @@ asio::awaitable<qapi::result<mirror_progress>> mirror_job::save_progress(job& j)
         co_return qapi::generic("its initial scan of the source had not finished");
     if (auto r = co_await s_.target->flush(); !r)
         co_return qapi::generic("cannot flush the target: " + strerror_text(r.error()));
-    mirror_progress p;
-    p.job_id = j.id();
-    p.size = bitmap_.size();
-    p.granularity = bitmap_.granularity();
-    p.offset = j.progress_current();
-    p.len = j.progress_total();
-    p.ready = j.is_ready();
-    p.bitmap.assign((bitmap_.chunks() + 7) / 8, 0);
-    for (std::uint64_t c = 0; c < bitmap_.chunks(); ++c)
-        if (bitmap_.test(c))
-            p.bitmap[c / 8] = static_cast<std::uint8_t>(p.bitmap[c / 8] | (1u << (c % 8)));
-    co_return p;
+    co_return snapshot(j);   // parked: no copy in flight, so the bitmap alone says what is left
 }
 
 std::optional<block::dirty_bitmap_info> mirror_job::bitmap_info() const
