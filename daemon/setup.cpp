@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <system_error>
+#include <utility>
 
 namespace bjd::daemon {
 
@@ -94,6 +95,9 @@ runtime::~runtime() = default;
 
 asio::awaitable<void> runtime::apply(const options& opts)
 {
+    // --state-dir with saved jobs: requests from outside (exports) wait at the graph's gate
+    // until the jobs are back, so that no write reaches a source before its job tracks it.
+    std::optional<block::io_gate::section> held;
     if (opts.state_dir) {
         // Before the command line's nodes open the images: their identity is noted as the
         // last stop left them.
@@ -101,6 +105,11 @@ asio::awaitable<void> runtime::apply(const options& opts)
         state_->load();
         ctx_.state = state_.get();
         jobs_->set_status_listener([this](const jobs::job& j, jobs::job_status s) { state_->job_status(j, s); });
+        jobs_->set_end_hook([this](jobs::job& j, bool success) { return state_->job_ending(j, success); });
+        if (state_->has_saved_jobs()) {
+            auto section = co_await graph_->gate().drain();
+            held.emplace(std::move(section));
+        }
     }
     using k = ordered_option::kind;
     for (const auto& o : opts.objects) {
@@ -114,8 +123,16 @@ asio::awaitable<void> runtime::apply(const options& opts)
         case k::object: add_object(o.value); break;
         }
     }
-    if (state_)
-        co_await state_->restore(ctx_, opts.resume_jobs);
+    if (state_) {
+        // The saved jobs' nodes (the command line's when identical), then the exports of
+        // them that the command line asked for, then the jobs: the order they had when they
+        // were set up over QMP.
+        co_await state_->restore_nodes(ctx_);
+        for (const auto& e : std::exchange(waiting_exports_, {}))
+            add_export(e, false);
+        co_await state_->restore_jobs(ctx_, opts.resume_jobs);
+    }
+    held.reset();
     if (opts.metrics) {
         metrics_ = std::make_unique<metrics::server>(loop_, [this] { return metrics::render(*graph_, jobs_.get()); });
         metrics_->listen(*opts.metrics);
@@ -178,7 +195,7 @@ void runtime::add_nbd_server(const std::string& value)
     }
 }
 
-void runtime::add_export(const std::string& value)
+void runtime::add_export(const std::string& value, bool may_wait)
 {
     exports::export_options eo;
     exports::export_stats_options st;
@@ -195,6 +212,10 @@ void runtime::add_export(const std::string& value)
         node = d->front();
     } else {
         auto n = graph_->lookup(eo.node_name);
+        if (!n && may_wait && state_ && state_->will_restore_node(eo.node_name)) {
+            waiting_exports_.push_back(value);   // after the state dir's nodes
+            return;
+        }
         if (!n)
             fail(n.error().desc);
         node = *n;

@@ -49,7 +49,9 @@ private:
     boost::asio::awaitable<void> add_blockdev(const std::string& value);
     boost::asio::awaitable<void> add_drive(const std::string& value);
     void add_nbd_server(const std::string& value);
-    void add_export(const std::string& value);
+    /// `may_wait`: an export of a node that a saved job's restore adds is kept in
+    /// `waiting_exports_` until the nodes are back (--state-dir).
+    void add_export(const std::string& value, bool may_wait = true);
     void add_object(const std::string& value);
 
     boost::asio::io_context& loop_;
@@ -63,6 +65,7 @@ private:
     std::unique_ptr<metrics::server> metrics_;    // reads graph_ and jobs_
     qmp::context ctx_;
     std::unique_ptr<qmp::state_dir> state_;   ///< --state-dir
+    std::vector<std::string> waiting_exports_;   ///< --export of nodes the state dir brings back
     std::map<std::string, qmp::listen_address> chardevs_;
     chardev::registry chardev_registry_;   // ring buffers, and the sockets for query-chardev
     std::optional<std::string> pidfile_;

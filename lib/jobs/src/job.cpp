@@ -480,10 +480,21 @@ void job::emit_pending_event()
     qapi::emit_block_job_pending(mgr_.events(), ev);
 }
 
+qapi::result<void> job::run_end_hook(bool success)
+{
+    if (end_hook_ran_ || !started_ || !mgr_.end_hook_)
+        return {};
+    end_hook_ran_ = true;
+    return mgr_.end_hook_(*this, success);
+}
+
 bool job::prepare_step()
 {
     if (!failed_) {
-        auto r = driver_->prepare(*this);
+        // Before the driver's prepare takes effect (a mirror pivots there).
+        auto r = run_end_hook(true);
+        if (r)
+            r = driver_->prepare(*this);
         if (!r) {
             failed_ = true;
             error_ = r.error().desc;
@@ -540,6 +551,11 @@ void job::finalize_single()
 {
     auto self = shared_from_this();   // the manager may drop its reference in conclude()
     update_rc();
+    if (failed_) {
+        // A success ran it in prepare_step already.
+        if (auto h = run_end_hook(false); !h)
+            log::get("jobs")->error("job '{}': {}", id_, h.error().desc);
+    }
     if (!failed_)
         driver_->commit(*this);
     else

@@ -20,6 +20,9 @@
 #include <functional>
 #include <stdexcept>
 
+#include <csignal>
+#include <cstdlib>
+
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -105,6 +108,8 @@ state_dir::state_dir(std::string dir) : dir_(std::move(dir))
     } else if (!S_ISDIR(st.st_mode)) {
         throw std::runtime_error("--state-dir '" + dir_ + "': not a directory");
     }
+    if (const char* k = std::getenv("BJD_TEST_KILL_AT_JOB_END"))
+        kill_at_end_ = k;
 }
 
 // ---- node definitions ------------------------------------------------------------------------
@@ -200,13 +205,18 @@ void state_dir::write_definition(const std::string& id, const kept& k)
         logger()->info("job '{}': definition saved in {}", id, dir_);
 }
 
-void state_dir::forget_job(const std::string& id)
+qapi::result<void> state_dir::forget_job(const std::string& id)
 {
+    // The definition first: without it nothing brings the job back.
+    auto r = jobs::remove_files_durable(dir_, {def_name(id), progress_name(id), checkpoint_name(id), intent_name(id)});
+    if (!r) {
+        logger()->error("job '{}': {}", id, r.error().desc);
+        return r;
+    }
     jobs_.erase(id);
     keep_until_dismissed_.erase(id);
-    for (const auto& name : {def_name(id), progress_name(id), checkpoint_name(id), intent_name(id)})
-        if (auto r = jobs::remove_file_durable(dir_, name); !r)
-            logger()->error("job '{}': {}", id, r.error().desc);
+    saved_.erase(id);
+    return {};
 }
 
 void state_dir::job_status(const jobs::job& j, jobs::job_status s)
@@ -214,12 +224,39 @@ void state_dir::job_status(const jobs::job& j, jobs::job_status s)
     if (stopping_ || !jobs_.count(j.id()))
         return;
     // A failed restore stays until job-dismiss, so that a restart in between shows it again.
+    // Other jobs normally went in job_ending already.
     const bool ended = s == jobs::job_status::null ||
                        (s == jobs::job_status::concluded && !keep_until_dismissed_.count(j.id()));
     if (!ended)
         return;
     logger()->info("job '{}' ended: its state is removed", j.id());
-    forget_job(j.id());
+    (void)forget_job(j.id());
+}
+
+qapi::result<void> state_dir::job_ending(jobs::job& j, bool success)
+{
+    const std::string id = j.id();
+    if (!jobs_.count(id) || keep_until_dismissed_.count(id))
+        return {};
+    // A clean stop cancels its jobs and keeps their files for the restart. A job that
+    // succeeds meanwhile (it would pivot) is not one to bring back.
+    if (stopping_ && !success)
+        return {};
+    // No checkpoint may appear once the files are gone.
+    jobs::stop_mirror_journal(j);
+    if (auto r = forget_job(id); !r) {
+        if (!success)
+            return r;
+        return qapi::generic("cannot remove the job's state from the state directory (" + r.error().desc +
+                             "): a crash would bring the old mirror back, so the job fails instead of completing");
+    }
+    logger()->info("job '{}' ends ({}): its state is removed", id, success ? "success" : "failed or cancelled");
+    if (!kill_at_end_.empty() && kill_at_end_ == id) {
+        logger()->warn("BJD_TEST_KILL_AT_JOB_END={}: the daemon kills itself before the job's end takes effect", id);
+        logger()->flush();
+        ::raise(SIGKILL);
+    }
+    return {};
 }
 
 // ---- stop ------------------------------------------------------------------------------------
@@ -227,9 +264,12 @@ void state_dir::job_status(const jobs::job& j, jobs::job_status s)
 asio::awaitable<void> state_dir::save_all(context& ctx)
 {
     stopping_ = true;
-    for (auto& [id, k] : jobs_) {
-        if (keep_until_dismissed_.count(id))
+    // A job may end while another one's progress is taken (job_ending): look each one up.
+    for (const auto& id : kept_jobs()) {
+        auto kit = jobs_.find(id);
+        if (kit == jobs_.end() || keep_until_dismissed_.count(id))
             continue;
+        kept& k = kit->second;
         auto j = ctx.jobs->find(id);
         if (!j)
             continue;
@@ -239,6 +279,8 @@ asio::awaitable<void> state_dir::save_all(context& ctx)
             write_definition(id, k);
         }
         auto p = co_await jobs::save_mirror_progress(*j);
+        if (!jobs_.count(id))
+            continue;   // it ended meanwhile: its files went
         if (!p) {
             logger()->warn("job '{}': progress not saved ({}): the next start copies everything", id, p.error().desc);
             for (const auto& name : {progress_name(id), checkpoint_name(id), intent_name(id)})
@@ -417,12 +459,43 @@ void state_dir::fail_job(context& ctx, const std::string& id, const std::string&
 
 asio::awaitable<void> state_dir::restore(context& ctx, bool resume)
 {
+    co_await restore_nodes(ctx);
+    co_await restore_jobs(ctx, resume);
+}
+
+bool state_dir::will_restore_node(const std::string& name) const
+{
+    for (const auto& [id, l] : loaded_) {
+        if (!l.gone.empty() || l.nodes_done)
+            continue;
+        for (const auto& nv : l.doc.at("nodes").as_array()) {
+            const json::object* def = nv.if_object();
+            const json::value* n = def ? def->if_contains("node-name") : nullptr;
+            if (n && n->is_string() && n->as_string() == name)
+                return true;
+        }
+    }
+    return false;
+}
+
+asio::awaitable<void> state_dir::restore_nodes(context& ctx)
+{
     for (auto& [id, l] : loaded_)
+        if (!l.nodes_done)
+            co_await restore_nodes_of(ctx, id, l);
+}
+
+asio::awaitable<void> state_dir::restore_jobs(context& ctx, bool resume)
+{
+    for (auto& [id, l] : loaded_) {
+        if (!l.nodes_done)
+            co_await restore_nodes_of(ctx, id, l);
         co_await restore_one(ctx, id, l, resume);
+    }
     loaded_.clear();
 }
 
-asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id, loaded& l, bool resume)
+asio::awaitable<void> state_dir::restore_nodes_of(context& ctx, const std::string& id, loaded& l)
 {
     kept k;
     k.doc = l.doc;
@@ -435,8 +508,9 @@ asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id
     for (const auto& name : {progress_name(id), checkpoint_name(id), intent_name(id)})
         (void)jobs::remove_file_durable(dir_, name);
 
+    l.nodes_done = true;
     if (!l.gone.empty()) {
-        fail_job(ctx, id, "image gone: " + l.gone);
+        l.failure = "image gone: " + l.gone;
         co_return;
     }
     // The nodes: the command line's when identical, else added from the saved definitions.
@@ -444,29 +518,37 @@ asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id
         const json::object* def = nv.if_object();
         const json::value* name = def ? def->if_contains("node-name") : nullptr;
         if (!name || !name->is_string()) {
-            fail_job(ctx, id, "a saved node definition has no node-name");
+            l.failure = "a saved node definition has no node-name";
             co_return;
         }
         const std::string n(name->as_string());
         if (ctx.graph->find(n)) {
             const json::object* have = node_definition(n);
             if (!have || *have != *def) {
-                fail_job(ctx, id, "node '" + n + "' exists with a definition other than the saved one");
+                l.failure = "node '" + n + "' exists with a definition other than the saved one";
                 co_return;
             }
             continue;
         }
         auto opts = qapi::decode<qapi::blockdev_options>(nv);
         if (!opts) {
-            fail_job(ctx, id, "node '" + n + "': " + opts.error().desc);
+            l.failure = "node '" + n + "': " + opts.error().desc;
             co_return;
         }
         auto added = co_await ctx.graph->add(*opts);
         if (!added) {
-            fail_job(ctx, id, "cannot reopen node '" + n + "': " + added.error().desc);
+            l.failure = "cannot reopen node '" + n + "': " + added.error().desc;
             co_return;
         }
         remember_node(n, *def);
+    }
+}
+
+asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id, loaded& l, bool resume)
+{
+    if (!l.failure.empty()) {
+        fail_job(ctx, id, l.failure);
+        co_return;
     }
     auto args = qapi::decode<qapi::blockdev_mirror_args>(l.doc.at("arguments"));
     if (!args) {
@@ -491,15 +573,17 @@ asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id
         p.restore_note = "full copy: " + l.progress_problem;
         logger()->warn("job '{}': restarts as a full copy: {}", id, l.progress_problem);
     }
+    const kept k = jobs_.at(id);
     auto r = co_await jobs::co_start_mirror(*ctx.jobs, *ctx.graph, p);
     if (!r) {
-        jobs_.erase(id);   // fail_job keeps it again, as a failed restore
+        // The job that failed to start took its files with it: kept again, as a failed restore.
         jobs_[id] = k;
+        write_definition(id, k);
         fail_job(ctx, id, r.error().desc);
         co_return;
     }
     if (auto j = ctx.jobs->find(id))
-        start_journal(*j, id, k);
+        start_journal(*j, id, jobs_.at(id));
     logger()->info("job '{}' restored ({}), {}", id, *p.restore_note, resume ? "resumed" : "paused");
 }
 

@@ -349,6 +349,57 @@ TEST_CASE("jobs: state machine", "[jobs]")
     }
 }
 
+TEST_CASE("jobs: the end hook runs before the end takes effect", "[jobs]")
+{
+    fixture f;
+    strings order;
+    bool refuse = false;
+    f.mgr.set_end_hook([&](jobs::job& j, bool success) -> qapi::result<void> {
+        order.push_back(std::string(success ? "end-hook:success:" : "end-hook:failure:") +
+                        std::string(qapi::to_string(j.status())));
+        if (refuse)
+            return qapi::generic("cannot remove");
+        return {};
+    });
+    SECTION("success: before prepare (a mirror's pivot) and the completion events")
+    {
+        auto j = f.started();
+        f.drv->finish = true;
+        j->enter();
+        f.io.poll();
+        CHECK(order == strings{"end-hook:success:pending"});
+        CHECK(f.drv->calls == strings{"prepare", "commit", "clean"});
+        CHECK(f.ev.take() == strings{"JOB_STATUS_CHANGE:waiting", "JOB_STATUS_CHANGE:pending",
+                                     "BLOCK_JOB_COMPLETED", "JOB_STATUS_CHANGE:concluded", "JOB_STATUS_CHANGE:null"});
+    }
+    SECTION("an error fails the job instead: no prepare")
+    {
+        refuse = true;
+        auto j = f.started({.auto_dismiss = false});
+        f.drv->finish = true;
+        j->enter();
+        f.io.poll();
+        CHECK(order == strings{"end-hook:success:pending"});   // once, not again for the abort
+        CHECK(f.drv->calls == strings{"abort", "clean"});
+        CHECK(j->status() == job_status::concluded);
+        CHECK(j->info().error == std::optional<std::string>("cannot remove"));
+    }
+    SECTION("cancel: before abort and BLOCK_JOB_CANCELLED")
+    {
+        auto j = f.started();
+        REQUIRE(j->user_cancel(true));
+        f.io.poll();
+        CHECK(order == strings{"end-hook:failure:aborting"});
+        CHECK(f.drv->calls == strings{"abort", "clean"});
+    }
+    SECTION("a job that never started: no hook")
+    {
+        auto j = f.make();
+        f.mgr.early_fail(*j);
+        CHECK(order.empty());
+    }
+}
+
 TEST_CASE("jobs: error actions", "[jobs]")
 {
     fixture f;

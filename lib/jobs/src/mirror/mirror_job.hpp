@@ -171,6 +171,8 @@ public:
     asio::awaitable<qapi::result<mirror_progress>> save_progress(job& j);
     /// start_mirror_journal (mirror.hpp).
     void start_journal(mirror_journal_config c);
+    /// stop_mirror_journal (mirror.hpp).
+    void stop_journal_now() { stop_journal(); }
 
     // write_observer (source)
     void on_write(std::uint64_t offset, std::uint64_t length) override;

@@ -191,4 +191,10 @@ qapi::result<void> start_mirror_journal(job& j, mirror_journal_config c)
     return {};
 }
 
+void stop_mirror_journal(job& j)
+{
+    if (auto* mj = dynamic_cast<detail::mirror_job*>(&j.driver()))
+        mj->stop_journal_now();
+}
+
 } // namespace bjd::jobs

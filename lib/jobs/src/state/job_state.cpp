@@ -439,6 +439,16 @@ qapi::result<void> remove_file_durable(const std::string& dir, const std::string
     return fsync_dir(dir);
 }
 
+qapi::result<void> remove_files_durable(const std::string& dir, const std::vector<std::string>& names)
+{
+    for (const auto& name : names) {
+        const std::string path = dir_join(dir, name);
+        if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+            return errno_error("Cannot remove '" + path + "'", errno);
+    }
+    return fsync_dir(dir);
+}
+
 qapi::result<std::string> read_file(const std::string& path)
 {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

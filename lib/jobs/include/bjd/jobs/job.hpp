@@ -180,6 +180,8 @@ private:
     asio::awaitable<void> do_yield(std::optional<std::chrono::steady_clock::time_point> deadline);
     static asio::awaitable<void> entry(std::shared_ptr<job> self);
     void emit_pending_event();
+    /// The manager's end hook, once (manager::set_end_hook).
+    qapi::result<void> run_end_hook(bool success);
     std::optional<std::string> error_code_name() const;
 
     manager& mgr_;
@@ -200,6 +202,7 @@ private:
     bool cancelled_ = false;
     bool force_cancel_ = false;
     bool ready_event_sent_ = false;
+    bool end_hook_ran_ = false;
     bool failed_ = false;        ///< ret != 0 (error_ holds the text)
     std::optional<std::string> error_;
     int error_errno_ = 0;        ///< see set_error_errno
@@ -249,6 +252,15 @@ public:
     /// the main loop: the --state-dir keeper forgets a job that has ended. Must not call back
     /// into the job's verbs.
     void set_status_listener(std::function<void(const job&, job_status)> f) { status_listener_ = std::move(f); }
+    /// Called once per started job when its outcome is decided and before it takes effect:
+    /// on success before the driver's prepare (a mirror's pivot) and so before the completion
+    /// is reported; on failure or cancel before the driver's abort and BLOCK_JOB_CANCELLED.
+    /// `success` says which. An error fails a job that would have succeeded (its prepare does
+    /// not run): the --state-dir keeper removes the job's files here, durably, so that a crash
+    /// after a pivot can never bring the old mirror back. Main loop; must not call back into
+    /// the job's verbs.
+    using end_hook = std::function<qapi::result<void>(job&, bool success)>;
+    void set_end_hook(end_hook f) { end_hook_ = std::move(f); }
 
     /// Force-cancels every job (quit, shutdown).
     void cancel_all();
@@ -267,6 +279,7 @@ private:
     std::vector<std::shared_ptr<job>> jobs_;   ///< creation order; list() reverses
     unsigned running_ = 0;                     ///< job coroutines not yet finished
     std::function<void(const job&, job_status)> status_listener_;
+    end_hook end_hook_;
 };
 
 } // namespace bjd::jobs

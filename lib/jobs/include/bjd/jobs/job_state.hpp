@@ -123,6 +123,9 @@ asio::awaitable<qapi::result<void>> co_write_file_atomic(io::engine& engine, con
                                                           std::function<bool()> still_wanted = {});
 /// Removes `dir`/`name` (absent is fine) and fsyncs the directory.
 qapi::result<void> remove_file_durable(const std::string& dir, const std::string& name);
+/// Removes each of `names` from `dir` (absent is fine), then fsyncs the directory once. Stops
+/// at the first failure, which it returns.
+qapi::result<void> remove_files_durable(const std::string& dir, const std::vector<std::string>& names);
 /// The whole file, or the errno text.
 qapi::result<std::string> read_file(const std::string& path);
 /// A fresh random 128-bit identifier as 32 hex digits.

@@ -90,6 +90,9 @@ struct mirror_journal_config {
 /// writes a checkpoint every `interval` once the initial scan is done, and at READY. It stops
 /// when the job leaves the graph; the files stay for the caller to remove. Errors: not a mirror.
 qapi::result<void> start_mirror_journal(job& j, mirror_journal_config c);
+/// Stops the journal of `j` now (the log's hook leaves the source; no checkpoint is written
+/// from here on), before its files are removed. No-op without one.
+void stop_mirror_journal(job& j);
 
 /// Granularity used when the caller gives 0: the target's cluster size clamped to
 /// [4 KiB, 64 KiB], 64 KiB without clusters.

@@ -59,8 +59,14 @@ public:
     /// that has no definition (not added with blockdev-add) is logged and the job is not kept.
     void job_started(context& ctx, const std::string& id, const std::string& command,
                      const boost::json::object& args);
-    /// The manager's status listener: an ended job's files go.
+    /// The manager's status listener: an ended job's files go (those of a failed restore at
+    /// job-dismiss).
     void job_status(const jobs::job& j, jobs::job_status s);
+    /// The manager's end hook (jobs::manager::set_end_hook): a kept job's journal stops and its
+    /// files are removed durably before its outcome takes effect, so that a crash after a
+    /// pivot never brings the old mirror back. On success an error fails the job instead of
+    /// letting it pivot. A clean stop keeps the files of the jobs it cancels.
+    qapi::result<void> job_ending(jobs::job& j, bool success);
 
     // ---- stop and start -------------------------------------------------------------------
     /// The clean stop, before the jobs are cancelled: pauses and drains each kept job, flushes
@@ -72,9 +78,20 @@ public:
     /// Startup, before the command line's objects: reads the definition and progress files and
     /// notes each image's identity before anything opens it.
     void load();
-    /// Startup, after the command line's objects: brings each saved job back (paused unless
-    /// `resume`).
+    /// Startup, after the command line's objects: restore_nodes, then restore_jobs.
     boost::asio::awaitable<void> restore(context& ctx, bool resume);
+    /// Whether a saved job will have a node named `name` added by restore_nodes (a command-line
+    /// export of it waits for that).
+    bool will_restore_node(const std::string& name) const;
+    /// Saved jobs to bring back (load found some).
+    bool has_saved_jobs() const noexcept { return !loaded_.empty(); }
+    /// Startup, after the command line's nodes: each saved job's nodes, the command line's
+    /// when identical to the saved definition, else added from it. A job whose nodes cannot
+    /// all be had fails in restore_jobs.
+    boost::asio::awaitable<void> restore_nodes(context& ctx);
+    /// Then (after the exports that need those nodes) each saved job comes back under its id,
+    /// paused unless `resume`.
+    boost::asio::awaitable<void> restore_jobs(context& ctx, bool resume);
 
     /// Job ids with a definition file (tests, logs).
     std::vector<std::string> kept_jobs() const;
@@ -91,6 +108,8 @@ private:
         std::string progress_problem;   ///< why `progress` is absent
         std::string note;               ///< restore note when it is not a clean stop's
         std::string gone;               ///< an image that is missing: the job cannot come back
+        std::string failure;            ///< restore_nodes: why the job cannot come back
+        bool nodes_done = false;        ///< restore_nodes ran for it
     };
 
     void write_definition(const std::string& id, const kept& k);
@@ -98,7 +117,10 @@ private:
     void start_journal(jobs::job& j, const std::string& id, const kept& k);
     /// No progress file: the checkpoint ∪ the write-intent log, or why not.
     void load_after_crash(const std::string& id, loaded& l, const std::vector<jobs::file_identity>& now);
-    void forget_job(const std::string& id);
+    /// Removes the job's files durably (the definition first); the job is forgotten unless that
+    /// fails.
+    qapi::result<void> forget_job(const std::string& id);
+    boost::asio::awaitable<void> restore_nodes_of(context& ctx, const std::string& id, loaded& l);
     boost::asio::awaitable<void> restore_one(context& ctx, const std::string& id, loaded& l, bool resume);
     void fail_job(context& ctx, const std::string& id, const std::string& why);
 
@@ -114,6 +136,9 @@ private:
     std::map<std::string, jobs::mirror_progress> saved_;   ///< save_all → finish_shutdown
     std::set<std::string> keep_until_dismissed_;           ///< failed restores
     bool stopping_ = false;
+    /// Tests only (docs/job-state.md): the job whose end kills the daemon with SIGKILL right
+    /// after its files were removed, before its outcome takes effect.
+    std::string kill_at_end_;
 };
 
 /// The image files a saved node definition opens (driver file / host_device `filename`,
