@@ -16,14 +16,16 @@ cases:
   pair-tls  over NBD with tls-creds-x509 at both ends (certificates from
             tests/qmp/tls/gencerts.sh), as libvirt's --tls migration
 
-The source is a fully allocated image of random data, in the page cache (just written). Every
-target is checked with qemu-img compare. Repetitions interleave the daemons; the ratios are
+The source is a fully allocated image of random data. Every file node (the source, the local
+target, the far daemon's target) is opened with cache.direct=on, as bench/suite.py's copies
+are, so the disk sets the pace of the local mirror and the copies over NBD show what the
+network path and TLS cost on top of it. Every target is checked with qemu-img compare. Repetitions interleave the daemons; the ratios are
 medians of per-repetition ratios, as bench/suite.py computes them:
 
   blockjobd pair / blockjobd local   how close the copy over NBD comes to a local one
   blockjobd pair / qsd pair          against qemu-storage-daemon's pair
 
-`--source-aio threads` (QEMU's default for aio) runs the source file nodes with the thread
+`--source-aio threads` (QEMU's default for aio) runs the source file node with the thread
 pool instead of io_uring.
 """
 import argparse
@@ -51,6 +53,11 @@ def make_source(path, size):
             n = min(left, 16 * MiB)
             f.write(os.urandom(n))
             left -= n
+
+
+def disk_file(path, aio):
+    """A file node as the suite's copies use them: O_DIRECT, so the disk sets the pace."""
+    return {"driver": "file", "filename": path, "aio": aio, "cache": {"direct": True}}
 
 
 def free_port():
@@ -94,14 +101,13 @@ def mirror_once(binary, work, src, size, case, source_aio):
     far = near = None
     try:
         if case == "local":
-            target = {"driver": "file", "filename": dst}
+            target = disk_file(dst, "io_uring")
         else:
             far = Daemon(binary, work, "far")
             port = free_port()
             if tls:
                 far.tls(work, "server")
-            far.q.cmd("blockdev-add", **{"driver": "raw", "node-name": "t",
-                                         "file": {"driver": "file", "filename": dst}})
+            far.q.cmd("blockdev-add", **{"driver": "raw", "node-name": "t", "file": disk_file(dst, "io_uring")})
             far.q.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": "127.0.0.1", "port": str(port)}},
                       **({"tls-creds": "tls0"} if tls else {}))
             r = far.q.execute("block-export-add", {"type": "nbd", "id": "e", "name": "dst", "writable": True,
@@ -114,8 +120,7 @@ def mirror_once(binary, work, src, size, case, source_aio):
         if tls:
             near.tls(work, "client")
             target["tls-creds"] = "tls0"
-        near.q.cmd("blockdev-add", **{"driver": "raw", "node-name": "src",
-                                      "file": {"driver": "file", "filename": src, "aio": source_aio}})
+        near.q.cmd("blockdev-add", **{"driver": "raw", "node-name": "src", "file": disk_file(src, source_aio)})
         near.q.cmd("blockdev-add", **{"driver": "raw", "node-name": "dst", "file": target})
         t0 = time.monotonic()
         near.q.cmd("blockdev-mirror", job_id="j", device="src", target="dst", sync="full")
