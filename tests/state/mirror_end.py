@@ -20,14 +20,12 @@ Usage: mirror_end.py BLOCKJOBD   (exit 77 without qemu-img/qemu-io)"""
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mirror_restart import Daemon, check, job, wait_for  # noqa: E402
+from mirror_restart import Daemon, check, job, state_test_main, wait_for  # noqa: E402
 
 MiB = 1 << 20
 SIZE = 32 * MiB
@@ -107,25 +105,10 @@ def one_end(binary, top, how):
 
 
 def main():
-    binary = sys.argv[1]
-    if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
-        print("skipped: needs qemu-img and qemu-io")
-        return 77
-    d = tempfile.mkdtemp(prefix="bjd-end-")
-    try:
+    def both(binary, d):
         for how in ("complete", "cancel"):
             one_end(binary, d, how)
-    except Exception:
-        for how in ("complete", "cancel"):
-            log = os.path.join(d, how, "daemon.log")
-            if os.path.exists(log):
-                sys.stderr.write(f"---- daemon log, {how} (last 60 lines) ----\n")
-                sys.stderr.writelines(open(log).readlines()[-60:])
-        raise
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    print("all passed")
-    return 0
+    return state_test_main("bjd-end-", both, logs=("complete/daemon.log", "cancel/daemon.log"))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ directory brings back. Three starts:
 Usage: mirror_export.py BLOCKJOBD   (exit 77 without qemu-img/qemu-io)"""
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mirror_restart import Daemon, check, job, wait_for  # noqa: E402
+from mirror_restart import Daemon, check, job, state_test_main, wait_for  # noqa: E402
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -99,23 +97,7 @@ def run(binary, d):
 
 
 def main():
-    binary = sys.argv[1]
-    if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
-        print("skipped: needs qemu-img and qemu-io")
-        return 77
-    d = tempfile.mkdtemp(prefix="bjd-export-")
-    try:
-        run(binary, d)
-    except Exception:
-        log = os.path.join(d, "daemon.log")
-        if os.path.exists(log):
-            sys.stderr.write("---- daemon log (last 60 lines) ----\n")
-            sys.stderr.writelines(open(log).readlines()[-60:])
-        raise
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    print("all passed")
-    return 0
+    return state_test_main("bjd-export-", run)
 
 
 if __name__ == "__main__":

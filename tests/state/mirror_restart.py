@@ -196,24 +196,32 @@ def run(binary, d):
     os.rename(tgt + ".away", tgt)
 
 
-def main():
+def state_test_main(prefix, body, logs=("daemon.log",)):
+    """The state tests' main: exit 77 (skipped) without qemu-img and qemu-io; else
+    body(BLOCKJOBD, DIR) in a fresh directory, the tail of each daemon log in `logs` (paths
+    inside DIR) on stderr when it fails; 0 when it passed."""
     binary = sys.argv[1]
     if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
         print("skipped: needs qemu-img and qemu-io")
         return 77
-    d = tempfile.mkdtemp(prefix="bjd-state-")
+    d = tempfile.mkdtemp(prefix=prefix)
     try:
-        run(binary, d)
+        body(binary, d)
     except Exception:
-        log = os.path.join(d, "daemon.log")
-        if os.path.exists(log):
-            sys.stderr.write("---- daemon log (last 60 lines) ----\n")
-            sys.stderr.writelines(open(log).readlines()[-60:])
+        for name in logs:
+            log = os.path.join(d, name)
+            if os.path.exists(log):
+                sys.stderr.write(f"---- {name} (last 60 lines) ----\n")
+                sys.stderr.writelines(open(log).readlines()[-60:])
         raise
     finally:
         shutil.rmtree(d, ignore_errors=True)
     print("all passed")
     return 0
+
+
+def main():
+    return state_test_main("bjd-state-", run)
 
 
 if __name__ == "__main__":
