@@ -73,13 +73,19 @@ class completion_queue : public std::enable_shared_from_this<completion_queue> {
 public:
     explicit completion_queue(asio::any_io_executor ex) : fd_(ex, ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
-    /// Any thread: `f` runs on the loop.
+    /// Any thread: `f` runs on the loop. Only the push onto an empty queue signals the
+    /// eventfd: the loop takes the whole queue under the lock after reading the eventfd, so
+    /// a push that finds entries waiting is taken with them (one wakeup for a burst).
     void push(std::function<void()> f)
     {
+        bool first;
         {
             std::lock_guard lk(m_);
+            first = q_.empty();
             q_.push_back(std::move(f));
         }
+        if (!first)
+            return;
         const std::uint64_t one = 1;
         (void)!::write(fd_.native_handle(), &one, sizeof one);
     }
@@ -268,14 +274,33 @@ qapi::result<void> connect_blocking(rbd_handles& h, const rbd_open_options& o, b
 struct image_facts {
     std::uint64_t size = 0;
     std::uint64_t obj_size = 0;
+    bool nonblocking = true;   // rbd_non_blocking_aio as the image sees it
 };
+
+/// The image's effective rbd_non_blocking_aio (ceph.conf, pool or image override). Unknown:
+/// false, the safe side (submissions then go through the worker).
+bool nonblocking_aio(rbd_image_t image)
+{
+    int n = 0;
+    if (rbd_config_image_list(image, nullptr, &n) != -ERANGE || n <= 0)
+        return false;
+    std::vector<rbd_config_option_t> opts(static_cast<std::size_t>(n));
+    if (rbd_config_image_list(image, opts.data(), &n) < 0)
+        return false;
+    bool on = false;
+    for (int i = 0; i < n; ++i)
+        if (std::strcmp(opts[i].name, "rbd_non_blocking_aio") == 0)
+            on = std::strcmp(opts[i].value, "true") == 0;
+    rbd_config_image_list_cleanup(opts.data(), n);
+    return on;
+}
 
 class rbd_node final : public node {
 public:
     rbd_node(node_options o, rbd_open_options ro, std::shared_ptr<rbd_handles> h,
              std::shared_ptr<completion_queue> cq, image_facts f)
         : node(std::move(o)), ro_(std::move(ro)), h_(std::move(h)), w_(&worker::get()), cq_(std::move(cq)),
-          size_(f.size), obj_size_(f.obj_size)
+          size_(f.size), obj_size_(f.obj_size), nonblocking_(f.nonblocking)
     {
     }
     ~rbd_node() override
@@ -375,16 +400,23 @@ protected:
     }
 
 private:
-    /// Starts one AIO with `start(completion)` on the worker and waits for its result
-    /// (bytes or -errno). `start` runs before this returns; what it refers to stays alive.
+    /// Starts one AIO with `start(completion)` and waits for its result (bytes or -errno).
+    /// `start` runs before this returns; what it refers to stays alive. With librbd's
+    /// rbd_non_blocking_aio (its default), the rbd_aio_* calls only queue the request to
+    /// librbd's own work queue (its QueueImageDispatch layer, right after the API): QoS,
+    /// the exclusive lock, the cache's and the objecter's throttles all wait there, not in the
+    /// caller. So they are made right here on the loop, as QEMU makes them from its I/O thread;
+    /// an image configured otherwise gets them made on the worker. (librbd's own Boost.Asio
+    /// runs on this thread then: safe because the executable exports no asio statics, see
+    /// local-symbols.map.)
     template <class Start>
     asio::awaitable<ssize_t> aio(Start start)
     {
         std::shared_ptr<completion_queue> cq = cq_;
-        worker* w = w_;
+        worker* w = nonblocking_ ? nullptr : w_;
         auto init = [w, &cq, &start](auto handler) {   // named: see off_loop
             auto hd = std::make_shared<asio::any_completion_handler<void(ssize_t)>>(std::move(handler));
-            w->submit([hd, cq, &start] {
+            auto submit = [hd, cq, &start] {
                 auto* op = new aio_op{cq, hd};
                 rbd_completion_t c = nullptr;
                 int r = rbd_aio_create_completion(op, &aio_op::done, &c);
@@ -397,7 +429,11 @@ private:
                     delete op;
                     cq->push([hd, r]() mutable { std::move(*hd)(static_cast<ssize_t>(r)); });
                 }
-            });
+            };
+            if (w)
+                w->submit(std::move(submit));
+            else
+                submit();   // the handler runs later, from the completion queue
         };
         ssize_t r = co_await asio::async_initiate<decltype(asio::use_awaitable), void(ssize_t)>(init, asio::use_awaitable);
         co_return r;
@@ -451,6 +487,7 @@ private:
     std::shared_ptr<completion_queue> cq_;
     std::uint64_t size_;
     std::uint64_t obj_size_;
+    bool nonblocking_;
 };
 
 }  // namespace
@@ -570,6 +607,7 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_rbd(node_options commo
         }
         out.f.size = info.size;
         out.f.obj_size = info.obj_size;
+        out.f.nonblocking = nonblocking_aio(h->image);
         return out;
     };
     auto res = co_await off_loop<opened>(*w, cq, open_fn);
