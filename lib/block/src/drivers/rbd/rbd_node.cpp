@@ -32,6 +32,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -360,13 +361,17 @@ protected:
         if (flags.no_fallback && !flags.may_unmap)
             co_return errno_error(ENOTSUP);
         const int zf = flags.may_unmap ? 0 : RBD_WRITE_ZEROES_FLAG_THICK_PROVISION;
+        forget_data(offset, length);
         auto r = co_await aio(
             [&](rbd_completion_t c) { return rbd_aio_write_zeroes(h_->image, offset, length, c, zf, 0); });
+        forget_data(offset, length);   // and what a block-status answer in flight recorded
         co_return r < 0 ? result<void>(errno_error(static_cast<int>(-r))) : result<void>{};
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override
     {
+        forget_data(offset, length);
         auto r = co_await aio([&](rbd_completion_t c) { return rbd_aio_discard(h_->image, offset, length, c); });
+        forget_data(offset, length);
         co_return r < 0 ? result<void>(errno_error(static_cast<int>(-r))) : result<void>{};
     }
     asio::awaitable<result<void>> do_flush() override
@@ -376,16 +381,22 @@ protected:
     }
     asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
     {
+        if (auto known = known_data(offset, length))
+            co_return *known;
         auto h = h_;
         auto fn = [h, offset, length] { return diff_status(*h, offset, length); };
         auto e = co_await off_loop<extent>(*w_, cq_, fn);
+        if (e.flags & status_data)
+            remember_data(offset, e.length);
         co_return e;
     }
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
     {
         auto h = h_;
         auto fn = [h, size] { return rbd_resize(h->image, size); };
+        data_objects_.clear();
         int r = co_await off_loop<int>(*w_, cq_, fn);
+        data_objects_.clear();
         if (r < 0)
             co_return errno_error(-r);
         size_ = size;
@@ -400,6 +411,44 @@ protected:
     }
 
 private:
+    // Block status. QEMU asks librbd (rbd_diff_iterate2 over the object map) on every call,
+    // which loads the object map from the OSD: a round trip on the worker per call, and a
+    // mirror asks once per request it issues. Objects once reported as data are remembered
+    // here and answered without asking again. That answer can only be stale in the safe
+    // direction: an object this node discards or zeroes is forgotten, and one another client
+    // removes meanwhile reads as zeroes that are reported as data, which every caller copies
+    // as data (holes are always asked for again). Loop thread only.
+    std::optional<extent> known_data(std::uint64_t offset, std::uint64_t length) const
+    {
+        if (data_objects_.empty())
+            return std::nullopt;
+        std::uint64_t o = offset / obj_size_;
+        if (o >= data_objects_.size() || !data_objects_[o])
+            return std::nullopt;
+        while (o < data_objects_.size() && data_objects_[o] && o * obj_size_ < offset + length)
+            ++o;
+        const std::uint64_t end = std::min({o * obj_size_, offset + length, size_});
+        return extent{status_data | status_allocated, end - offset};
+    }
+    void remember_data(std::uint64_t offset, std::uint64_t length)
+    {
+        if (length == 0 || obj_size_ == 0)
+            return;
+        const std::uint64_t last = (offset + length - 1) / obj_size_;
+        if (data_objects_.size() <= last)
+            data_objects_.resize(std::max<std::uint64_t>(last + 1, (size_ + obj_size_ - 1) / obj_size_));
+        for (std::uint64_t o = offset / obj_size_; o <= last; ++o)
+            data_objects_[o] = true;
+    }
+    void forget_data(std::uint64_t offset, std::uint64_t length)
+    {
+        if (length == 0 || data_objects_.empty())
+            return;
+        const std::uint64_t last = std::min<std::uint64_t>((offset + length - 1) / obj_size_, data_objects_.size());
+        for (std::uint64_t o = offset / obj_size_; o < data_objects_.size() && o <= last; ++o)
+            data_objects_[o] = false;
+    }
+
     /// Starts one AIO with `start(completion)` and waits for its result (bytes or -errno).
     /// `start` runs before this returns; what it refers to stays alive. With librbd's
     /// rbd_non_blocking_aio (its default), the rbd_aio_* calls only queue the request to
@@ -488,6 +537,7 @@ private:
     std::uint64_t size_;
     std::uint64_t obj_size_;
     bool nonblocking_;
+    std::vector<bool> data_objects_;   // see known_data
 };
 
 }  // namespace
