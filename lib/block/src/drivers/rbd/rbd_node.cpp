@@ -383,12 +383,16 @@ protected:
     {
         if (auto known = known_data(offset, length))
             co_return *known;
+        // One look at the object map answers this and, remembered, the block-status calls
+        // on the objects ahead (a mirror asks once per request, in order): scan a window
+        // of up to 1024 objects beyond what was asked.
         auto h = h_;
-        auto fn = [h, offset, length] { return diff_status(*h, offset, length); };
-        auto e = co_await off_loop<extent>(*w_, cq_, fn);
-        if (e.flags & status_data)
-            remember_data(offset, e.length);
-        co_return e;
+        const std::uint64_t window = std::min(size_ - offset, std::max(length, 1024 * obj_size_));
+        auto fn = [h, offset, length, window] { return diff_status(*h, offset, length, window); };
+        auto d = co_await off_loop<diff_result>(*w_, cq_, fn);
+        for (const auto& [o, n] : d.data)
+            remember_data(o, n);
+        co_return d.answer;
     }
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
     {
@@ -489,44 +493,54 @@ private:
     }
 
 public:
-    /// QEMU 7.2's qemu_rbd_co_block_status: holes are known only through a valid fast-diff
-    /// object map; otherwise everything is data.
-    static extent diff_status(rbd_handles& h, std::uint64_t offset, std::uint64_t length)
+    /// What one rbd_diff_iterate2 found: the answer for the range asked (QEMU 7.2's
+    /// qemu_rbd_co_block_status: holes are known only through a valid fast-diff object map,
+    /// otherwise everything is data) and every range found to be data in the whole window
+    /// scanned, which starts at the same offset and may reach further.
+    struct diff_result {
+        extent answer;
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> data;   // offset, length; ascending
+    };
+    static diff_result diff_status(rbd_handles& h, std::uint64_t offset, std::uint64_t length, std::uint64_t window)
     {
-        const extent all_data{status_data | status_allocated, length};
+        diff_result out;
+        window = std::max(window, length);
         std::uint64_t features = 0, flags = 0;
-        if (rbd_get_features(h.image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF))
-            return all_data;
-        if (rbd_get_flags(h.image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID))
-            return all_data;
-        struct req {
-            std::uint64_t offs, bytes = 0;
-            bool exists = false;
-        } rq{offset};
-        constexpr int stop = -9000;   // ends the iteration early (QEMU_RBD_EXIT_DIFF_ITERATE2)
+        if (rbd_get_features(h.image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
+            rbd_get_flags(h.image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
+            out.answer = extent{status_data | status_allocated, length};
+            out.data.emplace_back(offset, window);
+            return out;
+        }
+        // Whole objects, from the object map; adjacent data extents merged.
         auto cb = [](uint64_t offs, size_t len, int exists, void* arg) -> int {
-            auto& q = *static_cast<req*>(arg);
-            if (q.exists && offs > q.offs + q.bytes)   // allocated, then a gap: stop there
-                return stop;
-            if (q.exists && !exists)                  // allocated, then a hole
-                return stop;
-            if (!q.exists && exists && offs > q.offs) {   // unallocated until the first extent
-                q.bytes = offs - q.offs;
-                return stop;
-            }
-            q.exists = exists != 0;
-            q.bytes = offs + len - q.offs;
+            auto& runs = *static_cast<std::vector<std::pair<std::uint64_t, std::uint64_t>>*>(arg);
+            if (!exists || len == 0)
+                return 0;
+            if (!runs.empty() && runs.back().first + runs.back().second == offs)
+                runs.back().second += len;
+            else
+                runs.emplace_back(offs, len);
             return 0;
         };
-        int r = rbd_diff_iterate2(h.image, nullptr, offset, length, 1, 1, cb, &rq);
-        if (r < 0 && r != stop)
-            return all_data;
-        if (!rq.exists) {
-            if (r == 0)   // no extent at all: the whole range is a hole
-                rq.bytes = length;
-            return extent{status_zero, std::min(rq.bytes ? rq.bytes : length, length)};   // a hole, as file's
+        if (rbd_diff_iterate2(h.image, nullptr, offset, window, 1, 1, cb, &out.data) < 0) {
+            out.data.assign(1, {offset, length});
+            out.answer = extent{status_data | status_allocated, length};
+            return out;
         }
-        return extent{status_data | status_allocated, std::min(std::max<std::uint64_t>(rq.bytes, 1), length)};
+        // The first run at or after `offset` decides, as QEMU's early stop does.
+        const std::uint64_t end = offset + length;
+        out.answer = extent{status_zero, length};   // no data at all: a hole, as file's
+        for (const auto& [o, n] : out.data) {
+            if (o + n <= offset)
+                continue;
+            if (o <= offset)
+                out.answer = extent{status_data | status_allocated, std::min(o + n, end) - offset};
+            else if (o < end)
+                out.answer = extent{status_zero, o - offset};
+            break;
+        }
+        return out;
     }
 
 private:
