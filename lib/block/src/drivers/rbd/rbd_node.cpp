@@ -4,9 +4,10 @@
 //
 // Threads. librbd's calls that wait on the network (connecting, opening, diff iteration,
 // resize, create) run on the node's worker thread; the coroutine resumes on the loop it was
-// awaited on. Data-path requests use librbd's asynchronous API: the completion callback runs
-// on a librbd thread, takes the result and posts the resumption to the request's executor
-// (which wakes the loop through its eventfd), so node state is only touched on the loop.
+// awaited on. Data-path requests use librbd's asynchronous API, called on the loop itself
+// (they only queue the request, see rbd_node::aio): the completion callback runs on a librbd
+// thread, takes the result and hands the resumption to the loop through the node's
+// completion queue (an eventfd), so node state is only touched on the loop.
 // Every request holds the handles (`rbd_handles`) until its completion has run; closing waits
 // for requests in flight before rbd_close.
 #include "bjd/block/driver.hpp"
@@ -119,8 +120,9 @@ private:
     std::vector<std::function<void()>> q_;
 };
 
-/// Plain threads on which every librbd call is made but the completion callbacks:
-/// connecting, opening, AIO submission, diff iteration, resize, close. They run no io_context
+/// Plain threads on which the librbd calls that wait are made: connecting, opening, diff
+/// iteration, resize, close (and AIO submission for an image without rbd_non_blocking_aio,
+/// see rbd_node::aio). They run no io_context
 /// (see completion_queue) and never exit: librbd's thread-local destructors crash in a thread
 /// that outlives a cluster connection it used (heap corruption in __call_tls_dtors), so the
 /// threads are made once and kept for the life of the process, as QEMU's are.
