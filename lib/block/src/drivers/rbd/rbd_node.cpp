@@ -256,6 +256,8 @@ qapi::result<void> connect_blocking(rbd_handles& h, const rbd_open_options& o, b
     // librbd copies every write's buffer unless told not to; without the copy it keeps a
     // reference and delays the completion until it lets the buffer go. Every write here
     // waits for its completion before its buffer is reused or freed, so the copy is saved.
+    // (Only with rbd_cache off: librbd's write-around cache, which acks writes before the
+    // OSD does once flushed, turns zero-copy off for the image.)
     rados_conf_set(h.cluster, "rbd_disable_zero_copy_writes", "false");
     if (r = rados_connect(h.cluster); r < 0)
         return qapi::generic("error connecting: " + errtext(r));
