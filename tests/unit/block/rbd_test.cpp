@@ -129,6 +129,28 @@ TEST_CASE("rbd: create, open, write, read back, zero, discard, block status, res
         CHECK(node.size() == 32u << 20);
         REQUIRE((co_await node.read((32u << 20) - 4096, std::span<std::byte>(r).first(4096))).has_value());
         CHECK(std::all_of(r.begin(), r.begin() + 4096, [](std::byte b) { return b == std::byte{0}; }));
+
+        // The node remembers objects it reported as data (and those beyond, seen in the same
+        // look at the object map); zeroing that may unmap (librbd removes whole objects)
+        // makes it ask again.
+        REQUIRE((co_await node.write(8u << 20, w)).has_value());
+        st = co_await node.block_status(7u << 20, 25u << 20);
+        REQUIRE(st.has_value());
+        CHECK(st->flags == block::status_zero);
+        CHECK(st->length == 1u << 20);
+        st = co_await node.block_status(8u << 20, 24u << 20);   // the same look: remembered
+        REQUIRE(st.has_value());
+        CHECK((st->flags & block::status_data));
+        CHECK(st->length == 1u << 20);
+        st = co_await node.block_status((8u << 20) + 4096, 8192);
+        REQUIRE(st.has_value());
+        CHECK((st->flags & block::status_data));
+        CHECK(st->length == 8192);
+        REQUIRE((co_await node.write_zeroes(8u << 20, 1u << 20, {.may_unmap = true})).has_value());
+        st = co_await node.block_status(8u << 20, 24u << 20);
+        REQUIRE(st.has_value());
+        CHECK(st->flags == block::status_zero);
+        CHECK(st->length == 24u << 20);
     });
 }
 

@@ -4,9 +4,10 @@
 //
 // Threads. librbd's calls that wait on the network (connecting, opening, diff iteration,
 // resize, create) run on the node's worker thread; the coroutine resumes on the loop it was
-// awaited on. Data-path requests use librbd's asynchronous API: the completion callback runs
-// on a librbd thread, takes the result and posts the resumption to the request's executor
-// (which wakes the loop through its eventfd), so node state is only touched on the loop.
+// awaited on. Data-path requests use librbd's asynchronous API, called on the loop itself
+// (they only queue the request, see rbd_node::aio): the completion callback runs on a librbd
+// thread, takes the result and hands the resumption to the loop through the node's
+// completion queue (an eventfd), so node state is only touched on the loop.
 // Every request holds the handles (`rbd_handles`) until its completion has run; closing waits
 // for requests in flight before rbd_close.
 #include "bjd/block/driver.hpp"
@@ -32,6 +33,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -73,13 +75,19 @@ class completion_queue : public std::enable_shared_from_this<completion_queue> {
 public:
     explicit completion_queue(asio::any_io_executor ex) : fd_(ex, ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
-    /// Any thread: `f` runs on the loop.
+    /// Any thread: `f` runs on the loop. Only the push onto an empty queue signals the
+    /// eventfd: the loop takes the whole queue under the lock after reading the eventfd, so
+    /// a push that finds entries waiting is taken with them (one wakeup for a burst).
     void push(std::function<void()> f)
     {
+        bool first;
         {
             std::lock_guard lk(m_);
+            first = q_.empty();
             q_.push_back(std::move(f));
         }
+        if (!first)
+            return;
         const std::uint64_t one = 1;
         (void)!::write(fd_.native_handle(), &one, sizeof one);
     }
@@ -112,8 +120,9 @@ private:
     std::vector<std::function<void()>> q_;
 };
 
-/// Plain threads on which every librbd call is made but the completion callbacks:
-/// connecting, opening, AIO submission, diff iteration, resize, close. They run no io_context
+/// Plain threads on which the librbd calls that wait are made: connecting, opening, diff
+/// iteration, resize, close (and AIO submission for an image without rbd_non_blocking_aio,
+/// see rbd_node::aio). They run no io_context
 /// (see completion_queue) and never exit: librbd's thread-local destructors crash in a thread
 /// that outlives a cluster connection it used (heap corruption in __call_tls_dtors), so the
 /// threads are made once and kept for the life of the process, as QEMU's are.
@@ -247,6 +256,8 @@ qapi::result<void> connect_blocking(rbd_handles& h, const rbd_open_options& o, b
     // librbd copies every write's buffer unless told not to; without the copy it keeps a
     // reference and delays the completion until it lets the buffer go. Every write here
     // waits for its completion before its buffer is reused or freed, so the copy is saved.
+    // (Only with rbd_cache off: librbd's write-around cache, which acks writes before the
+    // OSD does once flushed, turns zero-copy off for the image.)
     rados_conf_set(h.cluster, "rbd_disable_zero_copy_writes", "false");
     if (r = rados_connect(h.cluster); r < 0)
         return qapi::generic("error connecting: " + errtext(r));
@@ -268,14 +279,33 @@ qapi::result<void> connect_blocking(rbd_handles& h, const rbd_open_options& o, b
 struct image_facts {
     std::uint64_t size = 0;
     std::uint64_t obj_size = 0;
+    bool nonblocking = true;   // rbd_non_blocking_aio as the image sees it
 };
+
+/// The image's effective rbd_non_blocking_aio (ceph.conf, pool or image override). Unknown:
+/// false, the safe side (submissions then go through the worker).
+bool nonblocking_aio(rbd_image_t image)
+{
+    int n = 0;
+    if (rbd_config_image_list(image, nullptr, &n) != -ERANGE || n <= 0)
+        return false;
+    std::vector<rbd_config_option_t> opts(static_cast<std::size_t>(n));
+    if (rbd_config_image_list(image, opts.data(), &n) < 0)
+        return false;
+    bool on = false;
+    for (int i = 0; i < n; ++i)
+        if (std::strcmp(opts[i].name, "rbd_non_blocking_aio") == 0)
+            on = std::strcmp(opts[i].value, "true") == 0;
+    rbd_config_image_list_cleanup(opts.data(), n);
+    return on;
+}
 
 class rbd_node final : public node {
 public:
     rbd_node(node_options o, rbd_open_options ro, std::shared_ptr<rbd_handles> h,
              std::shared_ptr<completion_queue> cq, image_facts f)
         : node(std::move(o)), ro_(std::move(ro)), h_(std::move(h)), w_(&worker::get()), cq_(std::move(cq)),
-          size_(f.size), obj_size_(f.obj_size)
+          size_(f.size), obj_size_(f.obj_size), nonblocking_(f.nonblocking)
     {
     }
     ~rbd_node() override
@@ -335,13 +365,17 @@ protected:
         if (flags.no_fallback && !flags.may_unmap)
             co_return errno_error(ENOTSUP);
         const int zf = flags.may_unmap ? 0 : RBD_WRITE_ZEROES_FLAG_THICK_PROVISION;
+        forget_data(offset, length);
         auto r = co_await aio(
             [&](rbd_completion_t c) { return rbd_aio_write_zeroes(h_->image, offset, length, c, zf, 0); });
+        forget_data(offset, length);   // and what a block-status answer in flight recorded
         co_return r < 0 ? result<void>(errno_error(static_cast<int>(-r))) : result<void>{};
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override
     {
+        forget_data(offset, length);
         auto r = co_await aio([&](rbd_completion_t c) { return rbd_aio_discard(h_->image, offset, length, c); });
+        forget_data(offset, length);
         co_return r < 0 ? result<void>(errno_error(static_cast<int>(-r))) : result<void>{};
     }
     asio::awaitable<result<void>> do_flush() override
@@ -351,16 +385,26 @@ protected:
     }
     asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
     {
+        if (auto known = known_data(offset, length))
+            co_return *known;
+        // One look at the object map answers this and, remembered, the block-status calls
+        // on the objects ahead (a mirror asks once per request, in order): scan a window
+        // of up to 1024 objects beyond what was asked.
         auto h = h_;
-        auto fn = [h, offset, length] { return diff_status(*h, offset, length); };
-        auto e = co_await off_loop<extent>(*w_, cq_, fn);
-        co_return e;
+        const std::uint64_t window = std::min(size_ - offset, std::max(length, 1024 * obj_size_));
+        auto fn = [h, offset, length, window] { return diff_status(*h, offset, length, window); };
+        auto d = co_await off_loop<diff_result>(*w_, cq_, fn);
+        for (const auto& [o, n] : d.data)
+            remember_data(o, n);
+        co_return d.answer;
     }
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
     {
         auto h = h_;
         auto fn = [h, size] { return rbd_resize(h->image, size); };
+        data_objects_.clear();
         int r = co_await off_loop<int>(*w_, cq_, fn);
+        data_objects_.clear();
         if (r < 0)
             co_return errno_error(-r);
         size_ = size;
@@ -375,16 +419,61 @@ protected:
     }
 
 private:
-    /// Starts one AIO with `start(completion)` on the worker and waits for its result
-    /// (bytes or -errno). `start` runs before this returns; what it refers to stays alive.
+    // Block status. QEMU asks librbd (rbd_diff_iterate2 over the object map) on every call,
+    // which loads the object map from the OSD: a round trip on the worker per call, and a
+    // mirror asks once per request it issues. Objects once reported as data are remembered
+    // here and answered without asking again. That answer can only be stale in the safe
+    // direction: an object this node discards or zeroes is forgotten, and one another client
+    // removes meanwhile reads as zeroes that are reported as data, which every caller copies
+    // as data (holes are always asked for again). Loop thread only.
+    std::optional<extent> known_data(std::uint64_t offset, std::uint64_t length) const
+    {
+        if (data_objects_.empty())
+            return std::nullopt;
+        std::uint64_t o = offset / obj_size_;
+        if (o >= data_objects_.size() || !data_objects_[o])
+            return std::nullopt;
+        while (o < data_objects_.size() && data_objects_[o] && o * obj_size_ < offset + length)
+            ++o;
+        const std::uint64_t end = std::min({o * obj_size_, offset + length, size_});
+        return extent{status_data | status_allocated, end - offset};
+    }
+    void remember_data(std::uint64_t offset, std::uint64_t length)
+    {
+        if (length == 0 || obj_size_ == 0)
+            return;
+        const std::uint64_t last = (offset + length - 1) / obj_size_;
+        if (data_objects_.size() <= last)
+            data_objects_.resize(std::max<std::uint64_t>(last + 1, (size_ + obj_size_ - 1) / obj_size_));
+        for (std::uint64_t o = offset / obj_size_; o <= last; ++o)
+            data_objects_[o] = true;
+    }
+    void forget_data(std::uint64_t offset, std::uint64_t length)
+    {
+        if (length == 0 || data_objects_.empty())
+            return;
+        const std::uint64_t last = std::min<std::uint64_t>((offset + length - 1) / obj_size_, data_objects_.size());
+        for (std::uint64_t o = offset / obj_size_; o < data_objects_.size() && o <= last; ++o)
+            data_objects_[o] = false;
+    }
+
+    /// Starts one AIO with `start(completion)` and waits for its result (bytes or -errno).
+    /// `start` runs before this returns; what it refers to stays alive. With librbd's
+    /// rbd_non_blocking_aio (its default), the rbd_aio_* calls only queue the request to
+    /// librbd's own work queue (its QueueImageDispatch layer, right after the API): QoS,
+    /// the exclusive lock, the cache's and the objecter's throttles all wait there, not in the
+    /// caller. So they are made right here on the loop, as QEMU makes them from its I/O thread;
+    /// an image configured otherwise gets them made on the worker. (librbd's own Boost.Asio
+    /// runs on this thread then: safe because the executable exports no asio statics, see
+    /// local-symbols.map.)
     template <class Start>
     asio::awaitable<ssize_t> aio(Start start)
     {
         std::shared_ptr<completion_queue> cq = cq_;
-        worker* w = w_;
+        worker* w = nonblocking_ ? nullptr : w_;
         auto init = [w, &cq, &start](auto handler) {   // named: see off_loop
             auto hd = std::make_shared<asio::any_completion_handler<void(ssize_t)>>(std::move(handler));
-            w->submit([hd, cq, &start] {
+            auto submit = [hd, cq, &start] {
                 auto* op = new aio_op{cq, hd};
                 rbd_completion_t c = nullptr;
                 int r = rbd_aio_create_completion(op, &aio_op::done, &c);
@@ -397,51 +486,65 @@ private:
                     delete op;
                     cq->push([hd, r]() mutable { std::move(*hd)(static_cast<ssize_t>(r)); });
                 }
-            });
+            };
+            if (w)
+                w->submit(std::move(submit));
+            else
+                submit();   // the handler runs later, from the completion queue
         };
         ssize_t r = co_await asio::async_initiate<decltype(asio::use_awaitable), void(ssize_t)>(init, asio::use_awaitable);
         co_return r;
     }
 
 public:
-    /// QEMU 7.2's qemu_rbd_co_block_status: holes are known only through a valid fast-diff
-    /// object map; otherwise everything is data.
-    static extent diff_status(rbd_handles& h, std::uint64_t offset, std::uint64_t length)
+    /// What one rbd_diff_iterate2 found: the answer for the range asked (QEMU 7.2's
+    /// qemu_rbd_co_block_status: holes are known only through a valid fast-diff object map,
+    /// otherwise everything is data) and every range found to be data in the whole window
+    /// scanned, which starts at the same offset and may reach further.
+    struct diff_result {
+        extent answer;
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> data;   // offset, length; ascending
+    };
+    static diff_result diff_status(rbd_handles& h, std::uint64_t offset, std::uint64_t length, std::uint64_t window)
     {
-        const extent all_data{status_data | status_allocated, length};
+        diff_result out;
+        window = std::max(window, length);
         std::uint64_t features = 0, flags = 0;
-        if (rbd_get_features(h.image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF))
-            return all_data;
-        if (rbd_get_flags(h.image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID))
-            return all_data;
-        struct req {
-            std::uint64_t offs, bytes = 0;
-            bool exists = false;
-        } rq{offset};
-        constexpr int stop = -9000;   // ends the iteration early (QEMU_RBD_EXIT_DIFF_ITERATE2)
+        if (rbd_get_features(h.image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
+            rbd_get_flags(h.image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
+            out.answer = extent{status_data | status_allocated, length};
+            out.data.emplace_back(offset, window);
+            return out;
+        }
+        // Whole objects, from the object map; adjacent data extents merged.
         auto cb = [](uint64_t offs, size_t len, int exists, void* arg) -> int {
-            auto& q = *static_cast<req*>(arg);
-            if (q.exists && offs > q.offs + q.bytes)   // allocated, then a gap: stop there
-                return stop;
-            if (q.exists && !exists)                  // allocated, then a hole
-                return stop;
-            if (!q.exists && exists && offs > q.offs) {   // unallocated until the first extent
-                q.bytes = offs - q.offs;
-                return stop;
-            }
-            q.exists = exists != 0;
-            q.bytes = offs + len - q.offs;
+            auto& runs = *static_cast<std::vector<std::pair<std::uint64_t, std::uint64_t>>*>(arg);
+            if (!exists || len == 0)
+                return 0;
+            if (!runs.empty() && runs.back().first + runs.back().second == offs)
+                runs.back().second += len;
+            else
+                runs.emplace_back(offs, len);
             return 0;
         };
-        int r = rbd_diff_iterate2(h.image, nullptr, offset, length, 1, 1, cb, &rq);
-        if (r < 0 && r != stop)
-            return all_data;
-        if (!rq.exists) {
-            if (r == 0)   // no extent at all: the whole range is a hole
-                rq.bytes = length;
-            return extent{status_zero, std::min(rq.bytes ? rq.bytes : length, length)};   // a hole, as file's
+        if (rbd_diff_iterate2(h.image, nullptr, offset, window, 1, 1, cb, &out.data) < 0) {
+            out.data.assign(1, {offset, length});
+            out.answer = extent{status_data | status_allocated, length};
+            return out;
         }
-        return extent{status_data | status_allocated, std::min(std::max<std::uint64_t>(rq.bytes, 1), length)};
+        // The first run at or after `offset` decides, as QEMU's early stop does.
+        const std::uint64_t end = offset + length;
+        out.answer = extent{status_zero, length};   // no data at all: a hole, as file's
+        for (const auto& [o, n] : out.data) {
+            if (o + n <= offset)
+                continue;
+            if (o <= offset)
+                out.answer = extent{status_data | status_allocated, std::min(o + n, end) - offset};
+            else if (o < end)
+                out.answer = extent{status_zero, o - offset};
+            break;
+        }
+        return out;
     }
 
 private:
@@ -451,6 +554,8 @@ private:
     std::shared_ptr<completion_queue> cq_;
     std::uint64_t size_;
     std::uint64_t obj_size_;
+    bool nonblocking_;
+    std::vector<bool> data_objects_;   // see known_data
 };
 
 }  // namespace
@@ -570,6 +675,7 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_rbd(node_options commo
         }
         out.f.size = info.size;
         out.f.obj_size = info.obj_size;
+        out.f.nonblocking = nonblocking_aio(h->image);
         return out;
     };
     auto res = co_await off_loop<opened>(*w, cq, open_fn);
