@@ -78,18 +78,22 @@ public:
     /// Any thread: `f` runs on the loop. Only the push onto an empty queue signals the
     /// eventfd: the loop takes the whole queue under the lock after reading the eventfd, so
     /// a push that finds entries waiting is taken with them (one wakeup for a burst).
-    void push(std::function<void()> f)
+    ///
+    /// The caller's reference travels with `f`, so a foreign thread never drops the last one:
+    /// the queue's descriptor belongs to the loop's io_context and must be destroyed there
+    /// (ASan caught a worker destroying it after a test's io_context was gone). The eventfd
+    /// is written under the lock, and nothing here is touched once it is released: the loop,
+    /// which takes the queue under the same lock, may free the queue at once.
+    static void push(std::shared_ptr<completion_queue> self, std::function<void()> f)
     {
-        bool first;
-        {
-            std::lock_guard lk(m_);
-            first = q_.empty();
-            q_.push_back(std::move(f));
+        completion_queue& q = *self;
+        std::lock_guard lk(q.m_);
+        const bool first = q.q_.empty();
+        q.q_.push_back([keep = std::move(self), f = std::move(f)] { f(); });
+        if (first) {
+            const std::uint64_t one = 1;
+            (void)!::write(q.fd_.native_handle(), &one, sizeof one);
         }
-        if (!first)
-            return;
-        const std::uint64_t one = 1;
-        (void)!::write(fd_.native_handle(), &one, sizeof one);
     }
 
     void start() { arm(); }
@@ -175,9 +179,9 @@ asio::awaitable<R> off_loop(worker& w, const std::shared_ptr<completion_queue>& 
     // temporaries in co_await/co_return expressions twice.
     auto init = [&w, &cq, &fn](auto handler) {
         auto hd = std::make_shared<asio::any_completion_handler<void(R)>>(std::move(handler));
-        w.submit([hd, cq, fn]() mutable {
+        w.submit([hd, q = cq, fn]() mutable {
             auto r = std::make_shared<R>(fn());
-            cq->push([hd, r]() mutable { std::move(*hd)(std::move(*r)); });
+            completion_queue::push(std::move(q), [hd, r]() mutable { std::move(*hd)(std::move(*r)); });
         });
     };
     R r = co_await asio::async_initiate<decltype(asio::use_awaitable), void(R)>(init, asio::use_awaitable);
@@ -205,7 +209,7 @@ struct aio_op {
         std::unique_ptr<aio_op> op(static_cast<aio_op*>(arg));
         const ssize_t r = rbd_aio_get_return_value(c);
         rbd_aio_release(c);
-        op->cq->push([hd = op->handler, r]() mutable { std::move(*hd)(r); });
+        completion_queue::push(std::move(op->cq), [hd = op->handler, r]() mutable { std::move(*hd)(r); });
     }
 };
 
@@ -473,8 +477,8 @@ private:
         worker* w = nonblocking_ ? nullptr : w_;
         auto init = [w, &cq, &start](auto handler) {   // named: see off_loop
             auto hd = std::make_shared<asio::any_completion_handler<void(ssize_t)>>(std::move(handler));
-            auto submit = [hd, cq, &start] {
-                auto* op = new aio_op{cq, hd};
+            auto submit = [hd, q = cq, &start]() mutable {   // q moves on: see completion_queue::push
+                auto* op = new aio_op{std::move(q), hd};
                 rbd_completion_t c = nullptr;
                 int r = rbd_aio_create_completion(op, &aio_op::done, &c);
                 if (r >= 0) {
@@ -483,8 +487,10 @@ private:
                         rbd_aio_release(c);
                 }
                 if (r < 0) {   // failed early: no callback will come
+                    auto back = std::move(op->cq);
                     delete op;
-                    cq->push([hd, r]() mutable { std::move(*hd)(static_cast<ssize_t>(r)); });
+                    completion_queue::push(std::move(back),
+                                           [hd, r]() mutable { std::move(*hd)(static_cast<ssize_t>(r)); });
                 }
             };
             if (w)
