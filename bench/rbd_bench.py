@@ -33,7 +33,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,24 +41,15 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from qmp import QMP  # noqa: E402
+import suite  # noqa: E402
+from suite import MONITOR, drop_caches  # noqa: E402
 
 MiB = 1 << 20
-MONITOR = "--chardev socket,id=m0,path={sock},server=on,wait=off --monitor chardev=m0"
 CLK = os.sysconf("SC_CLK_TCK")
 
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def drop_caches():
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        pass
 
 
 def cpu_seconds(pid):
@@ -94,44 +84,13 @@ class Ceph:
         return {"driver": "rbd", "pool": "rbd", "namespace": self.ns, "image": image, "conf": self.conf}
 
 
-class Daemon:
-    def __init__(self, name, template, workdir):
-        self.name = name
-        self.sock = os.path.join(workdir, "qmp.sock")
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        self.errlog = os.path.join(workdir, f"{name}.stderr")
-        with open(self.errlog, "ab") as err:
-            self.proc = subprocess.Popen(shlex.split(template.format(sock=self.sock)),
-                                         stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"{name} did not open its QMP socket")
-            time.sleep(0.01)
-        self.q = QMP(self.sock, timeout=120)
+class Daemon(suite.Daemon):
+    """suite.py's daemon (process, QMP client, stderr log), with a raw node over any file node."""
 
     def add(self, name, file_node):
         r = self.q.execute("blockdev-add", {"driver": "raw", "node-name": name, "file": file_node})
         if "error" in r:
             raise RuntimeError(f"{self.name} blockdev-add {name}: {r['error']}")
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def close(self):
-        try:
-            self.q.execute("quit")
-            self.q.close()
-        except Exception:
-            pass
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 def local_file(path):
