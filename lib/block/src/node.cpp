@@ -261,18 +261,18 @@ void node::notify_write(std::uint64_t offset, std::uint64_t length)
         o->on_write(offset, length);
 }
 
-std::shared_ptr<write_intent_hook> node::intent_enter(std::uint64_t offset, std::uint64_t length, bool& must_wait)
+node::intent_scope::intent_scope(node& n, std::uint64_t offset, std::uint64_t length)
+    : hook(n.intent_hook_), n_(n), offset_(offset), length_(length)
 {
-    ++writes_in_flight_;
-    must_wait = intent_hook_ && !intent_hook_->enter(offset, length);
-    return intent_hook_;   // the one entered is the one left, even if it is replaced meanwhile
+    ++n_.writes_in_flight_;
+    must_wait = hook && !hook->enter(offset, length);
 }
 
-void node::intent_leave(const std::shared_ptr<write_intent_hook>& h, std::uint64_t offset, std::uint64_t length)
+node::intent_scope::~intent_scope()
 {
-    if (h)
-        h->leave(offset, length);
-    --writes_in_flight_;
+    if (hook)
+        hook->leave(offset_, length_);
+    --n_.writes_in_flight_;
 }
 
 asio::awaitable<result<void>> node::read(std::uint64_t offset, std::span<std::byte> buf)
@@ -328,10 +328,9 @@ asio::awaitable<result<void>> node::write_request(std::uint64_t offset, std::spa
         co_return result<void>{};
     }
     auto self = shared_from_this();   // observers run after the request, even if the graph changed
-    bool must_wait = false;
-    auto hook = intent_enter(offset, buf.size(), must_wait);
-    if (must_wait)
-        co_await hook->wait(offset, buf.size());
+    intent_scope intent(*this, offset, buf.size());
+    if (intent.must_wait)
+        co_await intent.hook->wait(offset, buf.size());
     result<void> r;
     if (opts_.zeroes != node_options::detect_zeroes::off && is_all_zero(buf)) {
         zero_flags zf{.may_unmap = opts_.zeroes == node_options::detect_zeroes::unmap && opts_.discard_unmap};
@@ -348,7 +347,6 @@ asio::awaitable<result<void>> node::write_request(std::uint64_t offset, std::spa
         r = co_await do_write(offset, buf, fua);
     }
     notify_write(offset, buf.size());
-    intent_leave(hook, offset, buf.size());
     acct_.finish(ck, bool(r));
     co_return r;
 }
@@ -368,10 +366,9 @@ asio::awaitable<result<void>> node::write_zeroes(std::uint64_t offset, std::uint
         co_return result<void>{};
     }
     auto self = shared_from_this();
-    bool must_wait = false;
-    auto hook = intent_enter(offset, length, must_wait);
-    if (must_wait)
-        co_await hook->wait(offset, length);
+    intent_scope intent(*this, offset, length);
+    if (intent.must_wait)
+        co_await intent.hook->wait(offset, length);
     // Like QEMU 7.2, `discard` governs discard requests only: a write-zeroes that may unmap
     // (a mirror's zero areas, NBD WRITE_ZEROES without NO_HOLE) punches a hole either way,
     // so a sparse target stays sparse.
@@ -384,7 +381,6 @@ asio::awaitable<result<void>> node::write_zeroes(std::uint64_t offset, std::uint
         r = co_await emulate_write_zeroes(offset, length);
     }
     notify_write(offset, length);
-    intent_leave(hook, offset, length);
     acct_.finish(ck, bool(r));
     co_return r;
 }
@@ -406,16 +402,14 @@ asio::awaitable<result<void>> node::discard(std::uint64_t offset, std::uint64_t 
         co_return result<void>{};
     }
     auto self = shared_from_this();
-    bool must_wait = false;
-    auto hook = intent_enter(offset, length, must_wait);
-    if (must_wait)
-        co_await hook->wait(offset, length);
+    intent_scope intent(*this, offset, length);
+    if (intent.must_wait)
+        co_await intent.hook->wait(offset, length);
     auto r = co_await do_discard(offset, length);
     // Discard is advisory: a driver that cannot drop the range leaves the data as it was.
     if (!r && r.error() == std::errc::operation_not_supported)
         r = result<void>{};
     notify_write(offset, length);
-    intent_leave(hook, offset, length);
     acct_.finish(ck, bool(r));
     co_return r;
 }

@@ -480,11 +480,24 @@ private:
     asio::awaitable<result<void>> write_request(std::uint64_t offset, std::span<const std::byte> buf, bool fua,
                                                 bool compressed);
     void notify_write(std::uint64_t offset, std::uint64_t length);
-    /// The write-intent hook around a write-type request: `intent_enter` before it is carried
-    /// out (`must_wait`: await the hook's `wait` first), `intent_leave` after notify_write.
-    /// Not a coroutine: no frame on the write path.
-    std::shared_ptr<write_intent_hook> intent_enter(std::uint64_t offset, std::uint64_t length, bool& must_wait);
-    void intent_leave(const std::shared_ptr<write_intent_hook>& h, std::uint64_t offset, std::uint64_t length);
+    /// A write-type request inside the write-intent hook: entered on construction, before the
+    /// request is carried out (await `hook->wait` first when `must_wait`), left when the scope
+    /// ends, after notify_write, on every path out of the request. Not a coroutine: no frame
+    /// on the write path.
+    class intent_scope {
+    public:
+        intent_scope(node& n, std::uint64_t offset, std::uint64_t length);
+        ~intent_scope();
+        intent_scope(const intent_scope&) = delete;
+        intent_scope& operator=(const intent_scope&) = delete;
+
+        std::shared_ptr<write_intent_hook> hook;   ///< the one entered is the one left
+        bool must_wait = false;
+
+    private:
+        node& n_;
+        std::uint64_t offset_, length_;
+    };
     /// Runs the unused hook if the node has no parent left.
     void check_unused();
     /// Fires and disarms the write threshold if `end` lies beyond it.
