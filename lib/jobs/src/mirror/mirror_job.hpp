@@ -171,8 +171,8 @@ public:
     asio::awaitable<qapi::result<mirror_progress>> save_progress(job& j);
     /// start_mirror_journal (mirror.hpp).
     void start_journal(mirror_journal_config c);
-    /// stop_mirror_journal (mirror.hpp).
-    void stop_journal_now() { stop_journal(); }
+    /// stop_mirror_journal (mirror.hpp); also when the job leaves the graph. Idempotent.
+    void stop_journal();
 
     // write_observer (source)
     void on_write(std::uint64_t offset, std::uint64_t length) override;
@@ -190,7 +190,6 @@ private:
     /// One checkpoint: bitmap snapshot (in-flight chunks count as dirty), target flush,
     /// `<id>.ckpt`, then the log drops what it covers.
     static asio::awaitable<void> checkpoint(std::shared_ptr<mirror_journal> jn);
-    void stop_journal();
     void poke_journal();
     /// The bitmap as a progress record, chunks with requests in flight counted as dirty.
     mirror_progress snapshot(job& j) const;

@@ -194,7 +194,7 @@ qapi::result<void> start_mirror_journal(job& j, mirror_journal_config c)
 void stop_mirror_journal(job& j)
 {
     if (auto* mj = dynamic_cast<detail::mirror_job*>(&j.driver()))
-        mj->stop_journal_now();
+        mj->stop_journal();
 }
 
 } // namespace bjd::jobs
