@@ -45,6 +45,12 @@ std::string def_name(const std::string& id) { return id + std::string(def_suffix
 std::string progress_name(const std::string& id) { return id + std::string(progress_suffix); }
 std::string checkpoint_name(const std::string& id) { return id + std::string(checkpoint_suffix); }
 std::string intent_name(const std::string& id) { return id + std::string(intent_suffix); }
+/// What a job's definition has beside it: what is left to copy, as a clean stop or a crash
+/// left it.
+std::vector<std::string> progress_files(const std::string& id)
+{
+    return {progress_name(id), checkpoint_name(id), intent_name(id)};
+}
 
 /// A job that only reports why it could not come back: it fails at once and stays concluded
 /// (auto-dismiss off) until job-dismiss.
@@ -208,7 +214,9 @@ void state_dir::write_definition(const std::string& id, const kept& k)
 qapi::result<void> state_dir::forget_job(const std::string& id)
 {
     // The definition first: without it nothing brings the job back.
-    auto r = jobs::remove_files_durable(dir_, {def_name(id), progress_name(id), checkpoint_name(id), intent_name(id)});
+    auto names = progress_files(id);
+    names.insert(names.begin(), def_name(id));
+    auto r = jobs::remove_files_durable(dir_, names);
     if (!r) {
         logger()->error("job '{}': {}", id, r.error().desc);
         return r;
@@ -283,8 +291,7 @@ asio::awaitable<void> state_dir::save_all(context& ctx)
             continue;   // it ended meanwhile: its files went
         if (!p) {
             logger()->warn("job '{}': progress not saved ({}): the next start copies everything", id, p.error().desc);
-            for (const auto& name : {progress_name(id), checkpoint_name(id), intent_name(id)})
-        (void)jobs::remove_file_durable(dir_, name);
+            (void)jobs::remove_files_durable(dir_, progress_files(id));
             continue;
         }
         p->generation = k.generation;
@@ -505,8 +512,7 @@ asio::awaitable<void> state_dir::restore_nodes_of(context& ctx, const std::strin
     k.generation = jobs::random_generation();
     jobs_[id] = k;
     write_definition(id, k);
-    for (const auto& name : {progress_name(id), checkpoint_name(id), intent_name(id)})
-        (void)jobs::remove_file_durable(dir_, name);
+    (void)jobs::remove_files_durable(dir_, progress_files(id));
 
     l.nodes_done = true;
     if (!l.gone.empty()) {
