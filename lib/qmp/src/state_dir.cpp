@@ -35,21 +35,19 @@ namespace {
 
 constexpr std::string_view def_suffix = ".job.json";
 constexpr std::string_view progress_suffix = ".progress";
-constexpr std::string_view checkpoint_suffix = ".ckpt";
-constexpr std::string_view intent_suffix = ".wil";
 constexpr int format_version = 1;
 
 auto logger() { return log::get("state"); }
 
 std::string def_name(const std::string& id) { return id + std::string(def_suffix); }
 std::string progress_name(const std::string& id) { return id + std::string(progress_suffix); }
-std::string checkpoint_name(const std::string& id) { return id + std::string(checkpoint_suffix); }
-std::string intent_name(const std::string& id) { return id + std::string(intent_suffix); }
+using jobs::checkpoint_file_name;
+using jobs::intent_log_file_name;
 /// What a job's definition has beside it: what is left to copy, as a clean stop or a crash
 /// left it.
 std::vector<std::string> progress_files(const std::string& id)
 {
-    return {progress_name(id), checkpoint_name(id), intent_name(id)};
+    return {progress_name(id), checkpoint_file_name(id), intent_log_file_name(id)};
 }
 
 /// A job that only reports why it could not come back: it fails at once and stays concluded
@@ -402,7 +400,7 @@ void state_dir::load()
 void state_dir::load_after_crash(const std::string& id, loaded& l, const std::vector<jobs::file_identity>& now)
 {
     // No clean stop: the last checkpoint plus what the write-intent log marked since.
-    auto ckpt = jobs::read_file(dir_ + "/" + checkpoint_name(id));
+    auto ckpt = jobs::read_file(dir_ + "/" + checkpoint_file_name(id));
     if (!ckpt) {
         l.progress_problem = "no saved progress and no checkpoint (the daemon did not stop cleanly before the job "
                              "finished its initial scan)";
@@ -413,7 +411,7 @@ void state_dir::load_after_crash(const std::string& id, loaded& l, const std::ve
         l.progress_problem = "checkpoint: " + p.error().desc;
         return;
     }
-    auto wil = jobs::read_file(dir_ + "/" + intent_name(id));
+    auto wil = jobs::read_file(dir_ + "/" + intent_log_file_name(id));
     if (!wil) {
         l.progress_problem = "a checkpoint but no write-intent log: " + wil.error().desc;
         return;

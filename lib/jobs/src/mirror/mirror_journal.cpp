@@ -88,7 +88,7 @@ asio::awaitable<void> mirror_job::journal_loop(std::shared_ptr<mirror_journal> j
     const std::string& id = jn->cfg.job_id;
     // A job that ends meanwhile has its files removed: none may appear after that.
     std::function<bool()> alive = [jn] { return jn->job != nullptr; };
-    const std::string wil = id + ".wil";
+    const std::string wil = intent_log_file_name(id);
     auto created = co_await log->create(dir, wil, alive);
     if (!jn->job)
         co_return;
@@ -98,7 +98,7 @@ asio::awaitable<void> mirror_job::journal_loop(std::shared_ptr<mirror_journal> j
         co_return;
     }
     jn->job->s_.source->set_write_intent_hook(log);
-    logger()->info("mirror '{}': write-intent log in {}/{}.wil, {} MiB regions", id, dir, id, log->region() >> 20);
+    logger()->info("mirror '{}': write-intent log in {}/{}, {} MiB regions", id, dir, wil, log->region() >> 20);
     jn->poked = true;   // the first checkpoint as soon as the bitmap is complete
     bool retry_soon = false;
     for (;;) {
@@ -114,7 +114,7 @@ asio::awaitable<void> mirror_job::journal_loop(std::shared_ptr<mirror_journal> j
         if (log->failed()) {
             logger()->error("mirror '{}': {}; its checkpoint is removed: after a crash it copies everything", id,
                             log->failure());
-            (void)remove_file_durable(dir, id + ".ckpt");
+            (void)remove_file_durable(dir, checkpoint_file_name(id));
             mj.s_.source->set_write_intent_hook(nullptr);
             co_return;
         }
@@ -132,7 +132,7 @@ asio::awaitable<void> mirror_job::checkpoint(std::shared_ptr<mirror_journal> jn)
 {
     mirror_job& mj = *jn->job;
     const std::string& dir = jn->cfg.dir;
-    const std::string name = jn->cfg.job_id + ".ckpt";
+    const std::string name = checkpoint_file_name(jn->cfg.job_id);
     // The same instant: the log's epoch and the bitmap.
     const auto ticket = jn->log->begin_checkpoint();
     mirror_progress p = mj.snapshot(*mj.job_);

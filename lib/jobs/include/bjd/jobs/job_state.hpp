@@ -108,6 +108,10 @@ qapi::result<intent_record> decode_intent_log(std::string_view bytes, std::strin
 /// the two describe different images (size).
 qapi::result<void> merge_intent(mirror_progress& p, const intent_record& log);
 
+/// The file names of job `id`'s periodic checkpoint and write-intent log in the state dir.
+inline std::string checkpoint_file_name(const std::string& id) { return id + ".ckpt"; }
+inline std::string intent_log_file_name(const std::string& id) { return id + ".wil"; }
+
 /// zlib's CRC-32 of `data`.
 std::uint32_t crc32(std::string_view data, std::uint32_t crc = 0) noexcept;
 
