@@ -381,11 +381,14 @@ class Group:
         def create_qcow2(path, opts):
             if opts["secret"] and not opts["data_file"]:
                 # Formatting LUKS benchmarks PBKDF2 for about 2 s whatever iter-time says, so
-                # every encrypted image is a copy of one of two templates made once. On a loaded
-                # machine that benchmark can fail ("Unable to get accurate CPU usage"): retried.
+                # every encrypted image is a copy of one of two templates made once. The
+                # benchmark reads the thread's CPU time, which on a loaded machine can fail to
+                # advance ("Unable to get accurate CPU usage"), about one try in ten here: so
+                # up to ten tries, a failed try's file removed so that no later step copies it.
                 tmpl = "luks-backed.tmpl" if opts["backing"] else "luks.tmpl"
                 make = create_qcow2(tmpl, dict(opts, secret=None, luks=True))
-                retried = " || ".join([f"{{ {make}; }}"] + [f"{{ sleep 1; {make}; }}"] * 2)
+                retried = (f"for i in 1 2 3 4 5 6 7 8 9 10; do {{ {make}; }} && break; "
+                           f"rm -f $TMP/{tmpl}; sleep 1; done")
                 return f"if [ ! -e $TMP/{tmpl} ]; then {retried}; fi && cp $TMP/{tmpl} $TMP/{path}"
             cmd = ["qemu-img create -q -f qcow2"]
             o = []
