@@ -11,6 +11,9 @@
 #include "bjd/qapi/types.hpp"
 #include "bjd/qmp/context.hpp"
 
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
@@ -54,15 +57,16 @@ std::vector<std::string> progress_files(const std::string& id)
 /// (auto-dismiss off) until job-dismiss.
 class failed_restore final : public jobs::job_driver {
 public:
-    explicit failed_restore(std::string why) : why_(std::move(why)) {}
+    failed_restore(std::string why, int error_code) : why_(std::move(why)), errno_(error_code) {}
     asio::awaitable<qapi::result<void>> run(jobs::job& j) override
     {
-        j.set_error_errno(ENOENT);
+        j.set_error_errno(errno_);
         co_return qapi::generic(why_);
     }
 
 private:
     std::string why_;
+    int errno_;
 };
 
 void collect_files(const json::value& v, std::vector<std::string>& out)
@@ -448,11 +452,11 @@ void state_dir::load_after_crash(const std::string& id, loaded& l, const std::ve
                    id, ckpt_left, log->marked(), log->region >> 20);
 }
 
-void state_dir::fail_job(context& ctx, const std::string& id, const std::string& why)
+void state_dir::fail_job(context& ctx, const std::string& id, const std::string& why, int error_code)
 {
     logger()->error("job '{}' cannot be restored: {}", id, why);
     jobs::job_options o{.auto_finalize = true, .auto_dismiss = false};
-    auto j = ctx.jobs->create(id, jobs::job_type::mirror, std::make_unique<failed_restore>(why), o);
+    auto j = ctx.jobs->create(id, jobs::job_type::mirror, std::make_unique<failed_restore>(why, error_code), o);
     if (!j) {
         logger()->error("job '{}': {}", id, j.error().desc);
         return;
@@ -500,6 +504,38 @@ asio::awaitable<void> state_dir::restore_jobs(context& ctx, bool resume)
     loaded_.clear();
 }
 
+namespace {
+
+/// An image lock refusal ("Failed to get "write" lock", see lib/block/src/image_lock.cpp).
+bool lock_refused(const qapi::error& e) { return e.desc.starts_with("Failed to get "); }
+
+/// `attempt()` (an awaitable qapi::result), tried again for a few seconds while it is refused
+/// an image lock. After kill -9 the previous instance's files, and their locks, outlive it
+/// until the kernel has finished its io_uring requests, so systemd's restart can find them
+/// still held for a moment. `after_refusal()` runs after each refused attempt; a process that
+/// keeps the lock is still refused, after the wait.
+template <class Attempt, class Cleanup>
+std::invoke_result_t<Attempt> waiting_for_locks(Attempt attempt, Cleanup after_refusal, std::string what)
+{
+    using namespace std::chrono_literals;
+    constexpr auto pause = 250ms;
+    constexpr int tries = 20;   // 5 s in all
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (int i = 1;; ++i) {
+        auto r = co_await attempt();
+        if (r || i == tries || !lock_refused(r.error()))
+            co_return r;
+        after_refusal();
+        if (i == 1)
+            logger()->warn("{}: {}; waiting up to {} s for the image's previous user to exit", what,
+                           r.error().desc, std::chrono::duration_cast<std::chrono::seconds>(pause * tries).count());
+        timer.expires_after(pause);
+        co_await timer.async_wait(asio::use_awaitable);
+    }
+}
+
+} // namespace
+
 asio::awaitable<void> state_dir::restore_nodes_of(context& ctx, const std::string& id, loaded& l)
 {
     kept k;
@@ -539,7 +575,7 @@ asio::awaitable<void> state_dir::restore_nodes_of(context& ctx, const std::strin
             l.failure = "node '" + n + "': " + opts.error().desc;
             co_return;
         }
-        auto added = co_await ctx.graph->add(*opts);
+        auto added = co_await waiting_for_locks([&] { return ctx.graph->add(*opts); }, [] {}, "node '" + n + "'");
         if (!added) {
             l.failure = "cannot reopen node '" + n + "': " + added.error().desc;
             co_return;
@@ -578,12 +614,19 @@ asio::awaitable<void> state_dir::restore_one(context& ctx, const std::string& id
         logger()->warn("job '{}': restarts as a full copy: {}", id, l.progress_problem);
     }
     const kept k = jobs_.at(id);
-    auto r = co_await jobs::co_start_mirror(*ctx.jobs, *ctx.graph, p);
+    // A job that failed to start took its files with it: kept again, to retry or to stay as a
+    // failed restore.
+    auto r = co_await waiting_for_locks(
+        [&] { return jobs::co_start_mirror(*ctx.jobs, *ctx.graph, p); },
+        [&] {
+            jobs_[id] = k;
+            write_definition(id, k);
+        },
+        "job '" + id + "'");
     if (!r) {
-        // The job that failed to start took its files with it: kept again, as a failed restore.
         jobs_[id] = k;
         write_definition(id, k);
-        fail_job(ctx, id, r.error().desc);
+        fail_job(ctx, id, r.error().desc, lock_refused(r.error()) ? EAGAIN : ENOENT);
         co_return;
     }
     if (auto j = ctx.jobs->find(id))

@@ -28,6 +28,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/json/object.hpp>
 
+#include <cerrno>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -122,7 +123,9 @@ private:
     qapi::result<void> forget_job(const std::string& id);
     boost::asio::awaitable<void> restore_nodes_of(context& ctx, const std::string& id, loaded& l);
     boost::asio::awaitable<void> restore_one(context& ctx, const std::string& id, loaded& l, bool resume);
-    void fail_job(context& ctx, const std::string& id, const std::string& why);
+    /// A job that comes back concluded with `why` as its error (`error_code`: the errno that
+    /// query-jobs' error-code shows: ENOENT for images gone, EAGAIN for a lock held elsewhere).
+    void fail_job(context& ctx, const std::string& id, const std::string& why, int error_code = ENOENT);
 
     std::string dir_;
     std::uint64_t next_seq_ = 0;
