@@ -48,7 +48,8 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
   --nbd-server addr.type=fd,addr.str=<n>|<name>
   --nbd-server ...[,tls-creds=<id>][,tls-authz=<id>]
-                            start an NBD server; fd takes a socket passed by systemd, by
+  --nbd-server <json>       start an NBD server, as QMP's nbd-server-start (with the flat
+                            address); fd takes a socket passed by systemd, by
                             FileDescriptorName= or number; with tls-creds, clients must
                             use TLS (NBD_OPT_STARTTLS), and tls-authz admits one identity
 
@@ -67,9 +68,12 @@ A block-job daemon compatible with QEMU 7.2's qemu-storage-daemon.
                             doubled, e.g. O=Example,,CN=client) or its PSK username
 
   --export [type=]nbd,id=<id>,node-name=<node>[,name=<name>]
-           [,writable=on|off][,description=<text>][,stats-intervals.N=<secs>]
-           [,stats-account-invalid=on|off][,stats-account-failed=on|off]
-                            export a block node (or a drive) over NBD; the stats-*
+           [,writable=on|off][,writethrough=on|off][,description=<text>]
+           [,bitmaps.N=<bitmap>][,bitmaps.N.node=<node>,bitmaps.N.name=<bitmap>]
+           [,stats-intervals.N=<secs>][,stats-account-invalid=on|off]
+           [,stats-account-failed=on|off]
+  --export <json>           export a block node (or a drive) over NBD, as QMP's
+                            block-export-add (the same members and errors); the stats-*
                             keys (blockjobd's) configure the exported node's accounting
 
   --pidfile <path>          write the process ID to <path> once everything is set up

@@ -6,6 +6,7 @@
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qapi/keyval.hpp"
 #include "bjd/qapi/types.hpp"
+#include "bjd/qmp/exports.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -31,26 +32,61 @@ namespace {
 
 [[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
 
-/// `--blockdev` takes JSON (when it starts with '{') or key=value pairs, like QEMU.
-template <class T>
-T decode_option(const std::string& value)
+/// An option's value the way qemu-storage-daemon reads it: JSON when it starts with '{',
+/// else key=value pairs whose first may leave out `implied_key=` (when there is one).
+struct option_value {
+    json::value v;
+    bool keyval = false;   ///< strings to convert to the schema's types (decode_keyval)
+};
+
+option_value parse_option(const std::string& value, std::string_view implied_key = {})
 {
-    qapi::result<T> r = qapi::generic("empty option");
     if (!value.empty() && value[0] == '{') {
         boost::system::error_code ec;
         json::value v = json::parse(value, ec);
         if (ec)
             fail("JSON parse error in '" + value + "': " + ec.message());
-        r = qapi::decode<T>(v);
-    } else {
-        auto kv = qapi::parse_keyval(value);
-        if (!kv)
-            fail(kv.error().desc);
-        r = qapi::decode_keyval<T>(json::value(std::move(*kv)), [](const json::value& v) { return qapi::decode<T>(v); });
+        return {std::move(v), false};
     }
+    auto kv = qapi::parse_keyval(value, implied_key);
+    if (!kv)
+        fail(kv.error().desc);
+    return {json::value(std::move(*kv)), true};
+}
+
+/// Decodes an option into the QAPI type that the matching QMP command takes (generated from
+/// schemas/), so that the command line accepts what QMP accepts, with QMP's errors.
+template <class T>
+T decode_option(option_value o)
+{
+    auto decode = [](const json::value& v) { return qapi::decode<T>(v); };
+    qapi::result<T> r = o.keyval ? qapi::decode_keyval<T>(std::move(o.v), decode) : decode(o.v);
     if (!r)
         fail(r.error().desc);
     return std::move(*r);
+}
+
+template <class T>
+T decode_option(const std::string& value)
+{
+    return decode_option<T>(parse_option(value));
+}
+
+/// The option as QEMU names it in a startup error ("--export type=nbd,...: ").
+std::string option_text(const ordered_option& o)
+{
+    using k = ordered_option::kind;
+    const char* name = "";
+    switch (o.what) {
+    case k::blockdev: name = "--blockdev"; break;
+    case k::drive: name = "--drive"; break;
+    case k::chardev: name = "--chardev"; break;
+    case k::monitor: name = "--monitor"; break;
+    case k::nbd_server: name = "--nbd-server"; break;
+    case k::export_: name = "--export"; break;
+    case k::object: name = "--object"; break;
+    }
+    return std::string(name) + " " + o.value;
 }
 
 std::string get_string(const json::object& o, const char* key, const std::string& def = {})
@@ -111,16 +147,25 @@ asio::awaitable<void> runtime::apply(const options& opts)
             held.emplace(std::move(section));
         }
     }
+    // Monitors come up listening, but their clients are served once the whole command line
+    // is applied (as in QEMU, whose main loop runs only then): the first command sees every
+    // node, server and export the command line asked for.
+    server_.hold_clients();
     using k = ordered_option::kind;
     for (const auto& o : opts.objects) {
-        switch (o.what) {
-        case k::blockdev: co_await add_blockdev(o.value); break;
-        case k::drive: co_await add_drive(o.value); break;
-        case k::chardev: add_chardev(o.value); break;
-        case k::monitor: add_monitor(o.value); break;
-        case k::nbd_server: add_nbd_server(o.value); break;
-        case k::export_: add_export(o.value); break;
-        case k::object: add_object(o.value); break;
+        // A failure names the option, as qemu-storage-daemon's do.
+        try {
+            switch (o.what) {
+            case k::blockdev: co_await add_blockdev(o.value); break;
+            case k::drive: co_await add_drive(o.value); break;
+            case k::chardev: add_chardev(o.value); break;
+            case k::monitor: add_monitor(o.value); break;
+            case k::nbd_server: co_await add_nbd_server(o.value); break;
+            case k::export_: co_await add_export(o.value); break;
+            case k::object: add_object(o.value); break;
+            }
+        } catch (const std::runtime_error& e) {
+            fail(option_text(o) + ": " + e.what());
         }
     }
     if (state_) {
@@ -128,8 +173,13 @@ asio::awaitable<void> runtime::apply(const options& opts)
         // them that the command line asked for, then the jobs: the order they had when they
         // were set up over QMP.
         co_await state_->restore_nodes(ctx_);
-        for (const auto& e : std::exchange(waiting_exports_, {}))
-            add_export(e, false);
+        for (const auto& e : std::exchange(waiting_exports_, {})) {
+            try {
+                co_await add_export(e, false);
+            } catch (const std::runtime_error& err) {
+                fail(option_text({k::export_, e}) + ": " + err.what());
+            }
+        }
         co_await state_->restore_jobs(ctx_, opts.resume_jobs);
     }
     held.reset();
@@ -137,6 +187,7 @@ asio::awaitable<void> runtime::apply(const options& opts)
         metrics_ = std::make_unique<metrics::server>(loop_, [this] { return metrics::render(*graph_, jobs_.get()); });
         metrics_->listen(*opts.metrics);
     }
+    server_.release_clients();
     if (opts.pidfile) {
         FILE* f = std::fopen(opts.pidfile->c_str(), "w");
         if (!f)
@@ -169,68 +220,60 @@ asio::awaitable<void> runtime::add_drive(const std::string& value)
 void runtime::add_object(const std::string& value)
 {
     // QEMU's --object: key=value pairs with the type first ("secret,id=s0,file=/k"), or JSON.
-    qapi::result<qapi::object_options> r = qapi::generic("empty option");
-    if (!value.empty() && value[0] == '{') {
-        r = decode_option<qapi::object_options>(value);
-    } else {
-        auto kv = qapi::parse_keyval(value, "qom-type");
-        if (!kv)
-            fail(kv.error().desc);
-        r = qapi::decode_keyval<qapi::object_options>(
-            json::value(std::move(*kv)), [](const json::value& v) { return qapi::decode<qapi::object_options>(v); });
-        if (!r)
-            fail(r.error().desc);
-    }
-    if (auto a = objects_.add(*r); !a)
+    auto oo = decode_option<qapi::object_options>(parse_option(value, "qom-type"));
+    if (auto a = objects_.add(oo); !a)
         fail(a.error().desc);
 }
 
-void runtime::add_nbd_server(const std::string& value)
+asio::awaitable<void> runtime::add_nbd_server(const std::string& value)
 {
-    try {
-        if (auto r = exports_->start_server(exports::parse_nbd_server_option(value)); !r)
-            fail(r.error().desc);
-    } catch (const std::invalid_argument& e) {
-        fail(e.what());
-    }
+    // qemu-storage-daemon's NbdServerOptions (nbd-server-start's arguments, with the flat
+    // SocketAddress), started by the code nbd-server-start runs.
+    auto o = decode_option<qapi::nbd_server_options>(value);
+    if (auto r = qmp::start_nbd_server(ctx_, o); !r)
+        fail(r.error().desc);
+    co_return;
 }
 
-void runtime::add_export(const std::string& value, bool may_wait)
+asio::awaitable<void> runtime::add_export(const std::string& value, bool may_wait)
 {
-    exports::export_options eo;
-    exports::export_stats_options st;
-    try {
-        eo = exports::parse_export_option(value, &st);
-    } catch (const std::invalid_argument& e) {
-        fail(e.what());
-    }
-    if (auto r = exports_->check_new_id(eo.id); !r)
-        fail(r.error().desc);
-    // A drive's name serves the drive (whatever medium it holds), else a node.
-    std::shared_ptr<block::node> node;
-    if (auto d = graph_->drives().find(eo.node_name)) {
-        node = d->front();
-    } else {
-        auto n = graph_->lookup(eo.node_name);
-        if (!n && may_wait && state_ && state_->will_restore_node(eo.node_name)) {
-            waiting_exports_.push_back(value);   // after the state dir's nodes
-            return;
+    // qemu-storage-daemon's --export: BlockExportOptions ("nbd,id=..." means type=nbd), run
+    // through block-export-add itself.
+    option_value o = parse_option(value, "type");
+    // blockjobd's extension, the statistics keys of --drive (stats-intervals.N,
+    // stats-account-invalid, stats-account-failed), are not BlockExportOptions members: they
+    // are taken out first and decoded as x-drive-add's members of the same names, then applied
+    // by x-blockdev-set-stats to what the export serves.
+    option_value stats{json::object(), o.keyval};
+    if (o.v.is_object()) {
+        for (const char* key : {"stats-intervals", "stats-account-invalid", "stats-account-failed"}) {
+            if (auto* m = o.v.as_object().if_contains(key)) {
+                stats.v.as_object()[key] = std::move(*m);
+                o.v.as_object().erase(key);
+            }
         }
-        if (!n)
-            fail(n.error().desc);
-        node = *n;
     }
-    if (auto r = exports_->add(std::move(eo), node); !r)
+    auto args = decode_option<qapi::block_export_options>(std::move(o));
+    std::optional<qapi::x_drive_add_args> st;
+    if (!stats.v.as_object().empty()) {
+        stats.v.as_object()["id"] = args.id;
+        st = decode_option<qapi::x_drive_add_args>(std::move(stats));
+    }
+    // --state-dir: an export of a node that a saved job's restore adds waits for it.
+    if (may_wait && state_ && !graph_->drives().find(args.node_name) && !graph_->find(args.node_name) &&
+        state_->will_restore_node(args.node_name)) {
+        waiting_exports_.push_back(value);
+        co_return;
+    }
+    std::string node_name = args.node_name;
+    if (auto r = co_await qapi::qmp_block_export_add(ctx_, std::move(args)); !r)
         fail(r.error().desc);
-    // blockjobd's extension: the statistics settings of what the export serves (the drive's
-    // accounting for a drive, else the node's), as x-blockdev-set-stats.
-    stats::block_acct& acct = node->acct();
-    if (st.intervals)
-        acct.set_intervals(*st.intervals);
-    if (st.account_invalid)
-        acct.set_account_invalid(*st.account_invalid);
-    if (st.account_failed)
-        acct.set_account_failed(*st.account_failed);
+    if (st) {
+        qapi::x_blockdev_set_stats_args sa{node_name, std::move(st->stats_intervals), st->stats_account_invalid,
+                                           st->stats_account_failed};
+        if (auto r = co_await qapi::qmp_x_blockdev_set_stats(ctx_, std::move(sa)); !r)
+            fail(r.error().desc);
+    }
 }
 
 void runtime::add_chardev(const std::string& value)

@@ -48,10 +48,10 @@ private:
     void add_monitor(const std::string& value);
     boost::asio::awaitable<void> add_blockdev(const std::string& value);
     boost::asio::awaitable<void> add_drive(const std::string& value);
-    void add_nbd_server(const std::string& value);
+    boost::asio::awaitable<void> add_nbd_server(const std::string& value);
     /// `may_wait`: an export of a node that a saved job's restore adds is kept in
     /// `waiting_exports_` until the nodes are back (--state-dir).
-    void add_export(const std::string& value, bool may_wait = true);
+    boost::asio::awaitable<void> add_export(const std::string& value, bool may_wait = true);
     void add_object(const std::string& value);
 
     boost::asio::io_context& loop_;

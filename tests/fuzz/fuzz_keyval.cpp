@@ -2,17 +2,14 @@
 // Fuzz target: command-line option strings (qemu-storage-daemon's key=value syntax). The
 // input is one option value: parsed by the keyval parser (with the implied keys the daemon
 // uses) and decoded the way --blockdev and --drive decode it (keyval strings coerced through
-// the generated decoders), and by the NBD --nbd-server / --export parsers, which must refuse
-// bad input with std::invalid_argument and nothing else.
+// the generated decoders), as --nbd-server (NbdServerOptions) and as --export
+// (BlockExportOptions, with its implied "type"); bad input must be refused with an error.
 #include "fuzz_util.hpp"
 
-#include "bjd/export/manager.hpp"
 #include "bjd/qapi/codec.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qapi/keyval.hpp"
 #include "bjd/qapi/types.hpp"
-
-#include <stdexcept>
 
 namespace {
 
@@ -38,7 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     fuzz::quiet_logs();
     std::string_view text(reinterpret_cast<const char*>(data), size);
 
-    static constexpr std::string_view implied[] = {"", "backend", "chardev"};
+    static constexpr std::string_view implied[] = {"", "backend", "chardev", "type"};
     for (std::string_view key : implied) {
         auto kv = qapi::parse_keyval(text, key);
         if (!kv) {
@@ -50,16 +47,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             decode_as<qapi::blockdev_options>(*kv);
             decode_as<qapi::x_drive_add_args>(*kv);
             decode_as<qapi::blockdev_create_options>(*kv);
+            decode_as<qapi::nbd_server_options>(*kv);
         }
-    }
-    try {
-        (void)exports::parse_nbd_server_option(text);
-    } catch (const std::invalid_argument&) {
-    }
-    try {
-        exports::export_stats_options st;
-        (void)exports::parse_export_option(text, &st);
-    } catch (const std::invalid_argument&) {
+        if (key == "type")
+            decode_as<qapi::block_export_options>(*kv);
     }
     return 0;
 }

@@ -150,11 +150,14 @@ class Filters:
         self.masks = set(DEFAULT_MASKS)
         self.full = set()           # members never abbreviated (@full)
         self.names = []             # (real value, shown as) besides the temp dir, in order
+        self.port = None            # $PORT's number, shown as PORT where it stands alone
 
     def text(self, s):
         s = s.replace(self.tmp, "TMP")
         for real, shown in self.names:
             s = s.replace(real, shown)
+        if self.port:
+            s = re.sub(rf"(?<![0-9]){self.port}(?![0-9])", "PORT", s)
         # Implicit node names carry a global counter (#block123): mask the number.
         s = re.sub(r"#block[0-9]+", "#blockN", s)
         # json:{...} filenames print the options in hash order: sort them.
@@ -549,6 +552,21 @@ class Run:
                 return
             self.emit_recv(msg)
 
+    # -- $PORT: a TCP port for servers the scenario starts on 127.0.0.1
+    def use_port(self):
+        """Picks a port the kernel has just handed out as free (bound to port 0 and closed),
+        so that scenarios run in parallel, and other programs, do not collide on a fixed
+        number."""
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        finally:
+            s.close()
+        self.placeholders["$PORT"] = port
+        self.shell_env["PORT"] = port
+        self.filters.port = port
+
     # -- @requires ceph: the cluster of BJD_CEPH_CONF, one RBD namespace per run
     def rbd(self, *args):
         conf = self.ceph[0]
@@ -766,6 +784,8 @@ class Run:
         for st in steps:
             if st.kind == "session" and st.arg.split() and st.arg.split()[0] not in self.session_names:
                 self.session_names.append(st.arg.split()[0])
+        if any("$PORT" in st.arg for st in steps):
+            self.use_port()
         try:
             if ceph_conf:
                 self.ceph_setup(ceph_conf)

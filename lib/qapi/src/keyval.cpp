@@ -4,6 +4,7 @@
 #include <boost/json.hpp>
 
 #include <charconv>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,23 +13,51 @@ namespace json = boost::json;
 
 namespace {
 
-/// Turns objects whose keys are exactly "0".."n-1" into arrays, recursively.
-void listify(json::value& v)
+bool is_index(std::string_view key)
+{
+    return !key.empty() && key.size() <= 9 && key.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+/// Turns objects whose keys are all list indices into arrays, recursively (QEMU's
+/// keyval_listify): the indices must be exactly 0..n-1, and an object's keys either all
+/// indices or none. `prefix` is the dotted key of `v` with its trailing '.', for errors.
+std::optional<std::string> listify(json::value& v, const std::string& prefix)
 {
     if (!v.is_object())
-        return;
+        return std::nullopt;
     auto& o = v.as_object();
-    for (auto& kv : o)
-        listify(kv.value());
-    if (o.empty())
-        return;
-    for (std::size_t i = 0; i < o.size(); ++i)
-        if (!o.contains(std::to_string(i)))
-            return;
+    std::size_t indices = 0;
+    for (auto& kv : o) {
+        if (auto e = listify(kv.value(), prefix + std::string(kv.key()) + "."))
+            return e;
+        indices += is_index(kv.key());
+    }
+    if (indices == 0)
+        return std::nullopt;
+    if (indices != o.size())
+        return "Parameters '" + prefix + "*' used inconsistently";
     json::array a;
-    for (std::size_t i = 0; i < o.size(); ++i)
-        a.push_back(std::move(o[std::to_string(i)]));
+    for (std::size_t i = 0; i < o.size(); ++i) {
+        auto it = o.find(std::to_string(i));
+        if (it == o.end())
+            return "Parameter '" + prefix + std::to_string(i) + "' missing";
+        a.push_back(std::move(it->value()));
+    }
     v = std::move(a);
+    return std::nullopt;
+}
+
+/// A decoder path ("bitmaps[0].name") as the command line spells it ("bitmaps.0.name").
+std::string dotted(std::string_view path)
+{
+    std::string out;
+    for (char c : path) {
+        if (c == '[')
+            out += '.';
+        else if (c != ']')
+            out += c;
+    }
+    return out;
 }
 
 std::optional<std::int64_t> parse_int(std::string_view s)
@@ -130,7 +159,8 @@ result<json::object> parse_keyval(std::string_view text, std::string_view implie
         if (i > text.size())
             break;
     }
-    listify(root);
+    if (auto e = listify(root, ""))
+        return generic(*e);
     if (!root.is_object())
         return generic("Parameters must be key=value pairs");
     return std::move(root.as_object());
@@ -196,6 +226,83 @@ bool coerce_keyval(json::value& v, std::string_view path, std::string_view expec
         return true;
     }
     return false;
+}
+
+namespace {
+
+/// The decoder's error with the member it names ("Parameter 'bitmaps[0].name' is missing")
+/// spelled as on the command line ("bitmaps.0.name").
+error keyval_words(const error& e)
+{
+    constexpr std::string_view prefix = "Parameter '";
+    if (e.desc.rfind(prefix, 0) != 0)
+        return e;
+    auto end = e.desc.find('\'', prefix.size());
+    if (end == std::string::npos)
+        return e;
+    error out = e;
+    out.desc = std::string(prefix) + dotted(std::string_view(e.desc).substr(prefix.size(), end - prefix.size())) +
+               e.desc.substr(end);
+    return out;
+}
+
+} // namespace
+
+std::optional<error> keyval_retry(json::value& v, const error& e)
+{
+    const std::string& d = e.desc;
+    std::string_view path, expected;
+    // "Invalid parameter type for 'PATH', expected: TYPE", or, for uint64 members (QEMU
+    // words those as a bad value), "Parameter 'PATH' expects uint64".
+    constexpr std::string_view type_prefix = "Invalid parameter type for '";
+    constexpr std::string_view value_prefix = "Parameter '";
+    constexpr std::string_view uint_suffix = "' expects uint64";
+    if (d.rfind(type_prefix, 0) == 0) {
+        auto end = d.find("', expected: ", type_prefix.size());
+        if (end == std::string::npos)
+            return keyval_words(e);
+        path = std::string_view(d.data() + type_prefix.size(), end - type_prefix.size());
+        expected = std::string_view(d.data() + end + 13, d.size() - end - 13);
+    } else if (d.rfind(value_prefix, 0) == 0 && d.size() > value_prefix.size() + uint_suffix.size() &&
+               d.compare(d.size() - uint_suffix.size(), uint_suffix.size(), uint_suffix) == 0) {
+        path = std::string_view(d.data() + value_prefix.size(), d.size() - value_prefix.size() - uint_suffix.size());
+        expected = "integer";
+    } else {
+        return keyval_words(e);
+    }
+    if (coerce_keyval(v, path, expected))
+        return std::nullopt;
+    // A string that does not convert: QEMU's keyval visitor names the value it wanted. Any
+    // other misfit (an object where a list belongs) keeps the decoder's words.
+    const bool scalar = expected == "boolean" || expected == "integer" || expected == "number";
+    if (scalar && d.rfind(value_prefix, 0) == 0)
+        return generic("Parameter '" + dotted(path) + "' expects integer");
+    if (scalar) {
+        // Only strings reach a coercion; anything else is a genuine type error.
+        json::value* cur = &v;
+        std::string p = dotted(path);
+        for (std::size_t pos = 0; cur && pos <= p.size();) {
+            auto dot = p.find('.', pos);
+            std::string key = p.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+            if (cur->is_object()) {
+                auto* next = cur->as_object().if_contains(key);
+                cur = next;
+            } else if (cur->is_array() && is_index(key)) {
+                auto& a = cur->as_array();
+                std::size_t i = std::stoul(key);
+                cur = i < a.size() ? &a[i] : nullptr;
+            } else {
+                cur = nullptr;
+            }
+            if (dot == std::string::npos)
+                break;
+            pos = dot + 1;
+        }
+        if (cur && cur->is_string())
+            return generic("Parameter '" + p + "' expects " +
+                           (expected == "boolean" ? std::string("'on' or 'off'") : std::string(expected)));
+    }
+    return generic("Invalid parameter type for '" + dotted(path) + "', expected: " + std::string(expected));
 }
 
 } // namespace bjd::qapi

@@ -5,18 +5,19 @@
 #include "bjd/export/manager.hpp"
 #include "bjd/qapi/commands.hpp"
 #include "bjd/qmp/context.hpp"
+#include "bjd/qmp/exports.hpp"
 
 namespace bjd::qapi {
 
 namespace {
 
-/// QEMU 7.2's SocketAddressLegacy → our listen address; refuses what blockjobd cannot do.
-result<exports::listen_address> to_listen_address(const socket_address_legacy& a)
+/// QEMU 7.2's SocketAddress → our listen address; refuses what blockjobd cannot do.
+result<exports::listen_address> to_listen_address(const socket_address& a)
 {
     exports::listen_address out;
     switch (a.type) {
     case socket_address_type::unix: {
-        const auto& u = a.u.unix->data;
+        const auto& u = *a.u.unix;
         if (u.abstract.value_or(false))
             return generic("Abstract unix sockets are not supported by blockjobd");
         out.type = exports::listen_address::kind::unix_socket;
@@ -24,7 +25,7 @@ result<exports::listen_address> to_listen_address(const socket_address_legacy& a
         return out;
     }
     case socket_address_type::inet: {
-        const auto& i = a.u.inet->data;
+        const auto& i = *a.u.inet;
         if (i.to)
             return generic("Port ranges ('to') are not supported by blockjobd");
         if (i.mptcp.value_or(false))
@@ -40,13 +41,30 @@ result<exports::listen_address> to_listen_address(const socket_address_legacy& a
         // Sockets systemd passed (by FileDescriptorName= or number); there is no getfd.
         try {
             out.type = exports::listen_address::kind::fd;
-            out.fd = net::inherited_fd(a.u.fd->data.str);
+            out.fd = net::inherited_fd(a.u.fd->str);
         } catch (const std::system_error& e) {
             return generic(e.what());
         }
         return out;
     }
     return generic("unsupported address type");
+}
+
+/// nbd-server-start's SocketAddressLegacy (members under "data") → the flat SocketAddress, as
+/// QEMU's socket_address_flatten.
+socket_address flatten(socket_address_legacy a)
+{
+    socket_address out;
+    out.type = a.type;
+    if (a.u.inet)
+        out.u.inet = std::move(a.u.inet->data);
+    if (a.u.unix)
+        out.u.unix = std::move(a.u.unix->data);
+    if (a.u.vsock)
+        out.u.vsock = std::move(a.u.vsock->data);
+    if (a.u.fd)
+        out.u.fd = std::move(a.u.fd->data);
+    return out;
 }
 
 result<void> not_running_if_absent(qmp::context& ctx)
@@ -58,21 +76,36 @@ result<void> not_running_if_absent(qmp::context& ctx)
 
 } // namespace
 
-boost::asio::awaitable<result<void>> qmp_nbd_server_start(qmp::context& ctx, nbd_server_start_args args)
+} // namespace bjd::qapi
+
+namespace bjd::qmp {
+
+qapi::result<void> start_nbd_server(context& ctx, const qapi::nbd_server_options& o)
 {
     if (!ctx.exports)
-        co_return generic("NBD exports are not available");
+        return qapi::generic("NBD exports are not available");
     if (ctx.exports->server_running())
-        co_return generic("NBD server already running");
-    auto addr = to_listen_address(args.addr);
+        return qapi::generic("NBD server already running");
+    auto addr = qapi::to_listen_address(o.addr);
     if (!addr)
-        co_return addr.error();
-    exports::nbd_server_options o;
-    o.addr = std::move(*addr);
-    o.tls_creds = std::move(args.tls_creds);
-    o.tls_authz = std::move(args.tls_authz);
-    o.max_connections = args.max_connections.value_or(0);
-    co_return ctx.exports->start_server(o);
+        return addr.error();
+    exports::nbd_server_options so;
+    so.addr = std::move(*addr);
+    so.tls_creds = o.tls_creds;
+    so.tls_authz = o.tls_authz;
+    so.max_connections = o.max_connections.value_or(0);
+    return ctx.exports->start_server(so);
+}
+
+} // namespace bjd::qmp
+
+namespace bjd::qapi {
+
+boost::asio::awaitable<result<void>> qmp_nbd_server_start(qmp::context& ctx, nbd_server_start_args args)
+{
+    nbd_server_options o{flatten(std::move(args.addr)), std::move(args.tls_creds), std::move(args.tls_authz),
+                         args.max_connections};
+    co_return qmp::start_nbd_server(ctx, o);
 }
 
 boost::asio::awaitable<result<void>> qmp_nbd_server_stop(qmp::context& ctx)

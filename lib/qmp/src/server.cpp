@@ -24,6 +24,7 @@
 #include <list>
 #include <map>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace bjd::qmp {
@@ -46,6 +47,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     bool stopping = false;
 
     std::list<net::listener> listeners;   // stable addresses: accept loops hold acceptor pointers
+    bool held = false;                                        ///< hold_clients()
+    std::vector<std::pair<generic_acceptor*, bool>> waiting;  ///< acceptors listened on while held
     std::map<std::uint64_t, std::shared_ptr<socket_session>> sessions;
 
     json_write_options write_opts() const { return {opts.pretty, json_order::qdict}; }
@@ -136,7 +139,10 @@ std::uint16_t server::listen(const listen_address& addr)
 {
     net::listener& l = impl_->listeners.emplace_back(net::open_listener(impl_->loop, addr));
     for (auto& acc : l.acceptors) {
-        impl_->spawn_accept(&acc, l.tcp);
+        if (impl_->held)
+            impl_->waiting.emplace_back(&acc, l.tcp);
+        else
+            impl_->spawn_accept(&acc, l.tcp);
     }
     if (l.tcp && !l.loopback_only) {
         log::get("qmp")->warn("QMP listening on non-loopback address {}: anyone who can reach it controls the daemon",
@@ -144,6 +150,18 @@ std::uint16_t server::listen(const listen_address& addr)
     }
     log::get("qmp")->info("QMP listening on {}", l.description);
     return l.port;
+}
+
+void server::hold_clients() noexcept
+{
+    impl_->held = true;
+}
+
+void server::release_clients()
+{
+    impl_->held = false;
+    for (auto [acc, tcp] : std::exchange(impl_->waiting, {}))
+        impl_->spawn_accept(acc, tcp);
 }
 
 void server::emit(std::string_view event, json::object data)

@@ -210,32 +210,6 @@ TEST_CASE("export: malformed handshakes disconnect cleanly", "[export]")
     CHECK(f.mgr.find_by_id("e0")->clients() == 0);
 }
 
-TEST_CASE("export: command-line options in qemu-storage-daemon syntax", "[export]")
-{
-    auto s = exports::parse_nbd_server_option("addr.type=unix,addr.path=/run/a,,b.sock,max-connections=4");
-    CHECK(s.addr.type == exports::listen_address::kind::unix_socket);
-    CHECK(s.addr.path == "/run/a,b.sock");
-    CHECK(s.max_connections == 4);
-    auto t = exports::parse_nbd_server_option("addr.type=inet,addr.host=127.0.0.1,addr.port=10809");
-    CHECK(t.addr.type == exports::listen_address::kind::inet);
-    CHECK(t.addr.port == "10809");
-    CHECK_THROWS_WITH(exports::parse_nbd_server_option("addr.type=unix"), "Parameter 'addr.path' is missing");
-    CHECK_THROWS_WITH(exports::parse_nbd_server_option("addr.type=unix,addr.path=x,foo=1"),
-                      "Parameter 'foo' is unexpected");
-    auto e = exports::parse_export_option("type=nbd,id=e0,node-name=disk,name=vm1,writable=on");
-    CHECK(e.id == "e0");
-    CHECK(e.node_name == "disk");
-    CHECK(e.name == "vm1");
-    CHECK(e.writable);
-    CHECK_FALSE(e.writethrough);
-    CHECK_THROWS_WITH(exports::parse_export_option("type=nbd,id=e0,node-name=d,writable=maybe"),
-                      "Parameter 'writable' expects 'on' or 'off'");
-    CHECK_THROWS(exports::parse_export_option("type=vhost-user-blk,id=e0,node-name=d"));
-    auto implied = exports::parse_export_option("nbd,id=e1,node-name=d,description=a,,b");
-    CHECK(implied.id == "e1");
-    CHECK(implied.description == std::optional<std::string>("a,b"));
-}
-
 namespace {
 
 /// With max-connections=1 a second client is not refused but not served either (QEMU stops

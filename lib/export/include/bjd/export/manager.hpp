@@ -144,27 +144,4 @@ private:
     connection_limits limits_;
 };
 
-// ---- command line (qemu-storage-daemon syntax) ------------------------------------------------
-
-/// Parses the value of `--nbd-server`, e.g. "addr.type=unix,addr.path=/run/nbd.sock" or
-/// "addr.type=inet,addr.host=127.0.0.1,addr.port=10809,max-connections=4".
-/// Throws std::invalid_argument with a QEMU-like message on bad input (startup error).
-nbd_server_options parse_nbd_server_option(std::string_view text);
-
-/// Statistics settings of `--export` (a blockjobd extension; QEMU has them on -drive only):
-/// `stats-intervals.N=<secs>`, `stats-account-invalid=on|off`, `stats-account-failed=on|off`.
-/// The daemon applies them to the accounting of what the export serves (the node, or the
-/// drive), as x-blockdev-set-stats would. Unset members leave the accounting as it is.
-struct export_stats_options {
-    std::optional<std::vector<std::uint32_t>> intervals;
-    std::optional<bool> account_invalid;
-    std::optional<bool> account_failed;
-};
-
-/// Parses the value of `--export` for type=nbd, e.g.
-/// "type=nbd,id=e0,node-name=disk,name=disk,writable=on,description=…".
-/// With `stats`, the statistics keys above are accepted and stored there (else they are
-/// unexpected parameters). Throws std::invalid_argument on bad input.
-export_options parse_export_option(std::string_view text, export_stats_options* stats = nullptr);
-
 } // namespace bjd::exports

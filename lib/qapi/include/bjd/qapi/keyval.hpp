@@ -8,6 +8,7 @@
 #include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
 
+#include <optional>
 #include <string_view>
 
 namespace bjd::qapi {
@@ -29,6 +30,12 @@ result<T> decode_keyval(boost::json::value v, Decode&& decode);
 /// inside `v` to `expected` ("integer", "number", "boolean"). False when it cannot.
 bool coerce_keyval(boost::json::value& v, std::string_view path, std::string_view expected);
 
+/// One round of decode_keyval: given the decoder's error `e` for `v`, converts the member it
+/// names and returns nothing (decode again), or returns the error to report, worded as QEMU's
+/// keyval visitor words it ("Parameter 'a.0.b' expects 'on' or 'off'", "... expects
+/// integer"; list indices dotted as on the command line).
+std::optional<error> keyval_retry(boost::json::value& v, const error& e);
+
 template <class T, class Decode>
 result<T> decode_keyval(boost::json::value v, Decode&& decode)
 {
@@ -37,28 +44,8 @@ result<T> decode_keyval(boost::json::value v, Decode&& decode)
         result<T> r = decode(v);
         if (r)
             return r;
-        const std::string& d = r.error().desc;
-        std::string_view path, expected;
-        // "Invalid parameter type for 'PATH', expected: TYPE", or, for uint64 members (QEMU
-        // words those as a bad value), "Parameter 'PATH' expects uint64".
-        constexpr std::string_view type_prefix = "Invalid parameter type for '";
-        constexpr std::string_view value_prefix = "Parameter '";
-        constexpr std::string_view uint_suffix = "' expects uint64";
-        if (d.rfind(type_prefix, 0) == 0) {
-            auto end = d.find("', expected: ", type_prefix.size());
-            if (end == std::string::npos)
-                return r;
-            path = std::string_view(d.data() + type_prefix.size(), end - type_prefix.size());
-            expected = std::string_view(d.data() + end + 13, d.size() - end - 13);
-        } else if (d.rfind(value_prefix, 0) == 0 && d.size() > value_prefix.size() + uint_suffix.size() &&
-                   d.compare(d.size() - uint_suffix.size(), uint_suffix.size(), uint_suffix) == 0) {
-            path = std::string_view(d.data() + value_prefix.size(), d.size() - value_prefix.size() - uint_suffix.size());
-            expected = "integer";
-        } else {
-            return r;
-        }
-        if (!coerce_keyval(v, path, expected))
-            return r;
+        if (auto e = keyval_retry(v, r.error()))
+            return *e;
     }
     return generic("Too many parameters");
 }

@@ -55,6 +55,13 @@ public:
     /// failure (startup only). Returns the bound TCP port (useful with port "0"), or 0.
     std::uint16_t listen(const listen_address& addr);
 
+    /// Until release_clients(), sockets that listen() opens are bound and listening (clients
+    /// can connect) but not accepted: no greeting, no command runs. The daemon holds clients
+    /// while it applies its command line, as QEMU only serves its monitors once every
+    /// option is processed.
+    void hold_clients() noexcept;
+    void release_clients();
+
     /// Adds timestamp {seconds, microseconds} and sends to every session in command mode;
     /// sessions still negotiating never see it.
     void emit(std::string_view event, boost::json::object data) override;
