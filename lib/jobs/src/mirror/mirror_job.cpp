@@ -504,7 +504,7 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         j.progress_set_remaining(in_flight_bytes_ + dirty + active_bytes_);
         if (dirty == 0)
             first_pass_done_ = true;
-        if (auto_ && !active_)
+        if (auto_ && !active_ && !j.is_ready())
             watch_convergence(j);
         if (ops_ >= max_in_flight || (dirty == 0 && ops_ > 0) ||
             (ops_ > 0 && in_flight_bytes_ + s_.granularity > s_.buf_size)) {

@@ -32,12 +32,13 @@ public:
     explicit convergence_watch(config c) : cfg_(c) {}
 
     /// Records `remaining` bytes at `now`; true once the remainder has not fallen by
-    /// `min_drop` for a whole window. Nothing left (0) is always progress, and the first
-    /// dirty sample after it opens a fresh window.
+    /// `min_drop` for a whole window. Reaching 0 from above is progress; staying at 0 is
+    /// not: a mirror that keeps touching 0 without getting READY (a write lands while it
+    /// flushes the target) has stalled too. The mirror asks only before READY.
     bool sample(clock::time_point now, std::uint64_t remaining)
     {
-        if (!open_ || remaining == 0 || level_ == 0 ||
-            static_cast<double>(remaining) <= static_cast<double>(level_) * (1.0 - cfg_.min_drop)) {
+        if (!open_ || (remaining < level_ && static_cast<double>(remaining) <=
+                                                  static_cast<double>(level_) * (1.0 - cfg_.min_drop))) {
             open_ = true;
             level_ = remaining;
             since_ = now;
