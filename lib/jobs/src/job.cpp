@@ -216,6 +216,11 @@ asio::awaitable<void> job::yield()
     co_await pause_point();
 }
 
+qapi::event_sink& job::events() noexcept
+{
+    return mgr_.events();
+}
+
 void job::transition_to_ready()
 {
     transition(job_status::ready);

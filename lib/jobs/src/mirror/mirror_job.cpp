@@ -5,6 +5,7 @@
 
 #include "bjd/block/driver.hpp"
 #include "bjd/log.hpp"
+#include "bjd/qapi/events.hpp"
 #include "copy/chain.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -37,6 +38,7 @@ mirror_job::mirror_job(mirror_setup s, asio::any_io_executor ex)
 {
     max_io_ = std::min(max_io_, s_.buf_size);
     active_ = s_.copy_mode == qapi::mirror_copy_mode::write_blocking;
+    auto_ = s_.copy_mode == qapi::mirror_copy_mode::auto_;
 }
 
 mirror_job::~mirror_job()
@@ -188,6 +190,29 @@ std::int64_t mirror_job::current_rate() const
     if (last_rate_ == 0 && el >= std::chrono::milliseconds(100))   // first second: partial window
         return static_cast<std::int64_t>(rate_window_bytes_ / std::chrono::duration<double>(el).count());
     return last_rate_;
+}
+
+void mirror_job::watch_convergence(job& j)
+{
+    if (!first_pass_done_)
+        return;
+    const auto now = convergence_watch::clock::now();
+    const std::uint64_t remaining = in_flight_bytes_ + bitmap_.dirty_bytes() + active_bytes_;
+    if (!watch_.sample(now, remaining))
+        return;
+    const auto secs = std::chrono::duration<double>(watch_.open_for(now)).count();
+    const std::string reason =
+        fmt::format("dirty bytes did not fall {:.0f}% below {} in {:.1f} s (now {}, copying {} B/s)",
+                    watch_.settings().min_drop * 100, watch_.level(), secs, remaining, current_rate());
+    auto_ = false;
+    active_ = true;
+    logger()->info("{} '{}': copy mode auto -> write-blocking: {}", qapi::to_string(s_.type), j.id(), reason);
+    qapi::block_job_copy_mode_changed_data ev;
+    ev.id = j.id();
+    ev.type = s_.type;
+    ev.copy_mode = qapi::mirror_copy_mode::write_blocking;
+    ev.reason = reason;
+    qapi::emit_block_job_copy_mode_changed(j.events(), ev);
 }
 
 void mirror_job::handle_error(bool is_read, const std::error_code& ec)
@@ -388,6 +413,8 @@ asio::awaitable<void> mirror_job::iteration()
     auto first = bitmap_.next_dirty(cursor_);
     if (!first)
         co_return;
+    if (*first < cursor_)
+        first_pass_done_ = true;   // wrapped around: every chunk of the start was looked at
     std::uint64_t g = bitmap_.granularity();
     if (in_flight_[*first]) {
         cursor_ = *first + 1;   // look elsewhere next time
@@ -466,13 +493,19 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
     for (;;) {
         if (error_)
             break;
-        if (j.should_pause())
+        if (j.should_pause()) {
+            watch_.suspend();          // paused time is not time the copy fell behind
             co_await wait_all_ops();   // pause only once in-flight I/O has drained
+        }
         co_await j.pause_point();
         if (j.is_cancelled())
             break;
         std::uint64_t dirty = bitmap_.dirty_bytes();
         j.progress_set_remaining(in_flight_bytes_ + dirty + active_bytes_);
+        if (dirty == 0)
+            first_pass_done_ = true;
+        if (auto_ && !active_ && !j.is_ready())
+            watch_convergence(j);
         if (ops_ >= max_in_flight || (dirty == 0 && ops_ > 0) ||
             (ops_ > 0 && in_flight_bytes_ + s_.granularity > s_.buf_size)) {
             co_await wait_op();
@@ -713,9 +746,14 @@ qapi::result<void> mirror_job::change(job& j, const qapi::block_job_change_optio
     if (opts.type != s_.type || !opts.u.mirror)
         return qapi::generic("Job type '" + std::string(qapi::to_string(opts.type)) + "' does not match the job's type '" +
                              std::string(qapi::to_string(s_.type)) + "'");
-    bool want = opts.u.mirror->copy_mode == qapi::mirror_copy_mode::write_blocking;
-    if (want != active_)
-        logger()->info("mirror '{}': copy mode -> {}", j.id(), std::string(qapi::to_string(opts.u.mirror->copy_mode)));
+    const auto mode = opts.u.mirror->copy_mode;
+    bool want = mode == qapi::mirror_copy_mode::write_blocking;
+    if (want != active_ || (mode == qapi::mirror_copy_mode::auto_) != auto_)
+        logger()->info("mirror '{}': copy mode -> {}", j.id(), std::string(qapi::to_string(mode)));
+    // auto: background again, the stall rule judging from now on.
+    if (mode == qapi::mirror_copy_mode::auto_ && !auto_)
+        watch_.suspend();
+    auto_ = mode == qapi::mirror_copy_mode::auto_;
     active_ = want;
     if (!want)
         actively_synced_ = false;
@@ -725,7 +763,12 @@ qapi::result<void> mirror_job::change(job& j, const qapi::block_job_change_optio
 void mirror_job::fill_info(const job&, qapi::block_job_info& info) const
 {
     if (s_.type == job_type::mirror)   // the only type with a copy mode
+    {
         info.actively_synced = actively_synced_ && active_;
+        info.copy_mode = active_ ? qapi::mirror_copy_mode::write_blocking
+                         : auto_ ? qapi::mirror_copy_mode::auto_
+                                 : qapi::mirror_copy_mode::background;
+    }
     info.dirty_bytes = static_cast<std::int64_t>(bitmap_.dirty_bytes());
     info.rate = current_rate();
 }

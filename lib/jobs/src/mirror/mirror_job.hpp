@@ -8,6 +8,7 @@
 #include "bjd/block/graph.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/io/buffer.hpp"
+#include "bjd/jobs/convergence.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/jobs/mirror.hpp"
 #include "copy/job_nodes.hpp"
@@ -212,6 +213,9 @@ private:
     bool chunks_busy(std::uint64_t offset, std::uint64_t length) const;
     int take_slot();
     void handle_error(bool is_read, const std::error_code& ec);
+    /// copy-mode auto: feeds the stall rule one sample; on a stall, switches to
+    /// write-blocking, logs why and emits BLOCK_JOB_COPY_MODE_CHANGED.
+    void watch_convergence(job& j);
     void account_rate(std::uint64_t bytes);
     std::int64_t current_rate() const;
     /// Leaves the graph: stops the filter, drops the target permissions, pivots if `pivot`
@@ -250,6 +254,12 @@ private:
     /// (QEMU disables the bitmap in write-blocking mode for the same reason).
     std::vector<std::pair<std::uint64_t, std::uint64_t>> active_ranges_;
     bool active_ = false;
+    /// copy-mode auto armed: background until watch_ sees the remainder stop shrinking.
+    bool auto_ = false;
+    /// The loop has been over the whole bitmap once (the cursor wrapped, or nothing was
+    /// dirty): from then on the remainder is what the writer adds, and auto may judge it.
+    bool first_pass_done_ = false;
+    convergence_watch watch_;
     bool actively_synced_ = false;
     bool should_complete_ = false;
     bool exited_ = false;

@@ -154,6 +154,8 @@ public:
     /// Internal pause/resume (drain): counts, not user-visible except as `paused`.
     void pause();
     void resume();
+    /// Where the job's events go (a driver's own events, e.g. BLOCK_JOB_COPY_MODE_CHANGED).
+    qapi::event_sink& events() noexcept;
 
 private:
     friend class manager;
