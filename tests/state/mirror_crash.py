@@ -27,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mirror_restart import Daemon, check, job, state_test_main, wait_for  # noqa: E402
+from mirror_restart import Daemon, check, job, parked, state_test_main, wait_for  # noqa: E402
 
 MiB = 1 << 20
 SIZE = 128 * MiB
@@ -186,8 +186,7 @@ def run(binary, d):
     for rnd in range(1, ROUNDS + 1):
         dm = Daemon(binary, d, state)
         q = dm.q
-        j = wait_for("the job to come back", lambda: (lambda x: x if x and x["status"] != "running" else None)(job(q)),
-                     30)
+        j = parked(q)
         note = j.get("restore-note", "")
         check(j["status"] == "paused", f"round {rnd}: the job is back, paused")
         if note.startswith("after a crash: "):

@@ -21,15 +21,12 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mirror_restart import Daemon, check, job, state_test_main, wait_for  # noqa: E402
+from mirror_restart import Daemon, check, job, parked, state_test_main, wait_for  # noqa: E402
 
 MiB = 1 << 20
 SIZE = 64 * MiB
 EXPORT = ["--export", "type=nbd,id=e0,node-name=src,writable=on"]
 
-
-def parked(q):
-    return wait_for("the job to park", lambda: (lambda x: x if x and x["status"] != "running" else None)(job(q)), 30)
 
 
 def run(binary, d):

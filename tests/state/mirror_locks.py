@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mirror_restart import Daemon, check, job, state_test_main, wait_for  # noqa: E402
+from mirror_restart import Daemon, check, job, parked, state_test_main, wait_for  # noqa: E402
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -33,9 +33,6 @@ def hold(path, ms):
     check(p.poll() is None, f"qemu-io holds {os.path.basename(path)} ({p.stderr.read() if p.poll() else ''})")
     return p
 
-
-def parked(q):
-    return wait_for("the job to come back", lambda: (lambda x: x if x and x["status"] != "running" else None)(job(q)), 30)
 
 
 def run(binary, d):

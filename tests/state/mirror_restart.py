@@ -52,6 +52,12 @@ def wait_for(what, pred, timeout=120):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def parked(q, jid="job0", timeout=30):
+    """The job once it is no longer running (a restored job comes back paused, or concluded)."""
+    return wait_for(f"{jid} to come back", lambda: (lambda x: x if x and x["status"] != "running" else None)(job(q, jid)),
+                    timeout)
+
+
 def check(cond, msg):
     if not cond:
         raise AssertionError(msg)
@@ -123,7 +129,7 @@ def run(binary, d):
     # ---- 2. the restart: paused, with the saved progress ---------------------------------
     dm = Daemon(binary, d, state)
     q = dm.q
-    j = wait_for("the job to park", lambda: (lambda x: x if x and x["status"] != "running" else None)(job(q)), 30)
+    j = parked(q)
     check(j["status"] == "paused", f"the job is back, paused: {j}")
     check(j["current-progress"] >= before["offset"],
           f"its progress goes on from where it stopped ({j['current-progress'] // MiB} MiB)")
@@ -162,7 +168,7 @@ def run(binary, d):
     os.utime(src, ns=(time.time_ns(), time.time_ns()))   # changed behind our back
     dm = Daemon(binary, d, state)
     q = dm.q
-    j = wait_for("job1 to park", lambda: (lambda x: x if x and x["status"] != "running" else None)(job(q, "job1")), 30)
+    j = parked(q, "job1")
     check(j["status"] == "paused" and j["current-progress"] == 0, "a changed source restarts from 0")
     check(j.get("restore-note", "").startswith("full copy: ") and "changed while the daemon was down" in
           j["restore-note"], f"and says why: {j.get('restore-note')!r}")
