@@ -121,8 +121,7 @@ void block_acct::keep(std::shared_ptr<void> p)
 
 void block_acct::set_intervals(std::span<const std::uint32_t> seconds)
 {
-    for (std::uint32_t s : seconds)
-        assert(s > 0);
+    assert(std::all_of(seconds.begin(), seconds.end(), [](std::uint32_t s) { return s > 0; }));
     bool newly_registered = false;
     {
         std::lock_guard lk(ctl_mu_);
