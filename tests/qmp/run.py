@@ -25,7 +25,7 @@ import time
 import uuid
 
 DEFAULT_TIMEOUT = 10.0      # seconds for a response, an event or a daemon exit
-SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)"
+SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)|WARNING: ThreadSanitizer"
                           r"|runtime error: |SUMMARY: UndefinedBehaviorSanitizer")
 DEFAULT_MASKS = ("pid", "thread-id", "start_time_ns")   # start_time_ns: wall clock
 MAX_DEPTH = 12              # deeper values are abbreviated in transcripts
