@@ -192,12 +192,11 @@ std::int64_t mirror_job::current_rate() const
     return last_rate_;
 }
 
-void mirror_job::watch_convergence(job& j)
+void mirror_job::watch_convergence(job& j, std::uint64_t remaining)
 {
     if (!first_pass_done_)
         return;
     const auto now = convergence_watch::clock::now();
-    const std::uint64_t remaining = in_flight_bytes_ + bitmap_.dirty_bytes() + active_bytes_;
     if (!watch_.sample(now, remaining))
         return;
     const auto secs = std::chrono::duration<double>(watch_.open_for(now)).count();
@@ -501,11 +500,12 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         if (j.is_cancelled())
             break;
         std::uint64_t dirty = bitmap_.dirty_bytes();
-        j.progress_set_remaining(in_flight_bytes_ + dirty + active_bytes_);
+        const std::uint64_t remaining = in_flight_bytes_ + dirty + active_bytes_;
+        j.progress_set_remaining(remaining);
         if (dirty == 0)
             first_pass_done_ = true;
         if (auto_ && !active_ && !j.is_ready())
-            watch_convergence(j);
+            watch_convergence(j, remaining);
         if (ops_ >= max_in_flight || (dirty == 0 && ops_ > 0) ||
             (ops_ > 0 && in_flight_bytes_ + s_.granularity > s_.buf_size)) {
             co_await wait_op();
@@ -762,8 +762,7 @@ qapi::result<void> mirror_job::change(job& j, const qapi::block_job_change_optio
 
 void mirror_job::fill_info(const job&, qapi::block_job_info& info) const
 {
-    if (s_.type == job_type::mirror)   // the only type with a copy mode
-    {
+    if (s_.type == job_type::mirror) {   // the only type with a copy mode
         info.actively_synced = actively_synced_ && active_;
         info.copy_mode = active_ ? qapi::mirror_copy_mode::write_blocking
                          : auto_ ? qapi::mirror_copy_mode::auto_

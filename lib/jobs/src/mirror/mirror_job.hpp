@@ -213,9 +213,10 @@ private:
     bool chunks_busy(std::uint64_t offset, std::uint64_t length) const;
     int take_slot();
     void handle_error(bool is_read, const std::error_code& ec);
-    /// copy-mode auto: feeds the stall rule one sample; on a stall, switches to
+    /// copy-mode auto: feeds the stall rule one sample, `remaining` bytes (what the job
+    /// reports as left: dirty, in flight, active writes); on a stall, switches to
     /// write-blocking, logs why and emits BLOCK_JOB_COPY_MODE_CHANGED.
-    void watch_convergence(job& j);
+    void watch_convergence(job& j, std::uint64_t remaining);
     void account_rate(std::uint64_t bytes);
     std::int64_t current_rate() const;
     /// Leaves the graph: stops the filter, drops the target permissions, pivots if `pivot`
