@@ -88,6 +88,20 @@ qapi::result<void> manager::stop_server()
     return {};
 }
 
+asio::awaitable<qapi::result<void>> manager::stop_server_and_wait()
+{
+    std::vector<std::string> ids;
+    for (auto& e : exports_)
+        ids.push_back(e->id());
+    auto r = stop_server();
+    if (!r)
+        co_return r;
+    for (const auto& id : ids)
+        while (find_by_id(id))
+            co_await gone_.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return r;
+}
+
 std::string manager::server_address() const
 {
     return server_ ? server_->address() : std::string();

@@ -112,7 +112,7 @@ boost::asio::awaitable<result<void>> qmp_nbd_server_stop(qmp::context& ctx)
 {
     if (auto r = not_running_if_absent(ctx); !r)
         co_return r;
-    co_return ctx.exports->stop_server();
+    co_return co_await ctx.exports->stop_server_and_wait();
 }
 
 boost::asio::awaitable<result<void>> qmp_block_export_add(qmp::context& ctx, block_export_options args)

@@ -81,6 +81,10 @@ public:
     /// nbd-server-stop: closes the listener and deletes every NBD export (hard).
     /// Error: "NBD server not running".
     qapi::result<void> stop_server();
+    /// The QMP command's `stop_server`: also waits until the exports it deleted are gone, so
+    /// their BLOCK_EXPORT_DELETED events precede the answer, as in QEMU (nbd_server_free
+    /// waits for blk_exp_close_all_type).
+    asio::awaitable<qapi::result<void>> stop_server_and_wait();
     bool server_running() const noexcept { return bool(server_); }
     /// The bound address ("unix:/p" or "127.0.0.1:12345"), empty when not running.
     std::string server_address() const;
