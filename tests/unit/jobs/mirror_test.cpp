@@ -207,6 +207,66 @@ TEST_CASE("jobs: mirror write-blocking keeps the target in sync", "[jobs]")
     CHECK_FALSE(f.g.find("top"));
 }
 
+TEST_CASE("jobs: background mode forwards a write into a copied chunk instead of copying the chunk again",
+          "[jobs]")
+{
+    fixture f;
+    constexpr std::size_t size = 1 << 20;
+    auto content = random_bytes(size, 11);
+    f.file("src", content);
+    f.file("dst", std::vector<char>(size));
+    auto p = f.params();
+    p.filter_node_name = "top";
+    REQUIRE(jobs::start_mirror(f.mgr, f.g, p));
+    f.run_until([&] { return f.ev.has("BLOCK_JOB_READY"); });
+    auto j = f.mgr.find("m");
+    REQUIRE(j->block_info().offset == static_cast<std::int64_t>(size));
+
+    // 4 KiB inside the first 64 KiB chunk, through the filter as a guest writes.
+    auto w = random_bytes(4096, 12);
+    bool done = false;
+    boost::asio::co_spawn(f.io, write_at(f.g.find("top"), 12288, w, &done), boost::asio::detached);
+    f.run_until([&] { return done; });
+    CHECK(j->block_info().dirty_bytes == std::optional<std::int64_t>(0));   // never dirtied
+    std::copy(w.begin(), w.end(), content.begin() + 12288);
+    f.run_until([&] { return slurp(f.dir + "/dst") == content; });
+    f.io.poll();
+    auto info = j->block_info();
+    // The target got the 4 KiB once; the old way re-copied the whole 64 KiB chunk.
+    CHECK(info.offset == static_cast<std::int64_t>(size + 4096));
+    CHECK(info.len == info.offset);
+    REQUIRE(j->complete());
+    f.run_until([&] { return f.ev.has("JOB_STATUS_CHANGE:null"); });
+    CHECK(slurp(f.dir + "/dst") == content);
+}
+
+TEST_CASE("jobs: a forwarded write does not wait for a slow target, and counts as remaining until it lands",
+          "[jobs]")
+{
+    fixture f;
+    constexpr std::size_t size = 1 << 20;
+    f.file("src", random_bytes(size, 13));
+    block::node_options o;
+    o.name = "dst";
+    constexpr std::uint64_t hour_ns = 3600ull * 1000 * 1000 * 1000;
+    f.g.insert(block::open_null(o, "null-co", size, hour_ns, false));
+    auto p = f.params("none");   // nothing to copy: every chunk is clean
+    p.filter_node_name = "top";
+    p.auto_dismiss = false;
+    REQUIRE(jobs::start_mirror(f.mgr, f.g, p));
+    f.io.run_for(std::chrono::milliseconds(50));
+    auto w = random_bytes(4096, 14);
+    bool done = false;
+    boost::asio::co_spawn(f.io, write_at(f.g.find("top"), 8192, w, &done), boost::asio::detached);
+    f.run_until([&] { return done; });   // answered by the source alone
+    auto j = f.mgr.find("m");
+    f.run_until([&] { return j->block_info().len - j->block_info().offset == 4096; });
+    CHECK(j->block_info().dirty_bytes == std::optional<std::int64_t>(0));
+    REQUIRE(j->user_cancel(true));
+    f.run_until([&] { return j->status() == jobs::job_status::concluded; });
+    REQUIRE(j->dismiss());
+}
+
 TEST_CASE("jobs: mirror argument checks", "[jobs]")
 {
     fixture f;

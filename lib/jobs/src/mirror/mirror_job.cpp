@@ -261,18 +261,30 @@ asio::awaitable<void> mirror_job::perform(std::shared_ptr<target_request> req)
     req->done.notify_all();
 }
 
-asio::awaitable<std::optional<result<void>>> mirror_job::target_io(std::shared_ptr<target_request> req)
+bool mirror_job::target_send(const std::shared_ptr<target_request>& req)
 {
     if (force_cancelled_)
-        co_return std::nullopt;   // the target no longer matters: do not start anything
+        return false;   // the target no longer matters: do not start anything
     requests_.push_back(req);
-    // Ownership: the request coroutine shares `req` (node, buffer) and outlives this wait if a
+    // Ownership: the request coroutine shares `req` (node, buffer) and outlives the wait if a
     // force-cancel ends it; it never touches the job.
     asio::co_spawn(ex_, perform(req), log::on_failure("jobs", "mirror target request", spdlog::level::critical));
+    return true;
+}
+
+asio::awaitable<std::optional<result<void>>> mirror_job::target_answer(std::shared_ptr<target_request> req)
+{
     while (!req->outcome && !force_cancelled_)
         co_await req->done.wait();
     requests_.erase(std::find(requests_.begin(), requests_.end(), req));
     co_return req->outcome;
+}
+
+asio::awaitable<std::optional<result<void>>> mirror_job::target_io(std::shared_ptr<target_request> req)
+{
+    if (!target_send(req))
+        co_return std::nullopt;
+    co_return co_await target_answer(std::move(req));
 }
 
 void mirror_job::launch(op_kind kind, std::uint64_t offset, std::uint64_t length, int slot)
@@ -336,7 +348,7 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
 
 asio::awaitable<void> mirror_job::wait_all_ops()
 {
-    while (ops_ > 0 || active_bytes_ > 0)
+    while (ops_ > 0 || active_bytes_ > 0 || forward_bytes_ > 0)
         co_await wait_op();
 }
 
@@ -488,6 +500,7 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
     if (!(s_.resume && load_resume(j)))
         co_await init_bitmap();
     scan_done_ = !j.is_cancelled();
+    forwarding_ = scan_done_;
     bool converged = false;
     for (;;) {
         if (error_)
@@ -500,7 +513,7 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         if (j.is_cancelled())
             break;
         std::uint64_t dirty = bitmap_.dirty_bytes();
-        const std::uint64_t remaining = in_flight_bytes_ + dirty + active_bytes_;
+        const std::uint64_t remaining = in_flight_bytes_ + dirty + active_bytes_ + forward_bytes_;
         j.progress_set_remaining(remaining);
         if (dirty == 0)
             first_pass_done_ = true;
@@ -549,6 +562,8 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         if (should_complete_ || j.cancel_requested()) {
             // Converge: hold new requests on the source, let the ones in flight finish.
             co_await s_.filter->drain();
+            while (forward_bytes_ > 0)   // writes already answered, still on their way to the target
+                co_await wait_op();
             if (bitmap_.dirty_bytes() == 0 && ops_ == 0 && active_bytes_ == 0) {
                 auto r = co_await target_io(make_request(op_kind::flush, 0, 0));
                 if (r && *r && bitmap_.dirty_bytes() == 0) {
@@ -563,6 +578,7 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         }
         co_await j.sleep(slice);   // on_write() wakes us earlier
     }
+    forwarding_ = false;
     co_await wait_all_ops();
     if (!converged)
         co_await s_.filter->drain();   // held until prepare/abort moves the filter out
@@ -620,7 +636,7 @@ asio::awaitable<qapi::result<mirror_progress>> mirror_job::save_progress(job& j)
     asio::steady_timer t(ex_);
     for (;;) {
         const bool parked = (j.status() == job_status::paused || j.status() == job_status::standby) && ops_ == 0 &&
-                            active_bytes_ == 0;
+                            active_bytes_ == 0 && forward_bytes_ == 0;
         if (parked || j.is_completed())
             break;
         t.expires_after(std::chrono::milliseconds(5));
@@ -651,6 +667,92 @@ void mirror_job::on_write(std::uint64_t offset, std::uint64_t length)
         job_->enter();
 }
 
+bool mirror_job::in_source_half(std::uint64_t offset, std::uint64_t length) const
+{
+    return std::any_of(active_ranges_.begin(), active_ranges_.end(), [&](const auto& r) {
+        return offset < r.first + r.second && r.first < offset + length;
+    });
+}
+
+asio::awaitable<void> mirror_job::settle(std::uint64_t offset, std::uint64_t length)
+{
+    // on_write() leaves the ranges of active_ranges_ clean: a write overlapping one of them
+    // must not be taken for it, so it waits until that source write has returned.
+    while (in_source_half(offset, length))
+        co_await wait_op();
+}
+
+bool mirror_job::may_forward(std::uint64_t offset, std::uint64_t length)
+{
+    if (!forwarding_ || active_ || force_cancelled_ || error_ || !job_ || job_->should_pause() ||
+        job_->is_cancelled() || job_->paused())
+        return false;
+    if (length == 0 || length > max_io_ || forward_bytes_ + length > forward_budget())
+        return false;
+    // `speed` limits what the job sends to the target, forwarded writes included.
+    if (limiter_.speed() > 0 && limiter_.delay().count() > 0)
+        return false;
+    // A chunk still to be copied gets the source's data anyway; one being copied may be
+    // written with older data after ours.
+    if (chunks_busy(offset, length) || bitmap_.next_dirty_area(offset, offset + length))
+        return false;
+    // Part of a cluster written into a target whose backing appears only later would hide
+    // that backing behind zeroes (whole clusters are copied then, mirror_start.cpp).
+    const std::uint64_t cs = s_.target->cluster_size();
+    const bool whole_clusters = cs == 0 || (offset % cs == 0 && length % cs == 0);
+    return whole_clusters || !s_.backing_pending();
+}
+
+asio::awaitable<result<void>> mirror_job::background_write(block::node& src, std::uint64_t offset,
+                                                           std::span<const std::byte> buf, bool fua)
+{
+    const std::uint64_t length = buf.size();
+    co_await settle(offset, length);
+    if (!may_forward(offset, length))
+        co_return co_await src.write(offset, buf, fua);
+    // The target gets a copy of the write at the same time as the source, and the chunk stays
+    // clean: a 4 KiB write costs the target 4 KiB, not a re-read and re-copy of its chunk
+    // later. The writer is answered by the source alone, as in background mode.
+    auto req = make_request(op_kind::copy, offset, length);
+    req->buf = std::make_shared<io::aligned_buffer>(length);   // the writer's buffer goes with the answer
+    std::memcpy(req->buf->data(), buf.data(), length);
+    if (!target_send(req))
+        co_return co_await src.write(offset, buf, fua);
+    limiter_.charge(length);
+    hold_chunks(offset, length, +1);
+    forward_bytes_ += length;
+    job_->progress_increase_remaining(length);
+    const std::pair range{offset, length};
+    active_ranges_.push_back(range);
+    auto r = co_await src.write(offset, buf, fua);
+    active_ranges_.erase(std::find(active_ranges_.begin(), active_ranges_.end(), range));
+    op_done_.notify_all();   // settle() waiters
+    // Ownership: finish_forward uses `this`; the loop waits for forward_bytes_ to drop to 0
+    // before run() returns.
+    asio::co_spawn(ex_, finish_forward(this, std::move(req), bool(r)),
+                   log::on_failure("jobs", "mirror forwarded write", spdlog::level::critical));
+    co_return r;
+}
+
+asio::awaitable<void> mirror_job::finish_forward(mirror_job* self, std::shared_ptr<target_request> req,
+                                                 bool source_ok)
+{
+    const std::uint64_t offset = req->offset, length = req->length;
+    auto answer = co_await self->target_answer(req);
+    if (source_ok && answer && *answer) {
+        self->job_->progress_done(length);
+        self->account_rate(length);
+    } else {
+        // The background loop copies it again, and meets a target error under its own policy.
+        self->bitmap_.set(offset, length);
+        if (self->job_->sleeping_timed())
+            self->job_->enter();
+    }
+    self->forward_bytes_ -= length;
+    self->hold_chunks(offset, length, -1);
+    self->op_done_.notify_all();
+}
+
 asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind kind, std::uint64_t offset,
                                                        std::span<const std::byte> buf, std::uint64_t length, bool fua,
                                                        bool may_unmap)
@@ -662,6 +764,22 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
     active_bytes_ += length;
     const std::pair range{offset, length};
     active_ranges_.push_back(range);
+    // The target's half goes out with the source's, not after it: the writer waits for the
+    // slower of the two, not their sum (QEMU writes the source first, then the target).
+    std::shared_ptr<target_request> req;
+    if (active()) {
+        req = make_request(kind, offset, length);
+        req->fua = fua;
+        req->may_unmap = may_unmap;
+        if (kind == op_kind::copy) {
+            // A bounce copy: a force-cancel answers the writer before the target has the
+            // request, and the writer's buffer is gone then.
+            req->buf = std::make_shared<io::aligned_buffer>(length);
+            std::memcpy(req->buf->data(), buf.data(), length);
+        }
+        if (!target_send(req))
+            req.reset();
+    }
     result<void> r;
     if (kind == op_kind::copy)
         r = co_await src.write(offset, buf, fua);
@@ -671,21 +789,13 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
         r = co_await src.discard(offset, length);
     active_ranges_.erase(std::find(active_ranges_.begin(), active_ranges_.end(), range));
     bool synced = false;
-    if (r && active()) {
-        auto req = make_request(kind, offset, length);
-        req->fua = fua;
-        req->may_unmap = may_unmap;
-        if (kind == op_kind::copy) {
-            // A bounce copy: a force-cancel answers the writer before the target has the
-            // request, and the writer's buffer is gone then.
-            req->buf = std::make_shared<io::aligned_buffer>(length);
-            std::memcpy(req->buf->data(), buf.data(), length);
-        }
-        auto answer = co_await target_io(req);
-        result<void> t = answer ? *answer : result<void>(errno_error(ECANCELED));
+    if (req) {
+        auto answer = co_await target_answer(req);
         if (!answer) {
             // Force-cancelled: the source has the data, the target no longer matters.
-        } else if (t) {
+        } else if (!*answer) {
+            handle_error(false, answer->error());
+        } else if (r) {
             // Chunks fully written on both sides are in sync again, whatever the bitmap said
             // (initial sync included). Partial edge chunks stay for the background loop, and so
             // does a discarded range: its content is undefined on either side.
@@ -695,8 +805,6 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
             job_->progress_done(length);
             if (kind == op_kind::copy)
                 account_rate(length);
-        } else {
-            handle_error(false, t.error());
         }
     }
     if (!synced)

@@ -40,7 +40,8 @@ struct mirror_journal {
 };
 
 /// The mirror_top filter inserted above the source. Forwards everything to the source; in
-/// write-blocking mode writes also go to the target before they complete. `drain` holds new
+/// write-blocking mode writes also go to the target before they complete, in background mode
+/// data writes into chunks already copied go to the target without being waited for. `drain` holds new
 /// requests and waits for in-flight ones (convergence and pivot); `release` lets held
 /// requests go on, to `redirect` when the filter has left the graph.
 class mirror_top final : public block::filter_node {
@@ -185,6 +186,13 @@ public:
     asio::awaitable<result<void>> active_write(block::node& src, op_kind kind, std::uint64_t offset,
                                                std::span<const std::byte> buf, std::uint64_t length, bool fua,
                                                bool may_unmap);
+    /// The filter's data writes in background mode: a write into chunks already copied is
+    /// sent to the target too, without the writer waiting for it (docs/mirror-forwarding.md).
+    asio::awaitable<result<void>> background_write(block::node& src, std::uint64_t offset,
+                                                   std::span<const std::byte> buf, bool fua);
+    /// The filter's other writes in background mode wait here until no overlapping write is
+    /// between its source half and its bookkeeping.
+    asio::awaitable<void> settle(std::uint64_t offset, std::uint64_t length);
 
 private:
     static asio::awaitable<void> journal_loop(std::shared_ptr<mirror_journal> jn);
@@ -204,6 +212,15 @@ private:
     /// Sends `req` to the target and waits for its answer; null when a force-cancel stopped
     /// the wait (the request finishes on its own, holding the node and buffer).
     asio::awaitable<std::optional<result<void>>> target_io(std::shared_ptr<target_request> req);
+    /// target_io in two halves: send (false when force-cancelled: nothing sent), then wait.
+    bool target_send(const std::shared_ptr<target_request>& req);
+    asio::awaitable<std::optional<result<void>>> target_answer(std::shared_ptr<target_request> req);
+    bool in_source_half(std::uint64_t offset, std::uint64_t length) const;
+    bool may_forward(std::uint64_t offset, std::uint64_t length);
+    /// Bytes of forwarded writes on their way to the target at most: a quarter of buf-size.
+    std::uint64_t forward_budget() const noexcept { return std::max<std::uint64_t>(s_.buf_size / 4, max_io_); }
+    static asio::awaitable<void> finish_forward(mirror_job* self, std::shared_ptr<target_request> req,
+                                                bool source_ok);
     static asio::awaitable<void> perform(std::shared_ptr<target_request> req);
     std::shared_ptr<target_request> make_request(op_kind kind, std::uint64_t offset, std::uint64_t length);
     static asio::awaitable<void> run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
@@ -250,6 +267,10 @@ private:
     unsigned ops_ = 0;
     std::uint64_t in_flight_bytes_ = 0;
     std::uint64_t active_bytes_ = 0;
+    /// Forwarded writes (background_write) on their way to the target; their chunks are held.
+    std::uint64_t forward_bytes_ = 0;
+    /// Writes may be forwarded: the initial bitmap is built and the loop has not ended.
+    bool forwarding_ = false;
     /// Ranges of active writes between their source and target halves: on_write() leaves
     /// them clean, since the target gets the same request before the writer is answered
     /// (QEMU disables the bitmap in write-blocking mode for the same reason).

@@ -61,6 +61,8 @@ asio::awaitable<result<void>> mirror_top::do_write(std::uint64_t offset, std::sp
     result<void> r;
     if (job_ && !redirect_ && job_->active())
         r = co_await job_->active_write(*n, op_kind::copy, offset, buf, buf.size(), fua, false);
+    else if (job_ && !redirect_)
+        r = co_await job_->background_write(*n, offset, buf, fua);
     else
         r = co_await n->write(offset, buf, fua);
     leave_request();
@@ -72,10 +74,13 @@ asio::awaitable<result<void>> mirror_top::do_write_zeroes(std::uint64_t offset, 
 {
     block::node* n = co_await enter_request();
     result<void> r;
-    if (job_ && !redirect_ && job_->active() && !f.no_fallback)
+    if (job_ && !redirect_ && job_->active() && !f.no_fallback) {
         r = co_await job_->active_write(*n, op_kind::zero, offset, {}, length, false, f.may_unmap);
-    else
+    } else {
+        if (job_ && !redirect_)
+            co_await job_->settle(offset, length);
         r = co_await n->write_zeroes(offset, length, f);
+    }
     leave_request();
     co_return r;
 }
@@ -84,10 +89,13 @@ asio::awaitable<result<void>> mirror_top::do_discard(std::uint64_t offset, std::
 {
     block::node* n = co_await enter_request();
     result<void> r;
-    if (job_ && !redirect_ && job_->active())
+    if (job_ && !redirect_ && job_->active()) {
         r = co_await job_->active_write(*n, op_kind::discard, offset, {}, length, false, true);
-    else
+    } else {
+        if (job_ && !redirect_)
+            co_await job_->settle(offset, length);
         r = co_await n->discard(offset, length);
+    }
     leave_request();
     co_return r;
 }

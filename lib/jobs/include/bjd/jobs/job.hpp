@@ -145,6 +145,7 @@ public:
     void transition_to_ready();
     void progress_done(std::uint64_t n) noexcept { current_ += n; if (total_ < current_) total_ = current_; }
     void progress_set_remaining(std::uint64_t n) noexcept { total_ = current_ + n; }
+    void progress_increase_remaining(std::uint64_t n) noexcept { total_ += n; }
     /// Resolves `on_err` for `errnum`, emits BLOCK_JOB_ERROR, and for stop pauses the job as
     /// a user pause and sets io-status (once). Returns the resolved action.
     qapi::block_error_action error_action(qapi::blockdev_on_error on_err, bool is_read, int errnum);
