@@ -34,9 +34,9 @@ mirror_job::mirror_job(mirror_setup s, asio::any_io_executor ex)
       bitmap_(s_.source->size(), s_.granularity),
       in_flight_(bitmap_.chunks()),
       op_done_(ex),
-      max_io_(std::max(s_.buf_size / max_in_flight, min_io))
+      max_io_(std::min(std::max(s_.buf_size / max_in_flight, min_io), s_.buf_size)),
+      yield_(max_io_, s_.buf_size)
 {
-    max_io_ = std::min(max_io_, s_.buf_size);
     active_ = s_.copy_mode == qapi::mirror_copy_mode::write_blocking;
     auto_ = s_.copy_mode == qapi::mirror_copy_mode::auto_;
 }
@@ -434,8 +434,9 @@ asio::awaitable<void> mirror_job::iteration()
         co_return;
     }
     // One request per iteration when throttled, so the bucket overshoots by one request at most.
-    std::uint64_t limit = limiter_.speed() > 0 ? max_io_ : s_.buf_size;
-    limit = std::min(limit, s_.buf_size - std::min(s_.buf_size, in_flight_bytes_));
+    const std::uint64_t budget = yield_.budget(guest_yield::clock::now());
+    std::uint64_t limit = limiter_.speed() > 0 ? max_io_ : budget;
+    limit = std::min(limit, budget - std::min(budget, in_flight_bytes_));
     std::uint64_t last = *first;
     std::uint64_t bytes = bitmap_.chunk_bytes(last);
     while (last + 1 < bitmap_.chunks() && bitmap_.test(last + 1) && !in_flight_[last + 1] &&
@@ -520,7 +521,7 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         if (auto_ && !active_ && !j.is_ready())
             watch_convergence(j, remaining);
         if (ops_ >= max_in_flight || (dirty == 0 && ops_ > 0) ||
-            (ops_ > 0 && in_flight_bytes_ + s_.granularity > s_.buf_size)) {
+            (ops_ > 0 && in_flight_bytes_ + s_.granularity > yield_.budget(guest_yield::clock::now()))) {
             co_await wait_op();
             continue;
         }
@@ -657,6 +658,11 @@ std::optional<block::dirty_bitmap_info> mirror_job::bitmap_info() const
     b.count = bitmap_.dirty_bytes();
     b.granularity = static_cast<std::uint32_t>(s_.granularity);
     return b;
+}
+
+void mirror_job::guest_io(std::chrono::nanoseconds latency)
+{
+    yield_.guest_io(guest_yield::clock::now(), latency);
 }
 
 void mirror_job::on_write(std::uint64_t offset, std::uint64_t length)

@@ -9,6 +9,7 @@
 #include "bjd/block/node.hpp"
 #include "bjd/io/buffer.hpp"
 #include "bjd/jobs/convergence.hpp"
+#include "bjd/jobs/guest_yield.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/jobs/mirror.hpp"
 #include "copy/job_nodes.hpp"
@@ -66,7 +67,9 @@ protected:
 
 private:
     asio::awaitable<block::node*> enter_request();
-    void leave_request();
+    /// Ends a request that entered at `entered`; a read's or a write's latency (`timed`) goes
+    /// to the job (guest_io).
+    void leave_request(std::chrono::steady_clock::time_point entered, bool timed);
 
     std::shared_ptr<block::node> redirect_;
     bool held_ = false;
@@ -190,6 +193,9 @@ public:
     /// sent to the target too, without the writer waiting for it (docs/mirror-forwarding.md).
     asio::awaitable<result<void>> background_write(block::node& src, std::uint64_t offset,
                                                    std::span<const std::byte> buf, bool fua);
+    /// A guest request through the filter took `latency`: the copy yields to guests by it
+    /// (guest_yield.hpp).
+    void guest_io(std::chrono::nanoseconds latency);
     /// The filter's other writes in background mode wait here until no overlapping write is
     /// between its source half and its bookkeeping.
     asio::awaitable<void> settle(std::uint64_t offset, std::uint64_t length);
@@ -263,6 +269,7 @@ private:
     event_flag op_done_;
     rate_limiter limiter_;
     std::uint64_t max_io_;
+    guest_yield yield_;   ///< bytes the copy may have in flight while guests use the source
     std::uint64_t cursor_ = 0;                ///< next chunk to look at
     unsigned ops_ = 0;
     std::uint64_t in_flight_bytes_ = 0;

@@ -25,8 +25,10 @@ asio::awaitable<block::node*> mirror_top::enter_request()
     co_return redirect_ ? redirect_.get() : below();
 }
 
-void mirror_top::leave_request()
+void mirror_top::leave_request(std::chrono::steady_clock::time_point entered, bool timed)
 {
+    if (job_ && timed)
+        job_->guest_io(std::chrono::steady_clock::now() - entered);
     --inflight_;
     if (inflight_ == 0)
         changed_.notify_all();
@@ -49,14 +51,16 @@ void mirror_top::release(std::shared_ptr<block::node> to)
 
 asio::awaitable<result<void>> mirror_top::do_read(std::uint64_t offset, std::span<std::byte> buf)
 {
+    const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     auto r = co_await n->read(offset, buf);
-    leave_request();
+    leave_request(entered, true);
     co_return r;
 }
 
 asio::awaitable<result<void>> mirror_top::do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua)
 {
+    const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     result<void> r;
     if (job_ && !redirect_ && job_->active())
@@ -65,13 +69,14 @@ asio::awaitable<result<void>> mirror_top::do_write(std::uint64_t offset, std::sp
         r = co_await job_->background_write(*n, offset, buf, fua);
     else
         r = co_await n->write(offset, buf, fua);
-    leave_request();
+    leave_request(entered, true);
     co_return r;
 }
 
 asio::awaitable<result<void>> mirror_top::do_write_zeroes(std::uint64_t offset, std::uint64_t length,
                                                           block::zero_flags f)
 {
+    const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     result<void> r;
     if (job_ && !redirect_ && job_->active() && !f.no_fallback) {
@@ -81,12 +86,13 @@ asio::awaitable<result<void>> mirror_top::do_write_zeroes(std::uint64_t offset, 
             co_await job_->settle(offset, length);
         r = co_await n->write_zeroes(offset, length, f);
     }
-    leave_request();
+    leave_request(entered, true);
     co_return r;
 }
 
 asio::awaitable<result<void>> mirror_top::do_discard(std::uint64_t offset, std::uint64_t length)
 {
+    const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     result<void> r;
     if (job_ && !redirect_ && job_->active()) {
@@ -96,23 +102,25 @@ asio::awaitable<result<void>> mirror_top::do_discard(std::uint64_t offset, std::
             co_await job_->settle(offset, length);
         r = co_await n->discard(offset, length);
     }
-    leave_request();
+    leave_request(entered, true);
     co_return r;
 }
 
 asio::awaitable<result<void>> mirror_top::do_flush()
 {
+    const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     auto r = co_await n->flush();
-    leave_request();
+    leave_request(entered, false);
     co_return r;
 }
 
 asio::awaitable<result<block::extent>> mirror_top::do_block_status(std::uint64_t offset, std::uint64_t length)
 {
+    const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     auto r = co_await n->block_status(offset, length);
-    leave_request();
+    leave_request(entered, false);
     co_return r;
 }
 
