@@ -307,8 +307,6 @@ TEST_CASE("jobs: mirror argument checks", "[jobs]")
     CHECK(jobs::default_granularity(512) == 4096);
     CHECK(jobs::default_granularity(1 << 21) == 65536);
     CHECK(jobs::effective_buf_size(0, 65536) == 16 << 20);
-    CHECK(jobs::effective_buf_size(0, 65536, true) == 64 << 20);
-    CHECK(jobs::effective_buf_size(1 << 20, 65536, true) == 1 << 20);   // the user's wins
     CHECK(jobs::effective_buf_size(4096, 65536) == 65536);
 
     // Target size mismatch fails the running job.

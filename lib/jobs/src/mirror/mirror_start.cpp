@@ -30,25 +30,10 @@ std::uint32_t default_granularity(std::uint32_t cluster) noexcept
     return std::clamp<std::uint32_t>(cluster, 4096, 64 * 1024);
 }
 
-std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularity, bool networked) noexcept
+std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularity) noexcept
 {
-    const std::uint64_t fallback = std::uint64_t(networked ? 64 : 16) << 20;
-    std::uint64_t b = buf_size == 0 ? fallback : static_cast<std::uint64_t>(buf_size);
+    std::uint64_t b = buf_size == 0 ? std::uint64_t(16) << 20 : static_cast<std::uint64_t>(buf_size);
     return (b + granularity - 1) / granularity * granularity;
-}
-
-bool over_network(const block::node& n)
-{
-    for (const block::node* p = &n; p;) {
-        if (p->driver() == "nbd" || p->driver() == "rbd")
-            return true;
-        const block::node* next = nullptr;
-        for (const auto& e : p->children())
-            if (e->role() == "file")
-                next = e->shared().get();
-        p = next;
-    }
-    return false;
 }
 
 namespace {
@@ -242,11 +227,7 @@ qapi::result<void> detail::launch(manager& m, mirror_setup s, const std::string&
     // Requests must also suit O_DIRECT on both sides.
     s.granularity = std::max<std::uint64_t>({s.granularity, s.source->request_alignment(),
                                              s.target->request_alignment()});
-    // A network store answers each request later than a local disk: without a buf-size of the
-    // user's, a mirror from or onto one keeps four times QEMU's 16 MiB on the way (a
-    // documented difference, docs/copy-yield.md).
-    s.buf_size = effective_buf_size(static_cast<std::int64_t>(s.buf_size), s.granularity,
-                                    over_network(*s.source) || over_network(*s.target));
+    s.buf_size = effective_buf_size(static_cast<std::int64_t>(s.buf_size), s.granularity);
     block::node_options fo = s.source->options();
     fo.name = filter_node_name ? *filter_node_name : g.auto_name();
     fo.zeroes = block::node_options::detect_zeroes::off;

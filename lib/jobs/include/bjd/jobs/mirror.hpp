@@ -13,10 +13,7 @@
 #include <string>
 #include <vector>
 
-namespace bjd::block {
-class graph;
-class node;
-} // namespace bjd::block
+namespace bjd::block { class graph; }
 
 namespace bjd::jobs {
 
@@ -101,12 +98,7 @@ void stop_mirror_journal(job& j);
 /// [4 KiB, 64 KiB], 64 KiB without clusters.
 std::uint32_t default_granularity(std::uint32_t target_cluster_size) noexcept;
 
-/// buf-size after defaults: 0 → 16 MiB (QEMU's), 64 MiB when `networked`, then rounded up
-/// to a multiple of `granularity`.
-std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularity, bool networked = false) noexcept;
-
-/// Whether `n` or a node under it along its `file` children is an nbd or rbd node: storage
-/// whose answers come over a network.
-bool over_network(const block::node& n);
+/// buf-size after defaults: 0 → 16 MiB, then rounded up to a multiple of `granularity`.
+std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularity) noexcept;
 
 } // namespace bjd::jobs
