@@ -180,6 +180,9 @@ with tempfile.TemporaryDirectory(prefix="bjd-deb-") as tmp:
     cp = open(copyright_path, encoding="utf-8").read() if os.path.isfile(copyright_path) else ""
     check(f"Upstream-Contact: {maint}" in cp, "copyright's Upstream-Contact is the Maintainer")
     check(re.search(r"^Description: .+\n( .+\n)+", ctl, re.M) is not None, "Description with an extended text")
+    deps = (re.search(r"^Depends: (.+)$", ctl, re.M) or [None, ""])[1]
+    check(re.search(r"^Recommends: .*\blibrbd1\b", ctl, re.M) is not None and "librbd" not in deps and
+          "librados" not in deps, "librbd1 is recommended, not a dependency (rbd is loaded when used)")
 
 print(f"package test took {time.monotonic() - started:.1f} s")
 for p in problems:

@@ -16,6 +16,7 @@
 #include "bjd/crypto/objects.hpp"
 #include "bjd/qapi/types.hpp"
 #include "bjd/log.hpp"
+#include "drivers/rbd/librbd_api.hpp"
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
@@ -24,8 +25,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
 
-#include <rados/librados.h>
-#include <rbd/librbd.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -58,11 +57,11 @@ struct rbd_handles {
     ~rbd_handles()
     {
         if (image)
-            rbd_close(image);
+            rbd_lib::get().rbd_close(image);
         if (ioctx)
-            rados_ioctx_destroy(ioctx);
+            rbd_lib::get().rados_ioctx_destroy(ioctx);
         if (cluster)
-            rados_shutdown(cluster);
+            rbd_lib::get().rados_shutdown(cluster);
     }
 };
 
@@ -207,8 +206,8 @@ struct aio_op {
     static void done(rbd_completion_t c, void* arg)
     {
         std::unique_ptr<aio_op> op(static_cast<aio_op*>(arg));
-        const ssize_t r = rbd_aio_get_return_value(c);
-        rbd_aio_release(c);
+        const ssize_t r = rbd_lib::get().rbd_aio_get_return_value(c);
+        rbd_lib::get().rbd_aio_release(c);
         completion_queue::push(std::move(op->cq), [hd = op->handler, r]() mutable { std::move(*hd)(r); });
     }
 };
@@ -220,7 +219,7 @@ namespace {
 
 qapi::result<void> set_opt(rados_t c, const char* key, const std::string& value)
 {
-    if (int r = rados_conf_set(c, key, value.c_str()); r < 0)
+    if (int r = rbd_lib::get().rados_conf_set(c, key, value.c_str()); r < 0)
         return qapi::generic(std::string("Could not set '") + key + "': " + errtext(r));
     return {};
 }
@@ -235,12 +234,12 @@ qapi::result<void> connect_blocking(rbd_handles& h, const rbd_open_options& o, b
             mon_host += ';';
         mon_host += host.find(':') != std::string::npos ? "[" + host + "]:" + port : host + ":" + port;
     }
-    if (int r = rados_create(&h.cluster, o.user ? o.user->c_str() : nullptr); r < 0) {
+    if (int r = rbd_lib::get().rados_create(&h.cluster, o.user ? o.user->c_str() : nullptr); r < 0) {
         h.cluster = nullptr;
         return qapi::generic("error initializing: " + errtext(r));
     }
     // Without conf: Ceph's search path, whose absence is no error.
-    int r = rados_conf_read_file(h.cluster, o.conf ? o.conf->c_str() : nullptr);
+    int r = rbd_lib::get().rados_conf_read_file(h.cluster, o.conf ? o.conf->c_str() : nullptr);
     if (o.conf && r < 0)
         return qapi::generic("error reading conf file " + *o.conf + ": " + errtext(r));
     if (!mon_host.empty())
@@ -256,27 +255,27 @@ qapi::result<void> connect_blocking(rbd_handles& h, const rbd_open_options& o, b
         if (auto s = set_opt(h.cluster, "auth_client_required", acr); !s)
             return s;
     }
-    rados_conf_set(h.cluster, "rbd_cache", cache ? "true" : "false");   // failure: no cache, as QEMU
+    rbd_lib::get().rados_conf_set(h.cluster, "rbd_cache", cache ? "true" : "false");   // failure: no cache, as QEMU
     // librbd copies every write's buffer unless told not to; without the copy it keeps a
     // reference and delays the completion until it lets the buffer go. Every write here
     // waits for its completion before its buffer is reused or freed, so the copy is saved.
     // (Only with rbd_cache off: librbd's write-around cache, which acks writes before the
     // OSD does once flushed, turns zero-copy off for the image.)
-    rados_conf_set(h.cluster, "rbd_disable_zero_copy_writes", "false");
-    if (r = rados_connect(h.cluster); r < 0)
+    rbd_lib::get().rados_conf_set(h.cluster, "rbd_disable_zero_copy_writes", "false");
+    if (r = rbd_lib::get().rados_connect(h.cluster); r < 0)
         return qapi::generic("error connecting: " + errtext(r));
-    if (r = rados_ioctx_create(h.cluster, o.pool.c_str(), &h.ioctx); r < 0) {
+    if (r = rbd_lib::get().rados_ioctx_create(h.cluster, o.pool.c_str(), &h.ioctx); r < 0) {
         h.ioctx = nullptr;
         return qapi::generic("error opening pool " + o.pool + ": " + errtext(r));
     }
     if (!o.ns.empty()) {
         bool exists = false;
-        if (r = rbd_namespace_exists(h.ioctx, o.ns.c_str(), &exists); r < 0)
+        if (r = rbd_lib::get().rbd_namespace_exists(h.ioctx, o.ns.c_str(), &exists); r < 0)
             return qapi::generic("error checking namespace: " + errtext(r));
         if (!exists)
             return qapi::generic("namespace '" + o.ns + "' does not exist");
     }
-    rados_ioctx_set_namespace(h.ioctx, o.ns.c_str());
+    rbd_lib::get().rados_ioctx_set_namespace(h.ioctx, o.ns.c_str());
     return {};
 }
 
@@ -291,16 +290,16 @@ struct image_facts {
 bool nonblocking_aio(rbd_image_t image)
 {
     int n = 0;
-    if (rbd_config_image_list(image, nullptr, &n) != -ERANGE || n <= 0)
+    if (rbd_lib::get().rbd_config_image_list(image, nullptr, &n) != -ERANGE || n <= 0)
         return false;
     std::vector<rbd_config_option_t> opts(static_cast<std::size_t>(n));
-    if (rbd_config_image_list(image, opts.data(), &n) < 0)
+    if (rbd_lib::get().rbd_config_image_list(image, opts.data(), &n) < 0)
         return false;
     bool on = false;
     for (int i = 0; i < n; ++i)
         if (std::strcmp(opts[i].name, "rbd_non_blocking_aio") == 0)
             on = std::strcmp(opts[i].value, "true") == 0;
-    rbd_config_image_list_cleanup(opts.data(), n);
+    rbd_lib::get().rbd_config_image_list_cleanup(opts.data(), n);
     return on;
 }
 
@@ -339,7 +338,7 @@ protected:
     asio::awaitable<result<void>> do_read(std::uint64_t offset, std::span<std::byte> buf) override
     {
         auto r = co_await aio([&](rbd_completion_t c) {
-            return rbd_aio_read(h_->image, offset, buf.size(), reinterpret_cast<char*>(buf.data()), c);
+            return rbd_lib::get().rbd_aio_read(h_->image, offset, buf.size(), reinterpret_cast<char*>(buf.data()), c);
         });
         if (r < 0)
             co_return errno_error(static_cast<int>(-r));
@@ -350,7 +349,7 @@ protected:
     asio::awaitable<result<void>> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override
     {
         auto r = co_await aio([&](rbd_completion_t c) {
-            return rbd_aio_write(h_->image, offset, buf.size(), reinterpret_cast<const char*>(buf.data()), c);
+            return rbd_lib::get().rbd_aio_write(h_->image, offset, buf.size(), reinterpret_cast<const char*>(buf.data()), c);
         });
         if (r < 0)
             co_return errno_error(static_cast<int>(-r));
@@ -371,20 +370,20 @@ protected:
         const int zf = flags.may_unmap ? 0 : RBD_WRITE_ZEROES_FLAG_THICK_PROVISION;
         forget_data(offset, length);
         auto r = co_await aio(
-            [&](rbd_completion_t c) { return rbd_aio_write_zeroes(h_->image, offset, length, c, zf, 0); });
+            [&](rbd_completion_t c) { return rbd_lib::get().rbd_aio_write_zeroes(h_->image, offset, length, c, zf, 0); });
         forget_data(offset, length);   // and what a block-status answer in flight recorded
         co_return r < 0 ? result<void>(errno_error(static_cast<int>(-r))) : result<void>{};
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length) override
     {
         forget_data(offset, length);
-        auto r = co_await aio([&](rbd_completion_t c) { return rbd_aio_discard(h_->image, offset, length, c); });
+        auto r = co_await aio([&](rbd_completion_t c) { return rbd_lib::get().rbd_aio_discard(h_->image, offset, length, c); });
         forget_data(offset, length);
         co_return r < 0 ? result<void>(errno_error(static_cast<int>(-r))) : result<void>{};
     }
     asio::awaitable<result<void>> do_flush() override
     {
-        auto r = co_await aio([&](rbd_completion_t c) { return rbd_aio_flush(h_->image, c); });
+        auto r = co_await aio([&](rbd_completion_t c) { return rbd_lib::get().rbd_aio_flush(h_->image, c); });
         co_return r < 0 ? result<void>(errno_error(static_cast<int>(-r))) : result<void>{};
     }
     asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override
@@ -405,7 +404,7 @@ protected:
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
     {
         auto h = h_;
-        auto fn = [h, size] { return rbd_resize(h->image, size); };
+        auto fn = [h, size] { return rbd_lib::get().rbd_resize(h->image, size); };
         data_objects_.clear();
         int r = co_await off_loop<int>(*w_, cq_, fn);
         data_objects_.clear();
@@ -480,11 +479,11 @@ private:
             auto submit = [hd, q = cq, &start]() mutable {   // q moves on: see completion_queue::push
                 auto* op = new aio_op{std::move(q), hd};
                 rbd_completion_t c = nullptr;
-                int r = rbd_aio_create_completion(op, &aio_op::done, &c);
+                int r = rbd_lib::get().rbd_aio_create_completion(op, &aio_op::done, &c);
                 if (r >= 0) {
                     r = start(c);
                     if (r < 0)
-                        rbd_aio_release(c);
+                        rbd_lib::get().rbd_aio_release(c);
                 }
                 if (r < 0) {   // failed early: no callback will come
                     auto back = std::move(op->cq);
@@ -516,8 +515,8 @@ public:
         diff_result out;
         window = std::max(window, length);
         std::uint64_t features = 0, flags = 0;
-        if (rbd_get_features(h.image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
-            rbd_get_flags(h.image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
+        if (rbd_lib::get().rbd_get_features(h.image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
+            rbd_lib::get().rbd_get_flags(h.image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
             out.answer = extent{status_data | status_allocated, length};
             out.data.emplace_back(offset, window);
             return out;
@@ -533,7 +532,7 @@ public:
                 runs.emplace_back(offs, len);
             return 0;
         };
-        if (rbd_diff_iterate2(h.image, nullptr, offset, window, 1, 1, cb, &out.data) < 0) {
+        if (rbd_lib::get().rbd_diff_iterate2(h.image, nullptr, offset, window, 1, 1, cb, &out.data) < 0) {
             out.data.assign(1, {offset, length});
             out.answer = extent{status_data | status_allocated, length};
             return out;
@@ -652,6 +651,8 @@ qapi::result<rbd_open_options> rbd_options(const qapi::blockdev_options_rbd& q, 
 
 asio::awaitable<qapi::result<std::shared_ptr<node>>> open_rbd(node_options common, rbd_open_options o)
 {
+    if (auto lib = rbd_lib::load(); !lib)
+        co_return lib.error();
     worker* w = &worker::get();
     auto h = std::make_shared<rbd_handles>();
     auto cq = std::make_shared<completion_queue>(co_await asio::this_coro::executor);
@@ -669,13 +670,13 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_rbd(node_options commo
         if (!out.r)
             return out;
         const char* snap = o.snapshot.empty() ? nullptr : o.snapshot.c_str();
-        if (int r = rbd_open(h->ioctx, o.image.c_str(), &h->image, snap); r < 0) {
+        if (int r = rbd_lib::get().rbd_open(h->ioctx, o.image.c_str(), &h->image, snap); r < 0) {
             h->image = nullptr;
             out.r = qapi::generic("error reading header from " + o.image + ": " + errtext(r));
             return out;
         }
         rbd_image_info_t info{};
-        if (int r = rbd_stat(h->image, &info, sizeof info); r < 0) {
+        if (int r = rbd_lib::get().rbd_stat(h->image, &info, sizeof info); r < 0) {
             out.r = qapi::generic("error getting image info from " + o.image + ": " + errtext(r));
             return out;
         }
@@ -710,6 +711,8 @@ asio::awaitable<qapi::result<void>> create_rbd(const rbd_open_options& where, st
 {
     if (!where.snapshot.empty())
         co_return qapi::generic("Can't use snapshot name for image creation");
+    if (auto lib = rbd_lib::load(); !lib)
+        co_return lib.error();
     int order = 0;
     if (object_size) {
         if ((object_size - 1) & object_size)
@@ -727,7 +730,7 @@ asio::awaitable<qapi::result<void>> create_rbd(const rbd_open_options& where, st
         if (auto c = connect_blocking(*h, where, false); !c)
             return c;
         int ord = order;
-        if (int e = rbd_create(h->ioctx, where.image.c_str(), size, &ord); e < 0)
+        if (int e = rbd_lib::get().rbd_create(h->ioctx, where.image.c_str(), size, &ord); e < 0)
             return qapi::generic("error rbd create: " + errtext(e));
         return {};
     };
