@@ -434,7 +434,16 @@ asio::awaitable<void> mirror_job::iteration()
         co_return;
     }
     // One request per iteration when throttled, so the bucket overshoots by one request at most.
-    const std::uint64_t budget = yield_.budget(guest_yield::clock::now());
+    const auto now = guest_yield::clock::now();
+    const std::uint64_t budget = yield_.budget(now);
+    if (budget < s_.buf_size && now - yield_logged_ >= std::chrono::seconds(10)) {
+        yield_logged_ = now;
+        logger()->info("{} '{}': yielding to the source's guests: {} of {} bytes in flight (guest latency {} us, "
+                       "{} us at best)",
+                       qapi::to_string(s_.type), job_->id(), budget, s_.buf_size,
+                       std::chrono::duration_cast<std::chrono::microseconds>(yield_.last()).count(),
+                       std::chrono::duration_cast<std::chrono::microseconds>(yield_.base()).count());
+    }
     std::uint64_t limit = limiter_.speed() > 0 ? max_io_ : budget;
     limit = std::min(limit, budget - std::min(budget, in_flight_bytes_));
     std::uint64_t last = *first;
@@ -502,6 +511,7 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
         co_await init_bitmap();
     scan_done_ = !j.is_cancelled();
     forwarding_ = scan_done_;
+    yield_logged_ = guest_yield::clock::now();   // the first line once the rule has settled
     bool converged = false;
     for (;;) {
         if (error_)
@@ -581,6 +591,9 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
     }
     forwarding_ = false;
     co_await wait_all_ops();
+    if (forwarded_writes_ > 0)
+        logger()->info("{} '{}': {} writes ({} bytes) went on to the target as they were made", qapi::to_string(s_.type),
+                       j.id(), forwarded_writes_, forwarded_total_);
     if (!converged)
         co_await s_.filter->drain();   // held until prepare/abort moves the filter out
     // The source stays drained until finalization: query shows paused (QEMU's job.c).
@@ -746,6 +759,8 @@ asio::awaitable<void> mirror_job::finish_forward(mirror_job* self, std::shared_p
     const std::uint64_t offset = req->offset, length = req->length;
     auto answer = co_await self->target_answer(req);
     if (source_ok && answer && *answer) {
+        ++self->forwarded_writes_;
+        self->forwarded_total_ += length;
         self->job_->progress_done(length);
         self->account_rate(length);
     } else {

@@ -278,6 +278,9 @@ private:
     std::uint64_t forward_bytes_ = 0;
     /// Writes may be forwarded: the initial bitmap is built and the loop has not ended.
     bool forwarding_ = false;
+    std::uint64_t forwarded_writes_ = 0;   ///< forwarded writes that landed, for the log
+    std::uint64_t forwarded_total_ = 0;    ///< and their bytes
+    guest_yield::clock::time_point yield_logged_{};   ///< last "yielding" log line (one per 10 s, none in the first 10 s)
     /// Ranges of active writes between their source and target halves: on_write() leaves
     /// them clean, since the target gets the same request before the writer is answered
     /// (QEMU disables the bitmap in write-blocking mode for the same reason).

@@ -61,6 +61,8 @@ public:
     {
         return history_.empty() ? std::chrono::nanoseconds{} : base_;
     }
+    /// The average of the last window with guest requests (zero before any), for the log.
+    std::chrono::nanoseconds last() const noexcept { return last_; }
     const config& settings() const noexcept { return cfg_; }
 
 private:
@@ -84,6 +86,7 @@ private:
             return;
         }
         const auto avg = sum_ / count_;
+        last_ = avg;
         sum_ = {};
         count_ = 0;
         while (!history_.empty() && now - history_.front().first > cfg_.base_memory)
@@ -115,6 +118,7 @@ private:
     /// Window averages, oldest first, each lower than every later one: front is the minimum.
     std::deque<std::pair<clock::time_point, std::chrono::nanoseconds>> history_;
     std::chrono::nanoseconds base_{};
+    std::chrono::nanoseconds last_{};
 };
 
 } // namespace bjd::jobs
