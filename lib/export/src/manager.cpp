@@ -97,9 +97,18 @@ asio::awaitable<qapi::result<void>> manager::stop_server_and_wait()
     if (!r)
         co_return r;
     for (const auto& id : ids)
-        while (find_by_id(id))
-            co_await gone_.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await wait_gone(id);
     co_return r;
+}
+
+asio::awaitable<void> manager::wait_gone(const std::string& id)
+{
+    for (;;) {
+        auto e = find_by_id(id);
+        if (!e || !e->shutting_down())
+            co_return;
+        co_await gone_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
 }
 
 std::string manager::server_address() const
@@ -169,14 +178,9 @@ qapi::result<void> manager::del(std::string_view id, bool hard)
 asio::awaitable<qapi::result<void>> manager::remove(std::string id, bool hard)
 {
     auto r = del(id, hard);
-    if (!r || hard)
-        co_return r;
-    for (;;) {
-        auto e = find_by_id(id);
-        if (!e || !e->shutting_down())
-            co_return r;
-        co_await gone_.async_wait(asio::as_tuple(asio::use_awaitable));
-    }
+    if (r && !hard)
+        co_await wait_gone(id);
+    co_return r;
 }
 
 void manager::finish_delete(const std::string& id)

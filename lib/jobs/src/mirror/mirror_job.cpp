@@ -227,6 +227,13 @@ void mirror_job::handle_error(bool is_read, const std::error_code& ec)
 
 // ---- ops -------------------------------------------------------------------------------------
 
+std::shared_ptr<io::aligned_buffer> mirror_job::bounce(std::span<const std::byte> data)
+{
+    auto b = std::make_shared<io::aligned_buffer>(data.size());
+    std::memcpy(b->data(), data.data(), data.size());
+    return b;
+}
+
 std::shared_ptr<target_request> mirror_job::make_request(op_kind kind, std::uint64_t offset, std::uint64_t length)
 {
     auto req = std::make_shared<target_request>(ex_);
@@ -704,7 +711,7 @@ asio::awaitable<void> mirror_job::settle(std::uint64_t offset, std::uint64_t len
 bool mirror_job::may_forward(std::uint64_t offset, std::uint64_t length)
 {
     if (!forwarding_ || active_ || force_cancelled_ || error_ || !job_ || job_->should_pause() ||
-        job_->is_cancelled() || job_->paused())
+        job_->is_cancelled())
         return false;
     if (length == 0 || length > max_io_ || forward_bytes_ + length > forward_budget())
         return false;
@@ -733,8 +740,7 @@ asio::awaitable<result<void>> mirror_job::background_write(block::node& src, std
     // clean: a 4 KiB write costs the target 4 KiB, not a re-read and re-copy of its chunk
     // later. The writer is answered by the source alone, as in background mode.
     auto req = make_request(op_kind::copy, offset, length);
-    req->buf = std::make_shared<io::aligned_buffer>(length);   // the writer's buffer goes with the answer
-    std::memcpy(req->buf->data(), buf.data(), length);
+    req->buf = bounce(buf);   // the writer's buffer goes with the answer
     if (!target_send(req))
         co_return co_await src.write(offset, buf, fua);
     limiter_.charge(length);
@@ -792,12 +798,10 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
         req = make_request(kind, offset, length);
         req->fua = fua;
         req->may_unmap = may_unmap;
-        if (kind == op_kind::copy) {
-            // A bounce copy: a force-cancel answers the writer before the target has the
-            // request, and the writer's buffer is gone then.
-            req->buf = std::make_shared<io::aligned_buffer>(length);
-            std::memcpy(req->buf->data(), buf.data(), length);
-        }
+        // A force-cancel answers the writer before the target has the request, and the
+        // writer's buffer is gone then.
+        if (kind == op_kind::copy)
+            req->buf = bounce(buf);
         if (!target_send(req))
             req.reset();
     }

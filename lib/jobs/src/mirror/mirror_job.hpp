@@ -67,9 +67,10 @@ protected:
 
 private:
     asio::awaitable<block::node*> enter_request();
-    /// Ends a request that entered at `entered`; a read's or a write's latency (`timed`) goes
-    /// to the job (guest_io).
-    void leave_request(std::chrono::steady_clock::time_point entered, bool timed);
+    void leave_request();
+    /// leave_request for a read or a write that entered at `entered`: its latency goes to
+    /// the job (guest_io). Flushes and block status are not timed.
+    void leave_timed(std::chrono::steady_clock::time_point entered);
 
     std::shared_ptr<block::node> redirect_;
     bool held_ = false;
@@ -229,6 +230,8 @@ private:
                                                 bool source_ok);
     static asio::awaitable<void> perform(std::shared_ptr<target_request> req);
     std::shared_ptr<target_request> make_request(op_kind kind, std::uint64_t offset, std::uint64_t length);
+    /// A copy of a writer's data for a target request that may outlive the writer's buffer.
+    static std::shared_ptr<io::aligned_buffer> bounce(std::span<const std::byte> data);
     static asio::awaitable<void> run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
                                         int slot);
     void launch(op_kind kind, std::uint64_t offset, std::uint64_t length, int slot);

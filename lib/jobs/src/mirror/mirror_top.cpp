@@ -25,10 +25,15 @@ asio::awaitable<block::node*> mirror_top::enter_request()
     co_return redirect_ ? redirect_.get() : below();
 }
 
-void mirror_top::leave_request(std::chrono::steady_clock::time_point entered, bool timed)
+void mirror_top::leave_timed(std::chrono::steady_clock::time_point entered)
 {
-    if (job_ && timed)
+    if (job_)
         job_->guest_io(std::chrono::steady_clock::now() - entered);
+    leave_request();
+}
+
+void mirror_top::leave_request()
+{
     --inflight_;
     if (inflight_ == 0)
         changed_.notify_all();
@@ -54,7 +59,7 @@ asio::awaitable<result<void>> mirror_top::do_read(std::uint64_t offset, std::spa
     const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     auto r = co_await n->read(offset, buf);
-    leave_request(entered, true);
+    leave_timed(entered);
     co_return r;
 }
 
@@ -69,7 +74,7 @@ asio::awaitable<result<void>> mirror_top::do_write(std::uint64_t offset, std::sp
         r = co_await job_->background_write(*n, offset, buf, fua);
     else
         r = co_await n->write(offset, buf, fua);
-    leave_request(entered, true);
+    leave_timed(entered);
     co_return r;
 }
 
@@ -86,7 +91,7 @@ asio::awaitable<result<void>> mirror_top::do_write_zeroes(std::uint64_t offset, 
             co_await job_->settle(offset, length);
         r = co_await n->write_zeroes(offset, length, f);
     }
-    leave_request(entered, true);
+    leave_timed(entered);
     co_return r;
 }
 
@@ -102,25 +107,23 @@ asio::awaitable<result<void>> mirror_top::do_discard(std::uint64_t offset, std::
             co_await job_->settle(offset, length);
         r = co_await n->discard(offset, length);
     }
-    leave_request(entered, true);
+    leave_timed(entered);
     co_return r;
 }
 
 asio::awaitable<result<void>> mirror_top::do_flush()
 {
-    const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     auto r = co_await n->flush();
-    leave_request(entered, false);
+    leave_request();
     co_return r;
 }
 
 asio::awaitable<result<block::extent>> mirror_top::do_block_status(std::uint64_t offset, std::uint64_t length)
 {
-    const auto entered = std::chrono::steady_clock::now();
     block::node* n = co_await enter_request();
     auto r = co_await n->block_status(offset, length);
-    leave_request(entered, false);
+    leave_request();
     co_return r;
 }
 

@@ -15,14 +15,13 @@ api loaded;
 qapi::result<const api*> open_libraries()
 {
     // RTLD_LOCAL: Ceph's own copy of Boost.Asio must not bind to anything of ours, nor ours to
-    // its (local-symbols.map keeps the executable from exporting any).
-    for (const char* lib : {"librados.so.2", "librbd.so.1"}) {
-        if (!::dlopen(lib, RTLD_NOW | RTLD_LOCAL)) {
-            const char* why = ::dlerror();
-            return qapi::generic(std::string("rbd is not available: ") + (why ? why : lib) + " (install librbd1)");
-        }
+    // its (local-symbols.map keeps the executable from exporting any). librados comes with
+    // librbd as its dependency, and dlsym on librbd's handle finds its functions too.
+    void* rbd = ::dlopen("librbd.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!rbd) {
+        const char* why = ::dlerror();
+        return qapi::generic(std::string("rbd is not available: ") + (why ? why : "librbd.so.1") + " (install librbd1)");
     }
-    void* rbd = ::dlopen("librbd.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
     std::string missing;
 #define BJD_LIBRBD_RESOLVE(name)                                                      \
     loaded.name = reinterpret_cast<decltype(&::name)>(::dlsym(rbd, #name));           \

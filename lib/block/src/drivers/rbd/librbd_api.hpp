@@ -2,8 +2,8 @@
 #pragma once
 /// \file
 /// librbd and librados, loaded when the first rbd node is opened or created, not when the
-/// daemon starts. Linked, they made every blockjobd process map and touch about 10 MiB of
-/// Ceph's libraries, three times the resident memory of a daemon that never sees Ceph
+/// daemon starts. Linked, they made every blockjobd process map and touch about 17 MiB of
+/// Ceph's libraries, nearly three times the resident memory of a daemon that never sees Ceph
 /// (qemu-storage-daemon loads its rbd driver as a module for the same reason). The package
 /// therefore recommends librbd1 instead of depending on it.
 ///

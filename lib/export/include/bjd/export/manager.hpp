@@ -134,6 +134,8 @@ public:
 
 private:
     void finish_delete(const std::string& id);
+    /// Until the export `id` that is shutting down is gone (or the id names another export).
+    asio::awaitable<void> wait_gone(const std::string& id);
 
     asio::io_context& loop_;
     block::io_gate* gate_ = nullptr;
