@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "options.hpp"
 
+#include <charconv>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -101,6 +103,9 @@ blockjobd options:
                             write-intent log (every source write waits until its 4 MiB
                             region is marked on disk) say what is left
   --resume-jobs             with --state-dir: jobs brought back resume at once
+  --nbd-threads <n>         event loops with a thread each that serve NBD connections
+                            besides the main one (default: one per core beyond the first,
+                            at most 7; 0 keeps every connection on the main loop)
 )";
 }
 
@@ -173,6 +178,13 @@ options parse_options(int argc, char** argv)
                 usage_error("--state-dir takes a directory");
         } else if (arg == "--resume-jobs") {
             o.resume_jobs = true;
+        } else if (arg == "--nbd-threads") {
+            auto v = value();
+            unsigned n = 0;
+            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            if (ec != std::errc() || end != v.data() + v.size() || n > 64)
+                usage_error("--nbd-threads takes a number from 0 to 64");
+            o.nbd_threads = n;
         } else if (arg == "--log-format") {
             o.log_format = value();
             if (*o.log_format != "terminal" && *o.log_format != "journal")

@@ -23,6 +23,7 @@ struct options {
     std::optional<std::string> log_format;   ///< terminal | journal; default: journal under systemd
     std::optional<std::string> state_dir;    ///< --state-dir: mirror jobs kept across restarts
     bool resume_jobs = false;                ///< --resume-jobs: restored jobs resume at once
+    std::optional<unsigned> nbd_threads;     ///< --nbd-threads: NBD worker loops
 };
 
 /// Parses argv. Prints --help / --version itself and exits 0; on a usage error prints the reason

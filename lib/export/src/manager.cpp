@@ -34,6 +34,17 @@ manager::~manager()
 {
     if (server_)
         server_->stop();
+    tracker_->loops.join();
+}
+
+void manager::set_worker_loops(unsigned n)
+{
+    tracker_->loops.set_workers(n);
+}
+
+unsigned manager::default_worker_loops()
+{
+    return detail::nbd_loops::default_workers();
 }
 
 qapi::result<void> manager::start_server(const nbd_server_options& opts)

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include <poll.h>
+#include <unistd.h>
 
 namespace bjd::exports::detail {
 
@@ -26,6 +27,24 @@ constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 constexpr unsigned max_extents = 1024;
 /// Most replies gathered into one socket write.
 constexpr std::size_t max_batch = 64;
+
+/// The socket, moved onto `ctx` (the connection's loop) if it was accepted elsewhere.
+connection::socket_type on_loop(connection::socket_type sock, asio::io_context& ctx)
+{
+    if (&sock.get_executor().context() == &ctx)
+        return sock;
+    boost::system::error_code ec;
+    auto ep = sock.local_endpoint(ec);
+    if (ec)
+        return sock;   // already broken: the handshake ends it at once, wherever it lives
+    int fd = sock.release(ec);
+    connection::socket_type moved(ctx);
+    if (!ec)
+        moved.assign(ep.protocol(), fd, ec);
+    if (ec)
+        ::close(fd);   // moved stays closed: the handshake fails at its first read
+    return moved;
+}
 
 std::string describe_peer(const connection::socket_type& s)
 {
@@ -54,50 +73,70 @@ std::string describe_peer(const connection::socket_type& s)
 
 connection::connection(manager& m, socket_type sock, std::shared_ptr<connection_tracker> tracker)
     : mgr_(m)
-    , socket_(std::move(sock))
     , tracker_(std::move(tracker))
-    , changed_(mgr_.loop(), asio::steady_timer::time_point::max())
+    , loop_(tracker_->loops.pick())
+    , socket_(on_loop(std::move(sock), loop_.ctx))
+    , fd_(socket_.native_handle())
+    , changed_(loop_.ctx, asio::steady_timer::time_point::max())
     , handshake_timer_(mgr_.loop())
 {
     peer_ = describe_peer(socket_);
     ++tracker_->live;
+    ++loop_.connections;
 }
 
-connection::~connection()
-{
-    --tracker_->live;
-    tracker_->changed.cancel();
-}
+connection::~connection() = default;
 
 void connection::start(std::shared_ptr<connection> c)
 {
-    auto exec = c->socket_.get_executor();
     auto& all = c->tracker_->all;
     std::erase_if(all, [](auto& w) { return w.expired(); });
     all.push_back(c);
-    asio::co_spawn(exec, run(std::move(c)), log::on_failure("nbd", "nbd connection"));
+    auto& main = c->mgr_.loop();
+    asio::co_spawn(main, run(std::move(c)), log::on_failure("nbd", "nbd connection"));
 }
 
 void connection::close()
 {
-    if (closing_)
+    if (!transmitting_ || loop_.main) {
+        close_here();
         return;
+    }
+    closing_ = true;   // hung_up() says so at once
+    // The worker closes only while its transmission phase runs; once that ended, run() on the
+    // main loop owns the socket again (and closes it). The reference goes back to the main
+    // loop, so that the connection is never destroyed on a worker.
+    asio::post(loop_.ctx, [self = shared_from_this()]() mutable {
+        if (self->on_loop_)
+            self->close_here();
+        auto& main = self->mgr_.loop();
+        asio::post(main, [s = std::move(self)] {});
+    });
+}
+
+void connection::close_here()
+{
     closing_ = true;
+    if (shut_)
+        return;
+    shut_ = true;
     boost::system::error_code ec;
     // Wakes the read loop (EOF) and fails pending writes; the socket itself is closed once
     // the in-flight requests are done.
     socket_.shutdown(asio::socket_base::shutdown_both, ec);
-    handshake_timer_.cancel();
+    if (loop_.main || !on_loop_)   // on the main loop: the handshake timer is its
+        handshake_timer_.cancel();
     notify();
 }
 
 bool connection::hung_up() const
 {
-    if (closing_ || !socket_.is_open())
+    // Only asked while the connection is attached, so fd_ is still its socket's.
+    if (closing_)
         return true;
     // The client may have sent NBD_CMD_DISC and closed its end a moment ago while the read
     // loop has not run yet (qemu-img exits, the orchestrator deletes the export at once).
-    pollfd p{const_cast<socket_type&>(socket_).native_handle(), POLLRDHUP, 0};
+    pollfd p{fd_, POLLRDHUP, 0};
     return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
@@ -112,6 +151,11 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self)
     if (self->exp_)
         self->exp_->detach(self.get());   // may finish an export deletion
     log::get("nbd")->debug("nbd {}: disconnected", self->peer_);
+    auto tracker = self->tracker_;
+    --tracker->live;
+    --self->loop_.connections;
+    self.reset();   // usually the last reference: gone before an accept loop recounts
+    tracker->changed.cancel();
 }
 
 asio::awaitable<void> connection::run_phases()
@@ -135,8 +179,13 @@ asio::awaitable<void> connection::run_phases()
         co_return;
     }
     exp_->attach(this);
-    log::get("nbd")->debug("nbd {}: export '{}' opened", peer_, exp_->name());
-    co_await transmission();
+    log::get("nbd")->debug("nbd {}: export '{}' opened (event loop {})", peer_, exp_->name(), loop_.index);
+    transmitting_ = true;
+    if (loop_.main)
+        co_await transmission();
+    else
+        co_await asio::co_spawn(loop_.ctx, transmission(), asio::use_awaitable);
+    transmitting_ = false;
 }
 
 asio::awaitable<void> connection::wait_changed()
@@ -160,6 +209,7 @@ asio::awaitable<bool> connection::discard_payload(std::uint32_t length)
 asio::awaitable<void> connection::transmission()
 {
     auto self = shared_from_this();
+    on_loop_ = true;
     asio::co_spawn(socket_.get_executor(), write_loop(self), log::on_failure("nbd", "nbd writer"));
 
     const auto& lim = mgr_.limits();
@@ -200,7 +250,7 @@ asio::awaitable<void> connection::transmission()
                 enqueue(error_reply(req, err_inval, "request too large"));
                 continue;
             }
-            payload = tracker_->buffers.get(req.length);
+            payload = loop_.buffers.get(req.length);
             boost::system::error_code ec2;
             if (tls_)
                 ec2 = co_await tls_->read(asio::buffer(payload.data(), req.length));
@@ -222,6 +272,7 @@ asio::awaitable<void> connection::transmission()
         notify();
         co_await wait_changed();
     }
+    on_loop_ = false;
 }
 
 asio::awaitable<void> connection::process(std::shared_ptr<connection> self, request req,
@@ -230,15 +281,22 @@ asio::awaitable<void> connection::process(std::shared_ptr<connection> self, requ
     // Every request is answered, whatever happens: the reply is what releases its in-flight
     // slot, and a connection with a slot that never comes back would never finish closing.
     reply r;
+    io::aligned_buffer buf;   // taken here: the pool is this loop's
+    if (req.type == cmd_read && req.length <= max_payload)
+        buf = self->loop_.buffers.get(req.length);
     try {
-        r = co_await self->execute(req, payload);
+        if (self->loop_.main)
+            r = co_await self->execute(req, payload, buf);
+        else
+            r = co_await asio::co_spawn(self->mgr_.loop(), self->execute(req, payload, buf), asio::use_awaitable);
     } catch (const std::bad_alloc&) {
         r = self->error_reply(req, err_nomem, "out of memory");
     } catch (const std::exception& e) {
         log::get("nbd")->error("nbd {}: request failed: {}", self->peer_, e.what());
         r = self->error_reply(req, err_io, "internal error");
     }
-    self->tracker_->buffers.put(std::move(payload));
+    self->loop_.buffers.put(std::move(payload));
+    self->loop_.buffers.put(std::move(buf));   // unless the reply took it
     r.charge = charge;
     self->enqueue(std::move(r));
 }
@@ -263,7 +321,8 @@ connection::reply connection::error_reply(const request& req, std::uint32_t erro
     return r;
 }
 
-asio::awaitable<connection::reply> connection::execute(const request& req, io::aligned_buffer& payload)
+asio::awaitable<connection::reply> connection::execute(const request& req, io::aligned_buffer& payload,
+                                                       io::aligned_buffer& buf)
 {
     auto fail = [&](std::uint32_t err, std::string_view msg) { return error_reply(req, err, msg); };
     auto fail_ec = [&](const std::error_code& ec) {
@@ -322,8 +381,7 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
         }
         // Without DF, a structured READ skips zero ranges as OFFSET_HOLE chunks, like QEMU.
         if (structured_ && !(req.flags & cmd_flag_df) && req.length > 0)
-            co_return co_await sparse_read(req, *node);
-        io::aligned_buffer buf = tracker_->buffers.get(req.length);
+            co_return co_await sparse_read(req, *node, buf);
         if (req.length > 0) {
             auto rr = co_await node->read(req.offset, buf.span());
             if (!rr)
@@ -392,12 +450,13 @@ asio::awaitable<connection::reply> connection::execute(const request& req, io::a
     co_return fail(err_inval, "unsupported command");
 }
 
-asio::awaitable<connection::reply> connection::sparse_read(const request& req, block::node& n)
+asio::awaitable<connection::reply> connection::sparse_read(const request& req, block::node& n,
+                                                           io::aligned_buffer& buf)
 {
     // One chunk per extent the node reports: OFFSET_HOLE where it reads as zeroes (nothing is
     // read there), OFFSET_DATA elsewhere; the last chunk carries DONE.
     reply r;
-    r.data = tracker_->buffers.get(req.length);
+    r.data = std::move(buf);
     std::size_t pos = 0;
     auto error_chunk = [&](std::uint32_t err, std::string_view msg) {
         // QEMU drops the connection when a read fails after the first chunk; an ERROR chunk
@@ -569,13 +628,13 @@ asio::awaitable<void> connection::write_loop(std::shared_ptr<connection> self)
                 // The client is gone: keep completing requests (their writes still reach the
                 // node), but stop reading and drop the replies.
                 log::get("nbd")->debug("nbd {}: reply not sent: {}", self->peer_, ec.message());
-                self->close();
+                self->close_here();
             }
         }
         for (auto& r : batch) {
             --self->in_flight_;
             self->buffered_ -= r.charge;
-            self->tracker_->buffers.put(std::move(r.data));
+            self->loop_.buffers.put(std::move(r.data));
         }
         batch.clear();
         self->notify();

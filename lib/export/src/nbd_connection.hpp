@@ -9,14 +9,22 @@
 // for room before it reads further. A connection ends on DISC, EOF, a protocol error or
 // close(); it always waits for its in-flight requests (so acknowledged and received writes
 // reach the node) before it detaches from its export.
+//
+// Threads (docs/nbd-threads.md): the handshake, attach and detach run on the main loop. The
+// transmission phase runs on the connection's loop (nbd_loops), which may be a worker; each
+// request's execute() hops to the main loop for the export and the node, and back. While the
+// transmission phase runs, the main loop touches only `closing_` and the fd (hung_up()) and
+// posts close().
 #include "bjd/crypto/tls_session.hpp"
 #include "bjd/export/manager.hpp"
 #include "bjd/nbd/protocol.hpp"
 #include "bjd/io/buffer.hpp"
+#include "nbd_loops.hpp"
 
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <string>
@@ -24,13 +32,16 @@
 
 namespace bjd::exports::detail {
 
-/// Counts live connections so that shutdown can wait for them.
+/// Counts live connections so that shutdown can wait for them. Main loop only.
 struct connection_tracker {
-    explicit connection_tracker(asio::io_context& loop) : changed(loop, asio::steady_timer::time_point::max()) {}
+    explicit connection_tracker(asio::io_context& loop)
+        : changed(loop, asio::steady_timer::time_point::max()), loops(loop, 0)
+    {
+    }
     std::size_t live = 0;
     std::vector<std::weak_ptr<class connection>> all;   // for closing everything at shutdown
     asio::steady_timer changed;   // expiry is never reset: cancel() wakes every waiter
-    io::buffer_pool buffers;      // WRITE payloads and READ replies (all connections, one loop)
+    nbd_loops loops;
 };
 
 class connection final : public client, public std::enable_shared_from_this<connection> {
@@ -43,6 +54,7 @@ public:
     /// Spawns the connection's coroutine on the main loop (which keeps it alive).
     static void start(std::shared_ptr<connection> c);
 
+    /// Main loop: ends the connection; posted to its loop while the transmission phase runs.
     void close() override;
     bool hung_up() const override;
 
@@ -62,6 +74,8 @@ private:
 
     static asio::awaitable<void> run(std::shared_ptr<connection> self);
     asio::awaitable<void> run_phases();
+    /// close() on the thread that owns the connection's state at the moment.
+    void close_here();
 
     // handshake (nbd_handshake.cpp): true when transmission should start with exp_ set
     asio::awaitable<bool> handshake();
@@ -85,11 +99,12 @@ private:
     asio::awaitable<void> transmission();
     static asio::awaitable<void> process(std::shared_ptr<connection> self, nbd::request req,
                                          io::aligned_buffer payload, std::size_t charge);
-    asio::awaitable<reply> execute(const nbd::request& req, io::aligned_buffer& payload);
+    /// Main loop. `buf`: READ's buffer, taken from the connection's loop's pool beforehand.
+    asio::awaitable<reply> execute(const nbd::request& req, io::aligned_buffer& payload, io::aligned_buffer& buf);
     asio::awaitable<reply> block_status(const nbd::request& req, block::node& n);
     void bitmap_status(const nbd::request& req, const block::dirty_bitmap& b, std::uint32_t id, bool last,
                        reply& r) const;
-    asio::awaitable<reply> sparse_read(const nbd::request& req, block::node& n);
+    asio::awaitable<reply> sparse_read(const nbd::request& req, block::node& n, io::aligned_buffer& buf);
     reply error_reply(const nbd::request& req, std::uint32_t error, std::string_view message) const;
     reply ok_reply(const nbd::request& req) const;
     asio::awaitable<bool> discard_payload(std::uint32_t length);
@@ -99,8 +114,10 @@ private:
     void notify() { changed_.cancel(); }
 
     manager& mgr_;
-    socket_type socket_;
     std::shared_ptr<connection_tracker> tracker_;
+    nbd_loop& loop_;
+    socket_type socket_;                  ///< belongs to loop_
+    const int fd_;                        ///< socket_'s, for hung_up() from the main loop
     asio::steady_timer changed_;          // expiry never reset; see connection_tracker
     asio::steady_timer handshake_timer_;
     std::shared_ptr<block_export> exp_;
@@ -115,7 +132,10 @@ private:
     std::string meta_export_;             // export name the meta context was set for
     bool handshake_done_ = false;
 
-    bool closing_ = false;                // close() called or socket broken
+    bool transmitting_ = false;           ///< main loop: the transmission phase runs on loop_
+    bool on_loop_ = false;                ///< loop_: transmission() is running
+    bool shut_ = false;                   ///< the socket was shut down by close_here()
+    std::atomic<bool> closing_ = false;   // close() called or socket broken
     bool reading_done_ = false;
     bool writer_done_ = false;
     unsigned in_flight_ = 0;

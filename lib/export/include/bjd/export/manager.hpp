@@ -125,6 +125,12 @@ public:
     const std::optional<std::string>& tls_authz() const noexcept { return tls_authz_; }
     const crypto::registry* objects() const noexcept { return objects_; }
     void set_limits(const connection_limits& l) { limits_ = l; }
+    /// Event loops with a thread each that serve NBD connections besides the main loop
+    /// (docs/nbd-threads.md); none unless set. Takes effect if called before the first
+    /// connection.
+    void set_worker_loops(unsigned n);
+    /// The daemon's default: one per core beyond the first, at most 7.
+    static unsigned default_worker_loops();
 
     /// Daemon shutdown: stops the server, hard-deletes every export (emitting their events)
     /// and waits until every connection has finished its in-flight requests.

@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: MIT
+#include "nbd_loops.hpp"
+
+#include "bjd/log.hpp"
+
+#include <algorithm>
+
+namespace bjd::exports::detail {
+
+nbd_loops::nbd_loops(asio::io_context& main, unsigned workers) : wanted_(workers)
+{
+    loops_.emplace_back(main, 0);
+}
+
+nbd_loops::~nbd_loops()
+{
+    join();
+}
+
+unsigned nbd_loops::default_workers()
+{
+    unsigned cores = std::thread::hardware_concurrency();
+    return std::min(cores > 1 ? cores - 1 : 0u, 7u);
+}
+
+nbd_loop& nbd_loops::pick()
+{
+    if (workers_.empty() && wanted_ > 0) {
+        for (unsigned i = 0; i < wanted_; ++i) {
+            auto& w = workers_.emplace_back();
+            w.thread = std::thread([&ctx = w.ctx] { ctx.run(); });
+            loops_.emplace_back(w.ctx, unsigned(loops_.size()));
+        }
+        log::get("nbd")->debug("NBD connections run on {} event loops", loops_.size());
+    }
+    auto less = [](const nbd_loop& a, const nbd_loop& b) { return a.connections < b.connections; };
+    return *std::min_element(loops_.begin(), loops_.end(), less);
+}
+
+void nbd_loops::join()
+{
+    for (auto& w : workers_) {
+        w.guard.reset();
+        w.ctx.stop();
+        if (w.thread.joinable())
+            w.thread.join();
+    }
+}
+
+} // namespace bjd::exports::detail

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// The event loops NBD connections run on (docs/nbd-threads.md): the main loop, and on a
+// machine with more than one core, worker loops with a thread each. A connection's socket, TLS
+// session, request decoding and replies live on its loop; its block requests run on the main
+// loop, which owns the block graph. A new connection goes to the loop with the fewest
+// connections, the main loop first, so that a lone client keeps the shortest path.
+#include "bjd/io/buffer.hpp"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <deque>
+#include <memory>
+#include <thread>
+
+namespace bjd::exports::detail {
+
+namespace asio = boost::asio;
+
+struct nbd_loop {
+    nbd_loop(asio::io_context& c, unsigned i) : ctx(c), index(i), main(i == 0) {}
+    asio::io_context& ctx;
+    const unsigned index;          ///< 0 for the main loop, for the log
+    const bool main;
+    io::buffer_pool buffers;       ///< WRITE payloads and READ replies; used on this loop only
+    std::size_t connections = 0;   ///< kept by the main loop
+};
+
+class nbd_loops {
+public:
+    /// `workers`: how many loops besides the main one; they start on the first pick().
+    nbd_loops(asio::io_context& main, unsigned workers);
+    ~nbd_loops();
+    nbd_loops(const nbd_loops&) = delete;
+    nbd_loops& operator=(const nbd_loops&) = delete;
+
+    /// Main loop only: the loop for a new connection (count it in `connections`).
+    nbd_loop& pick();
+    /// Stops the worker loops and their threads (at the manager's end, when no connection is
+    /// left).
+    void join();
+    void set_workers(unsigned n) { wanted_ = n; }
+
+    /// One worker per core beyond the first, at most 7.
+    static unsigned default_workers();
+
+private:
+    struct worker {
+        asio::io_context ctx{1};
+        asio::executor_work_guard<asio::io_context::executor_type> guard{ctx.get_executor()};
+        std::thread thread;
+    };
+
+    unsigned wanted_;
+    std::deque<worker> workers_;
+    std::deque<nbd_loop> loops_;   // [0] is the main loop
+};
+
+} // namespace bjd::exports::detail
