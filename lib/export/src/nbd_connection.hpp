@@ -107,6 +107,10 @@ private:
     asio::awaitable<reply> sparse_read(const nbd::request& req, block::node& n, io::aligned_buffer& buf);
     reply error_reply(const nbd::request& req, std::uint32_t error, std::string_view message) const;
     reply ok_reply(const nbd::request& req) const;
+    /// Until at least `need` (≤ input_bytes) bytes are buffered in in_.
+    asio::awaitable<boost::system::error_code> fill(std::size_t need);
+    /// A WRITE's payload: from in_, and what in_ does not hold straight from the stream.
+    asio::awaitable<boost::system::error_code> read_payload(std::byte* dst, std::size_t n);
     asio::awaitable<bool> discard_payload(std::uint32_t length);
     void enqueue(reply r);
     static asio::awaitable<void> write_loop(std::shared_ptr<connection> self);
@@ -141,6 +145,9 @@ private:
     unsigned in_flight_ = 0;
     std::size_t buffered_ = 0;
     std::deque<reply> queue_;
+    std::vector<std::byte> in_;           ///< transmission input, [in_beg_, in_end_) unparsed
+    std::size_t in_beg_ = 0;
+    std::size_t in_end_ = 0;
 };
 
 /// Bounds for the handshake: a client gets this long to reach the transmission phase.
