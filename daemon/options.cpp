@@ -104,8 +104,8 @@ blockjobd options:
                             region is marked on disk) say what is left
   --resume-jobs             with --state-dir: jobs brought back resume at once
   --nbd-threads <n>         event loops with a thread each that serve NBD connections
-                            besides the main one (default: one per core beyond the first,
-                            at most 7; 0 keeps every connection on the main loop)
+                            besides the main one (default 0: every connection on the main
+                            loop; see docs/nbd-threads.md for when more pays)
 )";
 }
 

@@ -131,7 +131,8 @@ runtime::~runtime() = default;
 
 asio::awaitable<void> runtime::apply(const options& opts)
 {
-    exports_->set_worker_loops(opts.nbd_threads.value_or(exports::manager::default_worker_loops()));
+    if (opts.nbd_threads)
+        exports_->set_worker_loops(*opts.nbd_threads);
     // --state-dir with saved jobs: requests from outside (exports) wait at the graph's gate
     // until the jobs are back, so that no write reaches a source before its job tracks it.
     std::optional<block::io_gate::section> held;

@@ -42,11 +42,6 @@ void manager::set_worker_loops(unsigned n)
     tracker_->loops.set_workers(n);
 }
 
-unsigned manager::default_worker_loops()
-{
-    return detail::nbd_loops::default_workers();
-}
-
 qapi::result<void> manager::start_server(const nbd_server_options& opts)
 {
     if (server_)

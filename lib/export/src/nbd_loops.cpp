@@ -17,12 +17,6 @@ nbd_loops::~nbd_loops()
     join();
 }
 
-unsigned nbd_loops::default_workers()
-{
-    unsigned cores = std::thread::hardware_concurrency();
-    return std::min(cores > 1 ? cores - 1 : 0u, 7u);
-}
-
 nbd_loop& nbd_loops::pick()
 {
     if (workers_.empty() && wanted_ > 0) {

@@ -42,9 +42,6 @@ public:
     void join();
     void set_workers(unsigned n) { wanted_ = n; }
 
-    /// One worker per core beyond the first, at most 7.
-    static unsigned default_workers();
-
 private:
     struct worker {
         asio::io_context ctx{1};

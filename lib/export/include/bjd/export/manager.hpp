@@ -129,8 +129,6 @@ public:
     /// (docs/nbd-threads.md); none unless set. Takes effect if called before the first
     /// connection.
     void set_worker_loops(unsigned n);
-    /// The daemon's default: one per core beyond the first, at most 7.
-    static unsigned default_worker_loops();
 
     /// Daemon shutdown: stops the server, hard-deletes every export (emitting their events)
     /// and waits until every connection has finished its in-flight requests.
