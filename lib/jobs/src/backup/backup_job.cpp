@@ -348,6 +348,7 @@ public:
         }
         state_->on_copied = [&j](std::uint64_t n) { j.progress_done(n); };
         s_.filter->attach_state(state_);
+        guests_.watch(s_.filter, "backup job '" + j.id() + "'");
         limiter_.set_speed(j.speed());
         j.progress_set_remaining(todo);
         remaining_ = todo;
@@ -383,7 +384,7 @@ public:
                 co_await skip_unallocated(j, first, end);
             step st;
             st.length = n;
-            detail::piece_pool pool(ex_, s_.workers, piece);
+            detail::piece_pool pool(ex_, s_.workers, piece, yield_to_guests(s_.chunk, s_.workers));
             for (std::size_t c = first; c < end && !j.is_cancelled();) {
                 if (!co_await pool.ready())
                     break;
@@ -499,6 +500,7 @@ private:
         if (!attached_)
             return;
         attached_ = false;
+        guests_.watch(nullptr, {});
         nodes_.reset();
         s_.filter->stop_guarding();
         detail::remove_filter(*s_.graph, ex_, s_.filter, "backup");

@@ -26,6 +26,7 @@ qapi::result<job_nodes*> chain_job::enter_graph(job& j, std::shared_ptr<block::n
     if (auto r = insert_filter(graph_, filter, below); !r)
         return r.error();
     filter_ = std::move(filter);
+    guests_.watch(filter_, type_ + " job '" + j.id() + "'");
     limiter_.set_speed(j.speed());
     return &nodes_.emplace(type_ + " job '" + j.id() + "'", type_);
 }
@@ -33,6 +34,7 @@ qapi::result<job_nodes*> chain_job::enter_graph(job& j, std::shared_ptr<block::n
 void chain_job::leave_graph()
 {
     nodes_.reset();
+    guests_.watch(nullptr, {});
     if (filter_)
         remove_filter(graph_, ex_, std::exchange(filter_, nullptr), type_);
 }

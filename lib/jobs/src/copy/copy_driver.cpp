@@ -12,27 +12,29 @@
 namespace bjd::jobs::detail {
 
 struct piece_pool::state {
-    state(const asio::any_io_executor& e, unsigned d, piece_fn p)
-        : ex(e), depth(d), piece(std::move(p)), busy(d), done(e)
+    state(const asio::any_io_executor& e, unsigned d, piece_fn p, limit_fn l)
+        : ex(e), depth(d), piece(std::move(p)), limit(std::move(l)), busy(d), done(e)
     {
     }
+    unsigned allowed() const { return limit ? std::clamp(limit(), 1u, depth) : depth; }
     asio::any_io_executor ex;
     unsigned depth;
     piece_fn piece;
+    limit_fn limit;
     std::vector<bool> busy;
     unsigned running = 0;
     std::optional<copy_step> failed;
     event_flag done;
 };
 
-piece_pool::piece_pool(const asio::any_io_executor& ex, unsigned depth, piece_fn piece)
-    : st_(std::make_shared<state>(ex, std::max(1u, depth), std::move(piece)))
+piece_pool::piece_pool(const asio::any_io_executor& ex, unsigned depth, piece_fn piece, limit_fn limit)
+    : st_(std::make_shared<state>(ex, std::max(1u, depth), std::move(piece), std::move(limit)))
 {
 }
 
 asio::awaitable<bool> piece_pool::ready()
 {
-    while (st_->running >= st_->depth && !st_->failed)
+    while (st_->running >= st_->allowed() && !st_->failed)
         co_await st_->done.wait();
     co_return !st_->failed;
 }
@@ -115,7 +117,7 @@ asio::awaitable<qapi::result<void>> copy_driver::copy_loop(
 asio::awaitable<copy_step> copy_driver::in_pieces(std::uint64_t offset, std::uint64_t n, std::uint64_t piece_size,
                                                   unsigned depth, piece_pool::piece_fn piece)
 {
-    piece_pool pool(ex_, depth, std::move(piece));
+    piece_pool pool(ex_, depth, std::move(piece), yield_to_guests(piece_size, depth));
     for (std::uint64_t pos = offset, end = offset + n; pos < end;) {
         if (!co_await pool.ready())
             break;

@@ -6,6 +6,7 @@
 /// cancel and ruled by the on-error policies; and the pieces a step copies concurrently.
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/result.hpp"
+#include "copy/guest_watch.hpp"
 #include "copy/pacing.hpp"
 
 #include <cstdint>
@@ -42,11 +43,13 @@ struct step_policy {
 };
 
 /// Runs pieces of a step concurrently: `piece(slot, offset, length)`, at most `depth` at
-/// once (`slot` < depth tells the running ones apart, for their buffers).
+/// once (`slot` < depth tells the running ones apart, for their buffers), and at most what
+/// `limit()` says at the moment, if given (the copy yielding to guests: guest_watch).
 class piece_pool {
 public:
     using piece_fn = std::function<asio::awaitable<copy_step>(unsigned, std::uint64_t, std::uint64_t)>;
-    piece_pool(const asio::any_io_executor& ex, unsigned depth, piece_fn piece);
+    using limit_fn = std::function<unsigned()>;
+    piece_pool(const asio::any_io_executor& ex, unsigned depth, piece_fn piece, limit_fn limit = {});
     piece_pool(const piece_pool&) = delete;
     piece_pool& operator=(const piece_pool&) = delete;
 
@@ -84,8 +87,16 @@ protected:
     asio::awaitable<step> in_pieces(std::uint64_t offset, std::uint64_t n, std::uint64_t piece_size, unsigned depth,
                                     piece_pool::piece_fn piece);
 
+    /// A piece_pool limit that lets the copy yield to the guests of the filter given to
+    /// `guests_.watch()` (none watched: no limit but `depth`).
+    piece_pool::limit_fn yield_to_guests(std::uint64_t piece_size, unsigned depth)
+    {
+        return [this, piece_size, depth] { return guests_.pieces(piece_size, depth); };
+    }
+
     asio::any_io_executor ex_;
     rate_limiter limiter_;
+    guest_watch guests_;
 };
 
 } // namespace bjd::jobs::detail

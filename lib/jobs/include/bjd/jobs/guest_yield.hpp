@@ -3,7 +3,9 @@
 /// \file
 /// How many bytes a copying job may have in flight while guests use the same node: the copy
 /// yields to them (docs/copy-yield.md). Pure: the mirror feeds it the latency of each guest
-/// request that went through its filter, with the time; the unit tests feed it made-up ones.
+/// request that went through its filter, with the time; stream, commit and backup feed it what
+/// their filter's statistics counted since they last looked; the unit tests feed it made-up
+/// ones.
 ///
 /// Rule, in the manner of LEDBAT (RFC 6817), with the guests' request latency for the delay:
 /// - Time is cut into windows. A window in which guests made no request lets the copy use its
@@ -47,6 +49,15 @@ public:
         roll(now);
         sum_ += latency;
         ++count_;
+    }
+
+    /// `count` guest requests completed by `now`, their latencies adding up to `total` (read
+    /// from a node's statistics rather than timed one by one).
+    void guest_ios(clock::time_point now, std::uint64_t count, std::chrono::nanoseconds total)
+    {
+        roll(now);
+        sum_ += total;
+        count_ += count;
     }
 
     /// Bytes the copy may have in flight at `now`.
