@@ -4,6 +4,8 @@
 #include "bjd/log.hpp"
 
 #include <algorithm>
+#include <tuple>
+#include <utility>
 
 namespace bjd::jobs::detail {
 
@@ -13,6 +15,18 @@ namespace {
 /// rule, seldom enough to cost nothing next to the copy.
 constexpr auto sample_every = std::chrono::milliseconds(5);
 
+/// The read and write requests the filter completed so far, and their latencies' sum.
+std::pair<std::uint64_t, std::uint64_t> guest_totals(const block::node& filter)
+{
+    auto s = filter.acct().read();
+    std::uint64_t ops = 0, ns = 0;
+    for (auto o : {stats::op::read, stats::op::write}) {
+        ops += s[o].operations + s[o].failed;
+        ns += s[o].total_time_ns;
+    }
+    return {ops, ns};
+}
+
 } // namespace
 
 void guest_watch::watch(const std::shared_ptr<block::node>& filter, std::string who)
@@ -20,13 +34,8 @@ void guest_watch::watch(const std::shared_ptr<block::node>& filter, std::string 
     filter_ = filter;
     who_ = std::move(who);
     ops_ = ns_ = 0;
-    if (filter) {
-        auto s = filter->acct().read();
-        for (auto o : {stats::op::read, stats::op::write}) {
-            ops_ += s[o].operations + s[o].failed;
-            ns_ += s[o].total_time_ns;
-        }
-    }
+    if (filter)
+        std::tie(ops_, ns_) = guest_totals(*filter);
     sampled_ = logged_ = guest_yield::clock::now();   // the first log line once the rule settled
 }
 
@@ -35,12 +44,7 @@ void guest_watch::sample(guest_yield::clock::time_point now)
     auto f = filter_.lock();
     if (!f)
         return;
-    auto s = f->acct().read();
-    std::uint64_t ops = 0, ns = 0;
-    for (auto o : {stats::op::read, stats::op::write}) {
-        ops += s[o].operations + s[o].failed;
-        ns += s[o].total_time_ns;
-    }
+    auto [ops, ns] = guest_totals(*f);
     if (ops > ops_ && ns >= ns_)
         yield_->guest_ios(now, ops - ops_, std::chrono::nanoseconds(ns - ns_));
     ops_ = ops;
