@@ -12,8 +12,10 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc)
 
 phase_start=$SECONDS
-phase() {   # <what>: the time since the last phase, so a slow CI run says where it went
-  echo "test.sh: $1 took $((SECONDS - phase_start)) s (total $SECONDS s)"
+phase() {   # <what>: the time since the last phase and the disk left, so a slow or failed
+            # CI run says where its time and space went
+  echo "test.sh: $1 took $((SECONDS - phase_start)) s (total $SECONDS s;" \
+       "$(df -h --output=avail . | tail -1 | tr -d ' ') free on the disk)"
   phase_start=$SECONDS
 }
 
