@@ -26,7 +26,8 @@
 # `--object secret,id=...,file=DIR/client.NAME.key` with an rbd node's `key-secret`.
 #
 # `stop` sends SIGTERM to the daemons `start` recorded (DIR/pids/*.pid: OSD, then manager,
-# then monitor, each waited for; SIGKILL after 30 s) and to nothing else; it is idempotent.
+# then monitor, each waited for; SIGKILL after 30 s) and to nothing else, then deletes the
+# OSD's block file (the logs stay); it is idempotent.
 # `status` prints each recorded daemon as running or stopped and exits 0 only when all run.
 # Without the Ceph binaries, `start` says so and exits 77 (the tests skip).
 #
@@ -78,6 +79,9 @@ cmd_stop() {
   for name in osd.0 mgr.x mon.a; do
     stop_one "$dir" "$name"
   done
+  # The OSD's data is GBs after the tests and `start` wipes it anyway; logs and conf stay,
+  # for reading after a failed run.
+  rm -f "$dir"/osd.*.block
 }
 
 cmd_status() {
