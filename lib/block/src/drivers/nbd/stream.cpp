@@ -19,21 +19,50 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
+#include <memory>
 
 namespace bjd::block::nbd_client {
 namespace {
 
 constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 
+/// The socket, read in batches: a reply is a 16- or 20-byte header and often a small
+/// payload, and with many requests in flight one recv takes all the replies that have come
+/// (as the export reads its requests: docs/nbd-threads.md). Payloads of `direct_min` bytes
+/// or more go straight from the socket into the caller's buffer.
 class plain_stream final : public stream {
 public:
-    explicit plain_stream(asio::generic::stream_protocol::socket s) : sock_(std::move(s)) {}
+    explicit plain_stream(asio::generic::stream_protocol::socket s)
+        : sock_(std::move(s)), in_(std::make_unique<std::byte[]>(batch_size))
+    {
+    }
 
     asio::awaitable<error_code> read(asio::mutable_buffer buf) override
     {
-        auto [ec, n] = co_await asio::async_read(sock_, buf, tok);
-        co_return ec;
+        auto* out = static_cast<std::byte*>(buf.data());
+        std::size_t want = buf.size();
+        const std::size_t held = std::min(want, in_end_ - in_pos_);
+        std::memcpy(out, in_.get() + in_pos_, held);
+        in_pos_ += held;
+        out += held;
+        want -= held;
+        if (want == 0)
+            co_return error_code{};
+        in_pos_ = in_end_ = 0;
+        if (want >= direct_min) {
+            auto [ec, n] = co_await asio::async_read(sock_, asio::buffer(out, want), tok);
+            co_return ec;
+        }
+        auto [ec, n] = co_await asio::async_read(sock_, asio::buffer(in_.get(), batch_size),
+                                                 asio::transfer_at_least(want), tok);
+        if (n < want)
+            co_return ec ? ec : error_code(asio::error::eof);
+        std::memcpy(out, in_.get(), want);
+        in_pos_ = want;
+        in_end_ = n;
+        co_return error_code{};
     }
     asio::awaitable<error_code> write(std::span<const asio::const_buffer> bufs) override
     {
@@ -54,11 +83,19 @@ public:
         sock_.close(ec);
     }
 
+    /// Whether bytes that no one has read yet are held (the server spoke out of turn).
+    bool holds_unread() const { return in_pos_ < in_end_; }
     /// The socket, for the TLS stream that takes it over.
     asio::generic::stream_protocol::socket take() { return std::move(sock_); }
 
 private:
+    static constexpr std::size_t batch_size = 64 * 1024;
+    static constexpr std::size_t direct_min = 16 * 1024;
+
     asio::generic::stream_protocol::socket sock_;
+    std::unique_ptr<std::byte[]> in_;
+    std::size_t in_pos_ = 0;   ///< the first byte of in_ not yet read
+    std::size_t in_end_ = 0;   ///< the end of what the last recv put in in_
 };
 
 /// TLS over the socket a plain stream had. The session reads and writes the socket itself;
@@ -173,6 +210,10 @@ asio::awaitable<std::string> start_tls(std::unique_ptr<stream>& s, std::shared_p
     auto* plain = dynamic_cast<plain_stream*>(s.get());
     if (!plain)
         co_return "TLS already enabled";
+    // The server answers NBD_OPT_STARTTLS and then waits for our ClientHello: anything after
+    // its answer would be plaintext injected before the handshake.
+    if (plain->holds_unread())
+        co_return "Unexpected data from the server before the TLS handshake";
     auto t = std::make_unique<tls_stream>(plain->take());
     s = std::move(t);
     co_return co_await static_cast<tls_stream&>(*s).start(std::move(creds), hostname);
