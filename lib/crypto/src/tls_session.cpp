@@ -11,7 +11,10 @@
 
 #include <gnutls/x509.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include <sys/socket.h>
@@ -20,11 +23,15 @@
 namespace bjd::crypto {
 
 namespace detail {
-struct tls_outbox {
+/// What GnuTLS's pull and push see: the fd, records write() gathers, and bytes read ahead.
+struct tls_transport {
     int fd = -1;
     bool gather = false;      ///< write() is gathering records
     std::vector<char> buf;    ///< gathered records; [off, size) not sent yet
     std::size_t off = 0;
+    std::unique_ptr<char[]> in;   ///< read ahead; [in_pos, in_end) not given to GnuTLS yet
+    std::size_t in_pos = 0;
+    std::size_t in_end = 0;
 };
 } // namespace detail
 
@@ -43,6 +50,8 @@ constexpr std::size_t cork_limit = 256 * 1024;
 /// replies, megabytes) keeps the loop from reading requests and reaping the disk reads that
 /// would overlap with the encryption.
 constexpr std::size_t gather_limit = 256 * 1024;
+/// The most one recv reads ahead of GnuTLS: four full records.
+constexpr std::size_t read_ahead = 64 * 1024 + 4 * 256;
 
 class category final : public boost::system::error_category {
 public:
@@ -52,15 +61,28 @@ public:
 
 gnutls_session_t S(void* p) { return static_cast<gnutls_session_t>(p); }
 
+/// GnuTLS's pull: it asks for a record's 5-byte header and then for its body, two recvs per
+/// record of at most 16 KiB. One recv of up to `read_ahead` bytes takes every record that
+/// has come (a 1 MiB NBD write is 64 records), and the pulls are served from it. GnuTLS
+/// only waits (EAGAIN) once what was read ahead is used up, so a wait on the socket
+/// never sleeps on bytes already read.
 ssize_t pull(gnutls_transport_ptr_t p, void* buf, size_t len)
 {
-    int fd = static_cast<detail::tls_outbox*>(p)->fd;
-    for (;;) {
-        ssize_t n = ::recv(fd, buf, len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        return n;   // GnuTLS reads errno (EAGAIN → GNUTLS_E_AGAIN)
+    auto& t = *static_cast<detail::tls_transport*>(p);
+    if (t.in_pos == t.in_end) {
+        ssize_t n;
+        do
+            n = ::recv(t.fd, t.in.get(), read_ahead, 0);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0)
+            return n;   // GnuTLS reads errno (EAGAIN → GNUTLS_E_AGAIN)
+        t.in_pos = 0;
+        t.in_end = std::size_t(n);
     }
+    const std::size_t n = std::min(len, t.in_end - t.in_pos);
+    std::memcpy(buf, t.in.get() + t.in_pos, n);
+    t.in_pos += n;
+    return ssize_t(n);
 }
 
 ssize_t send_iov(int fd, const iovec* iov, int iovcnt)
@@ -81,7 +103,7 @@ ssize_t send_iov(int fd, const iovec* iov, int iovcnt)
 /// otherwise they go straight to the socket.
 ssize_t push_vec(gnutls_transport_ptr_t p, const giovec_t* iov, int iovcnt)
 {
-    auto& o = *static_cast<detail::tls_outbox*>(p);
+    auto& o = *static_cast<detail::tls_transport*>(p);
     if (!o.gather && o.off == o.buf.size())
         return send_iov(o.fd, reinterpret_cast<const iovec*>(iov), iovcnt);
     std::size_t total = 0;
@@ -151,9 +173,10 @@ qapi::result<std::unique_ptr<tls_session>> tls_session::create(std::shared_ptr<c
     sock.non_blocking(true, ec);
     if (ec)
         return qapi::generic("Cannot make the socket non-blocking: " + ec.message());
-    t->out_ = std::make_unique<detail::tls_outbox>();
+    t->out_ = std::make_unique<detail::tls_transport>();
     t->out_->fd = sock.native_handle();
     t->out_->buf.reserve(gather_limit + 32 * 1024);
+    t->out_->in = std::make_unique<char[]>(read_ahead);
     gnutls_transport_set_ptr(s, t->out_.get());
     gnutls_transport_set_pull_function(s, pull);
     gnutls_transport_set_vec_push_function(s, push_vec);

@@ -24,7 +24,7 @@
 
 namespace bjd::crypto {
 
-namespace detail { struct tls_outbox; }
+namespace detail { struct tls_transport; }
 
 namespace asio = boost::asio;
 using boost::system::error_code;
@@ -91,7 +91,7 @@ private:
     std::string hostname_;
     std::string identity_;
     bool writing_ = false;   ///< a write() is under way (send_now must not interleave)
-    std::unique_ptr<detail::tls_outbox> out_;   ///< the fd, and records gathered by write()
+    std::unique_ptr<detail::tls_transport> out_;   ///< the fd, gathered records, bytes read ahead
 };
 
 } // namespace bjd::crypto
