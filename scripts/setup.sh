@@ -13,6 +13,8 @@ pkgs=(
   libsystemd-dev zlib1g-dev libedit-dev libgnutls28-dev
   # test and benchmark peers
   qemu-utils qemu-system-common libnbd-bin nbdkit fio socat systemd gnutls-bin lintian
+  # clones (reflink): an XFS to mount for tests/reflink/xfs.sh; filefrag shows shared extents
+  xfsprogs e2fsprogs
   # Ceph RBD: librbd to build against; a one-node test cluster (tests/ceph/cluster.sh, no
   # manager); QEMU's rbd driver for qemu-img and qemu-storage-daemon
   ceph-mon ceph-osd ceph-common librbd-dev qemu-block-extra

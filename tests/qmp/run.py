@@ -31,7 +31,7 @@ DEFAULT_MASKS = ("pid", "thread-id", "start_time_ns")   # start_time_ns: wall cl
 MAX_DEPTH = 12              # deeper values are abbreviated in transcripts
 LONG_STRING = 200           # longer strings are abbreviated in transcripts
 SHUTDOWN = object()
-REQUIREMENTS = ("ceph",)    # what @requires may name
+REQUIREMENTS = ("ceph", "reflink")    # what @requires may name
 SKIP_EXIT = 77              # exit status when only unmet requirements skipped (ctest SKIP_RETURN_CODE)
 
 
@@ -385,6 +385,7 @@ class Run:
         self.placeholders = {"$TMP": self.tmp}   # substituted in commands, @args, @env...
         self.shell_env = {"TMP": self.tmp, "QMPDIR": os.path.dirname(os.path.abspath(__file__))}
         self.ceph = None              # (conf, namespace) under @requires ceph
+        self.reflink = None           # this run's directory under @requires reflink
 
     def sock_for(self, name):
         return os.path.join(self.tmp, f"qmp-{name}.sock")
@@ -566,6 +567,17 @@ class Run:
         self.placeholders["$PORT"] = port
         self.shell_env["PORT"] = port
         self.filters.port = port
+
+    # -- @requires reflink: a directory of its own on BJD_REFLINK_DIR's file system
+    def reflink_setup(self, top):
+        self.reflink = tempfile.mkdtemp(prefix="qmp-", dir=top)
+        self.placeholders["$REFLINK"] = self.reflink
+        self.shell_env["REFLINK"] = self.reflink
+        self.filters.names.append((self.reflink, "REFLINK"))
+
+    def reflink_cleanup(self):
+        if self.reflink:
+            shutil.rmtree(self.reflink, ignore_errors=True)
 
     # -- @requires ceph: the cluster of BJD_CEPH_CONF, one RBD namespace per run
     def rbd(self, *args):
@@ -780,7 +792,7 @@ class Run:
         else:
             self.stderr = ""
 
-    def run(self, steps, ceph_conf=None):
+    def run(self, steps, ceph_conf=None, reflink_dir=None):
         for st in steps:
             if st.kind == "session" and st.arg.split() and st.arg.split()[0] not in self.session_names:
                 self.session_names.append(st.arg.split()[0])
@@ -789,6 +801,8 @@ class Run:
         try:
             if ceph_conf:
                 self.ceph_setup(ceph_conf)
+            if reflink_dir:
+                self.reflink_setup(reflink_dir)
             for st in steps:
                 self.step(st)
         except ScenarioError as e:
@@ -798,6 +812,7 @@ class Run:
         finally:
             self.finish()
             self.ceph_cleanup()
+            self.reflink_cleanup()
         return "\n".join(collapse(self.out)) + "\n"
 
 
@@ -839,6 +854,12 @@ def unmet_requirement(requires):
             return "requires ceph: BJD_CEPH_CONF is not set (tests/ceph/cluster.sh starts a cluster)"
         if not os.path.isfile(conf):
             return f"requires ceph: BJD_CEPH_CONF={conf} is not a file (Ceph not installed?)"
+    if "reflink" in requires:
+        d = os.environ.get("BJD_REFLINK_DIR", "")
+        if not d:
+            return "requires reflink: BJD_REFLINK_DIR is not set (tests/reflink/xfs.sh mounts one)"
+        if not os.path.isdir(d):
+            return f"requires reflink: BJD_REFLINK_DIR={d} is not a directory (no XFS could be mounted)"
     return None
 
 
@@ -857,7 +878,8 @@ def run_one(scn, opts):
     if why:
         return "SKIP-REQ", f"SKIP {name} ({why})", ""
     r = Run(scn, opts.kind, opts.bin, opts.keep, max(opts.timeout, timeout or 0))
-    got = r.run(steps, os.environ["BJD_CEPH_CONF"] if "ceph" in requires else None)
+    got = r.run(steps, os.environ["BJD_CEPH_CONF"] if "ceph" in requires else None,
+                os.environ["BJD_REFLINK_DIR"] if "reflink" in requires else None)
     exp_path = expected_path(scn, opts.kind)
     detail = []
     if opts.update:

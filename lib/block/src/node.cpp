@@ -304,6 +304,76 @@ asio::awaitable<result<void>> node::do_write_compressed(std::uint64_t, std::span
     co_return errno_error(ENOTSUP);
 }
 
+namespace {
+
+/// A clone the kernel would not do (no shared extents on this file system, another file
+/// system, off its block size): nothing happened, the caller reads and writes instead, and
+/// the statistics do not count it as a failed request.
+bool clone_refused(const result<void>& r) noexcept
+{
+    if (r)
+        return false;
+    const int e = r.error().value();
+    return r.error().category() == std::generic_category() && (e == ENOTSUP || e == EXDEV || e == EINVAL);
+}
+
+} // namespace
+
+asio::awaitable<result<void>> node::clone_to(std::uint64_t offset, std::uint64_t length, node& target,
+                                            std::uint64_t target_offset)
+{
+    if (!can_clone() || !target.can_clone())
+        co_return errno_error(ENOTSUP);
+    if (auto r = check_request(offset, length, false); !r) {
+        acct_.invalid(stats::op::read);
+        co_return r;
+    }
+    auto ck = acct_.start(stats::op::read, length);
+    result<void> r;
+    if (length > 0)
+        r = co_await do_clone_to(offset, length, target, target_offset);
+    if (!clone_refused(r))
+        acct_.finish(ck, bool(r));
+    co_return r;
+}
+
+asio::awaitable<result<void>> node::clone_from(std::uint64_t offset, std::uint64_t length, const clone_source& src)
+{
+    if (!can_clone() || opts_.zeroes != node_options::detect_zeroes::off)
+        co_return errno_error(ENOTSUP);
+    if (auto r = check_request(offset, length, true); !r) {
+        acct_.invalid(stats::op::write);
+        co_return r;
+    }
+    if (auto end = padded_write_end(offset, length, write_padding()))
+        check_write_threshold(*end);
+    auto ck = acct_.start(stats::op::write, length);
+    if (length == 0) {
+        acct_.finish(ck, true);
+        co_return result<void>{};
+    }
+    auto self = shared_from_this();   // observers run after the request, even if the graph changed
+    intent_scope intent(*this, offset, length);
+    if (intent.must_wait)
+        co_await intent.hook->wait(offset, length);
+    auto r = co_await do_clone_from(offset, length, src);
+    if (!clone_refused(r)) {
+        notify_write(offset, length);
+        acct_.finish(ck, bool(r));
+    }
+    co_return r;
+}
+
+asio::awaitable<result<void>> node::do_clone_to(std::uint64_t, std::uint64_t, node&, std::uint64_t)
+{
+    co_return errno_error(ENOTSUP);
+}
+
+asio::awaitable<result<void>> node::do_clone_from(std::uint64_t, std::uint64_t, const clone_source&)
+{
+    co_return errno_error(ENOTSUP);
+}
+
 asio::awaitable<result<void>> node::write_request(std::uint64_t offset, std::span<const std::byte> buf, bool fua,
                                                   bool compressed)
 {

@@ -1,13 +1,22 @@
 // SPDX-License-Identifier: MIT
-// Request semantics shared by every backend: retries, short I/O, the drain gate, counters.
+// Request semantics shared by every backend: retries, short I/O, the drain gate, counters,
+// and the worker threads for what a backend cannot do itself.
 #include "engine_base.hpp"
 
-#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <cerrno>
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 namespace bjd::io::detail {
 
@@ -23,7 +32,86 @@ bool is_direct(int fd) noexcept
     return fl >= 0 && (fl & O_DIRECT);
 }
 
+/// Runs one request on the calling (worker) thread: the result or a negative errno.
+int run_syscall(const raw_request& r) noexcept
+{
+    long res = -1;
+    switch (r.op) {
+    case raw_request::opcode::read:
+        res = ::pread(r.fd, r.addr, r.len, static_cast<off_t>(r.offset));
+        break;
+    case raw_request::opcode::write:
+        res = ::pwrite(r.fd, r.addr, r.len, static_cast<off_t>(r.offset));
+        break;
+    case raw_request::opcode::fsync:
+        res = ::fsync(r.fd);
+        break;
+    case raw_request::opcode::fdatasync:
+        res = ::fdatasync(r.fd);
+        break;
+    case raw_request::opcode::fallocate:
+        res = ::fallocate(r.fd, r.mode, static_cast<off_t>(r.offset), static_cast<off_t>(r.range));
+        break;
+    case raw_request::opcode::clone_range: {
+        file_clone_range arg{};
+        arg.src_fd = r.fd;
+        arg.src_offset = r.offset;
+        arg.src_length = r.range;
+        arg.dest_offset = r.offset_out;
+        res = ::ioctl(r.fd_out, FICLONERANGE, &arg);
+        break;
+    }
+    }
+    return res < 0 ? -errno : static_cast<int>(res); // lengths ≤ max_chunk, so res fits
+}
+
+/// A worker's job: the request, the handler and a work guard on the handler's executor.
+template <class Handler>
+class pool_job {
+public:
+    using handler_executor = asio::associated_executor_t<Handler, asio::io_context::executor_type>;
+
+    pool_job(Handler&& h, const asio::io_context::executor_type& io_ex, const raw_request& r)
+        : req_(r)
+        , handler_(std::move(h))
+        , work_(asio::get_associated_executor(handler_, io_ex))
+    {
+    }
+
+    void operator()()
+    {
+        int res = run_syscall(req_);
+        // Leaving this thread: the handler runs on its own executor (the loop), exactly once.
+        auto ex = work_.get_executor();
+        asio::dispatch(ex, asio::append(std::move(handler_), res));
+        work_.reset();
+    }
+
+private:
+    raw_request req_;
+    Handler handler_;
+    asio::executor_work_guard<handler_executor> work_;
+};
+
 } // namespace
+
+asio::awaitable<int> perform_on(asio::thread_pool& pool, asio::io_context& ctx, const raw_request& r)
+{
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(int)>(
+        [&pool, &ctx](auto handler, const raw_request& req) {
+            using handler_t = decltype(handler);
+            // Ownership of the handler passes to a worker until it posts the result back.
+            asio::post(pool, pool_job<handler_t>(std::move(handler), ctx.get_executor(), req));
+        },
+        asio::use_awaitable, r);
+}
+
+asio::awaitable<int> engine_base::perform_blocking(raw_request r)
+{
+    if (!workers_)
+        workers_ = std::make_unique<asio::thread_pool>(2);
+    return perform_on(*workers_, ctx_, r);
+}
 
 /// Counts an accepted operation as in flight for its whole lifetime (including resubmissions)
 /// and opens the drain gate when the last one finishes.
@@ -169,6 +257,36 @@ asio::awaitable<result<void>> engine_base::fallocate(int fd, int mode, std::uint
         ++stats_.errors;
         co_return neg_errno_error(res);
     }
+    co_return result<void>{};
+}
+
+asio::awaitable<result<void>> engine_base::clone_range(int in, std::uint64_t in_offset, int out,
+                                                       std::uint64_t out_offset, std::uint64_t len)
+{
+    if (draining_)
+        co_return errno_error(ECANCELED);
+    gate_guard gate(*this);
+    ++stats_.clones;
+    raw_request r;
+    r.op = raw_request::opcode::clone_range;
+    r.fd = in;
+    r.offset = in_offset;
+    r.fd_out = out;
+    r.offset_out = out_offset;
+    r.range = len;
+    int res;
+    for (unsigned attempt = 0;; ++attempt) {
+        res = co_await perform_blocking(r);
+        if ((res != -EAGAIN && res != -EINTR) || attempt == max_retries)
+            break;
+        ++stats_.retries;
+    }
+    if (res < 0) {
+        if (res != -EOPNOTSUPP && res != -EXDEV && res != -EINVAL)
+            ++stats_.errors;   // a refusal is an answer, not a failed request
+        co_return neg_errno_error(res);
+    }
+    stats_.bytes_cloned += len;
     co_return result<void>{};
 }
 

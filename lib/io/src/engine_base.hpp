@@ -7,24 +7,33 @@
 #include "bjd/io/engine.hpp"
 
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace bjd::io::detail {
 
 /// One raw syscall-shaped request.
 struct raw_request {
-    enum class opcode : std::uint8_t { read, write, fsync, fdatasync, fallocate };
+    enum class opcode : std::uint8_t { read, write, fsync, fdatasync, fallocate, clone_range };
     opcode op = opcode::read;
     int fd = -1;
+    int fd_out = -1;            ///< clone_range's destination (`fd` is its source)
     int mode = 0;               ///< fallocate mode
     void* addr = nullptr;       ///< read/write buffer
     std::uint32_t len = 0;      ///< read/write length (a request never exceeds max_chunk)
     std::uint64_t offset = 0;
-    std::uint64_t range = 0;    ///< fallocate length
+    std::uint64_t range = 0;    ///< fallocate and clone_range length
+    std::uint64_t offset_out = 0;   ///< clone_range's offset in `fd_out`
     io_hint hint = io_hint::none;
 };
+
+/// Runs `r` on a thread of `pool` and completes on `ctx`'s loop, exactly once, with the
+/// syscall's result or a negative errno. The thread-pool backend's `perform`, and every
+/// backend's `perform_blocking`.
+asio::awaitable<int> perform_on(asio::thread_pool& pool, asio::io_context& ctx, const raw_request& r);
 
 /// Largest single read/write handed down; longer buffers are split (SQE lengths are 32-bit,
 /// and Linux transfers at most 0x7ffff000 bytes per call anyway).
@@ -40,6 +49,8 @@ public:
                                         io_hint hint) final;
     asio::awaitable<result<void>> fsync(int fd, bool datasync) final;
     asio::awaitable<result<void>> fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t len) final;
+    asio::awaitable<result<void>> clone_range(int in, std::uint64_t in_offset, int out, std::uint64_t out_offset,
+                                              std::uint64_t len) final;
     asio::awaitable<void> drain() final;
     engine_stats stats() const noexcept override { return stats_; }
 
@@ -47,6 +58,10 @@ protected:
     /// Hands `r` to the backend. Completes exactly once, on the awaiting coroutine's executor,
     /// with the syscall result (≥ 0) or a negative errno.
     virtual asio::awaitable<int> perform(raw_request r) = 0;
+    /// Hands `r` to a worker thread, for what the backend cannot do itself (io_uring:
+    /// clone_range). The same contract as `perform`. By default a pool of two threads, made
+    /// on first use.
+    virtual asio::awaitable<int> perform_blocking(raw_request r);
 
     asio::io_context& ctx_;
     engine_stats stats_;
@@ -58,6 +73,7 @@ private:
 
     bool draining_ = false;
     asio::steady_timer drained_;    ///< cancelled when draining_ and nothing is in flight
+    std::unique_ptr<asio::thread_pool> workers_;   ///< perform_blocking's, once needed
 };
 
 /// The io_uring backend, or the errno and a one-line reason why the ring could not be set up.

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cassert>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -231,6 +232,11 @@ void uring_engine::prep(io_uring_sqe* sqe, op_base* o)
         break;
     case raw_request::opcode::fallocate:
         io_uring_prep_fallocate(sqe, r.fd, r.mode, static_cast<off_t>(r.offset), static_cast<off_t>(r.range));
+        break;
+    case raw_request::opcode::clone_range:
+        // No io_uring opcode: engine_base sends these to perform_blocking, never here.
+        assert(false);
+        io_uring_prep_nop(sqe);
         break;
     }
     if (r.hint == io_hint::offload)

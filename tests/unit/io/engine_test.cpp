@@ -12,8 +12,10 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -322,6 +324,51 @@ void check_offload(backend b)
     CHECK(e->stats().in_flight == 0);
 }
 
+asio::awaitable<result<void>> clone_co(engine* e, int in, int out, std::uint64_t len)
+{
+    co_return co_await e->clone_range(in, 0, out, 0, len);
+}
+
+void check_clone(backend b)
+{
+    asio::io_context ctx;
+    auto e = open_engine(ctx, b);
+    if (!e)
+        return;
+    // /var/tmp, or the XFS of tests/reflink/xfs.sh when BJD_REFLINK_DIR names it.
+    const char* shared = std::getenv("BJD_REFLINK_DIR");
+    const std::string dir = shared && *shared ? shared : "/var/tmp";
+    temp_file src(dir), dst(dir);
+    auto data = pattern(1 << 20, 3);
+    REQUIRE(run(ctx, write_co(e.get(), src.fd, data, 0)).has_value());
+    REQUIRE(::ftruncate(dst.fd, off_t(data.size())) == 0);
+    auto r = run(ctx, clone_co(e.get(), src.fd, dst.fd, data.size()));
+    auto s = e->stats();
+    CHECK(s.clones == 1);
+    CHECK(s.in_flight == 0);
+    CHECK(s.errors == 0);   // shared, or refused: a refusal is an answer, not an error
+    if (r) {
+        // This file system shares extents (XFS, Btrfs): the target reads as the source.
+        std::vector<std::byte> back(data.size());
+        CHECK(run(ctx, read_co(e.get(), dst.fd, back, 0)).value() == data.size());
+        CHECK((back == data));
+        CHECK(s.bytes_cloned == data.size());
+    } else {
+        // It does not (ext4, tmpfs): refused at once, nothing written.
+        const int err = r.error().value();
+        CHECK((err == EOPNOTSUPP || err == EXDEV || err == EINVAL));
+        CHECK(s.bytes_cloned == 0);
+        std::vector<std::byte> back(4096, std::byte{0xff});
+        CHECK(run(ctx, read_co(e.get(), dst.fd, back, 0)).value() == back.size());
+        CHECK(std::all_of(back.begin(), back.end(), [](std::byte x) { return x == std::byte{0}; }));
+    }
+    // No source at all: a real error, counted as one.
+    auto bad = run(ctx, clone_co(e.get(), -1, dst.fd, 4096));
+    REQUIRE(!bad);
+    CHECK(bad.error().value() == EBADF);
+    CHECK(e->stats().errors == 1);
+}
+
 } // namespace
 
 #define IO_BACKEND_TEST(name, fn)                                                              \
@@ -337,3 +384,4 @@ IO_BACKEND_TEST("fsync and fdatasync", check_fsync)
 IO_BACKEND_TEST("errors come back as errno", check_errors)
 IO_BACKEND_TEST("drain waits for in-flight requests and refuses new ones", check_drain)
 IO_BACKEND_TEST("offloaded buffered requests return the data", check_offload)
+IO_BACKEND_TEST("clone_range shares extents or is refused without an error", check_clone)

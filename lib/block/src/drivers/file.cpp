@@ -160,6 +160,16 @@ protected:
             co_return errno_error(ENOTSUP);
         co_return co_await engine_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
     }
+    bool can_clone() const noexcept override { return !is_block_; }
+    asio::awaitable<result<void>> do_clone_to(std::uint64_t off, std::uint64_t len, node& target,
+                                             std::uint64_t target_off) override
+    {
+        co_return co_await target.clone_from(target_off, len, clone_source{fd_, off});
+    }
+    asio::awaitable<result<void>> do_clone_from(std::uint64_t off, std::uint64_t len, const clone_source& src) override
+    {
+        co_return co_await engine_.clone_range(src.fd, src.offset, fd_, off, len);
+    }
     std::optional<std::string> cannot_resize() const override { return std::nullopt; }
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
     {

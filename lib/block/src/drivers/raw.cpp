@@ -82,6 +82,16 @@ protected:
     {
         co_return co_await file()->block_status(offset_ + off, len);
     }
+    bool can_clone() const noexcept override { return file()->can_clone(); }
+    asio::awaitable<result<void>> do_clone_to(std::uint64_t off, std::uint64_t len, node& target,
+                                             std::uint64_t target_off) override
+    {
+        co_return co_await file()->clone_to(offset_ + off, len, target, target_off);
+    }
+    asio::awaitable<result<void>> do_clone_from(std::uint64_t off, std::uint64_t len, const clone_source& src) override
+    {
+        co_return co_await file()->clone_from(offset_ + off, len, src);
+    }
 
 private:
     node* file() const noexcept { return child("file"); }

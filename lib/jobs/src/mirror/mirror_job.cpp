@@ -39,6 +39,7 @@ mirror_job::mirror_job(mirror_setup s, asio::any_io_executor ex)
 {
     active_ = s_.copy_mode == qapi::mirror_copy_mode::write_blocking;
     auto_ = s_.copy_mode == qapi::mirror_copy_mode::auto_;
+    clone_ = s_.source->can_clone() && s_.target->can_clone();
 }
 
 mirror_job::~mirror_job()
@@ -214,6 +215,16 @@ void mirror_job::watch_convergence(job& j, std::uint64_t remaining)
     qapi::emit_block_job_copy_mode_changed(j.events(), ev);
 }
 
+void mirror_job::stop_cloning(const std::error_code& why)
+{
+    if (!clone_)
+        return;
+    clone_ = false;
+    logger()->info("{} '{}': cannot share the source's extents with the target (reflink): {}; "
+                   "reading and writing instead",
+                   qapi::to_string(s_.type), job_->id(), strerror_text(why));
+}
+
 void mirror_job::handle_error(bool is_read, const std::error_code& ec)
 {
     actively_synced_ = false;
@@ -252,7 +263,10 @@ asio::awaitable<void> mirror_job::perform(std::shared_ptr<target_request> req)
     result<void> r;
     switch (req->kind) {
     case op_kind::copy:
-        r = co_await t.write(req->offset, std::span<const std::byte>(req->buf->data(), req->length), req->fua);
+        if (req->clone_from)
+            r = co_await req->clone_from->clone_to(req->offset, req->length, t, req->offset);
+        else
+            r = co_await t.write(req->offset, std::span<const std::byte>(req->buf->data(), req->length), req->fua);
         break;
     case op_kind::zero:
         r = co_await t.write_zeroes(req->offset, req->length, block::zero_flags{.may_unmap = req->may_unmap});
@@ -313,13 +327,28 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
         bool read_failed = false;
         bool abandoned = false;
         auto req = self->make_request(kind, offset, length);
-        if (kind == op_kind::copy) {
+        bool copied = false;
+        if (kind == op_kind::copy && self->clone_) {
+            req->clone_from = self->s_.source;
+            auto t = co_await self->target_io(req);
+            abandoned = !t;
+            if (t && !*t) {
+                // Refused (EOPNOTSUPP, EXDEV, EINVAL) or failed: read and write from now on,
+                // this piece too, so that a failing side is known and its error policy applies.
+                self->stop_cloning(t->error());
+                req = self->make_request(kind, offset, length);
+            } else {
+                copied = true;
+                self->cloned_ += t ? length : 0;
+            }
+        }
+        if (kind == op_kind::copy && !copied) {
             req->buf = self->slots_[slot];
             std::span<std::byte> buf(req->buf->data(), length);
             r = co_await self->s_.source->read(offset, buf);
             read_failed = !r;
         }
-        if (r) {
+        if (r && !copied) {
             auto t = co_await self->target_io(req);
             abandoned = !t;
             if (t)
@@ -598,6 +627,9 @@ asio::awaitable<qapi::result<void>> mirror_job::run(job& j)
     }
     forwarding_ = false;
     co_await wait_all_ops();
+    if (cloned_ > 0)
+        logger()->info("{} '{}': {} bytes copied by sharing the source's extents (reflink)", qapi::to_string(s_.type), j.id(),
+                       cloned_);
     if (forwarded_writes_ > 0)
         logger()->info("{} '{}': {} writes ({} bytes) went on to the target as they were made", qapi::to_string(s_.type),
                        j.id(), forwarded_writes_, forwarded_total_);

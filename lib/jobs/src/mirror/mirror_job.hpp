@@ -87,6 +87,8 @@ struct target_request {
     explicit target_request(asio::any_io_executor ex) : done(ex) {}
     std::shared_ptr<block::node> target;
     std::shared_ptr<io::aligned_buffer> buf;   ///< copy only
+    /// copy only: the source, to share its extents (block::node::clone_to) instead of writing `buf`
+    std::shared_ptr<block::node> clone_from;
     op_kind kind = op_kind::copy;
     std::uint64_t offset = 0;
     std::uint64_t length = 0;
@@ -238,6 +240,8 @@ private:
     void hold_chunks(std::uint64_t offset, std::uint64_t length, int delta);
     bool chunks_busy(std::uint64_t offset, std::uint64_t length) const;
     int take_slot();
+    /// Turns cloning off for the rest of the job, saying why in the log (once).
+    void stop_cloning(const std::error_code& why);
     void handle_error(bool is_read, const std::error_code& ec);
     /// copy-mode auto: feeds the stall rule one sample, `remaining` bytes (what the job
     /// reports as left: dirty, in flight, active writes); on a stall, switches to
@@ -281,6 +285,11 @@ private:
     std::uint64_t forward_bytes_ = 0;
     /// Writes may be forwarded: the initial bitmap is built and the loop has not ended.
     bool forwarding_ = false;
+    /// Background copies share the source's extents with the target (block::node::clone_to):
+    /// both are files, or raw nodes over files. Off for the rest of the job after the first
+    /// refusal or failure.
+    bool clone_ = false;
+    std::uint64_t cloned_ = 0;   ///< bytes cloned, for the log
     std::uint64_t forwarded_writes_ = 0;   ///< forwarded writes that landed, for the log
     std::uint64_t forwarded_total_ = 0;    ///< and their bytes
     guest_yield::clock::time_point yield_logged_{};   ///< last "yielding" log line (one per 10 s, none in the first 10 s)

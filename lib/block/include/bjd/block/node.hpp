@@ -65,6 +65,12 @@ struct zero_flags {
     bool no_fallback = false;     ///< fail with ENOTSUP rather than write zero buffers (NBD FAST_ZERO)
 };
 
+/// What a clone shares extents of (`node::clone_from`): a file descriptor and an offset in it.
+struct clone_source {
+    int fd = -1;
+    std::uint64_t offset = 0;
+};
+
 /// A dirty bitmap as query-named-block-nodes shows it (QEMU's BlockDirtyInfo).
 struct dirty_bitmap_info {
     std::optional<std::string> name;   ///< absent for a job's own bitmap
@@ -286,6 +292,23 @@ public:
     asio::awaitable<result<void>> write_zeroes(std::uint64_t offset, std::uint64_t length, zero_flags flags = {});
     asio::awaitable<result<void>> discard(std::uint64_t offset, std::uint64_t length);
     asio::awaitable<result<void>> flush();
+    /// Copies `length` bytes at `offset` of this node to `target` at `target_offset` by
+    /// sharing the file's extents (a reflink: FICLONERANGE, on XFS, Btrfs and the like): no
+    /// data is read or written, and later writes to either file copy on write. Only where
+    /// both nodes reach a regular file through raw nodes alone (`can_clone`): ENOTSUP at once
+    /// otherwise. The kernel refuses where the file system cannot share extents (EOPNOTSUPP),
+    /// across file systems (EXDEV) or off its block size (EINVAL): the caller then reads and
+    /// writes. Counted as a read on this node and its file, and as a write on `target` and
+    /// its file, with everything a write does there: the write threshold, the write-intent
+    /// hook and the write observers (dirty bitmaps, mirrors).
+    asio::awaitable<result<void>> clone_to(std::uint64_t offset, std::uint64_t length, node& target,
+                                          std::uint64_t target_offset);
+    /// The write half of `clone_to`, called by the source's file node with its descriptor.
+    /// ENOTSUP on a node with detect-zeroes (a clone cannot look at the data).
+    asio::awaitable<result<void>> clone_from(std::uint64_t offset, std::uint64_t length, const clone_source& src);
+    /// Whether `clone_to` and `clone_from` may work here: a file node on a regular file, or
+    /// a raw node over one. False by default.
+    virtual bool can_clone() const noexcept { return false; }
     /// Grows or shrinks the node to `size` bytes (format drivers grow their file child as they
     /// allocate). Errors: EPERM when read-only, ENOTSUP when the driver cannot resize.
     asio::awaitable<result<void>> truncate(std::uint64_t size);
@@ -465,6 +488,12 @@ protected:
     virtual asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length);
     virtual asio::awaitable<result<void>> do_flush();
     virtual asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length);
+    /// The driver parts of `clone_to` and `clone_from`, once the requests are checked and
+    /// counted. Default: ENOTSUP.
+    virtual asio::awaitable<result<void>> do_clone_to(std::uint64_t offset, std::uint64_t length, node& target,
+                                                     std::uint64_t target_offset);
+    virtual asio::awaitable<result<void>> do_clone_from(std::uint64_t offset, std::uint64_t length,
+                                                       const clone_source& src);
     virtual asio::awaitable<result<void>> do_truncate(std::uint64_t size);
     /// The driver part of `resize`. Default: a filter resizes its filtered child; other
     /// drivers truncate (`do_truncate`), an error being "Could not resize file: <strerror>".

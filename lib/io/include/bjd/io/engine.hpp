@@ -54,8 +54,10 @@ struct engine_stats {
     std::uint64_t writes = 0;         ///< write() calls accepted
     std::uint64_t syncs = 0;          ///< fsync() calls accepted
     std::uint64_t fallocates = 0;     ///< fallocate() calls accepted
+    std::uint64_t clones = 0;         ///< clone_range() calls accepted
     std::uint64_t bytes_read = 0;
     std::uint64_t bytes_written = 0;
+    std::uint64_t bytes_cloned = 0;   ///< shared by clone_range(), not copied
     std::uint64_t errors = 0;         ///< operations that returned an error
     std::uint64_t retries = 0;        ///< resubmissions after EAGAIN/EINTR
     std::uint64_t short_resumes = 0;  ///< resubmissions for the rest of a short read/write
@@ -102,6 +104,16 @@ public:
     /// fallocate(2) with `mode` (FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE, …).
     /// Errors include EOPNOTSUPP when the file system lacks the mode.
     virtual asio::awaitable<result<void>> fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t len) = 0;
+
+    /// Makes `len` bytes of `out` at `out_offset` share the extents of `in` at `in_offset`
+    /// (ioctl FICLONERANGE, a reflink): nothing is copied, later writes to either file copy
+    /// on write. All or nothing. Where the file system cannot share extents the kernel refuses
+    /// at once (EOPNOTSUPP, EXDEV across file systems, EINVAL off its block size, except at
+    /// the end of `in`), where copy_file_range(2) would copy slowly through the page cache
+    /// instead. io_uring has no such operation, and the kernel may wait for writes in flight
+    /// on either file: both backends run it on a worker thread.
+    virtual asio::awaitable<result<void>> clone_range(int in, std::uint64_t in_offset, int out,
+                                                      std::uint64_t out_offset, std::uint64_t len) = 0;
 
     /// Stops accepting new work and waits until every in-flight operation has completed.
     /// Operations started after drain() fail at once with ECANCELED, nothing submitted.
