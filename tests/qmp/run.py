@@ -846,20 +846,27 @@ def display_name(scn):
     return os.path.relpath(p, here)[:-4] if p.startswith(here + os.sep) else scn[:-4]
 
 
+# @requires NAME: the environment variable naming what the scenario needs, the test it must
+# pass, what that means when it fails, and what sets the variable.
+NEEDS = {
+    "ceph": ("BJD_CEPH_CONF", os.path.isfile, "is not a file (Ceph not installed?)",
+             "tests/ceph/cluster.sh starts a cluster"),
+    "reflink": ("BJD_REFLINK_DIR", os.path.isdir, "is not a directory (no XFS could be mounted)",
+                "tests/reflink/xfs.sh mounts one"),
+}
+
+
 def unmet_requirement(requires):
     """Why this machine cannot run a scenario with these @requires, or None."""
-    if "ceph" in requires:
-        conf = os.environ.get("BJD_CEPH_CONF", "")
-        if not conf:
-            return "requires ceph: BJD_CEPH_CONF is not set (tests/ceph/cluster.sh starts a cluster)"
-        if not os.path.isfile(conf):
-            return f"requires ceph: BJD_CEPH_CONF={conf} is not a file (Ceph not installed?)"
-    if "reflink" in requires:
-        d = os.environ.get("BJD_REFLINK_DIR", "")
-        if not d:
-            return "requires reflink: BJD_REFLINK_DIR is not set (tests/reflink/xfs.sh mounts one)"
-        if not os.path.isdir(d):
-            return f"requires reflink: BJD_REFLINK_DIR={d} is not a directory (no XFS could be mounted)"
+    for name in REQUIREMENTS:
+        if name not in requires:
+            continue
+        var, present, absent, maker = NEEDS[name]
+        value = os.environ.get(var, "")
+        if not value:
+            return f"requires {name}: {var} is not set ({maker})"
+        if not present(value):
+            return f"requires {name}: {var}={value} {absent}"
     return None
 
 

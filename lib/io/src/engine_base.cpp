@@ -143,8 +143,10 @@ engine_base::engine_base(asio::io_context& ctx)
 
 asio::awaitable<int> engine_base::perform_retrying(raw_request r)
 {
+    // What the backend cannot do itself goes to a worker thread.
+    const bool blocking = r.op == raw_request::opcode::clone_range;
     for (unsigned attempt = 0;; ++attempt) {
-        int res = co_await perform(r);
+        int res = blocking ? co_await perform_blocking(r) : co_await perform(r);
         if ((res != -EAGAIN && res != -EINTR) || attempt == max_retries)
             co_return res;
         ++stats_.retries;
@@ -274,13 +276,7 @@ asio::awaitable<result<void>> engine_base::clone_range(int in, std::uint64_t in_
     r.fd_out = out;
     r.offset_out = out_offset;
     r.range = len;
-    int res;
-    for (unsigned attempt = 0;; ++attempt) {
-        res = co_await perform_blocking(r);
-        if ((res != -EAGAIN && res != -EINTR) || attempt == max_retries)
-            break;
-        ++stats_.retries;
-    }
+    int res = co_await perform_retrying(r);
     if (res < 0) {
         if (res != -EOPNOTSUPP && res != -EXDEV && res != -EINVAL)
             ++stats_.errors;   // a refusal is an answer, not a failed request
