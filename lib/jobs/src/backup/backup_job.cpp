@@ -53,7 +53,8 @@ public:
     copy_state(std::shared_ptr<block::node> source, std::shared_ptr<block::node> target, std::uint64_t cluster,
                asio::any_io_executor ex)
         : source_(std::move(source)), target_(std::move(target)), cluster_(cluster), len_(source_->size()),
-          clusters_((len_ + cluster - 1) / cluster, state::todo), changed_(ex)
+          clusters_((len_ + cluster - 1) / cluster, state::todo), changed_(ex),
+          clone_(source_->can_clone() && target_->can_clone())
     {
     }
 
@@ -153,12 +154,7 @@ public:
                     in_source = false;
                     r = co_await target_->write_zeroes(off, m, block::zero_flags{.may_unmap = true});
                 } else {
-                    auto data = buf.first(m);
-                    r = co_await source_->read(off, data);
-                    if (r) {
-                        in_source = false;
-                        r = co_await target_->write(off, data, false);
-                    }
+                    r = co_await copy_data(off, buf.first(m), in_source);
                 }
             }
             const std::size_t k = r ? (m + cluster_ - 1) / cluster_ : end - c;
@@ -188,7 +184,28 @@ private:
             co_return co_await target_->write_zeroes(off, n, zf);
         }
         io::aligned_buffer buf(n);
-        auto data = buf.span().first(n);
+        co_return co_await copy_data(off, buf.span().first(n), in_source);
+    }
+
+    /// The data at `off` to the target: by sharing the source's extents where the file
+    /// system can (block::node::clone_to; a point-in-time copy all the same, since a later
+    /// write to the source copies on write), else read into `data` and written.
+    asio::awaitable<result<void>> copy_data(std::uint64_t off, std::span<std::byte> data, bool& in_source)
+    {
+        if (clone_ && !compress) {
+            auto r = co_await source_->clone_to(off, data.size(), *target_, off);
+            if (r) {
+                in_source = false;
+                co_return r;
+            }
+            // Refused (or failed): read and write from now on, this piece too, so that a
+            // failing side is known and its error policy applies.
+            if (std::exchange(clone_, false))
+                logger()->info("backup of '{}': cannot share its extents with '{}' (reflink): {}; reading and "
+                               "writing instead",
+                               source_->name(), target_->name(), strerror_text(r.error()));
+        }
+        in_source = true;
         if (auto r = co_await source_->read(off, data); !r)
             co_return r;
         in_source = false;
@@ -203,6 +220,7 @@ private:
     std::uint64_t len_;
     std::vector<state> clusters_;
     event_flag changed_;
+    bool clone_;   ///< data goes by clone_to until the first refusal
 };
 
 /// QEMU's copy-before-write filter: above the source while the backup runs, with the source
