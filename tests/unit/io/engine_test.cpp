@@ -329,21 +329,22 @@ asio::awaitable<result<void>> clone_co(engine* e, int in, int out, std::uint64_t
     co_return co_await e->clone_range(in, 0, out, 0, len);
 }
 
-void check_clone(backend b)
+/// A clone of 1 MiB between two files in `dir`: shared, or refused; never an error.
+/// `must_share`: the directory is on a file system that shares extents.
+void check_clone_in(backend b, const std::string& dir, bool must_share)
 {
     asio::io_context ctx;
     auto e = open_engine(ctx, b);
     if (!e)
         return;
-    // /var/tmp, or the XFS of tests/reflink/xfs.sh when BJD_REFLINK_DIR names it.
-    const char* shared = std::getenv("BJD_REFLINK_DIR");
-    const std::string dir = shared && *shared ? shared : "/var/tmp";
     temp_file src(dir), dst(dir);
     auto data = pattern(1 << 20, 3);
     REQUIRE(run(ctx, write_co(e.get(), src.fd, data, 0)).has_value());
     REQUIRE(::ftruncate(dst.fd, off_t(data.size())) == 0);
     auto r = run(ctx, clone_co(e.get(), src.fd, dst.fd, data.size()));
     auto s = e->stats();
+    if (must_share)
+        REQUIRE(r.has_value());
     CHECK(s.clones == 1);
     CHECK(s.in_flight == 0);
     CHECK(s.errors == 0);   // shared, or refused: a refusal is an answer, not an error
@@ -369,6 +370,24 @@ void check_clone(backend b)
     CHECK(e->stats().errors == 1);
 }
 
+void check_clone(backend b)
+{
+    check_clone_in(b, "/var/tmp", false);
+}
+
+void check_clone_shared(backend b)
+{
+    // The XFS of tests/reflink/xfs.sh (ctest's fixture `reflink`).
+    const char* d = std::getenv("BJD_REFLINK_DIR");
+    struct stat st {};
+    if (!d || !*d || ::stat(d, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        bjd::test::skip("no file system that shares extents: BJD_REFLINK_DIR names no directory "
+                        "(tests/reflink/xfs.sh mounts one)");
+        return;
+    }
+    check_clone_in(b, d, true);
+}
+
 } // namespace
 
 #define IO_BACKEND_TEST(name, fn)                                                              \
@@ -385,3 +404,11 @@ IO_BACKEND_TEST("errors come back as errno", check_errors)
 IO_BACKEND_TEST("drain waits for in-flight requests and refuses new ones", check_drain)
 IO_BACKEND_TEST("offloaded buffered requests return the data", check_offload)
 IO_BACKEND_TEST("clone_range shares extents or is refused without an error", check_clone)
+TEST_CASE("io: clone_range shares extents on XFS with reflink (io_uring)", "[io][uring][may-skip][reflink]")
+{
+    check_clone_shared(backend::io_uring);
+}
+TEST_CASE("io: clone_range shares extents on XFS with reflink (threads)", "[io][threads][may-skip][reflink]")
+{
+    check_clone_shared(backend::threads);
+}
