@@ -4,6 +4,7 @@
 #include "bjd/block/bitmaps.hpp"
 
 #include "bjd/io/buffer.hpp"
+#include "bjd/io/engine.hpp"
 #include "bjd/log.hpp"
 
 #include <algorithm>
@@ -306,15 +307,12 @@ asio::awaitable<result<void>> node::do_write_compressed(std::uint64_t, std::span
 
 namespace {
 
-/// A clone the kernel would not do (no shared extents on this file system, another file
-/// system, off its block size): nothing happened, the caller reads and writes instead, and
-/// the statistics do not count it as a failed request.
+/// A clone the kernel would not do (io::clone_refused), or that this node cannot take
+/// (ENOTSUP): nothing happened, the caller reads and writes instead, and the statistics do
+/// not count it as a failed request.
 bool clone_refused(const result<void>& r) noexcept
 {
-    if (r)
-        return false;
-    const int e = r.error().value();
-    return r.error().category() == std::generic_category() && (e == ENOTSUP || e == EXDEV || e == EINVAL);
+    return !r && io::clone_refused(r.error());
 }
 
 } // namespace

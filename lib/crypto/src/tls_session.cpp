@@ -50,7 +50,8 @@ constexpr std::size_t cork_limit = 256 * 1024;
 /// replies, megabytes) keeps the loop from reading requests and reaping the disk reads that
 /// would overlap with the encryption.
 constexpr std::size_t gather_limit = 256 * 1024;
-/// The most one recv reads ahead of GnuTLS: four full records.
+/// The most one recv reads ahead of GnuTLS: about four full records (16 KiB of data each,
+/// and their headers and tags).
 constexpr std::size_t read_ahead = 64 * 1024 + 4 * 256;
 
 class category final : public boost::system::error_category {
@@ -173,11 +174,11 @@ qapi::result<std::unique_ptr<tls_session>> tls_session::create(std::shared_ptr<c
     sock.non_blocking(true, ec);
     if (ec)
         return qapi::generic("Cannot make the socket non-blocking: " + ec.message());
-    t->out_ = std::make_unique<detail::tls_transport>();
-    t->out_->fd = sock.native_handle();
-    t->out_->buf.reserve(gather_limit + 32 * 1024);
-    t->out_->in = std::make_unique<char[]>(read_ahead);
-    gnutls_transport_set_ptr(s, t->out_.get());
+    t->transport_ = std::make_unique<detail::tls_transport>();
+    t->transport_->fd = sock.native_handle();
+    t->transport_->buf.reserve(gather_limit + 32 * 1024);
+    t->transport_->in = std::make_unique<char[]>(read_ahead);
+    gnutls_transport_set_ptr(s, t->transport_.get());
     gnutls_transport_set_pull_function(s, pull);
     gnutls_transport_set_vec_push_function(s, push_vec);
     return t;
@@ -335,18 +336,18 @@ asio::awaitable<error_code> tls_session::uncork()
 asio::awaitable<error_code> tls_session::write(std::span<const asio::const_buffer> bufs)
 {
     writing_ = true;
-    out_->gather = true;
+    transport_->gather = true;
     auto ec = co_await write_all(bufs);
     if (!ec)
         ec = co_await flush();
-    out_->gather = false;
+    transport_->gather = false;
     writing_ = false;
     co_return ec;
 }
 
 asio::awaitable<error_code> tls_session::flush()
 {
-    auto& o = *out_;
+    auto& o = *transport_;
     while (o.off < o.buf.size()) {
         iovec v{o.buf.data() + o.off, o.buf.size() - o.off};
         ssize_t n = send_iov(o.fd, &v, 1);
@@ -368,7 +369,7 @@ asio::awaitable<error_code> tls_session::flush()
 
 bool tls_session::send_now(std::span<const std::byte> bytes) noexcept
 {
-    if (!session_ || writing_ || bytes.empty() || out_->off != out_->buf.size())
+    if (!session_ || writing_ || bytes.empty() || transport_->off != transport_->buf.size())
         return false;
     ssize_t n = gnutls_record_send(S(session_), bytes.data(), bytes.size());
     return n == ssize_t(bytes.size());
@@ -414,7 +415,7 @@ asio::awaitable<error_code> tls_session::write_all(std::span<const asio::const_b
                 co_return tls_error(int(n));
             p += n;
             left -= std::size_t(n);
-            if (out_->buf.size() - out_->off >= gather_limit) {
+            if (transport_->buf.size() - transport_->off >= gather_limit) {
                 if (auto ec = co_await flush(); ec)
                     co_return ec;
                 co_await asio::post(sock_.get_executor(), asio::use_awaitable);
@@ -428,7 +429,7 @@ asio::awaitable<error_code> tls_session::write_all(std::span<const asio::const_b
 
 void tls_session::bye() noexcept
 {
-    if (session_ && !writing_ && out_->off == out_->buf.size())
+    if (session_ && !writing_ && transport_->off == transport_->buf.size())
         (void)gnutls_bye(S(session_), GNUTLS_SHUT_WR);   // non-blocking: EAGAIN just gives up
 }
 

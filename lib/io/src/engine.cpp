@@ -15,6 +15,12 @@
 
 namespace bjd::io {
 
+bool clone_refused(const std::error_code& ec) noexcept
+{
+    const int e = ec.value();
+    return ec.category() == std::generic_category() && (e == EOPNOTSUPP || e == EXDEV || e == EINVAL);
+}
+
 const char* to_string(backend b) noexcept
 {
     switch (b) {

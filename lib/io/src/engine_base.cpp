@@ -278,9 +278,10 @@ asio::awaitable<result<void>> engine_base::clone_range(int in, std::uint64_t in_
     r.range = len;
     int res = co_await perform_retrying(r);
     if (res < 0) {
-        if (res != -EOPNOTSUPP && res != -EXDEV && res != -EINVAL)
-            ++stats_.errors;   // a refusal is an answer, not a failed request
-        co_return neg_errno_error(res);
+        const auto ec = neg_errno_error(res);
+        if (!clone_refused(ec))
+            ++stats_.errors;
+        co_return ec;
     }
     stats_.bytes_cloned += len;
     co_return result<void>{};

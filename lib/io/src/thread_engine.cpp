@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The thread-pool backend (aio=threads): workers run pread/pwrite/fsync/fallocate (and
-// FICLONERANGE) and post the result back to the awaiting coroutine's executor. Retry and short-I/O rules are shared with
-// io_uring in engine_base.
+// FICLONERANGE) and post the result back to the awaiting coroutine's executor. Retry and
+// short-I/O rules are shared with io_uring in engine_base.
 #include "engine_base.hpp"
 
 #include <boost/asio/thread_pool.hpp>

@@ -91,7 +91,7 @@ private:
     std::string hostname_;
     std::string identity_;
     bool writing_ = false;   ///< a write() is under way (send_now must not interleave)
-    std::unique_ptr<detail::tls_transport> out_;   ///< the fd, gathered records, bytes read ahead
+    std::unique_ptr<detail::tls_transport> transport_;   ///< the fd, gathered records, bytes read ahead
 };
 
 } // namespace bjd::crypto

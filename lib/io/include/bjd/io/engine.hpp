@@ -48,6 +48,11 @@ struct uring_probe {
 /// Looks at `kernel.io_uring_disabled` to explain EPERM. Honours `BJD_FORCE_URING_FAILURE`.
 uring_probe probe_io_uring();
 
+/// Whether a failed `engine::clone_range` was the kernel declining to share extents here
+/// (EOPNOTSUPP, EXDEV, EINVAL): an answer after which the caller reads and writes instead,
+/// not a failed request.
+bool clone_refused(const std::error_code& ec) noexcept;
+
 /// Counters of one engine, for `query-*` style reporting and tests. Read on the loop thread.
 struct engine_stats {
     std::uint64_t reads = 0;          ///< read() calls accepted
