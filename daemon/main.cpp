@@ -149,7 +149,7 @@ int main(int argc, char** argv)
         log::get("daemon")->info("watchdog: WATCHDOG=1 every {} ms", watchdog_usec / 2000);
         asio::co_spawn(loop, watchdog(watchdog_usec), asio::detached);
     }
-    loop.run();
+    rt.run();
     // STOPPING=1 went out when the shutdown began (runtime::stop_work).
     return rt.exit_code();
 }

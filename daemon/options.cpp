@@ -106,6 +106,9 @@ blockjobd options:
   --nbd-threads <n>         event loops with a thread each that serve NBD connections
                             besides the main one (default 0: every connection on the main
                             loop; see docs/nbd-threads.md for when more pays)
+  --poll-max-ns <ns>        how long the main loop may poll for the next event before it
+                            sleeps, adapting to the gaps it sees as QEMU's iothreads do
+                            (default 128000; 0: never poll; see docs/polling.md)
 )";
 }
 
@@ -185,6 +188,13 @@ options parse_options(int argc, char** argv)
             if (ec != std::errc() || end != v.data() + v.size() || n > 64)
                 usage_error("--nbd-threads takes a number from 0 to 64");
             o.nbd_threads = n;
+        } else if (arg == "--poll-max-ns") {
+            auto v = value();
+            std::int64_t ns = 0;
+            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), ns);
+            if (ec != std::errc() || end != v.data() + v.size() || ns < 0 || ns > 1'000'000'000)
+                usage_error("--poll-max-ns takes a number of nanoseconds from 0 to 1000000000");
+            o.poll_max_ns = ns;
         } else if (arg == "--log-format") {
             o.log_format = value();
             if (*o.log_format != "terminal" && *o.log_format != "journal")

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // Command line: qemu-storage-daemon's options, in order, plus blockjobd's own.
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -14,6 +15,10 @@ struct ordered_option {
     std::string value;
 };
 
+/// --poll-max-ns when it is not given: long enough to catch the next request of a client at
+/// queue depth 1 on a virtual machine, where a wake-up costs 30-60 us (docs/polling.md).
+inline constexpr std::int64_t default_poll_max_ns = 128000;
+
 struct options {
     std::vector<ordered_option> objects;
     std::optional<std::string> pidfile;
@@ -24,6 +29,7 @@ struct options {
     std::optional<std::string> state_dir;    ///< --state-dir: mirror jobs kept across restarts
     bool resume_jobs = false;                ///< --resume-jobs: restored jobs resume at once
     std::optional<unsigned> nbd_threads;     ///< --nbd-threads: NBD worker loops
+    std::optional<std::int64_t> poll_max_ns; ///< --poll-max-ns: the main loop's polling (docs/polling.md)
 };
 
 /// Parses argv. Prints --help / --version itself and exits 0; on a usage error prints the reason

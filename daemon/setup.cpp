@@ -100,8 +100,10 @@ bool is_on(const std::string& v) { return v == "on" || v == "yes" || v == "true"
 } // namespace
 
 runtime::runtime(asio::io_context& loop)
-    : loop_(loop), server_(loop), ctx_(loop, server_)
+    : loop_(loop), main_loop_(loop), server_(loop), ctx_(loop, server_)
 {
+    main_loop_.set_params({default_poll_max_ns, 0, 0});
+    ctx_.main_loop = &main_loop_;
     std::string reason;
     engine_ = io::make_engine(loop_, io::backend::io_uring, {}, &reason);
     threads_ = io::make_engine(loop_, io::backend::threads);
@@ -133,6 +135,8 @@ asio::awaitable<void> runtime::apply(const options& opts)
 {
     if (opts.nbd_threads)
         exports_->set_worker_loops(*opts.nbd_threads);
+    if (opts.poll_max_ns)
+        main_loop_.set_params({*opts.poll_max_ns, 0, 0});
     // --state-dir with saved jobs: requests from outside (exports) wait at the graph's gate
     // until the jobs are back, so that no write reaches a source before its job tracks it.
     std::optional<block::io_gate::section> held;
@@ -186,7 +190,7 @@ asio::awaitable<void> runtime::apply(const options& opts)
     }
     held.reset();
     if (opts.metrics) {
-        metrics_ = std::make_unique<metrics::server>(loop_, [this] { return metrics::render(*graph_, jobs_.get()); });
+        metrics_ = std::make_unique<metrics::server>(loop_, [this] { return metrics::render(*graph_, jobs_.get(), &main_loop_); });
         metrics_->listen(*opts.metrics);
     }
     server_.release_clients();

@@ -8,6 +8,7 @@
 #include "bjd/crypto/objects.hpp"
 #include "bjd/export/manager.hpp"
 #include "bjd/io/engine.hpp"
+#include "bjd/io/poll_loop.hpp"
 #include "bjd/jobs/job.hpp"
 #include "bjd/metrics/metrics.hpp"
 #include "bjd/qmp/context.hpp"
@@ -39,6 +40,9 @@ public:
 
     int exit_code() const noexcept { return exit_code_; }
 
+    /// Runs the main loop until the daemon stops, polling as --poll-max-ns says.
+    void run() { main_loop_.run(); }
+
 private:
     boost::asio::awaitable<void> shutdown();
     /// The first half of shutdown, also run by `quit` before it answers: stops /metrics,
@@ -55,6 +59,7 @@ private:
     void add_object(const std::string& value);
 
     boost::asio::io_context& loop_;
+    io::poll_loop main_loop_;
     std::unique_ptr<io::engine> engine_;
     std::unique_ptr<io::engine> threads_;
     crypto::registry objects_;   // before exports_ and graph_, which look objects up

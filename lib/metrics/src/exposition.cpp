@@ -5,6 +5,7 @@
 #include "bjd/block/backend.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/block/node.hpp"
+#include "bjd/io/poll_loop.hpp"
 #include "bjd/jobs/job.hpp"
 #include "bjd/stats/block_acct.hpp"
 
@@ -94,7 +95,7 @@ std::string escape_label(std::string_view s)
     return r;
 }
 
-std::string render(const block::graph& g, const jobs::manager* jobs)
+std::string render(const block::graph& g, const jobs::manager* jobs, const io::poll_loop* loop)
 {
     std::vector<source> srcs;
     for (const auto& n : g.nodes())
@@ -244,6 +245,16 @@ std::string render(const block::graph& g, const jobs::manager* jobs)
             w.sample("bjd_job_state",
                      job_labels(*j) + ",state=\"" + std::string(to_string(jobs::job_status(st))) + "\"",
                      j->status() == jobs::job_status(st) ? "1" : "0");
+
+    if (loop) {
+        w.family("bjd_loop_wakeups_total", "counter",
+                 "Events an event loop found while polling (how=polled) or that woke it (how=slept).");
+        w.sample("bjd_loop_wakeups_total", "loop=\"main-loop\",how=\"polled\"", std::to_string(loop->polled_wakeups()));
+        w.sample("bjd_loop_wakeups_total", "loop=\"main-loop\",how=\"slept\"", std::to_string(loop->slept_wakeups()));
+        w.family("bjd_loop_poll_window_seconds", "gauge",
+                 "How long an event loop polls before it sleeps, as it has adapted (0: not polling).");
+        w.sample("bjd_loop_poll_window_seconds", "loop=\"main-loop\"", seconds(loop->window_ns()));
+    }
 
     w.family("bjd_build_info", "gauge", "Always 1: the version of this blockjobd and the QEMU it follows.");
     w.sample("bjd_build_info", "version=\"" + escape_label(BJD_VERSION) + "\",qemu_version=\"7.2\"", "1");

@@ -3,6 +3,7 @@
 // as CPUs (schemas/machine.json explains the mapping). Today there is one: the main loop, which
 // runs every command, so it is always current and never halted.
 #include "bjd/qapi/commands.hpp"
+#include "bjd/io/poll_loop.hpp"
 #include "bjd/qmp/context.hpp"
 
 #include <sys/syscall.h>
@@ -134,8 +135,11 @@ boost::asio::awaitable<result<std::vector<cpu_info_fast>>> qmp_query_cpus_fast(q
 boost::asio::awaitable<result<std::vector<io_thread_info>>> qmp_query_iothreads(qmp::context& ctx)
 {
     std::vector<io_thread_info> out;
+    io::poll_params polling;
+    if (ctx.main_loop)
+        polling = ctx.main_loop->params();
     for (const loop_thread& t : loop_threads())
-        out.push_back(io_thread_info{t.id, t.tid, 0, 0, 0, 0});
+        out.push_back(io_thread_info{t.id, t.tid, polling.max_ns, polling.grow, polling.shrink, 0});
     co_return out;
 }
 

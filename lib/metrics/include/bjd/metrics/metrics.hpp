@@ -20,6 +20,9 @@
 ///   its buckets restarted from zero);
 /// * per job (labels `id`, `type`, `status`): gauges `bjd_job_current_progress_bytes`,
 ///   `bjd_job_total_progress_bytes`.
+/// * the main loop's polling (docs/polling.md), when given (label `loop`: `main-loop`):
+///   counter `bjd_loop_wakeups_total` (label `how`: `polled` for events caught while
+///   polling, `slept` for those that woke the loop), gauge `bjd_loop_poll_window_seconds`.
 ///
 /// Threading: everything runs on the main loop (the graph and the job manager live there).
 #include <boost/asio/io_context.hpp>
@@ -29,13 +32,15 @@
 #include <string>
 #include <string_view>
 
+namespace bjd::io { class poll_loop; }
 namespace bjd::block { class graph; }
 namespace bjd::jobs { class manager; }
 
 namespace bjd::metrics {
 
-/// The exposition text for every node and drive of `g` and every job of `jobs` (may be null).
-std::string render(const block::graph& g, const jobs::manager* jobs);
+/// The exposition text for every node and drive of `g`, every job of `jobs` and the polling of
+/// `loop` (both may be null).
+std::string render(const block::graph& g, const jobs::manager* jobs, const io::poll_loop* loop = nullptr);
 
 /// `s` as a label value: backslash, double quote and newline escaped.
 std::string escape_label(std::string_view s);

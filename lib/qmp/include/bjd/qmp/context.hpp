@@ -13,6 +13,7 @@
 #include <functional>
 #include <string>
 
+namespace bjd::io { class poll_loop; }
 namespace bjd::block { class graph; }
 namespace bjd::jobs { class manager; }
 namespace bjd::exports { class manager; }
@@ -43,6 +44,7 @@ public:
     chardev::registry* chardevs = nullptr; ///< ring buffers and monitor sockets (lib/chardev)
     crypto::registry* objects = nullptr;   ///< secrets, TLS credentials, authz (lib/crypto)
     io_report io;
+    const io::poll_loop* main_loop = nullptr; ///< its polling, for query-iothreads; null in tests
     state_dir* state = nullptr;            ///< --state-dir (state_dir.hpp); null without it
 
     /// `quit`, before it answers: closes the exports and cancels the jobs, so their events

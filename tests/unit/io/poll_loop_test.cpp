@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: MIT
+// poll_loop: QEMU's window rule, and a loop that runs like io_context::run while it polls.
+#include "bjd/io/poll_loop.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+using bjd::io::next_poll_window;
+using bjd::io::poll_loop;
+using bjd::io::poll_params;
+using bjd::io::poll_start_ns;
+namespace asio = boost::asio;
+
+TEST_CASE("io: the polling window follows QEMU's grow and shrink rule", "[io]")
+{
+    const poll_params off{0, 0, 0};
+    CHECK(next_poll_window(off, 0, 1000) == 0);
+    CHECK(next_poll_window(off, 8000, 1000) == 0);
+
+    const poll_params p{50000, 0, 0};
+    // A short gap grows the window from nothing to the starting value, then doubles it.
+    CHECK(next_poll_window(p, 0, 10000) == poll_start_ns);
+    CHECK(next_poll_window(p, poll_start_ns, 10000) == 2 * poll_start_ns);
+    // Doubling stops at the maximum.
+    CHECK(next_poll_window(p, 32000, 40000) == 50000);
+    CHECK(next_poll_window(p, 50000, 49999) == 50000);
+    // An event caught within the window keeps it.
+    CHECK(next_poll_window(p, 16000, 3000) == 16000);
+    // A gap longer than the maximum: back to no polling by default, divided with poll-shrink.
+    CHECK(next_poll_window(p, 32000, 60000) == 0);
+    CHECK(next_poll_window(poll_params{50000, 0, 4}, 32000, 60000) == 8000);
+    // poll-grow sets the factor.
+    CHECK(next_poll_window(poll_params{50000, 3, 0}, 8000, 20000) == 24000);
+}
+
+TEST_CASE("io: poll_loop runs handlers and returns when the work is done", "[io]")
+{
+    asio::io_context ctx(1);
+    poll_loop loop(ctx);
+    loop.set_params({1'000'000, 0, 0});
+    int ran = 0;
+    asio::steady_timer t(ctx, std::chrono::milliseconds(5));
+    t.async_wait([&](auto) {
+        ++ran;
+        for (int i = 0; i < 10; ++i)
+            asio::post(ctx, [&] { ++ran; });
+    });
+    loop.run();
+    CHECK(ran == 11);
+    CHECK(ctx.stopped());
+
+    // stop() ends it too, with work still outstanding.
+    ctx.restart();
+    auto guard = asio::make_work_guard(ctx);
+    asio::post(ctx, [&] { ctx.stop(); });
+    loop.run();
+    CHECK(ctx.stopped());
+}
+
+namespace {
+
+/// Posts `n` handlers from another thread, `gap` apart, and runs the loop until the last.
+void feed(asio::io_context& ctx, poll_loop& loop, int n, std::chrono::microseconds gap)
+{
+    auto guard = asio::make_work_guard(ctx);
+    std::atomic<int> seen{0};
+    std::thread producer([&] {
+        for (int i = 0; i < n; ++i) {
+            auto until = std::chrono::steady_clock::now() + gap;
+            while (std::chrono::steady_clock::now() < until) {
+            }
+            asio::post(ctx, [&] {
+                if (++seen == n)
+                    guard.reset();
+            });
+        }
+    });
+    loop.run();
+    producer.join();
+    CHECK(seen == n);
+}
+
+} // namespace
+
+TEST_CASE("io: poll_loop catches close events by polling, and only when enabled", "[io]")
+{
+    asio::io_context ctx(1);
+    poll_loop loop(ctx);
+    feed(ctx, loop, 200, std::chrono::microseconds(200));
+    CHECK(loop.polled_wakeups() == 0);
+    CHECK(loop.window_ns() == 0);
+
+    // A window far above the gaps: after the first few, events arrive while the loop polls.
+    ctx.restart();
+    poll_loop polling(ctx);
+    polling.set_params({200'000'000, 0, 0});
+    feed(ctx, polling, 200, std::chrono::microseconds(200));
+    CHECK(polling.polled_wakeups() > 100);
+    CHECK(polling.window_ns() > 0);
+    CHECK(polling.window_ns() <= 200'000'000);
+
+    // A lower maximum clamps the window at once.
+    polling.set_params({1000, 0, 0});
+    CHECK(polling.window_ns() <= 1000);
+}
