@@ -37,8 +37,12 @@ void poll_loop::run()
             return;
         const clock::time_point idle = clock::now();
         const clock::time_point until = idle + std::chrono::nanoseconds(window_ns_);
+        // When the event was found: the last check before the poll that caught it, so that
+        // the gap leaves out the handlers' own time. A sleep's gap includes its first handler
+        // (run_one() cannot wait without running it).
+        clock::time_point found = idle;
         bool caught = false;
-        while (window_ns_ > 0 && clock::now() < until) {
+        while (window_ns_ > 0 && (found = clock::now()) < until) {
             if (ctx_.poll() > 0) {
                 caught = true;
                 break;
@@ -46,13 +50,15 @@ void poll_loop::run()
             if (ctx_.stopped())
                 return;
         }
-        if (!caught && ctx_.run_one() == 0)
-            return;
-        ++(caught ? polled_ : slept_);
-        if (params_.max_ns > 0) {
-            auto gap = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - idle).count();
-            window_ns_ = next_poll_window(params_, window_ns_, gap);
+        if (!caught) {
+            if (ctx_.run_one() == 0)
+                return;
+            found = clock::now();
         }
+        ++(caught ? polled_ : slept_);
+        if (params_.max_ns > 0)
+            window_ns_ = next_poll_window(params_, window_ns_,
+                                          std::chrono::duration_cast<std::chrono::nanoseconds>(found - idle).count());
     }
 }
 
