@@ -133,10 +133,10 @@ runtime::~runtime() = default;
 
 asio::awaitable<void> runtime::apply(const options& opts)
 {
-    if (opts.nbd_threads)
-        exports_->set_worker_loops(*opts.nbd_threads);
     if (opts.poll_max_ns)
         main_loop_.set_params({*opts.poll_max_ns, 0, 0});
+    if (opts.nbd_threads)
+        exports_->set_worker_loops(*opts.nbd_threads, main_loop_.params());
     // --state-dir with saved jobs: requests from outside (exports) wait at the graph's gate
     // until the jobs are back, so that no write reaches a source before its job tracks it.
     std::optional<block::io_gate::section> held;

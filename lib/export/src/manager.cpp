@@ -37,9 +37,9 @@ manager::~manager()
     tracker_->loops.join();
 }
 
-void manager::set_worker_loops(unsigned n)
+void manager::set_worker_loops(unsigned n, const io::poll_params& polling)
 {
-    tracker_->loops.set_workers(n);
+    tracker_->loops.set_workers(n, polling);
 }
 
 qapi::result<void> manager::start_server(const nbd_server_options& opts)

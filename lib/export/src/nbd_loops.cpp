@@ -22,7 +22,11 @@ nbd_loop& nbd_loops::pick()
     if (workers_.empty() && wanted_ > 0) {
         for (unsigned i = 0; i < wanted_; ++i) {
             auto& w = workers_.emplace_back();
-            w.thread = std::thread([&ctx = w.ctx] { ctx.run(); });
+            w.thread = std::thread([&ctx = w.ctx, p = polling_] {
+                io::poll_loop loop(ctx);
+                loop.set_params(p);
+                loop.run();
+            });
             loops_.emplace_back(w.ctx, unsigned(loops_.size()));
         }
         log::get("nbd")->debug("NBD connections run on {} event loops", loops_.size());

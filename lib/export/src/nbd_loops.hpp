@@ -6,6 +6,7 @@
 // loop, which owns the block graph. A new connection goes to the loop with the fewest
 // connections, the main loop first, so that a lone client keeps the shortest path.
 #include "bjd/io/buffer.hpp"
+#include "bjd/io/poll_loop.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -40,7 +41,12 @@ public:
     /// Stops the worker loops and their threads (at the manager's end, when no connection is
     /// left).
     void join();
-    void set_workers(unsigned n) { wanted_ = n; }
+    /// `polling`: how the worker loops poll before they sleep, as the main loop does.
+    void set_workers(unsigned n, const io::poll_params& polling)
+    {
+        wanted_ = n;
+        polling_ = polling;
+    }
 
 private:
     struct worker {
@@ -50,6 +56,7 @@ private:
     };
 
     unsigned wanted_;
+    io::poll_params polling_;
     std::deque<worker> workers_;
     std::deque<nbd_loop> loops_;   // [0] is the main loop
 };

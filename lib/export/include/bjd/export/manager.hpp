@@ -10,6 +10,7 @@
 #include "bjd/crypto/objects.hpp"
 #include "bjd/net/listener.hpp"
 #include "bjd/export/export.hpp"
+#include "bjd/io/poll_loop.hpp"
 #include "bjd/qapi/error.hpp"
 #include "bjd/qapi/event_sink.hpp"
 
@@ -127,8 +128,8 @@ public:
     void set_limits(const connection_limits& l) { limits_ = l; }
     /// Event loops with a thread each that serve NBD connections besides the main loop
     /// (docs/nbd-threads.md); none unless set. Takes effect if called before the first
-    /// connection.
-    void set_worker_loops(unsigned n);
+    /// connection. `polling`: how they poll before they sleep (docs/polling.md).
+    void set_worker_loops(unsigned n, const io::poll_params& polling = {});
 
     /// Daemon shutdown: stops the server, hard-deletes every export (emitting their events)
     /// and waits until every connection has finished its in-flight requests.
