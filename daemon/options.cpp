@@ -106,8 +106,9 @@ blockjobd options:
   --nbd-threads <n>         event loops with a thread each that serve NBD connections
                             besides the main one (default 0: every connection on the main
                             loop; see docs/nbd-threads.md for when more pays)
-  --poll-max-ns <ns>        how long the main loop may poll for the next event before it
-                            sleeps, adapting to the gaps it sees as QEMU's iothreads do
+  --poll-max-ns <ns>        how long an event loop (the main one, and those of
+                            --nbd-threads) may poll for its next event before it sleeps,
+                            adapting to the gaps it sees as QEMU's iothreads do
                             (default 128000; 0: never poll; see docs/polling.md)
 )";
 }

@@ -29,7 +29,7 @@ struct options {
     std::optional<std::string> state_dir;    ///< --state-dir: mirror jobs kept across restarts
     bool resume_jobs = false;                ///< --resume-jobs: restored jobs resume at once
     std::optional<unsigned> nbd_threads;     ///< --nbd-threads: NBD worker loops
-    std::optional<std::int64_t> poll_max_ns; ///< --poll-max-ns: the main loop's polling (docs/polling.md)
+    std::optional<std::int64_t> poll_max_ns; ///< --poll-max-ns: the event loops' polling (docs/polling.md)
 };
 
 /// Parses argv. Prints --help / --version itself and exits 0; on a usage error prints the reason
