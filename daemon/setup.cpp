@@ -102,7 +102,6 @@ bool is_on(const std::string& v) { return v == "on" || v == "yes" || v == "true"
 runtime::runtime(asio::io_context& loop)
     : loop_(loop), main_loop_(loop), server_(loop), ctx_(loop, server_)
 {
-    main_loop_.set_params({default_poll_max_ns, 0, 0});
     ctx_.main_loop = &main_loop_;
     std::string reason;
     engine_ = io::make_engine(loop_, io::backend::io_uring, {}, &reason);
@@ -133,8 +132,7 @@ runtime::~runtime() = default;
 
 asio::awaitable<void> runtime::apply(const options& opts)
 {
-    if (opts.poll_max_ns)
-        main_loop_.set_params({*opts.poll_max_ns, 0, 0});
+    main_loop_.set_params({opts.poll_max_ns.value_or(default_poll_max_ns), 0, 0});
     if (opts.nbd_threads)
         exports_->set_worker_loops(*opts.nbd_threads, main_loop_.params());
     // --state-dir with saved jobs: requests from outside (exports) wait at the graph's gate

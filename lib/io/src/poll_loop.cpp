@@ -56,9 +56,8 @@ void poll_loop::run()
             found = clock::now();
         }
         ++(caught ? polled_ : slept_);
-        if (params_.max_ns > 0)
-            window_ns_ = next_poll_window(params_, window_ns_,
-                                          std::chrono::duration_cast<std::chrono::nanoseconds>(found - idle).count());
+        window_ns_ = next_poll_window(params_, window_ns_,
+                                      std::chrono::duration_cast<std::chrono::nanoseconds>(found - idle).count());
     }
 }
 

@@ -247,13 +247,14 @@ std::string render(const block::graph& g, const jobs::manager* jobs, const io::p
                      j->status() == jobs::job_status(st) ? "1" : "0");
 
     if (loop) {
+        const std::string main_loop = "loop=\"main-loop\"";
         w.family("bjd_loop_wakeups_total", "counter",
                  "Events an event loop found while polling (how=polled) or that woke it (how=slept).");
-        w.sample("bjd_loop_wakeups_total", "loop=\"main-loop\",how=\"polled\"", std::to_string(loop->polled_wakeups()));
-        w.sample("bjd_loop_wakeups_total", "loop=\"main-loop\",how=\"slept\"", std::to_string(loop->slept_wakeups()));
+        w.sample("bjd_loop_wakeups_total", main_loop + ",how=\"polled\"", std::to_string(loop->polled_wakeups()));
+        w.sample("bjd_loop_wakeups_total", main_loop + ",how=\"slept\"", std::to_string(loop->slept_wakeups()));
         w.family("bjd_loop_poll_window_seconds", "gauge",
                  "How long an event loop polls before it sleeps, as it has adapted (0: not polling).");
-        w.sample("bjd_loop_poll_window_seconds", "loop=\"main-loop\"", seconds(loop->window_ns()));
+        w.sample("bjd_loop_poll_window_seconds", main_loop, seconds(loop->window_ns()));
     }
 
     w.family("bjd_build_info", "gauge", "Always 1: the version of this blockjobd and the QEMU it follows.");
