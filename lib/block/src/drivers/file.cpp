@@ -149,16 +149,21 @@ protected:
         // Punching guarantees zeroes on every file system that supports it; ZERO_RANGE keeps the
         // blocks allocated, which is what a caller that forbids holes wants.
         int mode = f.may_unmap ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) : FALLOC_FL_ZERO_RANGE;
+        known_data_.forget(off, len);   // either may leave a hole (ZERO_RANGE: unwritten extents)
         auto r = co_await engine_.fallocate(fd_, mode, off, len);
         if (!r && r.error() == std::errc::operation_not_supported && f.may_unmap)
             r = co_await engine_.fallocate(fd_, FALLOC_FL_ZERO_RANGE, off, len);
+        known_data_.forget(off, len);   // and again: a lookup may have run while it was in flight
         co_return r;
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t off, std::uint64_t len) override
     {
         if (is_block_)
             co_return errno_error(ENOTSUP);
-        co_return co_await engine_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+        known_data_.forget(off, len);
+        auto r = co_await engine_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+        known_data_.forget(off, len);
+        co_return r;
     }
     bool can_clone() const noexcept override { return !is_block_; }
     asio::awaitable<result<void>> do_clone_to(std::uint64_t off, std::uint64_t len, node& target,
@@ -168,7 +173,10 @@ protected:
     }
     asio::awaitable<result<void>> do_clone_from(std::uint64_t off, std::uint64_t len, const clone_source& src) override
     {
-        co_return co_await engine_.clone_range(src.fd, src.offset, fd_, off, len);
+        known_data_.forget(off, len);   // a reflink brings the source's holes along
+        auto r = co_await engine_.clone_range(src.fd, src.offset, fd_, off, len);
+        known_data_.forget(off, len);
+        co_return r;
     }
     std::optional<std::string> cannot_resize() const override { return std::nullopt; }
     asio::awaitable<result<void>> do_truncate(std::uint64_t size) override
@@ -176,6 +184,7 @@ protected:
         // Block devices keep their size; a regular file is resized in place (cheap metadata).
         if (is_block_)
             co_return size <= size_ ? result<void>{} : result<void>{errno_error(ENOSPC)};
+        known_data_ = {};
         if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
             co_return errno_error(errno);
         size_ = size;
@@ -193,6 +202,8 @@ protected:
         // consistent with the writes this loop has completed.
         if (is_block_)
             co_return extent{status_data | status_allocated, len};
+        if (known_data_.covers(off))
+            co_return extent{status_data | status_allocated, std::min(len, known_data_.end - off)};
         off_t data = ::lseek(fd_, static_cast<off_t>(off), SEEK_DATA);
         if (data < 0) {
             if (errno == ENXIO)   // no data after off: a hole up to the end
@@ -204,6 +215,7 @@ protected:
         off_t hole = ::lseek(fd_, static_cast<off_t>(off), SEEK_HOLE);
         if (hole < 0 || static_cast<std::uint64_t>(hole) <= off)
             co_return extent{status_data | status_allocated, len};
+        known_data_ = {off, static_cast<std::uint64_t>(hole)};
         co_return extent{status_data | status_allocated, std::min<std::uint64_t>(len, hole - off)};
     }
 
@@ -256,6 +268,25 @@ private:
         len = (len + align_ - 1) / align_ * align_;
         co_return co_await engine_.write(fd_, std::span<const std::byte>(tmp.data(), len), start);
     }
+
+    /// The data region that SEEK_DATA/SEEK_HOLE found last, remembered as QEMU's block-status
+    /// cache does (BdrvBlockStatusCache, block/io.c): a lookup inside it makes no system call.
+    /// SEEK_HOLE costs as much as the extents (on tmpfs: the pages) between the offset and the
+    /// next hole, so a copy that asks chunk by chunk across a large data region would pay for
+    /// the rest of that region every time. Only data is remembered, since a write never turns
+    /// data into a hole; what can (a discard, a write of zeroes, a clone, a truncation through
+    /// this node) forgets the region. A hole punched by another process is not seen, and
+    /// reporting data there is still true to the contents: the range reads as zeroes.
+    struct data_region {
+        std::uint64_t start = 0, end = 0;
+        bool covers(std::uint64_t off) const noexcept { return off >= start && off < end; }
+        void forget(std::uint64_t off, std::uint64_t len) noexcept
+        {
+            if (off < end && off + len > start)
+                *this = {};
+        }
+    };
+    data_region known_data_;
 
     std::string filename_;
     int fd_;

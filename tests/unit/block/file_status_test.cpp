@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: MIT
+// Block status of file nodes: the data region remembered between lookups (file.cpp, as QEMU's
+// block-status cache) answers for data, and whatever can leave a hole through the node (a
+// discard, a write of zeroes, a truncation) makes the next lookup ask the file again.
+#include "qcow2_test_util.hpp"
+#include "skip.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+using namespace bjd;
+using namespace bjd::block;
+using namespace bjd::block::test;
+
+namespace {
+
+constexpr std::uint64_t KiB = 1024, MiB = 1024 * KiB;
+
+/// A 4 MiB file written in full, open as a writable file node.
+struct file_env : env {
+    std::shared_ptr<node> n;
+
+    file_env()
+    {
+        REQUIRE(sh("head -c 4M /dev/urandom > " + path("f.raw")) == 0);
+        auto f = file(path("f.raw"), false);
+        REQUIRE(ok(f));
+        n = *f;
+    }
+
+    extent status(std::uint64_t off, std::uint64_t len)
+    {
+        auto st = run(n->block_status(off, len));
+        REQUIRE(st.has_value());
+        return *st;
+    }
+    bool data_at(std::uint64_t off) { return status(off, 4 * KiB).flags & status_data; }
+
+    /// Whether this directory's file system makes holes at all (and reports them by SEEK_HOLE).
+    bool makes_holes()
+    {
+        int fd = ::open(path("probe").c_str(), O_RDWR | O_CREAT, 0600);
+        REQUIRE(fd >= 0);
+        REQUIRE(::ftruncate(fd, 1 * MiB) == 0);
+        const bool hole = ::lseek(fd, 0, SEEK_HOLE) == 0;
+        ::close(fd);
+        return hole;
+    }
+};
+
+} // namespace
+
+TEST_CASE("file block status: data is answered as the file holds it", "[block][file]")
+{
+    file_env e;
+    for (std::uint64_t off : {std::uint64_t(0), 1 * MiB, 3 * MiB + 4 * KiB, 1 * MiB})
+        CHECK(e.data_at(off));
+    // Lengths stay within the request, and within the node at its end.
+    CHECK(e.status(64 * KiB, 128 * KiB).length == 128 * KiB);
+    CHECK(e.status(4 * MiB - 8 * KiB, 8 * KiB).length == 8 * KiB);
+}
+
+TEST_CASE("file block status: a discard through the node shows as a hole at once", "[block][file][may-skip]")
+{
+    file_env e;
+    if (!e.makes_holes())
+        return bjd::test::skip("the scratch file system reports no holes");
+    REQUIRE(e.data_at(1 * MiB));   // the region around it is known to be data now
+    REQUIRE(e.run(e.n->discard(1 * MiB, 256 * KiB)));
+    auto st = e.status(1 * MiB, 64 * KiB);
+    CHECK(st.flags == status_zero);
+    CHECK(e.data_at(0));
+    CHECK(e.data_at(2 * MiB));
+    // Written again, it is data again.
+    std::vector<std::byte> buf(64 * KiB, std::byte{0x5a});
+    REQUIRE(e.run(e.n->write(1 * MiB, buf)));
+    CHECK(e.data_at(1 * MiB));
+}
+
+TEST_CASE("file block status: write-zeroes that may unmap shows as a hole at once", "[block][file][may-skip]")
+{
+    file_env e;
+    if (!e.makes_holes())
+        return bjd::test::skip("the scratch file system reports no holes");
+    REQUIRE(e.data_at(2 * MiB));
+    REQUIRE(e.run(e.n->write_zeroes(2 * MiB, 512 * KiB, zero_flags{.may_unmap = true})));
+    CHECK(e.status(2 * MiB + 64 * KiB, 4 * KiB).flags == status_zero);
+    CHECK(e.data_at(3 * MiB));
+}
+
+TEST_CASE("file block status: a truncation forgets the data it removed", "[block][file][may-skip]")
+{
+    file_env e;
+    if (!e.makes_holes())
+        return bjd::test::skip("the scratch file system reports no holes");
+    REQUIRE(e.data_at(3 * MiB));
+    REQUIRE(e.run(e.n->truncate(2 * MiB)));
+    REQUIRE(e.run(e.n->truncate(4 * MiB)));   // grown back: the tail is a hole now
+    CHECK(e.status(3 * MiB, 4 * KiB).flags == status_zero);
+    CHECK(e.data_at(1 * MiB));
+}
