@@ -4,6 +4,8 @@ and Ceph's own tools, in one run.
 
 usage: rbd_bench.py --daemon ours:PATH [--ceph-conf CONF] [--size-mib N] [--reps N]
                     [--cases to-rbd,from-rbd] [--scratch DIR] [--json FILE]
+                    [--image-features LIST] [--no-rbd-cache] [--buf-size-mib N]
+                    [--local-in-memory]
 
 cases:
   to-rbd    file -> RBD: a raw file of random data (file node cache.direct=on, aio=io_uring)
@@ -59,9 +61,16 @@ def cpu_seconds(pid):
 
 
 class Ceph:
-    def __init__(self, conf, ns):
-        self.conf, self.ns = conf, ns
+    def __init__(self, conf, ns, features="", cache=True):
+        self.conf, self.ns, self.cache = conf, ns, cache
         self.env = dict(os.environ, CEPH_CONF=conf)
+        # Options for every image this run creates (create, import) and every rbd command.
+        self.create_opts = [a for f in features.split(",") if f for a in ("--image-feature", f)]
+        self.opts = [] if cache else ["--rbd_cache=false"]
+
+    def cmd(self, *args):
+        """An rbd command line with this run's conf and cache setting."""
+        return ["rbd", "-c", self.conf, *self.opts, *args]
 
     def spec(self, image):
         return f"rbd/{self.ns}/{image}"
@@ -70,18 +79,24 @@ class Ceph:
         return f"rbd:rbd/{self.ns}/{image}:conf={self.conf}"
 
     def rbd(self, *args, check=True):
-        return subprocess.run(["rbd", "-c", self.conf, *args], check=check, env=self.env,
+        return subprocess.run(self.cmd(*args), check=check, env=self.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def create(self, image, size):
         self.remove(image)
-        self.rbd("create", "--size", f"{size // MiB}M", self.spec(image))
+        self.rbd("create", *self.create_opts, "--size", f"{size // MiB}M", self.spec(image))
+
+    def import_cmd(self, path, image):
+        return self.cmd("import", "--no-progress", *self.create_opts, path, self.spec(image))
 
     def remove(self, image):
         self.rbd("rm", "--no-progress", self.spec(image), check=False)
 
     def node(self, image):
-        return {"driver": "rbd", "pool": "rbd", "namespace": self.ns, "image": image, "conf": self.conf}
+        n = {"driver": "rbd", "pool": "rbd", "namespace": self.ns, "image": image, "conf": self.conf}
+        if not self.cache:
+            n["cache"] = {"direct": True}   # rbd_cache off, in both daemons
+        return n
 
 
 class Daemon(suite.Daemon):
@@ -94,14 +109,19 @@ class Daemon(suite.Daemon):
 
 
 def local_file(path):
-    return {"driver": "file", "filename": path, "aio": "io_uring", "cache": {"direct": True}}
+    # tmpfs (--local-in-memory) has no O_DIRECT
+    direct = not path.startswith("/dev/shm/")
+    return {"driver": "file", "filename": path, "aio": "io_uring", "cache": {"direct": direct}}
 
 
-def mirror(d, size):
+def mirror(d, size, buf_size=0):
     """blockdev-mirror src -> dst to READY, then complete: (MiB/s to READY, CPU seconds)."""
+    args = {"job-id": "m", "device": "src", "target": "dst", "sync": "full"}
+    if buf_size:
+        args["buf-size"] = buf_size
     c0 = cpu_seconds(d.proc.pid)
     t0 = time.monotonic()
-    r = d.q.execute("blockdev-mirror", {"job-id": "m", "device": "src", "target": "dst", "sync": "full"})
+    r = d.q.execute("blockdev-mirror", args)
     if "error" in r:
         raise RuntimeError(f"{d.name} blockdev-mirror: {r['error']}")
     d.q.wait_event("BLOCK_JOB_READY", timeout=1800)
@@ -127,9 +147,9 @@ def compare(a_fmt, a, b_fmt, b):
 
 def rbd_bench(ceph, image, io_type, size):
     """rbd bench's own figure (bytes/sec of its summary line) as MiB/s."""
-    r = subprocess.run(["rbd", "-c", ceph.conf, "bench", "--io-type", io_type, "--io-size", "4M",
+    r = subprocess.run(ceph.cmd("bench", "--io-type", io_type, "--io-size", "4M",
                         "--io-threads", "16", "--io-total", str(size), "--io-pattern", "seq",
-                        ceph.spec(image)], env=ceph.env, capture_output=True, text=True)
+                        ceph.spec(image)), env=ceph.env, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError("rbd bench failed: " + r.stderr[-400:])
     # "elapsed: 5   ops: 256   ops/sec: 49.6   bytes/sec: 198 MiB/s"
@@ -146,7 +166,7 @@ def case_to_rbd(ctx):
     def run_import():
         ceph.remove("imp")
         drop_caches()
-        t = timed(["rbd", "-c", ceph.conf, "import", "--no-progress", src, ceph.spec("imp")], ceph.env)
+        t = timed(ceph.import_cmd(src, "imp"), ceph.env)
         out.setdefault("rbd import MiB/s", []).append(size / MiB / t)
         ceph.remove("imp")
 
@@ -162,7 +182,7 @@ def case_to_rbd(ctx):
         try:
             d.add("src", local_file(src))
             d.add("dst", ceph.node("dst"))
-            mibs, cpu = mirror(d, size)
+            mibs, cpu = mirror(d, size, ctx.buf_size)
             out.setdefault(f"{name} MiB/s", []).append(mibs)
             out.setdefault(f"{name} CPU s", []).append(cpu)
         finally:
@@ -181,7 +201,7 @@ def case_from_rbd(ctx):
     size, ceph, src = ctx.size, ctx.ceph, ctx.src
     out, checked = {}, set()
     ceph.remove("src")
-    timed(["rbd", "-c", ceph.conf, "import", "--no-progress", src, ceph.spec("src")], ceph.env)
+    timed(ceph.import_cmd(src, "src"), ceph.env)
     dst = os.path.join(ctx.dir, "dst.raw")
 
     def run_export():
@@ -189,7 +209,7 @@ def case_from_rbd(ctx):
             os.unlink(dst)
         drop_caches()
         t0 = time.monotonic()
-        timed(["rbd", "-c", ceph.conf, "export", "--no-progress", ceph.spec("src"), dst], ceph.env)
+        timed(ceph.cmd("export", "--no-progress", ceph.spec("src"), dst), ceph.env)
         os.sync()
         out.setdefault("rbd export MiB/s", []).append(size / MiB / (time.monotonic() - t0))
         os.unlink(dst)
@@ -205,7 +225,7 @@ def case_from_rbd(ctx):
         try:
             d.add("src", ceph.node("src"))
             d.add("dst", local_file(dst))
-            mibs, cpu = mirror(d, size)
+            mibs, cpu = mirror(d, size, ctx.buf_size)
             out.setdefault(f"{name} MiB/s", []).append(mibs)
             out.setdefault(f"{name} CPU s", []).append(cpu)
         finally:
@@ -225,6 +245,7 @@ class Ctx:
     def __init__(self, args, daemons, ceph, workdir, src):
         self.size, self.reps, self.daemons, self.ceph, self.dir, self.src = \
             args.size_mib * MiB, args.reps, daemons, ceph, workdir, src
+        self.buf_size = args.buf_size_mib * MiB
 
     def contenders(self, run_daemon):
         return [(name, (lambda n=name, t=tpl: run_daemon(n, t))) for name, tpl in self.daemons]
@@ -279,6 +300,15 @@ def main():
     ap.add_argument("--cases", default="to-rbd,from-rbd")
     ap.add_argument("--scratch", default="")
     ap.add_argument("--json", default="")
+    ap.add_argument("--image-features", default="",
+                    help="comma list for every image the run creates, e.g. layering (default: Ceph's)")
+    ap.add_argument("--buf-size-mib", type=int, default=0,
+                    help="blockdev-mirror buf-size for both daemons (default: theirs, 16 MiB)")
+    ap.add_argument("--local-in-memory", action="store_true",
+                    help="the local file (source or target) on /dev/shm: measures the RBD side alone "
+                         "when the cluster's OSD shares the local disk")
+    ap.add_argument("--no-rbd-cache", action="store_true",
+                    help="rbd_cache off everywhere: cache.direct=on on rbd nodes, --rbd_cache=false for rbd")
     args = ap.parse_args()
 
     daemons = [("qsd", "qemu-storage-daemon " + MONITOR)]
@@ -289,6 +319,7 @@ def main():
     scratch = args.scratch or os.path.join(os.path.dirname(HERE), ".scratch")
     os.makedirs(scratch, exist_ok=True)
     workdir = tempfile.mkdtemp(dir=scratch, prefix="rbd-bench.")
+    localdir = tempfile.mkdtemp(dir="/dev/shm", prefix="rbd-bench.") if args.local_in_memory else workdir
     cluster = None
     conf = args.ceph_conf
     try:
@@ -302,16 +333,18 @@ def main():
                 return 77 if r.returncode == 77 else 1
             conf = os.path.join(cluster, "ceph.conf")
             log(f"cluster up in {time.monotonic() - t0:.1f} s: {conf}")
-        ceph = Ceph(conf, f"bench-{os.getpid()}")
+        ceph = Ceph(conf, f"bench-{os.getpid()}", args.image_features, not args.no_rbd_cache)
         ceph.rbd("namespace", "create", f"rbd/{ceph.ns}")
-        src = os.path.join(workdir, "src.raw")
+        src = os.path.join(localdir, "src.raw")
         with open(src, "wb") as f:
             for _ in range(args.size_mib):
                 f.write(os.urandom(MiB))
-        ctx = Ctx(args, daemons, ceph, workdir, src)
+        ctx = Ctx(args, daemons, ceph, localdir, src)
         info = {"machine": f"{platform.node()} {os.cpu_count()} CPUs, kernel {platform.release()}",
                 "size_mib": args.size_mib, "reps": args.reps, "cases": {}}
-        print(f"# {info['machine']}; {args.size_mib} MiB, {args.reps} repetitions; ceph conf {conf}")
+        print(f"# {info['machine']}; {args.size_mib} MiB, {args.reps} repetitions; ceph conf {conf}; "
+              f"image features {args.image_features or 'default'}; rbd_cache {'off' if args.no_rbd_cache else 'on'}; "
+              f"buf-size {args.buf_size_mib or 'default'}; local file in {os.path.dirname(src)}")
         for case in args.cases.split(","):
             log(f"case {case}")
             res, ratios = {"to-rbd": case_to_rbd, "from-rbd": case_from_rbd}[case](ctx)
@@ -325,6 +358,7 @@ def main():
         if cluster:
             subprocess.run([os.path.join(os.path.dirname(HERE), "tests", "ceph", "cluster.sh"), "stop", cluster])
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(localdir, ignore_errors=True)
     return 0
 
 
