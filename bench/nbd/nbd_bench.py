@@ -14,7 +14,9 @@ usage: nbd_bench.py --ours PATH [--qsd PATH] [--seconds N] [--reps N] [--size Mi
                     [--scratch DIR] [--no-direct] [--json FILE] [--only FILTER]
 
 Prints one table per job: IOPS, MiB/s, p50/p99 completion latency (us; median over the
-repetitions), and the ratios ours/qsd and each/ceiling (IOPS). Standard library only.
+repetitions), the ratios ours/qsd and each/ceiling (IOPS), and each daemon's CPU time per
+request (us, user + system of all its threads; on a machine with idle cores, a daemon that
+spins or burns CPU keeps its core awake, which can show as IOPS). Standard library only.
 """
 import argparse
 import json
@@ -74,6 +76,12 @@ class Daemon:
         except OSError:
             pass
         return 0.0
+
+    def cpu_seconds(self):
+        """The daemon's CPU time so far (user + system, all its threads)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self):
         try:
@@ -151,7 +159,10 @@ def main():
                 d = Daemon(who, a.qsd if who == "qsd" else a.ours, work, image, direct)
                 try:
                     for rw, bs, qd in JOBS:
+                        c0 = d.cpu_seconds()
                         r = fio(["--ioengine=nbd", f"--uri={d.uri}"], rw, bs, qd, a.seconds, a.size)
+                        ios = r["iops"] * a.seconds
+                        r["cpu_us_io"] = (d.cpu_seconds() - c0) * 1e6 / ios if ios else float("nan")
                         results.setdefault((who, (rw, bs, qd)), []).append(r)
                     rss[who] = max(rss.get(who, 0.0), d.rss_mib())
                 finally:
@@ -165,15 +176,17 @@ def main():
 
     print(f"NBD export benchmark: {a.size} MiB raw image, cache.direct={'on' if direct else 'off'}, "
           f"{a.seconds} s per job, {a.reps} rep(s), median shown")
-    print(f"{'job':<20} {'who':<8} {'IOPS':>10} {'MiB/s':>9} {'p50 us':>9} {'p99 us':>9} {'vs ceiling':>10} {'ours/qsd':>9}")
+    print(f"{'job':<20} {'who':<8} {'IOPS':>10} {'MiB/s':>9} {'p50 us':>9} {'p99 us':>9} {'vs ceiling':>10} "
+          f"{'ours/qsd':>9} {'CPU us/IO':>9}")
     for job in JOBS:
         name = f"{job[0]} {job[1]} qd{job[2]}"
         for who in ("ceiling", "qsd", "ours"):
             iops = med(who, job, "iops")
             vs_ceiling = iops / med("ceiling", job, "iops")
             ratio = f"{iops / med('qsd', job, 'iops'):9.2f}" if who == "ours" else ""
+            cpu = f"{med(who, job, 'cpu_us_io'):9.1f}" if who != "ceiling" else ""
             print(f"{name:<20} {who:<8} {iops:10.0f} {med(who, job, 'mibs'):9.1f} {med(who, job, 'p50_us'):9.1f} "
-                  f"{med(who, job, 'p99_us'):9.1f} {vs_ceiling:10.2f} {ratio:>9}")
+                  f"{med(who, job, 'p99_us'):9.1f} {vs_ceiling:10.2f} {ratio:>9} {cpu:>9}")
     if rss:
         print("peak RSS (MiB): " + ", ".join(f"{w} {v:.1f}" for w, v in sorted(rss.items())))
     if a.json:
