@@ -247,7 +247,7 @@ std::string render(const block::graph& g, const jobs::manager* jobs, const io::p
                      j->status() == jobs::job_status(st) ? "1" : "0");
 
     if (loop) {
-        const std::string main_loop = "loop=\"main-loop\"";
+        const std::string main_loop = "loop=\"" + std::string(io::main_loop_id) + "\"";
         w.family("bjd_loop_wakeups_total", "counter",
                  "Events an event loop found while polling (how=polled) or that woke it (how=slept).");
         w.sample("bjd_loop_wakeups_total", main_loop + ",how=\"polled\"", std::to_string(loop->polled_wakeups()));

@@ -13,8 +13,6 @@ namespace bjd::qapi {
 
 namespace {
 
-constexpr const char* main_loop_path = "/objects/main-loop";
-
 std::int64_t current_tid() { return static_cast<std::int64_t>(::syscall(SYS_gettid)); }
 
 /// One event-loop thread as the queries see it.
@@ -30,7 +28,8 @@ struct loop_thread {
 std::vector<loop_thread> loop_threads()
 {
     // The command runs on the main loop, so the main loop is this thread and busy.
-    return {loop_thread{0, main_loop_path, "main-loop", current_tid(), true, false}};
+    const std::string id(io::main_loop_id);
+    return {loop_thread{0, "/objects/" + id, id, current_tid(), true, false}};
 }
 
 cpu_info_arch host_arch()

@@ -13,8 +13,13 @@
 #include <boost/asio/io_context.hpp>
 
 #include <cstdint>
+#include <string_view>
 
 namespace bjd::io {
+
+/// The main loop's id, as QEMU names its main-loop object (`/objects/main-loop`): what
+/// query-iothreads and query-cpus-fast show, and the `loop` label of its metrics.
+inline constexpr std::string_view main_loop_id = "main-loop";
 
 /// The polling parameters, with QEMU's names and meanings.
 struct poll_params {
