@@ -188,7 +188,12 @@ asio::awaitable<void> runtime::apply(const options& opts)
     }
     held.reset();
     if (opts.metrics) {
-        metrics_ = std::make_unique<metrics::server>(loop_, [this] { return metrics::render(*graph_, jobs_.get(), &main_loop_); });
+        metrics_ = std::make_unique<metrics::server>(loop_, [this] {
+            std::vector<metrics::loop_sample> loops{{std::string(io::main_loop_id), main_loop_.stats()}};
+            for (const auto& s : exports_->worker_loop_stats())
+                loops.push_back({"nbd-" + std::to_string(loops.size()), s});
+            return metrics::render(*graph_, jobs_.get(), loops);
+        });
         metrics_->listen(*opts.metrics);
     }
     server_.release_clients();

@@ -42,6 +42,11 @@ void manager::set_worker_loops(unsigned n, const io::poll_params& polling)
     tracker_->loops.set_workers(n, polling);
 }
 
+std::vector<io::poll_stats> manager::worker_loop_stats() const
+{
+    return tracker_->loops.worker_stats();
+}
+
 qapi::result<void> manager::start_server(const nbd_server_options& opts)
 {
     if (server_)

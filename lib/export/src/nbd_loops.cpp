@@ -22,17 +22,22 @@ nbd_loop& nbd_loops::pick()
     if (workers_.empty() && wanted_ > 0) {
         for (unsigned i = 0; i < wanted_; ++i) {
             auto& w = workers_.emplace_back();
-            w.thread = std::thread([&ctx = w.ctx, p = polling_] {
-                io::poll_loop loop(ctx);
-                loop.set_params(p);
-                loop.run();
-            });
+            w.poller.set_params(polling_);   // before the thread: it is the loop's only writer then
+            w.thread = std::thread([&poller = w.poller] { poller.run(); });
             loops_.emplace_back(w.ctx, unsigned(loops_.size()));
         }
         log::get("nbd")->debug("NBD connections run on {} event loops", loops_.size());
     }
     auto less = [](const nbd_loop& a, const nbd_loop& b) { return a.connections < b.connections; };
     return *std::min_element(loops_.begin(), loops_.end(), less);
+}
+
+std::vector<io::poll_stats> nbd_loops::worker_stats() const
+{
+    std::vector<io::poll_stats> out;
+    for (const auto& w : workers_)
+        out.push_back(w.poller.stats());
+    return out;
 }
 
 void nbd_loops::join()

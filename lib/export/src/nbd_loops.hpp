@@ -14,6 +14,7 @@
 #include <deque>
 #include <memory>
 #include <thread>
+#include <vector>
 
 namespace bjd::exports::detail {
 
@@ -47,11 +48,14 @@ public:
         wanted_ = n;
         polling_ = polling;
     }
+    /// Main loop only: each running worker loop's polling, in order (loop 1 first).
+    std::vector<io::poll_stats> worker_stats() const;
 
 private:
     struct worker {
         asio::io_context ctx{1};
         asio::executor_work_guard<asio::io_context::executor_type> guard{ctx.get_executor()};
+        io::poll_loop poller{ctx};
         std::thread thread;
     };
 

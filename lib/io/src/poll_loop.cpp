@@ -23,12 +23,15 @@ std::int64_t next_poll_window(const poll_params& p, std::int64_t window_ns, std:
 void poll_loop::set_params(const poll_params& p) noexcept
 {
     params_ = p;
-    window_ns_ = std::clamp<std::int64_t>(window_ns_, 0, std::max<std::int64_t>(p.max_ns, 0));
+    window_ns_.store(std::clamp<std::int64_t>(window_ns_.load(std::memory_order_relaxed), 0,
+                                              std::max<std::int64_t>(p.max_ns, 0)),
+                     std::memory_order_relaxed);
 }
 
 void poll_loop::run()
 {
     using clock = std::chrono::steady_clock;
+    constexpr auto relaxed = std::memory_order_relaxed;
     for (;;) {
         // Everything ready now, the reactor included (poll() asks epoll without waiting).
         if (ctx_.poll() > 0)
@@ -36,13 +39,14 @@ void poll_loop::run()
         if (ctx_.stopped())
             return;
         const clock::time_point idle = clock::now();
-        const clock::time_point until = idle + std::chrono::nanoseconds(window_ns_);
+        const std::int64_t window = window_ns_.load(relaxed);
+        const clock::time_point until = idle + std::chrono::nanoseconds(window);
         // When the event was found: the last check before the poll that caught it, so that
         // the gap leaves out the handlers' own time. A sleep's gap includes its first handler
         // (run_one() cannot wait without running it).
         clock::time_point found = idle;
         bool caught = false;
-        while (window_ns_ > 0 && (found = clock::now()) < until) {
+        while (window > 0 && (found = clock::now()) < until) {
             if (ctx_.poll() > 0) {
                 caught = true;
                 break;
@@ -55,9 +59,9 @@ void poll_loop::run()
                 return;
             found = clock::now();
         }
-        ++(caught ? polled_ : slept_);
-        window_ns_ = next_poll_window(params_, window_ns_,
-                                      std::chrono::duration_cast<std::chrono::nanoseconds>(found - idle).count());
+        (caught ? polled_ : slept_).fetch_add(1, relaxed);
+        const auto gap = std::chrono::duration_cast<std::chrono::nanoseconds>(found - idle).count();
+        window_ns_.store(next_poll_window(params_, window, gap), relaxed);
     }
 }
 

@@ -95,7 +95,7 @@ std::string escape_label(std::string_view s)
     return r;
 }
 
-std::string render(const block::graph& g, const jobs::manager* jobs, const io::poll_loop* loop)
+std::string render(const block::graph& g, const jobs::manager* jobs, const std::vector<loop_sample>& loops)
 {
     std::vector<source> srcs;
     for (const auto& n : g.nodes())
@@ -246,15 +246,18 @@ std::string render(const block::graph& g, const jobs::manager* jobs, const io::p
                      job_labels(*j) + ",state=\"" + std::string(to_string(jobs::job_status(st))) + "\"",
                      j->status() == jobs::job_status(st) ? "1" : "0");
 
-    if (loop) {
-        const std::string main_loop = "loop=\"" + std::string(io::main_loop_id) + "\"";
+    if (!loops.empty()) {
+        auto label = [](const loop_sample& l) { return "loop=\"" + escape_label(l.id) + "\""; };
         w.family("bjd_loop_wakeups_total", "counter",
                  "Events an event loop found while polling (how=polled) or that woke it (how=slept).");
-        w.sample("bjd_loop_wakeups_total", main_loop + ",how=\"polled\"", std::to_string(loop->polled_wakeups()));
-        w.sample("bjd_loop_wakeups_total", main_loop + ",how=\"slept\"", std::to_string(loop->slept_wakeups()));
+        for (const auto& l : loops) {
+            w.sample("bjd_loop_wakeups_total", label(l) + ",how=\"polled\"", std::to_string(l.stats.polled));
+            w.sample("bjd_loop_wakeups_total", label(l) + ",how=\"slept\"", std::to_string(l.stats.slept));
+        }
         w.family("bjd_loop_poll_window_seconds", "gauge",
                  "How long an event loop polls before it sleeps, as it has adapted (0: not polling).");
-        w.sample("bjd_loop_poll_window_seconds", main_loop, seconds(loop->window_ns()));
+        for (const auto& l : loops)
+            w.sample("bjd_loop_poll_window_seconds", label(l), seconds(l.stats.window_ns));
     }
 
     w.family("bjd_build_info", "gauge", "Always 1: the version of this blockjobd and the QEMU it follows.");

@@ -98,8 +98,8 @@ TEST_CASE("io: poll_loop catches close events by polling, and only when enabled"
     asio::io_context ctx(1);
     poll_loop loop(ctx);
     feed(ctx, loop, 200, std::chrono::microseconds(200));
-    CHECK(loop.polled_wakeups() == 0);
-    CHECK(loop.window_ns() == 0);
+    CHECK(loop.stats().polled == 0);
+    CHECK(loop.stats().window_ns == 0);
 
     // A window far above the gaps: once it has grown past them (a sleep for each doubling
     // from 4 us, fewer than 20 even for gaps of 100 ms on a loaded machine), events arrive
@@ -108,12 +108,12 @@ TEST_CASE("io: poll_loop catches close events by polling, and only when enabled"
     poll_loop polling(ctx);
     polling.set_params({200'000'000, 0, 0});
     feed(ctx, polling, 200, std::chrono::microseconds(200));
-    CHECK(polling.polled_wakeups() + polling.slept_wakeups() >= 200);
-    CHECK(polling.polled_wakeups() > 150);
-    CHECK(polling.window_ns() > 0);
-    CHECK(polling.window_ns() <= 200'000'000);
+    CHECK(polling.stats().polled + polling.stats().slept >= 200);
+    CHECK(polling.stats().polled > 150);
+    CHECK(polling.stats().window_ns > 0);
+    CHECK(polling.stats().window_ns <= 200'000'000);
 
     // A lower maximum clamps the window at once.
     polling.set_params({1000, 0, 0});
-    CHECK(polling.window_ns() <= 1000);
+    CHECK(polling.stats().window_ns <= 1000);
 }

@@ -130,6 +130,9 @@ public:
     /// (docs/nbd-threads.md); none unless set. Takes effect if called before the first
     /// connection. `polling`: how they poll before they sleep (docs/polling.md).
     void set_worker_loops(unsigned n, const io::poll_params& polling = {});
+    /// The polling of the worker loops started so far (they start with the first
+    /// connection), loop 1 first.
+    std::vector<io::poll_stats> worker_loop_stats() const;
 
     /// Daemon shutdown: stops the server, hard-deletes every export (emitting their events)
     /// and waits until every connection has finished its in-flight requests.

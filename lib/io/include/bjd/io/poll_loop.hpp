@@ -12,6 +12,7 @@
 /// longer, so an idle loop sleeps at once and costs nothing.
 #include <boost/asio/io_context.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <string_view>
 
@@ -39,7 +40,15 @@ inline constexpr std::int64_t poll_start_ns = 4000;
 /// `max_ns` shrinks it; a shorter gap grows it, up to `max_ns`.
 std::int64_t next_poll_window(const poll_params& p, std::int64_t window_ns, std::int64_t gap_ns) noexcept;
 
-/// Runs an `io_context` as `run()` does, polling adaptively before each sleep. One thread only.
+/// What a loop's polling has done so far.
+struct poll_stats {
+    std::uint64_t polled = 0;   ///< waits that ended while polling
+    std::uint64_t slept = 0;    ///< waits that slept
+    std::int64_t window_ns = 0; ///< the window as it has adapted
+};
+
+/// Runs an `io_context` as `run()` does, polling adaptively before each sleep. One thread
+/// runs it; `stats()` may be read from any.
 class poll_loop {
 public:
     explicit poll_loop(boost::asio::io_context& ctx) noexcept : ctx_(ctx) {}
@@ -51,19 +60,20 @@ public:
     void set_params(const poll_params& p) noexcept;
     const poll_params& params() const noexcept { return params_; }
 
-    /// The current window, in ns.
-    std::int64_t window_ns() const noexcept { return window_ns_; }
-
-    /// Waits that ended while polling, and waits that slept.
-    std::uint64_t polled_wakeups() const noexcept { return polled_; }
-    std::uint64_t slept_wakeups() const noexcept { return slept_; }
+    /// The counters and the current window, from any thread.
+    poll_stats stats() const noexcept
+    {
+        constexpr auto r = std::memory_order_relaxed;
+        return {polled_.load(r), slept_.load(r), window_ns_.load(r)};
+    }
 
 private:
     boost::asio::io_context& ctx_;
     poll_params params_;
-    std::int64_t window_ns_ = 0;
-    std::uint64_t polled_ = 0;
-    std::uint64_t slept_ = 0;
+    // Written by the loop's thread only; atomic for stats() (relaxed: plain moves on x86).
+    std::atomic<std::int64_t> window_ns_{0};
+    std::atomic<std::uint64_t> polled_{0};
+    std::atomic<std::uint64_t> slept_{0};
 };
 
 } // namespace bjd::io

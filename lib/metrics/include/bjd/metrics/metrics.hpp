@@ -16,31 +16,40 @@
 /// * per latency histogram set with block-latency-histogram-set: histograms
 ///   `bjd_{rd,wr,flush}_latency_seconds` (`_bucket{le=...}` cumulative, `+Inf`, `_sum`,
 ///   `_count`; bucket `le=B` counts latencies below B, QEMU's half-open bins) and gauges
-///   `bjd_{rd,wr,flush}_latency_seconds_created` (when the histogram was set: a change means
-///   its buckets restarted from zero);
+///   `bjd_{rd,wr,flush}_latency_histogram_start_time_seconds` (when the histogram was set: a
+///   change means its buckets restarted from zero);
 /// * per job (labels `id`, `type`, `status`): gauges `bjd_job_current_progress_bytes`,
 ///   `bjd_job_total_progress_bytes`.
-/// * the main loop's polling (docs/polling.md), when given (label `loop`: `main-loop`):
-///   counter `bjd_loop_wakeups_total` (label `how`: `polled` for events caught while
-///   polling, `slept` for those that woke the loop), gauge `bjd_loop_poll_window_seconds`.
+/// * per event loop given (docs/polling.md; label `loop`: `main-loop`, and `nbd-1`, `nbd-2`, ...
+///   for the workers of --nbd-threads once they run): counter `bjd_loop_wakeups_total` (label
+///   `how`: `polled` for events caught while polling, `slept` for those that woke the loop),
+///   gauge `bjd_loop_poll_window_seconds`.
 ///
 /// Threading: everything runs on the main loop (the graph and the job manager live there).
+#include "bjd/io/poll_loop.hpp"
+
 #include <boost/asio/io_context.hpp>
 
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
-namespace bjd::io { class poll_loop; }
 namespace bjd::block { class graph; }
 namespace bjd::jobs { class manager; }
 
 namespace bjd::metrics {
 
-/// The exposition text for every node and drive of `g`, every job of `jobs` and the polling of
-/// `loop` (both may be null).
-std::string render(const block::graph& g, const jobs::manager* jobs, const io::poll_loop* loop = nullptr);
+/// An event loop's polling, as the metrics show it.
+struct loop_sample {
+    std::string id;   ///< the `loop` label
+    io::poll_stats stats;
+};
+
+/// The exposition text for every node and drive of `g`, every job of `jobs` (may be null) and
+/// the polling of `loops`.
+std::string render(const block::graph& g, const jobs::manager* jobs, const std::vector<loop_sample>& loops = {});
 
 /// `s` as a label value: backslash, double quote and newline escaped.
 std::string escape_label(std::string_view s);
