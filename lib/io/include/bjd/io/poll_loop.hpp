@@ -70,7 +70,7 @@ public:
 private:
     boost::asio::io_context& ctx_;
     poll_params params_;
-    // Written by the loop's thread only; atomic for stats() (relaxed: plain moves on x86).
+    // Written by the loop's thread only, read by stats() from any: relaxed atomics suffice.
     std::atomic<std::int64_t> window_ns_{0};
     std::atomic<std::uint64_t> polled_{0};
     std::atomic<std::uint64_t> slept_{0};
