@@ -108,7 +108,9 @@ TEST_CASE("io: poll_loop catches close events by polling, and only when enabled"
     poll_loop polling(ctx);
     polling.set_params({200'000'000, 0, 0});
     feed(ctx, polling, 200, std::chrono::microseconds(200));
-    CHECK(polling.stats().polled + polling.stats().slept >= 200);
+    // At most one wake-up per event. Fewer when the machine is loaded: a handler posted while
+    // the loop is still in the turn that ran the previous one runs in that turn, with no wait.
+    CHECK(polling.stats().polled + polling.stats().slept <= 200);
     CHECK(polling.stats().polled > 150);
     CHECK(polling.stats().window_ns > 0);
     CHECK(polling.stats().window_ns <= 200'000'000);
