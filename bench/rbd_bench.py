@@ -44,20 +44,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import suite  # noqa: E402
-from suite import MONITOR, drop_caches  # noqa: E402
+from suite import MONITOR, cpu_seconds, drop_caches  # noqa: E402
 
 MiB = 1 << 20
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK   # utime, stime
 
 
 class Ceph:

@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from qmp import QMP  # noqa: E402  (bench/qmp.py, the benchmarks' one QMP client)
+from suite import cpu_seconds  # noqa: E402  (bench/suite.py)
 
 MiB = 1 << 20
 JOBS = [("randread", "4k", 1), ("randread", "4k", 32), ("randwrite", "4k", 1), ("randwrite", "4k", 32),
@@ -76,12 +77,6 @@ class Daemon:
         except OSError:
             pass
         return 0.0
-
-    def cpu_seconds(self):
-        """The daemon's CPU time so far (user + system, all its threads)."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self):
         try:
@@ -159,10 +154,10 @@ def main():
                 d = Daemon(who, a.qsd if who == "qsd" else a.ours, work, image, direct)
                 try:
                     for rw, bs, qd in JOBS:
-                        c0 = d.cpu_seconds()
+                        c0 = cpu_seconds(d.proc.pid)
                         r = fio(["--ioengine=nbd", f"--uri={d.uri}"], rw, bs, qd, a.seconds, a.size)
                         ios = r["iops"] * a.seconds
-                        r["cpu_us_io"] = (d.cpu_seconds() - c0) * 1e6 / ios if ios else float("nan")
+                        r["cpu_us_io"] = (cpu_seconds(d.proc.pid) - c0) * 1e6 / ios if ios else float("nan")
                         results.setdefault((who, (rw, bs, qd)), []).append(r)
                     rss[who] = max(rss.get(who, 0.0), d.rss_mib())
                 finally:
