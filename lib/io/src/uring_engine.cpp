@@ -17,8 +17,10 @@
 #include <liburing.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cassert>
 #include <cerrno>
@@ -26,6 +28,7 @@
 #include <cstring>
 #include <memory>
 #include <utility>
+#include <vector>
 
 namespace bjd::io::detail {
 
@@ -43,6 +46,70 @@ constexpr std::array<unsigned, 3> setup_attempts = {
     IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_R_DISABLED,
     IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
     0,
+};
+
+/// Slots for registered ranges (engine::register_range): the kernel's table is made sparse
+/// at setup, and filled and emptied one slot at a time.
+constexpr unsigned fixed_slot_count = 64;
+
+/// The engine's registered ranges, shared with the registered_range objects that hold them.
+class fixed_table final : public detail::fixed_slots {
+public:
+    explicit fixed_table(io_uring* ring) : ring_(ring), ranges_(fixed_slot_count) {}
+
+    /// The slot of a free entry, after registering `buf` in it; -1 when full or refused.
+    int add(std::span<std::byte> buf)
+    {
+        auto it = std::find_if(ranges_.begin(), ranges_.end(), [](const range& r) { return r.len == 0; });
+        if (!ring_ || it == ranges_.end() || buf.empty())
+            return -1;
+        const int slot = static_cast<int>(it - ranges_.begin());
+        iovec iov{buf.data(), buf.size()};
+        if (int r = io_uring_register_buffers_update_tag(ring_, slot, &iov, nullptr, 1); r < 0) {
+            if (!refusal_logged_) {
+                refusal_logged_ = true;
+                log::get("io")->info("io_uring: registering a {}-byte buffer failed ({}); its requests pin pages "
+                                     "as usual (RLIMIT_MEMLOCK bounds registered memory)",
+                                     buf.size(), std::strerror(-r));
+            }
+            return -1;
+        }
+        *it = {reinterpret_cast<std::uintptr_t>(buf.data()), buf.size()};
+        return slot;
+    }
+
+    void release(int slot) noexcept override
+    {
+        if (slot < 0 || static_cast<std::size_t>(slot) >= ranges_.size())
+            return;
+        ranges_[slot] = {};
+        if (!ring_)
+            return;
+        iovec iov{nullptr, 0};   // an empty entry; requests in flight keep the pages they use
+        (void)io_uring_register_buffers_update_tag(ring_, static_cast<unsigned>(slot), &iov, nullptr, 1);
+    }
+
+    /// The slot whose range holds [addr, addr + len), or -1.
+    int find(const void* addr, std::size_t len) const noexcept
+    {
+        const auto a = reinterpret_cast<std::uintptr_t>(addr);
+        for (std::size_t i = 0; i < ranges_.size(); ++i)
+            if (ranges_[i].len && a >= ranges_[i].addr && a + len <= ranges_[i].addr + ranges_[i].len)
+                return static_cast<int>(i);
+        return -1;
+    }
+
+    /// The ring is going away: registrations still held release nothing.
+    void detach() noexcept { ring_ = nullptr; }
+
+private:
+    struct range {
+        std::uintptr_t addr = 0;
+        std::size_t len = 0;
+    };
+    io_uring* ring_;
+    std::vector<range> ranges_;
+    bool refusal_logged_ = false;
 };
 
 /// One request between perform() and its CQE. It is the SQE's user_data.
@@ -115,6 +182,14 @@ public:
 
     backend kind() const noexcept override { return backend::io_uring; }
 
+    registered_range register_range(std::span<std::byte> buf) override
+    {
+        if (!fixed_)
+            return {};
+        const int slot = fixed_->add(buf);
+        return slot < 0 ? registered_range{} : registered_range(fixed_, slot);
+    }
+
 protected:
     asio::awaitable<int> perform(raw_request r) override
     {
@@ -129,7 +204,7 @@ protected:
 private:
     void start(op_base* o);
     bool try_prep(op_base* o);
-    static void prep(io_uring_sqe* sqe, op_base* o);
+    void prep(io_uring_sqe* sqe, op_base* o);
     void schedule_flush();
     void flush();
     bool submit_now();
@@ -150,6 +225,7 @@ private:
     bool flush_posted_ = false;
     bool armed_ = false;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true); ///< for posted handlers
+    std::shared_ptr<fixed_table> fixed_;   ///< null when the kernel has no sparse buffer table
 };
 
 int uring_engine::init(const char*& what)
@@ -170,6 +246,11 @@ int uring_engine::init(const char*& what)
         return -ret;
     }
     ring_ready_ = true;
+    // Registered buffers (5.19's sparse tables); without them every request pins its pages.
+    if (int r = io_uring_register_buffers_sparse(&ring_, fixed_slot_count); r == 0)
+        fixed_ = std::make_shared<fixed_table>(&ring_);
+    else
+        log::get("io")->debug("io_uring: no registered buffers: {}", std::strerror(-r));
     int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd < 0) {
         what = "eventfd";
@@ -188,6 +269,8 @@ uring_engine::~uring_engine()
     *alive_ = false;
     boost::system::error_code ignored;
     efd_sd_.close(ignored); // a pending wait completes with operation_aborted and sees !alive
+    if (fixed_)
+        fixed_->detach();
     if (!ring_ready_)
         return;
     if (in_kernel_ > 0 || queue_head_) {
@@ -219,11 +302,21 @@ void uring_engine::prep(io_uring_sqe* sqe, op_base* o)
     const raw_request& r = o->req;
     switch (r.op) {
     case raw_request::opcode::read:
-        io_uring_prep_read(sqe, r.fd, r.addr, r.len, r.offset);
+    case raw_request::opcode::write: {
+        const bool is_read = r.op == raw_request::opcode::read;
+        if (const int slot = fixed_ ? fixed_->find(r.addr, r.len) : -1; slot >= 0) {
+            if (is_read)
+                io_uring_prep_read_fixed(sqe, r.fd, r.addr, r.len, r.offset, slot);
+            else
+                io_uring_prep_write_fixed(sqe, r.fd, r.addr, r.len, r.offset, slot);
+            ++stats_.fixed;
+        } else if (is_read) {
+            io_uring_prep_read(sqe, r.fd, r.addr, r.len, r.offset);
+        } else {
+            io_uring_prep_write(sqe, r.fd, r.addr, r.len, r.offset);
+        }
         break;
-    case raw_request::opcode::write:
-        io_uring_prep_write(sqe, r.fd, r.addr, r.len, r.offset);
-        break;
+    }
     case raw_request::opcode::fsync:
         io_uring_prep_fsync(sqe, r.fd, 0);
         break;

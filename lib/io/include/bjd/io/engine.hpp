@@ -16,6 +16,7 @@
 /// Test hook: when the environment variable `BJD_FORCE_URING_FAILURE` is `EPERM` or `ENOSYS`
 /// (or any errno number), `probe_io_uring` and `make_engine` behave as if the kernel had
 /// refused `io_uring_setup` with that errno, so the fallback path can be exercised anywhere.
+#include "bjd/io/buffer.hpp"
 #include "bjd/result.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
@@ -27,6 +28,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 
 namespace bjd::io {
 
@@ -72,6 +74,7 @@ struct engine_stats {
     std::uint64_t sqes = 0;           ///< SQEs handed to the kernel (including resubmissions)
     std::uint64_t submit_calls = 0;   ///< io_uring_submit() calls (one per loop turn with work)
     std::uint64_t sq_waits = 0;       ///< requests queued because queue_depth were in the kernel
+    std::uint64_t fixed = 0;          ///< reads and writes into a registered range (register_range)
     unsigned setup_flags = 0;         ///< IORING_SETUP_* flags the ring was created with
 };
 
@@ -84,6 +87,58 @@ enum class io_hint : std::uint8_t {
     /// kernel workers do it (IOSQE_ASYNC) beside the loop. The thread pool copies off the
     /// loop anyway and ignores it.
     offload,
+};
+
+namespace detail {
+/// The engine's side of buffer registrations (see `registered_range`).
+class fixed_slots {
+public:
+    virtual ~fixed_slots() = default;
+    /// Forgets the registration in `slot` (a no-op once the engine is gone).
+    virtual void release(int slot) noexcept = 0;
+};
+} // namespace detail
+
+/// A range of memory registered with an engine, which then reads and writes into it without
+/// pinning its pages for every request (io_uring's fixed buffers, READ_FIXED and WRITE_FIXED:
+/// for a 1 MiB O_DIRECT request that is most of the kernel's CPU time). Requests find the
+/// registration by their buffer's address, so nothing changes for callers: any read or write
+/// whose buffer lies within the range uses it. Move-only; the registration ends when this
+/// object is destroyed or reset, which must happen on the engine's loop thread and before the
+/// memory is freed or unmapped (the kernel holds the pages it pinned, not the mapping).
+/// Empty when the engine does not register buffers or the kernel refused (RLIMIT_MEMLOCK):
+/// requests then pin pages as usual.
+class registered_range {
+public:
+    registered_range() = default;
+    registered_range(std::shared_ptr<detail::fixed_slots> owner, int slot) noexcept
+        : owner_(std::move(owner)), slot_(slot)
+    {
+    }
+    registered_range(registered_range&& o) noexcept : owner_(std::move(o.owner_)), slot_(std::exchange(o.slot_, -1)) {}
+    registered_range& operator=(registered_range&& o) noexcept
+    {
+        if (this != &o) {
+            reset();
+            owner_ = std::move(o.owner_);
+            slot_ = std::exchange(o.slot_, -1);
+        }
+        return *this;
+    }
+    ~registered_range() { reset(); }
+
+    void reset() noexcept
+    {
+        if (owner_ && slot_ >= 0)
+            owner_->release(slot_);
+        owner_.reset();
+        slot_ = -1;
+    }
+    explicit operator bool() const noexcept { return slot_ >= 0; }
+
+private:
+    std::shared_ptr<detail::fixed_slots> owner_;
+    int slot_ = -1;
 };
 
 class engine {
@@ -127,7 +182,22 @@ public:
 
     /// Counters since creation. Loop thread only.
     virtual engine_stats stats() const noexcept { return {}; }
+
+    /// Registers `buf` for the requests that read or write within it (see registered_range).
+    /// Worth it for buffers that live long and carry large requests, such as a copy's slots.
+    /// Loop thread only. The thread pool registers nothing.
+    virtual registered_range register_range(std::span<std::byte> buf)
+    {
+        (void)buf;
+        return {};
+    }
 };
+
+/// An aligned buffer of `size` bytes, registered with `e` for as long as it lives (the
+/// registration ends just before the memory is freed, see registered_range). For buffers that
+/// carry many large requests, such as a copy's slots. The last reference must be dropped on
+/// `e`'s loop thread.
+std::shared_ptr<aligned_buffer> make_registered_buffer(engine& e, std::size_t size);
 
 /// Per-engine tuning. Defaults suit a mirror with 16 requests in flight plus NBD clients.
 struct engine_options {
