@@ -5,6 +5,7 @@
 #include "bjd/block/backend.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/block/node.hpp"
+#include "bjd/io/engine.hpp"
 #include "bjd/io/poll_loop.hpp"
 #include "bjd/jobs/job.hpp"
 #include "bjd/stats/block_acct.hpp"
@@ -245,6 +246,20 @@ std::string render(const block::graph& g, const jobs::manager* jobs, const std::
             w.sample("bjd_job_state",
                      job_labels(*j) + ",state=\"" + std::string(to_string(jobs::job_status(st))) + "\"",
                      j->status() == jobs::job_status(st) ? "1" : "0");
+
+    // The engine that serves aio=io_uring (and aio=native) nodes: how many of its reads and
+    // writes went into a buffer registered with it, which spares the kernel pinning the
+    // buffer's pages for each request (the copy jobs' buffers are registered).
+    const io::engine& e = g.engine();
+    const io::engine_stats es = e.stats();
+    const std::string engine_label = std::string("engine=\"") + io::to_string(e.kind()) + "\"";
+    w.family("bjd_io_requests_total", "counter", "Reads and writes the I/O engine carried out.");
+    w.sample("bjd_io_requests_total", engine_label + ",op=\"read\"", std::to_string(es.reads));
+    w.sample("bjd_io_requests_total", engine_label + ",op=\"write\"", std::to_string(es.writes));
+    w.family("bjd_io_registered_buffer_submissions_total", "counter",
+             "Reads and writes submitted into a buffer registered with io_uring (a fixed buffer, whose pages "
+             "stay pinned), resubmissions included.");
+    w.sample("bjd_io_registered_buffer_submissions_total", engine_label, std::to_string(es.fixed));
 
     if (!loops.empty()) {
         auto label = [](const loop_sample& l) { return "loop=\"" + escape_label(l.id) + "\""; };

@@ -41,6 +41,7 @@ public:
     ~graph();
 
     io::engine& engine() noexcept { return engine_; }
+    const io::engine& engine() const noexcept { return engine_; }
     io::engine& thread_engine() noexcept { return threads_; }
     /// The gate requests from outside the graph (exports) pass; transactions drain it.
     io_gate& gate() noexcept { return gate_; }
