@@ -75,14 +75,16 @@ public:
             return -1;
         }
         *it = {reinterpret_cast<std::uintptr_t>(buf.data()), buf.size()};
+        ++active_;
         return slot;
     }
 
     void release(int slot) noexcept override
     {
-        if (slot < 0 || static_cast<std::size_t>(slot) >= ranges_.size())
+        if (slot < 0 || static_cast<std::size_t>(slot) >= ranges_.size() || ranges_[slot].len == 0)
             return;
         ranges_[slot] = {};
+        --active_;
         if (!ring_)
             return;
         iovec iov{nullptr, 0};   // an empty entry; requests in flight keep the pages they use
@@ -92,6 +94,8 @@ public:
     /// The slot whose range holds [addr, addr + len), or -1.
     int find(const void* addr, std::size_t len) const noexcept
     {
+        if (active_ == 0)
+            return -1;   // no copy job running: an NBD client's 4 KiB requests scan nothing
         const auto a = reinterpret_cast<std::uintptr_t>(addr);
         for (std::size_t i = 0; i < ranges_.size(); ++i)
             if (ranges_[i].len && a >= ranges_[i].addr && a + len <= ranges_[i].addr + ranges_[i].len)
@@ -109,6 +113,7 @@ private:
     };
     io_uring* ring_;
     std::vector<range> ranges_;
+    unsigned active_ = 0;   ///< ranges in use
     bool refusal_logged_ = false;
 };
 
