@@ -9,12 +9,17 @@ A script imports it with
 bench/ has its own client (bench/qmp.py): it must run without the tests.
 """
 import json
+import os
 import socket
 import time
 
 
 class Failure(Exception):
     """A test step failed: a QMP error, a closed connection, a timeout."""
+
+
+class NoAnswer(Failure):
+    """The peer sent nothing within the socket's timeout."""
 
 
 def recv_exact(sock, n):
@@ -50,6 +55,26 @@ def connect_unix(path, timeout=30, alive=None):
             time.sleep(0.02)
 
 
+def thread_states(pid):
+    """Where each thread of a live process waits (state and kernel wait channel), for a
+    failure report: a command that never answered shows whether the peer was blocked in the
+    kernel or busy."""
+    lines = []
+    try:
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            def field(name):
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                        return f.read().strip()
+                except OSError:
+                    return "?"
+            state = field("stat").rpartition(")")[2].split()[:1] or ["?"]
+            lines.append(f"  {tid} {field('comm')}: state {state[0]}, waiting in {field('wchan') or '-'}")
+    except OSError as e:
+        lines.append(f"  {pid}: {e.strerror}")
+    return lines
+
+
 class QMP:
     """A QMP monitor connection: greeting and qmp_capabilities done, events kept for later."""
 
@@ -59,11 +84,14 @@ class QMP:
         self.s.settimeout(reply_timeout)
         self.f = self.s.makefile("rwb")
         self.events = []
-        self._read()   # the greeting
+        self._read("the greeting")
         self.ok("qmp_capabilities")
 
     def _read(self, what="a reply"):
-        line = self.f.readline()
+        try:
+            line = self.f.readline()
+        except socket.timeout:
+            raise NoAnswer(f"no answer to {what} within {self.s.gettimeout():.0f} s") from None
         if not line:
             raise Failure(f"connection closed waiting for {what}")
         return json.loads(line)
@@ -103,7 +131,7 @@ class QMP:
             self.s.settimeout(left)
             try:
                 m = self._read(name)
-            except socket.timeout:
+            except NoAnswer:
                 raise Failure(f"timeout waiting for {name} {data}") from None
             finally:
                 self.s.settimeout(self.reply_timeout)

@@ -342,6 +342,10 @@ def main():
         return 0
     except (Failure, OSError, ValueError, subprocess.TimeoutExpired) as e:
         print(f"FAILED: {e}")
+        for p in CHILDREN:
+            if p.poll() is None:
+                print(f"--- pid {p.pid} at the failure: ...{' '.join(map(str, p.args))[-100:]}")
+                print("\n".join(bjdtest.thread_states(p.pid)))
         for name in sorted(os.listdir(work)):
             if name.endswith(".log"):
                 with open(os.path.join(work, name), errors="replace") as f:
