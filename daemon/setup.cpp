@@ -119,6 +119,7 @@ runtime::runtime(asio::io_context& loop)
     ctx_.jobs = jobs_.get();
     exports_ = std::make_unique<exports::manager>(loop_, server_);
     exports_->set_io_gate(graph_->gate());
+    exports_->set_io_engine(*engine_);
     exports_->set_objects(objects_);
     ctx_.exports = exports_.get();
     ctx_.chardevs = &chardev_registry_;

@@ -37,6 +37,11 @@ manager::~manager()
     tracker_->loops.join();
 }
 
+void manager::set_io_engine(io::engine& e)
+{
+    tracker_->loops.main_loop().buffers.register_with([&e](std::span<std::byte> b) { return e.register_range(b); });
+}
+
 void manager::set_worker_loops(unsigned n, const io::poll_params& polling)
 {
     tracker_->loops.set_workers(n, polling);

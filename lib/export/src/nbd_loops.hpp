@@ -37,6 +37,7 @@ public:
     nbd_loops(const nbd_loops&) = delete;
     nbd_loops& operator=(const nbd_loops&) = delete;
 
+    nbd_loop& main_loop() noexcept { return loops_.front(); }
     /// Main loop only: the loop for a new connection (count it in `connections`).
     nbd_loop& pick();
     /// Stops the worker loops and their threads (at the manager's end, when no connection is

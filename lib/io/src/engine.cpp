@@ -111,14 +111,9 @@ uring_probe probe_io_uring()
 
 std::shared_ptr<aligned_buffer> make_registered_buffer(engine& e, std::size_t size)
 {
-    struct holder {
-        aligned_buffer buf;
-        registered_range reg;   // declared after buf: unregistered before buf is freed
-    };
-    auto h = std::make_shared<holder>();
-    h->buf = aligned_buffer(size);
-    h->reg = e.register_range(std::span<std::byte>(h->buf.data(), h->buf.capacity()));
-    return std::shared_ptr<aligned_buffer>(h, &h->buf);
+    auto b = std::make_shared<aligned_buffer>(size);
+    b->keep_registration(e.register_range(b->allocation()));
+    return b;
 }
 
 std::unique_ptr<engine> make_engine(asio::io_context& ctx, backend want, const engine_options& opts,

@@ -10,6 +10,7 @@
 #include "bjd/crypto/objects.hpp"
 #include "bjd/net/listener.hpp"
 #include "bjd/export/export.hpp"
+#include "bjd/io/engine.hpp"
 #include "bjd/io/poll_loop.hpp"
 #include "bjd/qapi/error.hpp"
 #include "bjd/qapi/event_sink.hpp"
@@ -68,6 +69,11 @@ public:
     /// Where tls-creds and tls-authz are looked up (the daemon's objects). Without it, a
     /// server with tls-creds cannot start ("No TLS credentials with id 'X'").
     void set_objects(crypto::registry& r) noexcept { objects_ = &r; }
+    /// The engine the graph's requests run on (the main loop's). The main loop's large
+    /// payload buffers are registered with it, so the 1 MiB reads and writes of its clients
+    /// skip pinning their pages. Worker loops free their buffers on their own threads, so
+    /// theirs stay unregistered. Call before the first connection.
+    void set_io_engine(io::engine& e);
     manager(const manager&) = delete;
     manager& operator=(const manager&) = delete;
 

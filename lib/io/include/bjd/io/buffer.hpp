@@ -2,9 +2,12 @@
 #pragma once
 /// \file
 /// Aligned, owned byte buffers for O_DIRECT I/O, and a pool that recycles the large ones.
+#include "bjd/io/registered.hpp"
+
 #include <bit>
 #include <cstddef>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <new>
 #include <span>
@@ -19,10 +22,24 @@ struct aligned_free {
     void operator()(std::byte* p) const noexcept { std::free(p); }
 };
 
-/// A heap buffer of `size` bytes aligned to `direct_alignment`. Move-only.
+/// A heap buffer of `size` bytes aligned to `direct_alignment`. Move-only. It may carry the
+/// registration of its memory with an I/O engine (`keep_registration`), which then ends just
+/// before the memory is freed.
 class aligned_buffer {
 public:
     aligned_buffer() = default;
+    aligned_buffer(aligned_buffer&&) noexcept = default;
+    aligned_buffer& operator=(aligned_buffer&& o) noexcept
+    {
+        if (this != &o) {
+            reg_.reset();   // before the memory it covers goes
+            data_ = std::move(o.data_);
+            reg_ = std::move(o.reg_);
+            size_ = o.size_;
+            capacity_ = o.capacity_;
+        }
+        return *this;
+    }
     explicit aligned_buffer(std::size_t size)
         : aligned_buffer(size, size)
     {
@@ -51,8 +68,15 @@ public:
     std::span<std::byte> span() const noexcept { return {data_.get(), size_}; }
     explicit operator bool() const noexcept { return bool(data_); }
 
+    /// The whole allocation, as registered.
+    std::span<std::byte> allocation() const noexcept { return {data_.get(), capacity()}; }
+    /// Keeps `r`, a registration of `allocation()`, for as long as the memory lives.
+    void keep_registration(registered_range r) noexcept { reg_ = std::move(r); }
+    bool registered() const noexcept { return bool(reg_); }
+
 private:
     std::unique_ptr<std::byte, aligned_free> data_;
+    registered_range reg_;   // declared after data_: released before data_ is freed
     std::size_t size_ = 0;
     std::size_t capacity_ = 0;
 };
@@ -63,14 +87,27 @@ private:
 /// already mapped. Buffers below `min_pooled` are plain allocations. Capacities are powers
 /// of two, so a size class serves every request up to it; at most `max_cached` bytes wait
 /// in the pool, the rest is freed. Not thread-safe: one pool per loop.
+///
+/// With a registrar (`register_with`), each buffer of at least `min_registered` bytes that the
+/// pool allocates is registered once with the loop's I/O engine and keeps that registration
+/// through every reuse: its requests then skip pinning their pages (registered_range).
 class buffer_pool {
 public:
     static constexpr std::size_t min_pooled = 64u << 10;
     static constexpr std::size_t max_pooled = 64u << 20;
+    /// Smaller buffers gain little (pinning 16 pages is cheap) and would use up the engine's
+    /// table of registrations.
+    static constexpr std::size_t min_registered = 256u << 10;
+    using registrar = std::function<registered_range(std::span<std::byte>)>;
 
     explicit buffer_pool(std::size_t max_cached = 16u << 20) : max_cached_(max_cached) {}
     buffer_pool(const buffer_pool&) = delete;
     buffer_pool& operator=(const buffer_pool&) = delete;
+
+    /// Registers the large buffers allocated from now on with `r` (typically the loop's
+    /// engine::register_range). Every buffer from this pool must then be freed on the
+    /// engine's loop thread.
+    void register_with(registrar r) { registrar_ = std::move(r); }
 
     /// A buffer of `size` bytes (contents unspecified).
     aligned_buffer get(std::size_t size)
@@ -79,8 +116,12 @@ public:
             return aligned_buffer(size);
         std::size_t cap = std::bit_ceil(size);
         auto& free = classes_[class_of(cap)];
-        if (free.empty())
-            return aligned_buffer(size, cap);
+        if (free.empty()) {
+            aligned_buffer b(size, cap);
+            if (registrar_ && cap >= min_registered)
+                b.keep_registration(registrar_(b.allocation()));
+            return b;
+        }
         aligned_buffer b = std::move(free.back());
         free.pop_back();
         cached_ -= cap;
@@ -113,6 +154,7 @@ private:
     static std::size_t class_of(std::size_t cap) noexcept { return std::bit_width(cap / min_pooled) - 1; }
 
     std::size_t max_cached_;
+    registrar registrar_;
     std::size_t cached_ = 0;
     std::vector<aligned_buffer> classes_[class_count];
 };
