@@ -249,7 +249,8 @@ std::string render(const block::graph& g, const jobs::manager* jobs, const std::
 
     // The engine that serves aio=io_uring (and aio=native) nodes: how many of its reads and
     // writes went into a buffer registered with it, which spares the kernel pinning the
-    // buffer's pages for each request (the copy jobs' buffers are registered).
+    // buffer's pages for each request (the copy jobs' buffers are registered, and the NBD main
+    // loop's large payload buffers).
     const io::engine& e = g.engine();
     const io::engine_stats es = e.stats();
     const std::string engine_label = std::string("engine=\"") + io::to_string(e.kind()) + "\"";
