@@ -29,9 +29,9 @@ constexpr unsigned max_extents = 1024;
 /// new request, so replies sent a few at a time let it work on the first ones while the loop
 /// sends the rest, and its next requests reach the disk sooner. One loop turn often
 /// completes 20-30 reads of a client at queue depth 32; sent in one write, they came back as
-/// one burst and the disk's queue ran dry in between. 4k random reads at qd32 ran at 1.08x
-/// (interleaved runs, bench/NOTES-nbd.md) with 4 as with 64; 8 and more lost it, 1 and 2
-/// cost more CPU for the same rate.
+/// one burst and the disk's queue ran dry in between. With 4 per write, 4k random reads at
+/// qd32 ran 1.08x as fast as with 64 (interleaved runs, bench/NOTES-nbd.md); 8 and more
+/// lost that, 1 and 2 cost more CPU for the same rate.
 constexpr std::size_t max_batch = 4;
 /// The transmission phase reads the socket in batches of up to this much: one recv brings
 /// every request the client has queued, and the requests it held start together, so that

@@ -109,10 +109,10 @@ uring_probe probe_io_uring()
     return p;
 }
 
-std::shared_ptr<aligned_buffer> make_registered_buffer(engine& e, std::size_t size)
+aligned_buffer make_registered_buffer(engine& e, std::size_t size)
 {
-    auto b = std::make_shared<aligned_buffer>(size);
-    b->keep_registration(e.register_range(b->allocation()));
+    aligned_buffer b(size);
+    b.keep_registration(e.register_range(b.allocation()));
     return b;
 }
 

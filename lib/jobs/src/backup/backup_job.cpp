@@ -383,12 +383,12 @@ public:
         }
         const std::uint64_t cl = state_->cluster();
         // One buffer per worker, allocated when first used, registered with the I/O engine.
-        std::vector<std::shared_ptr<io::aligned_buffer>> bufs(s_.workers);
+        std::vector<io::aligned_buffer> bufs(s_.workers);
         auto piece = [&](unsigned slot, std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
             if (!bufs[slot])
                 bufs[slot] = io::make_registered_buffer(s_.graph->engine(), s_.chunk);
             step st;
-            st.r = co_await state_->copy_claimed(offset / cl, (n + cl - 1) / cl, bufs[slot]->span(), st.in_source);
+            st.r = co_await state_->copy_claimed(offset / cl, (n + cl - 1) / cl, bufs[slot].span(), st.in_source);
             st.length = offset + n;   // where a step that ignores this failure goes on
             co_return st;
         };

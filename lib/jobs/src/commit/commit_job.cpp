@@ -122,7 +122,7 @@ public:
         auto bufs = piece_buffers();
         auto copy_piece = [&](unsigned slot, std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
             step st;
-            auto data = bufs[slot]->span().first(n);
+            auto data = bufs[slot].span().first(n);
             st.r = co_await s_.top->read(offset, data);
             if (st.r) {
                 st.in_source = false;

@@ -48,9 +48,9 @@ protected:
     /// One buffer per piece in flight (index them by in_pieces' slot), kept for the whole
     /// job: a buffer per piece would fault in fresh memory for every page copied. Registered
     /// with the I/O engine, so that requests into them skip pinning their pages.
-    std::vector<std::shared_ptr<io::aligned_buffer>> piece_buffers()
+    std::vector<io::aligned_buffer> piece_buffers()
     {
-        std::vector<std::shared_ptr<io::aligned_buffer>> bufs;
+        std::vector<io::aligned_buffer> bufs;
         for (unsigned i = 0; i < depth; ++i)
             bufs.push_back(io::make_registered_buffer(graph_.engine(), piece_size));
         return bufs;

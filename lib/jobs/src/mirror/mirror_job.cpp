@@ -160,7 +160,7 @@ int mirror_job::take_slot()
         if (slots_.size() <= i)
             slots_.resize(i + 1);
         if (!slots_[i])
-            slots_[i] = io::make_registered_buffer(s_.graph->engine(), max_io_);
+            slots_[i] = std::make_shared<io::aligned_buffer>(io::make_registered_buffer(s_.graph->engine(), max_io_));
         slot_used_[i] = true;
         return static_cast<int>(i);
     }

@@ -74,7 +74,7 @@ public:
         auto bufs = piece_buffers();
         auto populate = [&](unsigned slot, std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {
             step st;
-            st.r = co_await filter_->populate(offset, n, bufs[slot]->span());
+            st.r = co_await filter_->populate(offset, n, bufs[slot].span());
             co_return st;
         };
         auto copy = [&](std::uint64_t offset, std::uint64_t n) -> asio::awaitable<step> {

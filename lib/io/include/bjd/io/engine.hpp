@@ -143,9 +143,8 @@ public:
 
 /// An aligned buffer of `size` bytes, registered with `e` for as long as it lives (the
 /// registration ends just before the memory is freed, see registered_range). For buffers that
-/// carry many large requests, such as a copy's slots. The last reference must be dropped on
-/// `e`'s loop thread.
-std::shared_ptr<aligned_buffer> make_registered_buffer(engine& e, std::size_t size);
+/// carry many large requests, such as a copy's slots. It must be freed on `e`'s loop thread.
+aligned_buffer make_registered_buffer(engine& e, std::size_t size);
 
 /// Per-engine tuning. Defaults suit a mirror with 16 requests in flight plus NBD clients.
 struct engine_options {
