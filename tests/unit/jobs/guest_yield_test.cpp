@@ -109,3 +109,20 @@ TEST_CASE("guest_yield: the base is the lowest window of the last base_memory", 
     run(y, 11'000, 200, [](std::uint64_t) { return 700us; });
     CHECK(y.base() == 700us);
 }
+
+TEST_CASE("guest_yield: new limits when the copy's window changes", "[mirror][yield]")
+{
+    auto y = make();
+    // No guests: the whole buffer, old or new.
+    CHECK(y.budget(at(0ms)) == 16 * MiB);
+    y.resize(2 * MiB, 32 * MiB);
+    CHECK(y.budget(at(1ms)) == 32 * MiB);
+    y.resize(MiB, 16 * MiB);
+    CHECK(y.budget(at(2ms)) == 16 * MiB);
+    // Guests held the copy back to a few requests: it stays held back, in the new step's terms.
+    run(y, 100, 200, [](std::uint64_t) { return 1000us; });
+    const auto held = y.budget(at(300ms));
+    REQUIRE(held < 16 * MiB);
+    y.resize(4 * MiB, 64 * MiB);
+    CHECK(y.budget(at(301ms)) == std::max<std::uint64_t>(held, 4 * MiB));
+}

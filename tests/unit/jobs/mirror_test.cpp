@@ -5,6 +5,7 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/io/engine.hpp"
+#include "mirror/mirror_job.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -401,4 +403,40 @@ TEST_CASE("jobs: mirror force-cancel does not wait for a slow target", "[jobs]")
         auto out = slurp(f.dir + "/src");
         CHECK(std::vector<char>(out.begin() + (6 << 20), out.begin() + (6 << 20) + 65536) == w);
     }
+}
+
+TEST_CASE("jobs: a mirror whose window keeps changing copies every byte", "[jobs][window]")
+{
+    // buf-size left to the daemon, and a growth rule that decides after every few requests and
+    // never keeps the larger size: the window, and with it the request size (1 or 2 MiB),
+    // changes over and over while requests wait for a slot. Every request must fit the buffer
+    // it is given, whatever size was in force when it was planned.
+    fixture f;
+    const std::size_t size = 96 << 20;
+    auto content = random_bytes(size, 7);
+    auto src = f.file("src", content);
+    auto dst = f.file("dst", std::vector<char>(size));
+    jobs::detail::mirror_setup s;
+    s.graph = &f.g;
+    s.source = src;
+    s.target = dst;
+    s.window = {.period = std::chrono::nanoseconds(1), .settle = std::chrono::nanoseconds(1), .gain = 1e9,
+                .reprobe = std::chrono::nanoseconds(0)};
+    REQUIRE(jobs::detail::launch(f.mgr, std::move(s), "m", {}, 0, std::nullopt));
+    auto& mj = dynamic_cast<jobs::detail::mirror_job&>(f.mgr.find("m")->driver());
+    std::set<std::uint64_t> seen;
+    int changes = 0;
+    std::uint64_t last = mj.window();
+    f.run_until([&] {
+        if (mj.window() != last)
+            ++changes, last = mj.window();
+        seen.insert(last);
+        return f.ev.has("BLOCK_JOB_READY");
+    });
+    CHECK(seen == std::set<std::uint64_t>{16 << 20, 32 << 20});
+    CHECK(changes >= 4);
+    CHECK(slurp(f.dir + "/dst") == content);
+    REQUIRE(f.mgr.find("m")->complete());
+    f.run_until([&] { return f.ev.has("JOB_STATUS_CHANGE:null"); });
+    CHECK(f.ev.has("BLOCK_JOB_COMPLETED"));
 }

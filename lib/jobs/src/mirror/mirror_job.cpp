@@ -26,6 +26,11 @@ constexpr auto slice = std::chrono::milliseconds(100);
 
 auto logger() { return log::get("jobs"); }
 
+/// One copy request for a window: a sixteenth of it (QEMU's 16 in flight), at least 1 MiB.
+std::uint64_t request_size(std::uint64_t window) { return std::min(std::max(window / max_in_flight, min_io), window); }
+
+double mib(double bytes) { return bytes / (1 << 20); }
+
 } // namespace
 
 mirror_job::mirror_job(mirror_setup s, asio::any_io_executor ex)
@@ -34,8 +39,9 @@ mirror_job::mirror_job(mirror_setup s, asio::any_io_executor ex)
       bitmap_(s_.source->size(), s_.granularity),
       in_flight_(bitmap_.chunks()),
       op_done_(ex),
-      max_io_(std::min(std::max(s_.buf_size / max_in_flight, min_io), s_.buf_size)),
-      yield_(max_io_, s_.buf_size)
+      window_(s_.buf_size, std::max(s_.buf_size, s_.buf_size_max), s_.window),
+      max_io_(request_size(window_.size())),
+      yield_(max_io_, window_.size())
 {
     active_ = s_.copy_mode == qapi::mirror_copy_mode::write_blocking;
     auto_ = s_.copy_mode == qapi::mirror_copy_mode::auto_;
@@ -159,7 +165,7 @@ int mirror_job::take_slot()
             continue;
         if (slots_.size() <= i)
             slots_.resize(i + 1);
-        if (!slots_[i])
+        if (!slots_[i] || slots_[i]->size() != max_io_)   // none yet, or from another window size
             slots_[i] = std::make_shared<io::aligned_buffer>(io::make_registered_buffer(s_.graph->engine(), max_io_));
         slot_used_[i] = true;
         return static_cast<int>(i);
@@ -179,6 +185,27 @@ void mirror_job::account_rate(std::uint64_t bytes)
         rate_window_start_ = now;
         rate_window_bytes_ = 0;
     }
+}
+
+void mirror_job::size_window(std::uint64_t bytes)
+{
+    const std::uint64_t before = window_.size();
+    const bool judged = window_.completed(copy_window::clock::now(), bytes, in_flight_bytes_);
+    if (window_.size() != before) {   // a probe starts or ends
+        max_io_ = request_size(window_.size());
+        yield_.resize(max_io_, window_.size());
+    }
+    if (!judged)
+        return;
+    const auto& d = window_.last_decision();
+    if (d.to == d.from)
+        logger()->debug("{} '{}': keeps {} MiB in flight: {} MiB gave {:.0f} MiB/s against {:.0f}",
+                        qapi::to_string(s_.type), job_->id(), d.from >> 20, d.tried >> 20, mib(d.rate_tried),
+                        mib(d.rate_before));
+    else
+        logger()->info("{} '{}': {} MiB in flight instead of {}: {:.0f} MiB/s against {:.0f}",
+                       qapi::to_string(s_.type), job_->id(), d.to >> 20, d.from >> 20, mib(d.rate_tried),
+                       mib(d.rate_before));
 }
 
 std::int64_t mirror_job::current_rate() const
@@ -344,6 +371,7 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
         }
         if (kind == op_kind::copy && !copied) {
             req->buf = self->slots_[slot];
+            assert(length <= req->buf->size());
             std::span<std::byte> buf(req->buf->data(), length);
             r = co_await self->s_.source->read(offset, buf);
             read_failed = !r;
@@ -361,8 +389,12 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
         } else if (r) {
             ok = true;
             self->job_->progress_done(length);
-            if (kind == op_kind::copy)
+            if (kind == op_kind::copy) {
                 self->account_rate(length);
+                self->size_window(length);
+            } else {
+                self->window_.interrupted();
+            }
         } else {
             self->bitmap_.set(offset, length);
             self->handle_error(read_failed, r.error());
@@ -472,11 +504,11 @@ asio::awaitable<void> mirror_job::iteration()
     // One request per iteration when throttled, so the bucket overshoots by one request at most.
     const auto now = guest_yield::clock::now();
     const std::uint64_t budget = yield_.budget(now);
-    if (budget < s_.buf_size && now - yield_logged_ >= std::chrono::seconds(10)) {
+    if (budget < window_.size() && now - yield_logged_ >= std::chrono::seconds(10)) {
         yield_logged_ = now;
         logger()->info("{} '{}': yielding to the source's guests: {} of {} bytes in flight (guest latency {} us, "
                        "{} us at best)",
-                       qapi::to_string(s_.type), job_->id(), budget, s_.buf_size,
+                       qapi::to_string(s_.type), job_->id(), budget, window_.size(),
                        std::chrono::duration_cast<std::chrono::microseconds>(yield_.last()).count(),
                        std::chrono::duration_cast<std::chrono::microseconds>(yield_.base()).count());
     }
@@ -513,10 +545,11 @@ asio::awaitable<void> mirror_job::iteration()
             continue;
         }
         for (std::uint64_t done = 0; done < n;) {
-            std::uint64_t len = std::min(n - done, max_io_);
             int slot = -1;
             while (ops_ >= max_in_flight || (slot = take_slot()) < 0)
                 co_await wait_op();
+            // Sized after the wait: the window, and with it the request size, may have changed.
+            const std::uint64_t len = std::min(n - done, slots_[slot]->size());
             launch(op_kind::copy, pos + done, len, slot);
             limiter_.charge(len);
             done += len;

@@ -9,6 +9,7 @@
 #include "bjd/block/node.hpp"
 #include "bjd/io/buffer.hpp"
 #include "bjd/jobs/convergence.hpp"
+#include "bjd/jobs/copy_window.hpp"
 #include "bjd/jobs/guest_yield.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/jobs/mirror.hpp"
@@ -110,7 +111,11 @@ struct mirror_setup {
     qapi::blockdev_on_error on_source_error = qapi::blockdev_on_error::report;
     qapi::blockdev_on_error on_target_error = qapi::blockdev_on_error::report;
     std::uint64_t granularity = 65536;
-    std::uint64_t buf_size = 16 << 20;
+    std::uint64_t buf_size = 0;   ///< 0: left to the daemon (launch sets buf_size_max)
+    /// More than buf_size: the copy may keep up to this in flight while that makes it faster
+    /// (copy_window.hpp); otherwise buf_size is fixed, as the user asked.
+    std::uint64_t buf_size_max = 0;
+    copy_window::config window;   ///< the growth rule's timings (tests shorten them)
     bool unmap = true;
     bool zero_target = false;
     bool release_target = false;   ///< drive-mirror: drop the target node at the end if unused
@@ -163,6 +168,8 @@ public:
     qapi::result<void> attach(job& j);
     std::uint64_t granularity() const noexcept { return s_.granularity; }
     std::uint64_t buf_size() const noexcept { return s_.buf_size; }
+    /// What the copy keeps in flight now: buf_size, or more when it may grow (copy_window.hpp).
+    std::uint64_t window() const noexcept { return window_.size(); }
 
     // job_driver
     asio::awaitable<qapi::result<void>> run(job& j) override;
@@ -227,7 +234,7 @@ private:
     bool in_source_half(std::uint64_t offset, std::uint64_t length) const;
     bool may_forward(std::uint64_t offset, std::uint64_t length);
     /// Bytes of forwarded writes on their way to the target at most: a quarter of buf-size.
-    std::uint64_t forward_budget() const noexcept { return std::max<std::uint64_t>(s_.buf_size / 4, max_io_); }
+    std::uint64_t forward_budget() const noexcept { return std::max<std::uint64_t>(window_.size() / 4, max_io_); }
     static asio::awaitable<void> finish_forward(mirror_job* self, std::shared_ptr<target_request> req,
                                                 bool source_ok);
     static asio::awaitable<void> perform(std::shared_ptr<target_request> req);
@@ -248,6 +255,9 @@ private:
     /// write-blocking, logs why and emits BLOCK_JOB_COPY_MODE_CHANGED.
     void watch_convergence(job& j, std::uint64_t remaining);
     void account_rate(std::uint64_t bytes);
+    /// A copy request of `bytes` completed: the window may change (copy_window.hpp), and with
+    /// it the request size and the yield rule's limits. Logs the decision.
+    void size_window(std::uint64_t bytes);
     std::int64_t current_rate() const;
     /// Leaves the graph: stops the filter, drops the target permissions, pivots if `pivot`
     /// (QEMU's mirror_exit_common). Returns the pivot's failure, if any.
@@ -275,7 +285,8 @@ private:
     std::optional<job_nodes> intermediates_;        ///< active commit: the nodes between source and target
     event_flag op_done_;
     rate_limiter limiter_;
-    std::uint64_t max_io_;
+    copy_window window_;   ///< bytes the copy keeps in flight at most (buf-size, or grown from it)
+    std::uint64_t max_io_;   ///< one copy request: a sixteenth of the window, at least 1 MiB
     guest_yield yield_;   ///< bytes the copy may have in flight while guests use the source
     std::uint64_t cursor_ = 0;                ///< next chunk to look at
     unsigned ops_ = 0;

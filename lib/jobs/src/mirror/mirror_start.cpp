@@ -227,6 +227,9 @@ qapi::result<void> detail::launch(manager& m, mirror_setup s, const std::string&
     // Requests must also suit O_DIRECT on both sides.
     s.granularity = std::max<std::uint64_t>({s.granularity, s.source->request_alignment(),
                                              s.target->request_alignment()});
+    // buf-size left to the daemon: QEMU's 16 MiB to start with, more while that is faster.
+    if (s.buf_size == 0)
+        s.buf_size_max = effective_buf_size(static_cast<std::int64_t>(auto_buf_size_max), s.granularity);
     s.buf_size = effective_buf_size(static_cast<std::int64_t>(s.buf_size), s.granularity);
     block::node_options fo = s.source->options();
     fo.name = filter_node_name ? *filter_node_name : g.auto_name();
@@ -237,6 +240,7 @@ qapi::result<void> detail::launch(manager& m, mirror_setup s, const std::string&
                                          qapi::to_string(s.sync));
     const job_type type = s.type;
     const bool start_paused = s.start_paused;
+    const std::uint64_t max_window = s.buf_size_max;
     std::optional<std::string> note = s.restore_note;
 
     auto drv = std::make_unique<mirror_job>(std::move(s), m.loop().get_executor());
@@ -257,8 +261,9 @@ qapi::result<void> detail::launch(manager& m, mirror_setup s, const std::string&
     if (start_paused)
         (void)j.user_pause();   // created accepts pause: the job parks before it copies
     m.start(j);
-    log::get("jobs")->info("{} '{}': {}, granularity {}, buf-size {}", qapi::to_string(type), j.id(), what,
-                           mj->granularity(), mj->buf_size());
+    log::get("jobs")->info("{} '{}': {}, granularity {}, buf-size {}{}", qapi::to_string(type), j.id(), what,
+                           mj->granularity(), mj->buf_size(),
+                           max_window > mj->buf_size() ? fmt::format(" (up to {} while that is faster)", max_window) : "");
     return {};
 }
 

@@ -43,6 +43,16 @@ public:
     {
     }
 
+    /// New limits: the copy's request size and buffer changed (copy_window.hpp). A budget at
+    /// the old maximum (no guests) follows the new one.
+    void resize(std::uint64_t step, std::uint64_t max)
+    {
+        const bool whole = budget_ == max_;
+        step_ = std::max<std::uint64_t>(step, 1);
+        max_ = std::max(max, step_);
+        budget_ = whole ? max_ : std::clamp(budget_, step_, max_);
+    }
+
     /// A guest request that completed at `now` after `latency`.
     void guest_io(clock::time_point now, std::chrono::nanoseconds latency)
     {

@@ -98,6 +98,10 @@ void stop_mirror_journal(job& j);
 /// [4 KiB, 64 KiB], 64 KiB without clusters.
 std::uint32_t default_granularity(std::uint32_t target_cluster_size) noexcept;
 
+/// The most a mirror keeps in flight when buf-size is left to the daemon: it starts at 16 MiB,
+/// as QEMU does, and doubles up to this while that makes the copy faster (docs/copy-window.md).
+inline constexpr std::uint64_t auto_buf_size_max = std::uint64_t(64) << 20;
+
 /// buf-size after defaults: 0 → 16 MiB, then rounded up to a multiple of `granularity`.
 std::uint64_t effective_buf_size(std::int64_t buf_size, std::uint64_t granularity) noexcept;
 
