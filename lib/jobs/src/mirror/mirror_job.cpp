@@ -968,6 +968,7 @@ void mirror_job::fill_info(const job&, qapi::block_job_info& info) const
     }
     info.dirty_bytes = static_cast<std::int64_t>(bitmap_.dirty_bytes());
     info.rate = current_rate();
+    info.buf_size = static_cast<std::int64_t>(window_.size());
 }
 
 // ---- completion (QEMU's block/mirror.c) ------------------------------------------------------------------
