@@ -84,7 +84,12 @@ class QMP:
         self.s.settimeout(reply_timeout)
         self.f = self.s.makefile("rwb")
         self.events = []
-        self._read("the greeting")
+        # Events that come before the greeting are kept like any other (QEMU has sent some
+        # there, e.g. VSERPORT_CHANGE), so that the greeting is not taken for a reply.
+        while "QMP" not in (m := self._read("the greeting")):
+            if "event" not in m:
+                raise Failure(f"expected the greeting, got {json.dumps(m)[:300]}")
+            self.events.append(m)
         self.ok("qmp_capabilities")
 
     def _read(self, what="a reply"):
@@ -115,6 +120,8 @@ class QMP:
         r = self.cmd(name, **args)
         if "error" in r:
             raise Failure(f"{name} {json.dumps(args)}: {r['error']['desc']}")
+        if "return" not in r:
+            raise Failure(f"{name}: a reply without return: {json.dumps(r)[:300]}")
         return r["return"]
 
     def wait_event(self, name, /, timeout=60, **data):
