@@ -233,7 +233,7 @@ private:
     asio::awaitable<std::optional<result<void>>> target_answer(std::shared_ptr<target_request> req);
     bool in_source_half(std::uint64_t offset, std::uint64_t length) const;
     bool may_forward(std::uint64_t offset, std::uint64_t length);
-    /// Bytes of forwarded writes on their way to the target at most: a quarter of buf-size.
+    /// Bytes of forwarded writes on their way to the target at most: a quarter of the window.
     std::uint64_t forward_budget() const noexcept { return std::max<std::uint64_t>(window_.size() / 4, max_io_); }
     static asio::awaitable<void> finish_forward(mirror_job* self, std::shared_ptr<target_request> req,
                                                 bool source_ok);
