@@ -40,8 +40,7 @@ mirror_job::mirror_job(mirror_setup s, asio::any_io_executor ex)
       in_flight_(bitmap_.chunks()),
       op_done_(ex),
       window_(s_.buf_size, std::max(s_.buf_size, s_.buf_size_max), s_.window),
-      max_io_(request_size(window_.size())),
-      yield_(max_io_, window_.size())
+      yield_(max_io(), window_.size())
 {
     active_ = s_.copy_mode == qapi::mirror_copy_mode::write_blocking;
     auto_ = s_.copy_mode == qapi::mirror_copy_mode::auto_;
@@ -165,8 +164,8 @@ int mirror_job::take_slot()
             continue;
         if (slots_.size() <= i)
             slots_.resize(i + 1);
-        if (!slots_[i] || slots_[i]->size() != max_io_)   // none yet, or from another window size
-            slots_[i] = std::make_shared<io::aligned_buffer>(io::make_registered_buffer(s_.graph->engine(), max_io_));
+        if (!slots_[i] || slots_[i]->size() != max_io())   // none yet, or from another window size
+            slots_[i] = std::make_shared<io::aligned_buffer>(io::make_registered_buffer(s_.graph->engine(), max_io()));
         slot_used_[i] = true;
         return static_cast<int>(i);
     }
@@ -187,14 +186,17 @@ void mirror_job::account_rate(std::uint64_t bytes)
     }
 }
 
+std::uint64_t mirror_job::max_io() const noexcept
+{
+    return request_size(window_.size());
+}
+
 void mirror_job::size_window(std::uint64_t bytes)
 {
     const std::uint64_t before = window_.size();
     const bool judged = window_.completed(copy_window::clock::now(), bytes, in_flight_bytes_);
-    if (window_.size() != before) {   // a probe starts or ends
-        max_io_ = request_size(window_.size());
-        yield_.resize(max_io_, window_.size());
-    }
+    if (window_.size() != before)   // a probe starts or ends
+        yield_.resize(max_io(), window_.size());
     if (!judged)
         return;
     const auto& d = window_.last_decision();
@@ -512,7 +514,7 @@ asio::awaitable<void> mirror_job::iteration()
                        std::chrono::duration_cast<std::chrono::microseconds>(yield_.last()).count(),
                        std::chrono::duration_cast<std::chrono::microseconds>(yield_.base()).count());
     }
-    std::uint64_t limit = limiter_.speed() > 0 ? max_io_ : budget;
+    std::uint64_t limit = limiter_.speed() > 0 ? max_io() : budget;
     limit = std::min(limit, budget - std::min(budget, in_flight_bytes_));
     std::uint64_t last = *first;
     std::uint64_t bytes = bitmap_.chunk_bytes(last);
@@ -778,7 +780,7 @@ bool mirror_job::may_forward(std::uint64_t offset, std::uint64_t length)
     if (!forwarding_ || active_ || force_cancelled_ || error_ || !job_ || job_->should_pause() ||
         job_->is_cancelled())
         return false;
-    if (length == 0 || length > max_io_ || forward_bytes_ + length > forward_budget())
+    if (length == 0 || length > max_io() || forward_bytes_ + length > forward_budget())
         return false;
     // `speed` limits what the job sends to the target, forwarded writes included.
     if (limiter_.speed() > 0 && limiter_.delay().count() > 0)

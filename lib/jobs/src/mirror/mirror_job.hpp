@@ -234,7 +234,9 @@ private:
     bool in_source_half(std::uint64_t offset, std::uint64_t length) const;
     bool may_forward(std::uint64_t offset, std::uint64_t length);
     /// Bytes of forwarded writes on their way to the target at most: a quarter of the window.
-    std::uint64_t forward_budget() const noexcept { return std::max<std::uint64_t>(window_.size() / 4, max_io_); }
+    std::uint64_t forward_budget() const noexcept { return std::max<std::uint64_t>(window_.size() / 4, max_io()); }
+    /// One copy request: a sixteenth of the window, at least 1 MiB.
+    std::uint64_t max_io() const noexcept;
     static asio::awaitable<void> finish_forward(mirror_job* self, std::shared_ptr<target_request> req,
                                                 bool source_ok);
     static asio::awaitable<void> perform(std::shared_ptr<target_request> req);
@@ -256,7 +258,7 @@ private:
     void watch_convergence(job& j, std::uint64_t remaining);
     void account_rate(std::uint64_t bytes);
     /// A copy request of `bytes` completed: the window may change (copy_window.hpp), and with
-    /// it the request size and the yield rule's limits. Logs the decision.
+    /// it the request size (max_io) and the yield rule's limits. Logs the decision.
     void size_window(std::uint64_t bytes);
     std::int64_t current_rate() const;
     /// Leaves the graph: stops the filter, drops the target permissions, pivots if `pivot`
@@ -286,7 +288,6 @@ private:
     event_flag op_done_;
     rate_limiter limiter_;
     copy_window window_;   ///< bytes the copy keeps in flight at most (buf-size, or grown from it)
-    std::uint64_t max_io_;   ///< one copy request: a sixteenth of the window, at least 1 MiB
     guest_yield yield_;   ///< bytes the copy may have in flight while guests use the source
     std::uint64_t cursor_ = 0;                ///< next chunk to look at
     unsigned ops_ = 0;
