@@ -58,7 +58,6 @@ public:
     }
 
     std::uint64_t size() const noexcept { return size_; }
-    std::uint64_t max() const noexcept { return max_; }
     const decision& last_decision() const noexcept { return last_; }
 
     /// Something other than a copy request completed (a range written as zeroes, say): the
