@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "setup.hpp"
 
+#include "bjd/io/huge_pages.hpp"
 #include "bjd/log.hpp"
 #include "bjd/net/listener.hpp"
 #include "bjd/qapi/commands.hpp"
@@ -112,6 +113,10 @@ runtime::runtime(asio::io_context& loop)
         log::get("daemon")->warn("io_uring is not available, using the thread pool for all I/O: {}", reason);
     else
         log::get("daemon")->info("I/O engine: io_uring");
+    ctx_.io.huge_pages = io::huge_pages::available();
+    if (!ctx_.io.huge_pages)
+        log::get("daemon")->warn("transparent huge pages are off: large I/O buffers use 4 KiB pages, and a device that "
+                                 "takes fewer segments per request gets each 1 MiB request in pieces");
     graph_ = std::make_unique<block::graph>(*engine_, *threads_);
     graph_->set_objects(objects_);
     ctx_.graph = graph_.get();

@@ -12,6 +12,7 @@ boost::asio::awaitable<result<io_engine_info>> qmp_query_io_engine(qmp::context&
     info.io_uring_available = ctx.io.fallback_reason.empty() && ctx.io.backend == "io_uring";
     if (!ctx.io.fallback_reason.empty())
         info.fallback_reason = ctx.io.fallback_reason;
+    info.huge_pages = ctx.io.huge_pages;
     co_return info;
 }
 

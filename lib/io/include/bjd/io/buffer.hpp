@@ -2,6 +2,7 @@
 #pragma once
 /// \file
 /// Aligned, owned byte buffers for O_DIRECT I/O, and a pool that recycles the large ones.
+#include "bjd/io/huge_pages.hpp"
 #include "bjd/io/registered.hpp"
 
 #include <bit>
@@ -18,13 +19,23 @@ namespace bjd::io {
 /// Alignment that satisfies O_DIRECT on every device we support (logical blocks ≤ 4 KiB).
 inline constexpr std::size_t direct_alignment = 4096;
 
+/// Frees a buffer's memory: from huge_pages when `huge` is its size there, else from the heap.
 struct aligned_free {
-    void operator()(std::byte* p) const noexcept { std::free(p); }
+    std::size_t huge = 0;
+    void operator()(std::byte* p) const noexcept
+    {
+        if (huge)
+            huge_pages::release(p, huge);
+        else
+            std::free(p);
+    }
 };
 
 /// A heap buffer of `size` bytes aligned to `direct_alignment`. Move-only. It may carry the
 /// registration of its memory with an I/O engine (`keep_registration`), which then ends just
-/// before the memory is freed.
+/// before the memory is freed. From huge_pages::min_size up, the memory comes from huge pages
+/// where the kernel has them, so that a request on the whole buffer reaches the device whole
+/// (huge_pages.hpp).
 class aligned_buffer {
 public:
     aligned_buffer() = default;
@@ -53,6 +64,12 @@ public:
         capacity_ = (capacity + direct_alignment - 1) / direct_alignment * direct_alignment;
         if (capacity_ == 0)
             capacity_ = direct_alignment;
+        if (capacity_ >= huge_pages::min_size) {
+            if (void* h = huge_pages::allocate(capacity_)) {
+                data_ = {static_cast<std::byte*>(h), aligned_free{capacity_}};
+                return;
+            }
+        }
         void* p = std::aligned_alloc(direct_alignment, capacity_);
         if (!p)
             throw std::bad_alloc();

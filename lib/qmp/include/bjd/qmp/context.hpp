@@ -29,6 +29,7 @@ class state_dir;
 struct io_report {
     std::string backend;          ///< "io_uring" or "threads"
     std::string fallback_reason;  ///< non-empty when io_uring was wanted but could not be used
+    bool huge_pages = false;      ///< large I/O buffers on transparent huge pages (io/huge_pages.hpp)
 };
 
 class context {
