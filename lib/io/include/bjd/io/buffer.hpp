@@ -19,6 +19,17 @@ namespace bjd::io {
 /// Alignment that satisfies O_DIRECT on every device we support (logical blocks ≤ 4 KiB).
 inline constexpr std::size_t direct_alignment = 4096;
 
+/// Whether aligned_buffer takes large buffers from huge_pages. Not under AddressSanitizer:
+/// buffers carved from a shared page have no redzones between them, and ASan's redzones are
+/// what catch a request that overruns its buffer (one did, when a mirror window shrank).
+#if defined(__SANITIZE_ADDRESS__)   // GCC
+inline constexpr bool buffers_on_huge_pages = false;
+#elif defined(__has_feature)        // Clang
+inline constexpr bool buffers_on_huge_pages = !__has_feature(address_sanitizer);
+#else
+inline constexpr bool buffers_on_huge_pages = true;
+#endif
+
 /// Frees a buffer's memory: from huge_pages when `huge` is its size there, else from the heap.
 struct aligned_free {
     std::size_t huge = 0;
@@ -64,7 +75,7 @@ public:
         capacity_ = (capacity + direct_alignment - 1) / direct_alignment * direct_alignment;
         if (capacity_ == 0)
             capacity_ = direct_alignment;
-        if (capacity_ >= huge_pages::min_size) {
+        if (buffers_on_huge_pages && capacity_ >= huge_pages::min_size) {
             if (void* h = huge_pages::allocate(capacity_)) {
                 data_ = {static_cast<std::byte*>(h), aligned_free{capacity_}};
                 return;
