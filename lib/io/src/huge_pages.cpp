@@ -104,11 +104,15 @@ void release(void* ptr, std::size_t n) noexcept
 
 bool available() noexcept
 {
-    std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
-    std::string line;
-    if (!std::getline(f, line))
+    try {
+        std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+        std::string line;
+        if (!std::getline(f, line))
+            return false;   // no THP in this kernel
+        return line.find("[always]") != std::string::npos || line.find("[madvise]") != std::string::npos;
+    } catch (...) {
         return false;
-    return line.find("[always]") != std::string::npos || line.find("[madvise]") != std::string::npos;
+    }
 }
 
 std::size_t shared_pages() noexcept

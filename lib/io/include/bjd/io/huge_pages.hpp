@@ -40,7 +40,7 @@ void release(void* p, std::size_t n) noexcept;
 /// (/sys/kernel/mm/transparent_hugepage/enabled is "always" or "madvise").
 bool available() noexcept;
 
-/// Huge pages mapped for shared buffers right now (for tests and the log).
+/// Huge pages mapped for shared buffers right now (for tests).
 std::size_t shared_pages() noexcept;
 
 } // namespace bjd::io::huge_pages
