@@ -25,6 +25,8 @@ static_assert(page_size / min_size <= 32, "a page's blocks must fit its mask");
 
 std::mutex mu;
 std::vector<shared_page> pages;   // guarded by mu
+std::size_t own_bytes = 0;        // mappings of buffers above a page; guarded by mu
+std::size_t held_bytes = 0;       // footprints of live buffers; guarded by mu
 
 /// `bytes` (whole huge pages) of anonymous memory starting on a huge-page boundary, marked
 /// for huge pages. mmap aligns to 4 KiB only, so one page more is mapped and the ends trimmed.
@@ -56,8 +58,15 @@ std::size_t footprint(std::size_t n) noexcept
 void* allocate(std::size_t n) noexcept
 {
     const std::size_t f = footprint(n);
-    if (f > page_size)
-        return map_aligned(f);
+    if (f > page_size) {
+        std::byte* p = map_aligned(f);
+        if (p) {
+            std::lock_guard lock(mu);
+            own_bytes += f;
+            held_bytes += f;
+        }
+        return p;
+    }
     const auto blocks = static_cast<unsigned>(page_size / f);
     const std::uint32_t full = blocks == 32 ? ~std::uint32_t{0} : (std::uint32_t{1} << blocks) - 1;
     std::lock_guard lock(mu);
@@ -66,6 +75,7 @@ void* allocate(std::size_t n) noexcept
             continue;
         const int i = std::countr_one(p.used);
         p.used |= std::uint32_t{1} << i;
+        held_bytes += f;
         return p.base + static_cast<std::size_t>(i) * f;
     }
     std::byte* base = map_aligned(page_size);
@@ -77,6 +87,7 @@ void* allocate(std::size_t n) noexcept
         ::munmap(base, page_size);
         return nullptr;
     }
+    held_bytes += f;
     return base;
 }
 
@@ -87,6 +98,9 @@ void release(void* ptr, std::size_t n) noexcept
     const std::size_t f = footprint(n);
     if (f > page_size) {
         ::munmap(ptr, f);
+        std::lock_guard lock(mu);
+        own_bytes -= f;
+        held_bytes -= f;
         return;
     }
     auto* p = static_cast<std::byte*>(ptr);
@@ -96,6 +110,7 @@ void release(void* ptr, std::size_t n) noexcept
     if (it == pages.end())
         return;   // not ours: a caller's bug, but freeing it would be worse
     it->used &= ~(std::uint32_t{1} << ((p - it->base) / it->block));
+    held_bytes -= f;
     if (it->used == 0) {
         ::munmap(it->base, page_size);
         pages.erase(it);
@@ -119,6 +134,12 @@ std::size_t shared_pages() noexcept
 {
     std::lock_guard lock(mu);
     return pages.size();
+}
+
+usage current() noexcept
+{
+    std::lock_guard lock(mu);
+    return {pages.size() * page_size + own_bytes, held_bytes};
 }
 
 } // namespace bjd::io::huge_pages

@@ -6,6 +6,7 @@
 #include "bjd/block/graph.hpp"
 #include "bjd/block/node.hpp"
 #include "bjd/io/engine.hpp"
+#include "bjd/io/huge_pages.hpp"
 #include "bjd/io/poll_loop.hpp"
 #include "bjd/jobs/job.hpp"
 #include "bjd/stats/block_acct.hpp"
@@ -66,7 +67,7 @@ public:
     }
     void sample(const std::string& name, const std::string& labels, const std::string& value)
     {
-        out_ += name + "{" + labels + "} " + value + "\n";
+        out_ += labels.empty() ? name + " " + value + "\n" : name + "{" + labels + "} " + value + "\n";
     }
     std::string take() { return std::move(out_); }
 
@@ -261,6 +262,18 @@ std::string render(const block::graph& g, const jobs::manager* jobs, const std::
              "Reads and writes submitted into a buffer registered with io_uring (a fixed buffer, whose pages "
              "stay pinned), resubmissions included.");
     w.sample("bjd_io_registered_buffer_submissions_total", engine_label, std::to_string(es.fixed));
+
+    // Large I/O buffers (docs/io-buffers.md): what their memory is while copies and exports
+    // run, so that an operator can tell it from the rest of the daemon's RSS.
+    const io::huge_pages::usage hp = io::huge_pages::current();
+    w.family("bjd_io_buffer_memory_bytes", "gauge",
+             "Memory mapped for I/O buffers of 256 KiB and more, in 2 MiB regions marked for transparent huge "
+             "pages (AnonHugePages in /proc/PID/smaps_rollup says how much of it the kernel gave as huge pages).");
+    w.sample("bjd_io_buffer_memory_bytes", "", std::to_string(hp.mapped_bytes));
+    w.family("bjd_io_buffer_held_bytes", "gauge",
+             "Of bjd_io_buffer_memory_bytes, what live buffers hold (each rounded up to a power of two, or to "
+             "whole 2 MiB pages above 2 MiB).");
+    w.sample("bjd_io_buffer_held_bytes", "", std::to_string(hp.held_bytes));
 
     if (!loops.empty()) {
         auto label = [](const loop_sample& l) { return "loop=\"" + escape_label(l.id) + "\""; };

@@ -115,6 +115,31 @@ TEST_CASE("io: a buffer larger than a huge page has a mapping of its own", "[io]
     CHECK_FALSE(mapped(p, 4 * MiB));
 }
 
+TEST_CASE("io: the memory of large buffers is counted as mapped and as held", "[io]")
+{
+    const hp::usage before = hp::current();
+    void* a = hp::allocate(1 * MiB);
+    REQUIRE(a);
+    hp::usage u = hp::current();
+    CHECK(u.held_bytes == before.held_bytes + 1 * MiB);
+    // A new page, unless another 1 MiB buffer left half of one free: the page is counted whole.
+    CHECK((u.mapped_bytes == before.mapped_bytes + hp::page_size || u.mapped_bytes == before.mapped_bytes));
+    void* b = hp::allocate(300 * KiB);   // held as its footprint, 512 KiB
+    void* c = hp::allocate(3 * MiB);     // a mapping of its own, two whole pages
+    REQUIRE(b);
+    REQUIRE(c);
+    const hp::usage all = hp::current();
+    CHECK(all.held_bytes == before.held_bytes + 1 * MiB + 512 * KiB + 4 * MiB);
+    CHECK(all.mapped_bytes >= u.mapped_bytes + 4 * MiB);
+    CHECK(all.mapped_bytes >= all.held_bytes);
+    hp::release(c, 3 * MiB);
+    hp::release(b, 300 * KiB);
+    hp::release(a, 1 * MiB);
+    const hp::usage after = hp::current();
+    CHECK(after.held_bytes == before.held_bytes);
+    CHECK(after.mapped_bytes == before.mapped_bytes);
+}
+
 TEST_CASE("io: aligned_buffer takes large buffers from huge pages, small ones from the heap", "[io]")
 {
     if (!bjd::io::buffers_on_huge_pages) {

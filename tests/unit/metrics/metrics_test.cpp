@@ -6,6 +6,7 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/io/engine.hpp"
+#include "bjd/io/huge_pages.hpp"
 #include "bjd/jobs/job.hpp"
 
 #include <catch2/catch.hpp>
@@ -105,6 +106,25 @@ TEST_CASE("render: exact counters per node, families in order", "[metrics]")
     CHECK(t.find("bjd_stats_start_time_seconds{node=\"n\\\"0\"} " + std::to_string(st / 1'000'000'000) + ".") !=
           std::string::npos);
     acct.set_intervals({});
+}
+
+TEST_CASE("render: the memory of large I/O buffers", "[metrics]")
+{
+    boost::asio::io_context io;
+    auto eng = io::make_engine(io, io::backend::threads);
+    block::graph g{*eng, *eng};
+    void* p = io::huge_pages::allocate(1 << 20);
+    REQUIRE(p);
+    const io::huge_pages::usage u = io::huge_pages::current();
+    const std::string t = metrics::render(g, nullptr);
+    io::huge_pages::release(p, 1 << 20);
+    CHECK(t.find("# TYPE bjd_io_buffer_memory_bytes gauge\n") != std::string::npos);
+    CHECK(has_line(t, "bjd_io_buffer_memory_bytes " + std::to_string(u.mapped_bytes)));
+    CHECK(has_line(t, "bjd_io_buffer_held_bytes " + std::to_string(u.held_bytes)));
+    CHECK(u.held_bytes >= (1u << 20));
+    // And back to what it was once the buffer is gone.
+    const std::string after = metrics::render(g, nullptr);
+    CHECK(has_line(after, "bjd_io_buffer_held_bytes " + std::to_string(u.held_bytes - (1u << 20))));
 }
 
 TEST_CASE("render: latency histograms as Prometheus histograms", "[metrics]")

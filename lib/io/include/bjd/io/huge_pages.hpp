@@ -43,4 +43,14 @@ bool available() noexcept;
 /// Huge pages mapped for shared buffers right now (for tests).
 std::size_t shared_pages() noexcept;
 
+/// The memory behind large I/O buffers right now, for the metrics: what is mapped (shared
+/// pages and the mappings of larger buffers, whole huge pages), and how much of it live
+/// buffers hold (their footprints). Mapped minus held is what freed buffers leave in pages
+/// still shared with live ones.
+struct usage {
+    std::size_t mapped_bytes = 0;
+    std::size_t held_bytes = 0;
+};
+usage current() noexcept;
+
 } // namespace bjd::io::huge_pages

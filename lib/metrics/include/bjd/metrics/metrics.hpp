@@ -24,6 +24,9 @@
 ///   for the workers of --nbd-threads once they run): counter `bjd_loop_wakeups_total` (label
 ///   `how`: `polled` for events caught while polling, `slept` for those that woke the loop),
 ///   gauge `bjd_loop_poll_window_seconds`.
+/// * the I/O engine: counters `bjd_io_requests_total` (label `op`),
+///   `bjd_io_registered_buffer_submissions_total`; gauges `bjd_io_buffer_memory_bytes` and
+///   `bjd_io_buffer_held_bytes`, the memory of the large I/O buffers (docs/io-buffers.md).
 ///
 /// Threading: everything runs on the main loop (the graph and the job manager live there).
 #include "bjd/io/poll_loop.hpp"
