@@ -2,9 +2,9 @@
 // TLS over an Asio socket: GnuTLS on a non-blocking fd, waiting with async_wait on EAGAIN.
 #include "bjd/crypto/tls_session.hpp"
 
+#include "bjd/nothrow_awaitable.hpp"
 #include "tls_creds_data.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/error.hpp>
@@ -36,8 +36,6 @@ struct tls_transport {
 } // namespace detail
 
 namespace {
-
-constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 
 /// Buffers below this size are gathered into shared records; larger ones are sent as they are.
 constexpr std::size_t cork_below = 16 * 1024;
@@ -186,7 +184,8 @@ qapi::result<std::unique_ptr<tls_session>> tls_session::create(std::shared_ptr<c
 
 asio::awaitable<error_code> tls_session::wait(bool for_write)
 {
-    auto [ec] = co_await sock_.async_wait(for_write ? socket_type::wait_write : socket_type::wait_read, tok);
+    auto [ec] =
+        co_await sock_.async_wait(for_write ? socket_type::wait_write : socket_type::wait_read, nothrow_awaitable);
     co_return ec;
 }
 

@@ -3,8 +3,8 @@
 #include "nbd_connection.hpp"
 
 #include "bjd/log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -20,8 +20,6 @@ namespace bjd::exports::detail {
 using namespace nbd;
 
 namespace {
-
-constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 
 /// Most extents one BLOCK_STATUS reply describes (the spec lets us stop early).
 constexpr unsigned max_extents = 1024;
@@ -201,7 +199,7 @@ asio::awaitable<void> connection::run_phases()
 
 asio::awaitable<void> connection::wait_changed()
 {
-    co_await changed_.async_wait(tok);
+    co_await changed_.async_wait(nothrow_awaitable);
 }
 
 asio::awaitable<boost::system::error_code> connection::fill(std::size_t need)
@@ -220,7 +218,7 @@ asio::awaitable<boost::system::error_code> connection::fill(std::size_t need)
         if (tls_)
             std::tie(ec, n) = co_await tls_->read_some(room);
         else
-            std::tie(ec, n) = co_await socket_.async_read_some(room, tok);
+            std::tie(ec, n) = co_await socket_.async_read_some(room, nothrow_awaitable);
         if (ec)
             co_return ec;
         in_end_ += n;
@@ -666,7 +664,7 @@ asio::awaitable<void> connection::write_loop(std::shared_ptr<connection> self)
             if (self->tls_)
                 ec = co_await self->tls_->write(bufs);
             else
-                ec = std::get<0>(co_await asio::async_write(self->socket_, bufs, tok));
+                ec = std::get<0>(co_await asio::async_write(self->socket_, bufs, nothrow_awaitable));
             if (ec) {
                 // The client is gone: keep completing requests (their writes still reach the
                 // node), but stop reading and drop the replies.

@@ -3,8 +3,8 @@
 #include "nbd_connection.hpp"
 
 #include "bjd/log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -17,8 +17,6 @@ namespace bjd::exports::detail {
 using namespace nbd;
 
 namespace {
-
-constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 
 std::vector<std::byte> string_payload(std::string_view s)
 {
@@ -33,7 +31,7 @@ asio::awaitable<bool> connection::send(std::vector<std::byte> bytes)
 {
     if (tls_)
         co_return !co_await tls_->write(asio::buffer(bytes));
-    auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(bytes), tok);
+    auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(bytes), nothrow_awaitable);
     co_return !ec;
 }
 
@@ -41,7 +39,7 @@ asio::awaitable<boost::system::error_code> connection::read_exact(asio::mutable_
 {
     if (tls_)
         co_return co_await tls_->read(buf);
-    auto [ec, n] = co_await asio::async_read(socket_, buf, tok);
+    auto [ec, n] = co_await asio::async_read(socket_, buf, nothrow_awaitable);
     co_return ec;
 }
 

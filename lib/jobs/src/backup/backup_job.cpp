@@ -14,11 +14,11 @@
 #include "bjd/event_flag.hpp"
 #include "bjd/io/buffer.hpp"
 #include "bjd/jobs/job_driver.hpp"
-#include "bjd/log.hpp"
 #include "backup/drive_target.hpp"
 #include "copy/chain.hpp"
 #include "copy/copy_driver.hpp"
 #include "copy/job_nodes.hpp"
+#include "jobs_log.hpp"
 
 #include <algorithm>
 #include <functional>
@@ -30,8 +30,6 @@
 namespace bjd::jobs {
 
 namespace {
-
-auto logger() { return log::get("jobs"); }
 
 /// QEMU's BLOCK_COPY_CLUSTER_SIZE_DEFAULT: the backup's cluster is at least 64 KiB, or the
 /// target's cluster size if larger (block/block-copy.c block_copy_calculate_cluster_size).

@@ -10,11 +10,11 @@
 #include "bjd/block/graph.hpp"
 #include "bjd/block/reopen.hpp"
 #include "bjd/io/buffer.hpp"
-#include "bjd/log.hpp"
 #include "copy/chain.hpp"
 #include "copy/chain_job.hpp"
 #include "copy/job_nodes.hpp"
 #include "mirror/mirror_job.hpp"
+#include "jobs_log.hpp"
 
 #include <algorithm>
 #include <memory>
@@ -28,8 +28,6 @@ namespace {
 
 /// QEMU's COMMIT_BUFFER_SIZE: how much one iteration looks at and copies.
 constexpr std::uint64_t chunk = 512 << 10;
-
-auto logger() { return log::get("jobs"); }
 
 using detail::chain_contains;
 using detail::chain_next;

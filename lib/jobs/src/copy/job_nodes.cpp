@@ -3,7 +3,7 @@
 
 #include "bjd/block/driver.hpp"
 #include "bjd/block/reopen.hpp"
-#include "bjd/log.hpp"
+#include "jobs_log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 
@@ -12,8 +12,6 @@
 namespace bjd::jobs::detail {
 
 namespace {
-
-auto logger() { return log::get("jobs"); }
 
 asio::awaitable<void> reopen_back(std::shared_ptr<block::node> n, std::string what)
 {

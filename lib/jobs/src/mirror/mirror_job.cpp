@@ -4,9 +4,9 @@
 #include "mirror/mirror_job.hpp"
 
 #include "bjd/block/driver.hpp"
-#include "bjd/log.hpp"
 #include "bjd/qapi/events.hpp"
 #include "copy/chain.hpp"
+#include "jobs_log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -23,8 +23,6 @@ namespace {
 constexpr unsigned max_in_flight = 16;
 constexpr std::uint64_t min_io = 1 << 20;
 constexpr auto slice = std::chrono::milliseconds(100);
-
-auto logger() { return log::get("jobs"); }
 
 /// One copy request for a window: a sixteenth of it (QEMU's 16 in flight), at least 1 MiB.
 std::uint64_t request_size(std::uint64_t window) { return std::min(std::max(window / max_in_flight, min_io), window); }

@@ -24,7 +24,7 @@ namespace bjd::jobs::detail {
 
 namespace {
 
-auto logger() { return log::get("state"); }
+auto state_log() { return log::get("state"); }
 
 } // namespace
 
@@ -47,10 +47,10 @@ void mirror_job::stop_journal()
     journal_->job = nullptr;
     journal_->timer.cancel();
     if (journal_->log) {
-        logger()->info("mirror '{}': journal stopped: {} checkpoints, {} write-intent records, {} writes waited for "
-                       "one",
-                       journal_->cfg.job_id, journal_->checkpoints, journal_->log->records_written(),
-                       journal_->log->writes_waited());
+        state_log()->info("mirror '{}': journal stopped: {} checkpoints, {} write-intent records, {} writes waited for "
+                          "one",
+                          journal_->cfg.job_id, journal_->checkpoints, journal_->log->records_written(),
+                          journal_->log->writes_waited());
         s_.source->set_write_intent_hook(nullptr);
         journal_->log->stop();
     }
@@ -93,12 +93,12 @@ asio::awaitable<void> mirror_job::journal_loop(std::shared_ptr<mirror_journal> j
     if (!jn->job)
         co_return;
     if (!created) {
-        logger()->error("mirror '{}': no write-intent log ({}): after a crash it copies everything", id,
-                        created.error().desc);
+        state_log()->error("mirror '{}': no write-intent log ({}): after a crash it copies everything", id,
+                           created.error().desc);
         co_return;
     }
     jn->job->s_.source->set_write_intent_hook(log);
-    logger()->info("mirror '{}': write-intent log in {}/{}, {} MiB regions", id, dir, wil, log->region() >> 20);
+    state_log()->info("mirror '{}': write-intent log in {}/{}, {} MiB regions", id, dir, wil, log->region() >> 20);
     jn->poked = true;   // the first checkpoint as soon as the bitmap is complete
     bool retry_soon = false;
     for (;;) {
@@ -112,8 +112,8 @@ asio::awaitable<void> mirror_job::journal_loop(std::shared_ptr<mirror_journal> j
         jn->poked = false;
         mirror_job& mj = *jn->job;
         if (log->failed()) {
-            logger()->error("mirror '{}': {}; its checkpoint is removed: after a crash it copies everything", id,
-                            log->failure());
+            state_log()->error("mirror '{}': {}; its checkpoint is removed: after a crash it copies everything", id,
+                               log->failure());
             (void)remove_file_durable(dir, checkpoint_file_name(id));
             mj.s_.source->set_write_intent_hook(nullptr);
             co_return;
@@ -146,14 +146,14 @@ asio::awaitable<void> mirror_job::checkpoint(std::shared_ptr<mirror_journal> jn)
     if (!jn->job)
         co_return;
     if (!f) {
-        logger()->warn("mirror '{}': checkpoint skipped: cannot flush the target: {}", jn->cfg.job_id,
-                       strerror_text(f.error()));
+        state_log()->warn("mirror '{}': checkpoint skipped: cannot flush the target: {}", jn->cfg.job_id,
+                          strerror_text(f.error()));
         co_return;
     }
     for (const auto& path : jn->cfg.files) {
         auto idn = identify_file(path);
         if (!idn) {
-            logger()->warn("mirror '{}': checkpoint skipped: {}", jn->cfg.job_id, idn.error().desc);
+            state_log()->warn("mirror '{}': checkpoint skipped: {}", jn->cfg.job_id, idn.error().desc);
             co_return;
         }
         p.files.push_back(*idn);
@@ -165,15 +165,15 @@ asio::awaitable<void> mirror_job::checkpoint(std::shared_ptr<mirror_journal> jn)
     if (!jn->job)
         co_return;   // the job ended meanwhile: its files went, none reappears
     if (!w) {
-        logger()->warn("mirror '{}': checkpoint not written: {}", jn->cfg.job_id, w.error().desc);
+        state_log()->warn("mirror '{}': checkpoint not written: {}", jn->cfg.job_id, w.error().desc);
         co_return;
     }
     jn->log->end_checkpoint(ticket);
     jn->first_done = true;
     if (++jn->checkpoints == 1 || p.ready)
-        logger()->debug("mirror '{}': checkpoint {}: {} bytes left, {} regions marked, {} log records",
-                        jn->cfg.job_id, jn->checkpoints, p.dirty_bytes(), jn->log->marked(),
-                        jn->log->records_written());
+        state_log()->debug("mirror '{}': checkpoint {}: {} bytes left, {} regions marked, {} log records",
+                           jn->cfg.job_id, jn->checkpoints, p.dirty_bytes(), jn->log->marked(),
+                           jn->log->records_written());
 }
 
 } // namespace bjd::jobs::detail

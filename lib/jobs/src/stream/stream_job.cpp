@@ -7,10 +7,10 @@
 #include "bjd/block/driver.hpp"
 #include "bjd/block/graph.hpp"
 #include "bjd/block/reopen.hpp"
-#include "bjd/log.hpp"
 #include "copy/chain.hpp"
 #include "copy/chain_job.hpp"
 #include "copy/job_nodes.hpp"
+#include "jobs_log.hpp"
 
 #include <memory>
 #include <optional>
@@ -23,8 +23,6 @@ namespace {
 
 /// QEMU's STREAM_CHUNK: how much one iteration looks at.
 constexpr std::uint64_t chunk = 512 << 10;
-
-auto logger() { return log::get("jobs"); }
 
 using detail::chain_contains;
 using detail::chain_next;

@@ -13,8 +13,8 @@
 
 #include "bjd/io/buffer.hpp"
 #include "bjd/log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -36,7 +36,6 @@ using nbd_client::outcome;
 using nbd_client::session;
 namespace wire = bjd::nbd;
 
-constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 /// Write-zeroes and trim lengths go up to this per request (the wire length is 32 bits).
 constexpr std::uint64_t max_zero_request = 1u << 30;
 /// An extra multi-conn connection that has not finished its handshake by then is given up
@@ -118,7 +117,7 @@ public:
         auto self = shared_from_this();
         for (;;) {
             while (state_ == state::reconnecting)
-                co_await changed_.async_wait(tok);
+                co_await changed_.async_wait(nothrow_awaitable);
             if (state_ != state::connected)
                 co_return outcome{EIO, false};
             auto s = sessions_[next_++ % sessions_.size()];
@@ -188,7 +187,7 @@ private:
         const std::string log_name = "node '" + self->name_ + "'";
         while (self->group_ == group && self->state_ == state::connected && self->sessions_.size() < self->opts_.connections) {
             asio::steady_timer timeout(self->ex_, extra_connection_timeout);
-            auto r = co_await (connect_once(self->ex_, self->opts_, log_name) || timeout.async_wait(tok));
+            auto r = co_await (connect_once(self->ex_, self->opts_, log_name) || timeout.async_wait(nothrow_awaitable));
             if (self->group_ != group || self->state_ != state::connected) {   // dropped or closed meanwhile
                 if (r.index() == 0 && std::get<0>(r).s)
                     std::get<0>(r).s->close();
@@ -268,7 +267,7 @@ private:
             }
             log::get("block")->debug("node '{}': nbd reconnect failed: {}", self->name_, a.error);
             t.expires_after(backoff);
-            co_await t.async_wait(tok);
+            co_await t.async_wait(nothrow_awaitable);
             backoff = std::min<std::chrono::milliseconds>(backoff * 2, 1000ms);
         }
     }
@@ -491,7 +490,7 @@ asio::awaitable<qapi::result<std::shared_ptr<node>>> open_nbd(node_options commo
         if (a.s || !a.connect_failed || std::chrono::steady_clock::now() + backoff >= deadline)
             break;
         asio::steady_timer t(ex, backoff);
-        co_await t.async_wait(tok);
+        co_await t.async_wait(nothrow_awaitable);
     }
     if (!a.s)
         co_return qapi::generic(a.error);

@@ -3,8 +3,8 @@
 #include "session.hpp"
 
 #include "bjd/log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -15,7 +15,6 @@ namespace bjd::block::nbd_client {
 using namespace bjd::nbd;
 
 namespace {
-constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 /// Most requests gathered into one write.
 constexpr std::size_t max_batch = 64;
 /// Largest non-data chunk payload we accept (error messages, extent lists).
@@ -59,7 +58,7 @@ asio::awaitable<outcome> session::request(nbd::request hdr, std::span<const std:
     queue_.push_back(o);
     writer_wake_.cancel();
     while (!p.done)
-        co_await wake.async_wait(tok);
+        co_await wake.async_wait(nothrow_awaitable);
     co_return p.out;
 }
 
@@ -115,7 +114,7 @@ asio::awaitable<void> session::writer(std::shared_ptr<session> self)
     std::vector<outgoing> batch;
     while (self->alive_) {
         if (self->queue_.empty()) {
-            co_await self->writer_wake_.async_wait(tok);
+            co_await self->writer_wake_.async_wait(nothrow_awaitable);
             continue;
         }
         batch.clear();

@@ -3,8 +3,8 @@
 #include "stream.hpp"
 
 #include "bjd/crypto/tls_session.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -25,8 +25,6 @@
 
 namespace bjd::block::nbd_client {
 namespace {
-
-constexpr auto tok = asio::as_tuple(asio::use_awaitable);
 
 /// The socket, read in batches: a reply is a 16- or 20-byte header and often a small
 /// payload, and with many requests in flight one recv takes all the replies that have come
@@ -52,11 +50,11 @@ public:
             co_return error_code{};
         in_pos_ = in_end_ = 0;
         if (want >= direct_min) {
-            auto [ec, n] = co_await asio::async_read(sock_, asio::buffer(out, want), tok);
+            auto [ec, n] = co_await asio::async_read(sock_, asio::buffer(out, want), nothrow_awaitable);
             co_return ec;
         }
         auto [ec, n] = co_await asio::async_read(sock_, asio::buffer(in_.get(), batch_size),
-                                                 asio::transfer_at_least(want), tok);
+                                                 asio::transfer_at_least(want), nothrow_awaitable);
         if (n < want)
             co_return ec ? ec : error_code(asio::error::eof);
         std::memcpy(out, in_.get(), want);
@@ -66,7 +64,7 @@ public:
     }
     asio::awaitable<error_code> write(std::span<const asio::const_buffer> bufs) override
     {
-        auto [ec, n] = co_await asio::async_write(sock_, bufs, tok);
+        auto [ec, n] = co_await asio::async_write(sock_, bufs, nothrow_awaitable);
         co_return ec;
     }
     bool write_now(std::span<const std::byte> bytes) noexcept override
@@ -180,20 +178,21 @@ asio::awaitable<connect_result> connect_plain(const address& a)
     const std::string failed = "Failed to connect to '" + a.describe() + "': ";
     if (a.unix_socket) {
         asio::local::stream_protocol::endpoint ep(a.path);
-        auto [ec] = co_await sock.async_connect(asio::generic::stream_protocol::endpoint(ep), tok);
+        auto [ec] = co_await sock.async_connect(asio::generic::stream_protocol::endpoint(ep), nothrow_awaitable);
         if (ec)
             co_return connect_result{nullptr, failed + errno_text(ec)};
         co_return connect_result{std::make_unique<plain_stream>(std::move(sock)), {}};
     }
     asio::ip::tcp::resolver resolver(ex);
-    auto [rec, results] = co_await resolver.async_resolve(a.host, a.port, tok);
+    auto [rec, results] = co_await resolver.async_resolve(a.host, a.port, nothrow_awaitable);
     if (rec)
         co_return connect_result{nullptr, "address resolution failed for " + a.describe() + ": " + resolve_error(rec)};
     error_code last = asio::error::host_not_found;
     for (const auto& r : results) {
         error_code ignored;
         sock.close(ignored);
-        auto [ec] = co_await sock.async_connect(asio::generic::stream_protocol::endpoint(r.endpoint()), tok);
+        auto [ec] =
+            co_await sock.async_connect(asio::generic::stream_protocol::endpoint(r.endpoint()), nothrow_awaitable);
         if (!ec) {
             int one = 1;
             ::setsockopt(sock.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

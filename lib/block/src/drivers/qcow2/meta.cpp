@@ -8,16 +8,6 @@
 
 namespace bjd::block::qcow2 {
 
-namespace {
-
-/// [lo, hi) rounded out to 512-byte sectors and clipped to the cluster.
-std::pair<std::uint64_t, std::uint64_t> sector_range(std::uint64_t lo, std::uint64_t hi, std::uint64_t cs)
-{
-    return {lo / 512 * 512, std::min(cs, (hi + 511) / 512 * 512)};
-}
-
-} // namespace
-
 // ---- L2 tables -----------------------------------------------------------------------------------
 
 asio::awaitable<result<std::shared_ptr<l2_table>>> qcow2_node::get_l2(std::uint64_t l1i, bool create)
