@@ -19,7 +19,7 @@ phase() {   # <what>: the time since the last phase and the disk left, so a slow
   phase_start=$SECONDS
 }
 
-build() {   # <dir> <cmake args...>: a unity build, half the compile time (docs/testing.md)
+build() {   # <dir> <cmake args...>: a unity build, a third less compile time (docs/testing.md)
   local dir=$1; shift
   cmake -S . -B "$dir" -G Ninja -DCMAKE_UNITY_BUILD=ON "$@" >/dev/null
   nice -n 10 ninja -C "$dir" -j"$jobs"
