@@ -6,8 +6,8 @@
 #include "setup.hpp"
 
 #include "bjd/log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -93,7 +93,7 @@ asio::awaitable<void> start(daemon::runtime& rt, const daemon::options& opts)
 asio::awaitable<void> wait_for_signals(daemon::runtime& rt, asio::signal_set& signals)
 {
     for (;;) {
-        auto [ec, sig] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
+        auto [ec, sig] = co_await signals.async_wait(bjd::nothrow_awaitable);
         if (ec)
             co_return;
         if (sig == SIGHUP) {
@@ -114,7 +114,7 @@ asio::awaitable<void> watchdog(std::uint64_t usec)
     for (;;) {
         ::sd_notify(0, "WATCHDOG=1");
         timer.expires_after(period);
-        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        auto [ec] = co_await timer.async_wait(bjd::nothrow_awaitable);
         if (ec)
             co_return;
     }

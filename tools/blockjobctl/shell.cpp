@@ -10,8 +10,8 @@
 #include "bjd/client/completion.hpp"
 #include "bjd/client/format.hpp"
 #include "bjd/client/shorthand.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -198,7 +198,7 @@ asio::awaitable<int> run_shell(client::connection& conn, std::string address)
     st.prompt_active = true;
     while (!closed && !interrupted) {
         auto [ec] = co_await in.async_wait(asio::posix::stream_descriptor::wait_read,
-                                           asio::as_tuple(asio::use_awaitable));
+                                           bjd::nothrow_awaitable);
         if (ec || closed) {
             break;
         }

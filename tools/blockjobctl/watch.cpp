@@ -7,8 +7,8 @@
 
 #include "bjd/client/progress.hpp"
 #include "bjd/event_flag.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -241,7 +241,7 @@ asio::awaitable<int> run_watch(client::connection& conn, watch_options opts)
         asio::steady_timer timer(ex, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                          std::chrono::duration<double>(opts.interval)));
         using namespace asio::experimental::awaitable_operators;
-        co_await (timer.async_wait(asio::as_tuple(asio::use_awaitable)) || poke.wait());
+        co_await (timer.async_wait(bjd::nothrow_awaitable) || poke.wait());
     }
     if (tty) {
         std::cout << "\033[?25h" << std::flush;

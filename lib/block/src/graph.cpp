@@ -7,8 +7,8 @@
 #include "bjd/id.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qapi/types.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -625,7 +625,7 @@ asio::awaitable<void> graph::wait_for_closes()
     while (closing_ > 0) {
         asio::steady_timer t(ex, asio::steady_timer::time_point::max());
         close_waiters_.push_back(&t);
-        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await t.async_wait(bjd::nothrow_awaitable);
         std::erase(close_waiters_, &t);
     }
 }

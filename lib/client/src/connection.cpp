@@ -3,8 +3,8 @@
 /// The QMP client connection: a reader coroutine frames the server's output with Boost.JSON's
 /// incremental parser and routes replies to their waiting callers by id.
 #include "bjd/client/connection.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/detached.hpp>
@@ -173,7 +173,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         json::stream_parser parser;
         std::string why = "connection closed by the server";
         while (self->open) {
-            auto [ec, n] = co_await self->sock.async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
+            auto [ec, n] = co_await self->sock.async_read_some(asio::buffer(buf), bjd::nothrow_awaitable);
             if (ec) {
                 if (ec != asio::error::eof && ec != asio::error::operation_aborted) {
                     why = "read failed: " + ec.message();
@@ -216,7 +216,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         while (!self->outbuf.empty() && self->open) {
             std::string chunk;
             chunk.swap(self->outbuf);
-            auto [ec, n] = co_await asio::async_write(self->sock, asio::buffer(chunk), asio::as_tuple(asio::use_awaitable));
+            auto [ec, n] = co_await asio::async_write(self->sock, asio::buffer(chunk), bjd::nothrow_awaitable);
             if (ec) {
                 self->shut("write failed: " + ec.message());
             }
@@ -248,7 +248,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         pending[key] = w;
         write(json::serialize(request) + "\n");
         auto self = shared_from_this();
-        co_await w->wake.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await w->wake.async_wait(bjd::nothrow_awaitable);
         if (!w->reply) {
             pending.erase(key);
             throw client_error(closed_why.empty() ? "connection closed" : closed_why);
@@ -275,7 +275,7 @@ asio::awaitable<json::object> connection::connect(const address& addr)
     boost::system::error_code ec;
     if (addr.tcp) {
         asio::ip::tcp::resolver resolver(self->ex);
-        auto [rec, results] = co_await resolver.async_resolve(addr.host, addr.port, asio::as_tuple(asio::use_awaitable));
+        auto [rec, results] = co_await resolver.async_resolve(addr.host, addr.port, bjd::nothrow_awaitable);
         if (rec) {
             throw client_error("cannot resolve " + addr.to_string() + ": " + rec.message());
         }
@@ -284,7 +284,7 @@ asio::awaitable<json::object> connection::connect(const address& addr)
             asio::generic::stream_protocol::endpoint ep(r.endpoint());
             boost::system::error_code ignored;
             self->sock.close(ignored);
-            auto [cec] = co_await self->sock.async_connect(ep, asio::as_tuple(asio::use_awaitable));
+            auto [cec] = co_await self->sock.async_connect(ep, bjd::nothrow_awaitable);
             ec = cec;
             if (!ec) {
                 self->sock.set_option(asio::ip::tcp::no_delay(true), ignored);
@@ -294,7 +294,7 @@ asio::awaitable<json::object> connection::connect(const address& addr)
     } else {
         asio::local::stream_protocol::endpoint lep(addr.path);
         asio::generic::stream_protocol::endpoint ep(lep);
-        auto [cec] = co_await self->sock.async_connect(ep, asio::as_tuple(asio::use_awaitable));
+        auto [cec] = co_await self->sock.async_connect(ep, bjd::nothrow_awaitable);
         ec = cec;
     }
     if (ec) {
@@ -305,7 +305,7 @@ asio::awaitable<json::object> connection::connect(const address& addr)
     self->greeting = std::make_shared<waiter>(self->ex);
     auto g = self->greeting;
     asio::co_spawn(self->ex, impl::read_loop(self), asio::detached);
-    co_await g->wake.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_await g->wake.async_wait(bjd::nothrow_awaitable);
     self->greeting.reset();
     if (!g->reply) {
         throw client_error("no QMP greeting from " + addr.to_string() + ": " + self->closed_why);

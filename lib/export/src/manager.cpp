@@ -8,8 +8,8 @@
 #include "bjd/id.hpp"
 #include "bjd/log.hpp"
 #include "bjd/qapi/events.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
@@ -123,7 +123,7 @@ asio::awaitable<void> manager::wait_gone(const std::string& id)
         auto e = find_by_id(id);
         if (!e || !e->shutting_down())
             co_return;
-        co_await gone_.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await gone_.async_wait(bjd::nothrow_awaitable);
     }
 }
 
@@ -261,7 +261,7 @@ asio::awaitable<void> manager::shutdown()
         if (auto c = w.lock())
             c->close();
     while (tracker_->live > 0)
-        co_await tracker_->changed.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await tracker_->changed.async_wait(bjd::nothrow_awaitable);
 }
 
 } // namespace bjd::exports

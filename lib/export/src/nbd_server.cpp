@@ -5,8 +5,8 @@
 #include "nbd_connection.hpp"
 
 #include "bjd/log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -77,15 +77,14 @@ void nbd_server::stop()
 
 asio::awaitable<void> nbd_server::accept_loop(std::shared_ptr<state> st, std::size_t index)
 {
-    auto tok = asio::as_tuple(asio::use_awaitable);
     while (!st->stopped) {
         // Like QEMU (nbd_update_server_watch), a server at max-connections stops accepting:
         // further clients wait in the listen backlog until a connection ends.
         while (!st->stopped && st->max_connections && st->live_connections() >= st->max_connections)
-            co_await st->tracker->changed.async_wait(tok);
+            co_await st->tracker->changed.async_wait(bjd::nothrow_awaitable);
         if (st->stopped)
             break;
-        auto [ec, sock] = co_await st->listener.acceptors[index].async_accept(tok);
+        auto [ec, sock] = co_await st->listener.acceptors[index].async_accept(bjd::nothrow_awaitable);
         if (st->stopped)
             break;
         if (ec) {
@@ -94,7 +93,7 @@ asio::awaitable<void> nbd_server::accept_loop(std::shared_ptr<state> st, std::si
             // EMFILE and friends: back off briefly rather than spin.
             log::get("nbd")->warn("nbd accept failed: {}", ec.message());
             asio::steady_timer t(st->listener.acceptors[index].get_executor(), std::chrono::milliseconds(100));
-            co_await t.async_wait(tok);
+            co_await t.async_wait(bjd::nothrow_awaitable);
             continue;
         }
         {

@@ -2,9 +2,9 @@
 // Request semantics shared by every backend: retries, short I/O, the drain gate, counters,
 // and the worker threads for what a backend cannot do itself.
 #include "engine_base.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
 #include <boost/asio/append.hpp>
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -291,7 +291,7 @@ asio::awaitable<void> engine_base::drain()
 {
     draining_ = true;
     while (stats_.in_flight > 0)
-        co_await drained_.async_wait(asio::as_tuple(asio::use_awaitable)); // woken by cancel()
+        co_await drained_.async_wait(bjd::nothrow_awaitable); // woken by cancel()
 }
 
 } // namespace bjd::io::detail

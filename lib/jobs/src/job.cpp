@@ -7,8 +7,8 @@
 #include "bjd/log.hpp"
 #include "bjd/qapi/events.hpp"
 #include "bjd/result.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
@@ -181,7 +181,7 @@ asio::awaitable<void> job::do_yield(std::optional<std::chrono::steady_clock::tim
     timer_.expires_at(deadline ? *deadline : std::chrono::steady_clock::time_point::max());
     timed_sleep_ = bool(deadline);
     busy_ = false;
-    co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_await timer_.async_wait(bjd::nothrow_awaitable);
     busy_ = true;
     timed_sleep_ = false;
 }

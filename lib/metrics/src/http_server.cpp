@@ -3,8 +3,8 @@
 #include "bjd/log.hpp"
 #include "bjd/metrics/metrics.hpp"
 #include "bjd/net/listener.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -80,14 +80,14 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         });
         std::string buf;
         auto [ec, n] = co_await asio::async_read_until(*sock, asio::dynamic_buffer(buf, max_request), "\r\n\r\n",
-                                                       asio::as_tuple(asio::use_awaitable));
+                                                       bjd::nothrow_awaitable);
         std::string reply;
         if (!ec && !self->stopped)
             reply = answer(std::string_view(buf).substr(0, n), self->body);
         else if (ec == asio::error::not_found)   // over max_request without a blank line
             reply = response("400 Bad Request", "text/plain", "request too large\n", false);
         if (!reply.empty())
-            co_await asio::async_write(*sock, asio::buffer(reply), asio::as_tuple(asio::use_awaitable));
+            co_await asio::async_write(*sock, asio::buffer(reply), bjd::nothrow_awaitable);
         deadline.cancel();
         boost::system::error_code ignored;
         sock->shutdown(proto::socket::shutdown_both, ignored);
@@ -97,13 +97,13 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     static asio::awaitable<void> accept_loop(std::shared_ptr<impl> self)
     {
         while (!self->stopped) {
-            auto [ec, s] = co_await self->listener.acceptors.front().async_accept(asio::as_tuple(asio::use_awaitable));
+            auto [ec, s] = co_await self->listener.acceptors.front().async_accept(bjd::nothrow_awaitable);
             if (self->stopped || ec == asio::error::operation_aborted)
                 co_return;
             if (ec) {   // EMFILE and friends: back off instead of spinning
                 log::get("metrics")->warn("metrics accept failed: {}", ec.message());
                 asio::steady_timer t(self->loop, std::chrono::milliseconds(100));
-                co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+                co_await t.async_wait(bjd::nothrow_awaitable);
                 continue;
             }
             if (self->clients >= max_clients)

@@ -9,8 +9,8 @@
 #include "bjd/qmp/context.hpp"
 #include "bjd/qmp/dispatch.hpp"
 #include "bjd/qmp/version.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -89,7 +89,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     static asio::awaitable<void> accept_loop(std::shared_ptr<impl> self, generic_acceptor* acc, bool tcp)
     {
         for (;;) {
-            auto [ec, sock] = co_await acc->async_accept(asio::as_tuple(asio::use_awaitable));
+            auto [ec, sock] = co_await acc->async_accept(bjd::nothrow_awaitable);
             if (self->stopping || ec == asio::error::operation_aborted) {
                 co_return;
             }
@@ -97,7 +97,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                 // EMFILE and friends: back off instead of spinning.
                 log::get("qmp")->warn("QMP accept failed: {}", ec.message());
                 asio::steady_timer t(self->loop, std::chrono::milliseconds(100));
-                co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+                co_await t.async_wait(bjd::nothrow_awaitable);
                 continue;
             }
             if (tcp) {

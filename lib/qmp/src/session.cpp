@@ -6,8 +6,8 @@
 #include "bjd/log.hpp"
 #include "bjd/qmp/context.hpp"
 #include "bjd/qmp/dispatch.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -72,7 +72,7 @@ asio::awaitable<void> socket_session::write_loop(std::shared_ptr<socket_session>
     while (!self->outbuf_.empty() && !self->dead_) {
         std::string chunk;
         chunk.swap(self->outbuf_);
-        auto [ec, n] = co_await asio::async_write(self->sock_, asio::buffer(chunk), asio::as_tuple(asio::use_awaitable));
+        auto [ec, n] = co_await asio::async_write(self->sock_, asio::buffer(chunk), bjd::nothrow_awaitable);
         if (ec) {
             log::get("qmp")->debug("session {}: write failed: {}", self->id(), ec.message());
             self->dead_ = true;
@@ -88,7 +88,7 @@ asio::awaitable<void> socket_session::read_loop(std::shared_ptr<socket_session> 
     std::vector<char> buf(64 * 1024);
     std::vector<json_message> msgs;
     while (!self->stopping_ && !self->dead_) {
-        auto [ec, n] = co_await self->sock_.async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
+        auto [ec, n] = co_await self->sock_.async_read_some(asio::buffer(buf), bjd::nothrow_awaitable);
         if (ec) {
             break;   // EOF, reset, or closed by us
         }
@@ -122,7 +122,7 @@ asio::awaitable<void> socket_session::flush(std::chrono::milliseconds limit)
     asio::steady_timer timer(sock_.get_executor());
     while (writing_ && !dead_ && std::chrono::steady_clock::now() < deadline) {
         timer.expires_after(std::chrono::milliseconds(5));
-        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await timer.async_wait(bjd::nothrow_awaitable);
     }
 }
 

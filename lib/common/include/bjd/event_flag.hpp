@@ -2,8 +2,9 @@
 #pragma once
 /// \file
 /// A broadcast "condition variable" for coroutines on one event loop.
+#include "bjd/nothrow_awaitable.hpp"
+
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -21,7 +22,7 @@ public:
     {
         // The timer never expires; `notify_all` cancels every wait. (Setting the expiry here
         // would cancel the other waiters too, and they would wake each other in turn.)
-        co_await timer_.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+        co_await timer_.async_wait(nothrow_awaitable);
     }
     void notify_all() { timer_.cancel(); }
 

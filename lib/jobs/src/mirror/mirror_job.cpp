@@ -7,8 +7,8 @@
 #include "bjd/qapi/events.hpp"
 #include "copy/chain.hpp"
 #include "jobs_log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -726,7 +726,7 @@ asio::awaitable<qapi::result<mirror_progress>> mirror_job::save_progress(job& j)
         if (parked || j.is_completed())
             break;
         t.expires_after(std::chrono::milliseconds(5));
-        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await t.async_wait(bjd::nothrow_awaitable);
     }
     if (j.is_completed())
         co_return qapi::generic("the job finished while it was being paused");

@@ -15,8 +15,8 @@
 
 #include "bjd/log.hpp"
 #include "state/intent_log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -105,7 +105,7 @@ asio::awaitable<void> mirror_job::journal_loop(std::shared_ptr<mirror_journal> j
         if (!jn->poked) {
             // Until the first checkpoint, look again soon: a restart is unprotected till then.
             jn->timer.expires_after(retry_soon ? std::chrono::milliseconds(20) : jn->cfg.interval);
-            co_await jn->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+            co_await jn->timer.async_wait(bjd::nothrow_awaitable);
         }
         if (!jn->job)
             co_return;

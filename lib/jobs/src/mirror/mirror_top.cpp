@@ -2,7 +2,6 @@
 // mirror_top: the filter above a mirror's source.
 #include "mirror/mirror_job.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>

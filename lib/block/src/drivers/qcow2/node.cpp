@@ -4,8 +4,8 @@
 
 #include "bjd/block/query.hpp"
 #include "bjd/log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -28,7 +28,7 @@ asio::awaitable<co_mutex::guard> co_mutex::lock()
     auto ex = co_await asio::this_coro::executor;
     auto t = std::make_shared<asio::steady_timer>(ex, asio::steady_timer::time_point::max());
     waiters_.push_back(t);
-    co_await t->async_wait(asio::as_tuple(asio::use_awaitable));
+    co_await t->async_wait(bjd::nothrow_awaitable);
     // unlock() handed the lock to us: locked_ stayed true.
     co_return guard(this);
 }

@@ -3,8 +3,8 @@
 #include "node.hpp"
 
 #include "bjd/log.hpp"
+#include "bjd/nothrow_awaitable.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -37,7 +37,7 @@ asio::awaitable<void> qcow2_node::wait_allocations(co_mutex::guard& g, std::uint
                                                       asio::steady_timer::time_point::max());
         alloc_waiters_.push_back(t);
         g.release();
-        co_await t->async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await t->async_wait(bjd::nothrow_awaitable);
         g = co_await meta_.lock();
     }
 }
