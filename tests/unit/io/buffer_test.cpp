@@ -50,17 +50,27 @@ TEST_CASE("io: buffer_pool reuses large buffers by power-of-two class", "[io]")
     pool.put(std::move(c));
     CHECK(pool.cached_bytes() == (3u << 20));
 
-    // Over the cap, and small or odd-sized buffers, are freed rather than kept.
+    // Over the cap, and odd-sized buffers, are freed rather than kept.
     pool.put(aligned_buffer(2u << 20));
     CHECK(pool.cached_bytes() == (3u << 20));
-    pool.put(aligned_buffer(4096));
     pool.put(aligned_buffer(3u << 16));
     pool.put(aligned_buffer());
     CHECK(pool.cached_bytes() == (3u << 20));
 
-    // Small requests are plain allocations.
-    aligned_buffer s = pool.get(4096);
+    // Small requests have classes too, from one alignment unit up: a 512-byte and a 4 KiB
+    // request share one, and an 8 KiB request does not take its buffer.
+    aligned_buffer s = pool.get(512);
+    CHECK(s.size() == 512);
     CHECK(s.capacity() == 4096);
+    std::byte* sp = s.data();
+    pool.put(std::move(s));
+    CHECK(pool.cached_bytes() == (3u << 20) + 4096);
+    aligned_buffer s2 = pool.get(4096);
+    CHECK(s2.data() == sp);
+    CHECK(s2.size() == 4096);
+    aligned_buffer s3 = pool.get(5000);
+    CHECK(s3.data() != sp);
+    CHECK(s3.capacity() == 8192);
     pool.clear();
     CHECK(pool.cached_bytes() == 0);
 }

@@ -5,6 +5,7 @@
 #include "bjd/io/huge_pages.hpp"
 #include "bjd/io/registered.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdlib>
@@ -109,19 +110,21 @@ private:
     std::size_t capacity_ = 0;
 };
 
-/// Recycles large aligned buffers. glibc serves each large allocation with fresh pages
-/// (mmap, or a heap it trims again on free), so a stream of 1 MiB requests spends most of its
-/// CPU on page faults and on the kernel zeroing those pages; a buffer taken from here is
-/// already mapped. Buffers below `min_pooled` are plain allocations. Capacities are powers
-/// of two, so a size class serves every request up to it; at most `max_cached` bytes wait
-/// in the pool, the rest is freed. Not thread-safe: one pool per loop.
+/// Recycles aligned buffers. glibc serves each large allocation with fresh pages (mmap, or a
+/// heap it trims again on free), so a stream of 1 MiB requests spends most of its CPU on page
+/// faults and on the kernel zeroing those pages; a buffer taken from here is already mapped.
+/// Small ones are no cheaper from the heap: an aligned allocation bypasses glibc's per-thread
+/// cache and splits and merges chunks of its main heap, a cost that showed in every 4 KiB
+/// request of an NBD export. Capacities are powers of two from `direct_alignment` up, so a
+/// size class serves every request up to it; at most `max_cached` bytes wait in the pool, the
+/// rest is freed. Not thread-safe: one pool per loop.
 ///
 /// With a registrar (`register_with`), each buffer of at least `min_registered` bytes that the
 /// pool allocates is registered once with the loop's I/O engine and keeps that registration
 /// through every reuse: its requests then skip pinning their pages (registered_range).
 class buffer_pool {
 public:
-    static constexpr std::size_t min_pooled = 64u << 10;
+    static constexpr std::size_t min_pooled = direct_alignment;   ///< the smallest class
     static constexpr std::size_t max_pooled = 64u << 20;
     /// Smaller buffers gain little (pinning 16 pages is cheap) and would use up the engine's
     /// table of registrations.
@@ -140,9 +143,9 @@ public:
     /// A buffer of `size` bytes (contents unspecified).
     aligned_buffer get(std::size_t size)
     {
-        if (size < min_pooled || size > max_pooled)
+        if (size > max_pooled)
             return aligned_buffer(size);
-        std::size_t cap = std::bit_ceil(size);
+        std::size_t cap = std::max(std::bit_ceil(size), min_pooled);
         auto& free = classes_[class_of(cap)];
         if (free.empty()) {
             aligned_buffer b(size, cap);
