@@ -498,6 +498,7 @@ asio::awaitable<connection::reply> connection::sparse_read(const request& req, b
     // read there), OFFSET_DATA elsewhere; the last chunk carries DONE.
     reply r;
     r.data = std::move(buf);
+    r.head.reserve(chunk_header_size + 12);   // room for the usual one chunk, data or hole
     std::size_t pos = 0;
     auto error_chunk = [&](std::uint32_t err, std::string_view msg) {
         // QEMU drops the connection when a read fails after the first chunk; an ERROR chunk

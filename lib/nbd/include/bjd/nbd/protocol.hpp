@@ -173,8 +173,10 @@ public:
 private:
     writer& put(std::uint64_t v, int n)
     {
-        for (int i = n - 1; i >= 0; --i)
-            out_.push_back(std::byte((v >> (8 * i)) & 0xff));
+        std::size_t at = out_.size();
+        out_.resize(at + std::size_t(n));
+        for (int i = n - 1; i >= 0; --i, ++at)
+            out_[at] = std::byte((v >> (8 * i)) & 0xff);
         return *this;
     }
     std::vector<std::byte>& out_;
