@@ -94,9 +94,9 @@ void on_failure::operator()(std::exception_ptr e) const
     try {
         std::rethrow_exception(e);
     } catch (const std::exception& ex) {
-        get(module_)->log(level_, "{} failed: {}", what_, ex.what());
+        get(std::string(module_))->log(level_, "{} failed: {}", what_, ex.what());
     } catch (...) {
-        get(module_)->log(level_, "{} failed", what_);
+        get(std::string(module_))->log(level_, "{} failed", what_);
     }
 }
 

@@ -35,17 +35,22 @@ std::shared_ptr<spdlog::logger> get(const std::string& module);
 /// logged as "WHAT failed: <what()>" on `module` at `level`, never lost or fatal.
 ///
 ///     asio::co_spawn(ex, run(conn), log::on_failure("nbd", "nbd connection"));
+///
+/// Both names are string literals (the constructor is consteval, so nothing else compiles):
+/// the handler is copied and moved on every spawn, one per NBD request, and views of static
+/// strings make that free.
 class on_failure {
 public:
-    on_failure(std::string module, std::string what, spdlog::level::level_enum level = spdlog::level::err)
-        : module_(std::move(module)), what_(std::move(what)), level_(level)
+    consteval on_failure(std::string_view module, std::string_view what,
+                         spdlog::level::level_enum level = spdlog::level::err)
+        : module_(module), what_(what), level_(level)
     {
     }
     void operator()(std::exception_ptr e) const;
 
 private:
-    std::string module_;
-    std::string what_;
+    std::string_view module_;
+    std::string_view what_;
     spdlog::level::level_enum level_;
 };
 
