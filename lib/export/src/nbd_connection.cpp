@@ -204,7 +204,7 @@ asio::awaitable<void> connection::wait_changed()
 
 asio::awaitable<boost::system::error_code> connection::fill(std::size_t need)
 {
-    if (in_end_ - in_beg_ >= need)
+    if (buffered_input() >= need)
         co_return boost::system::error_code{};
     if (in_beg_ + need > in_.size()) {
         std::memmove(in_.data(), in_.data() + in_beg_, in_end_ - in_beg_);
@@ -228,11 +228,11 @@ asio::awaitable<boost::system::error_code> connection::fill(std::size_t need)
 
 asio::awaitable<boost::system::error_code> connection::read_payload(std::byte* dst, std::size_t n)
 {
-    if (n <= input_bytes / 4) {
+    if (n <= input_bytes / 4 && buffered_input() < n) {
         if (auto ec = co_await fill(n); ec)
             co_return ec;
     }
-    const std::size_t have = std::min(n, in_end_ - in_beg_);
+    const std::size_t have = std::min(n, buffered_input());
     std::memcpy(dst, in_.data() + in_beg_, have);
     in_beg_ += have;
     if (have < n)
@@ -265,8 +265,12 @@ asio::awaitable<void> connection::transmission()
     const auto& lim = mgr_.limits();
     in_.resize(input_bytes);
     for (;;) {
-        if (auto ec = co_await fill(request_size); ec || closing_)
-            break;   // EOF or reset: the client went away; in-flight requests still finish
+        if (buffered_input() < request_size) {
+            if (auto ec = co_await fill(request_size); ec)
+                break;   // EOF or reset: the client went away; in-flight requests still finish
+        }
+        if (closing_)
+            break;
         request req;
         std::span<const std::byte, request_size> hdr(in_.data() + in_beg_, request_size);
         in_beg_ += request_size;

@@ -22,6 +22,7 @@
 #include "nbd_loops.hpp"
 
 #include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/container/small_vector.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
@@ -69,7 +70,7 @@ private:
         struct piece {
             std::size_t head_end, data_off, data_len;
         };
-        std::vector<piece> pieces;
+        boost::container::small_vector<piece, 1> pieces;   // one chunk, the usual READ: no allocation
     };
 
     static asio::awaitable<void> run(std::shared_ptr<connection> self);
@@ -109,6 +110,10 @@ private:
     reply ok_reply(const nbd::request& req) const;
     /// Until at least `need` (≤ input_bytes) bytes are buffered in in_.
     asio::awaitable<boost::system::error_code> fill(std::size_t need);
+    /// Bytes read from the stream and not yet taken. fill() is a coroutine, a frame allocated
+    /// on every call: its callers check this first, as a pipelining client's requests usually
+    /// arrive several to one read.
+    std::size_t buffered_input() const noexcept { return in_end_ - in_beg_; }
     /// A WRITE's payload: from in_, and what in_ does not hold straight from the stream.
     asio::awaitable<boost::system::error_code> read_payload(std::byte* dst, std::size_t n);
     asio::awaitable<bool> discard_payload(std::uint32_t length);
