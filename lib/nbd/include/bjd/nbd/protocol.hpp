@@ -7,6 +7,7 @@
 ///
 /// Pure functions and constants; no I/O. Everything here is written from the protocol
 /// document, and the unit tests drive the server with these same helpers.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -173,10 +174,12 @@ public:
 private:
     writer& put(std::uint64_t v, int n)
     {
-        std::size_t at = out_.size();
-        out_.resize(at + std::size_t(n));
-        for (int i = n - 1; i >= 0; --i, ++at)
-            out_[at] = std::byte((v >> (8 * i)) & 0xff);
+        // Room first, growing as push_back would: a vector that grows byte by byte
+        // reallocated at 1, 2, 4, 8 and 16 bytes of a 20-byte header.
+        if (out_.capacity() - out_.size() < std::size_t(n))
+            out_.reserve(std::max(out_.capacity() * 2, out_.size() + std::size_t(n)));
+        for (int i = n - 1; i >= 0; --i)
+            out_.push_back(std::byte((v >> (8 * i)) & 0xff));
         return *this;
     }
     std::vector<std::byte>& out_;
