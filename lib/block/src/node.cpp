@@ -544,6 +544,18 @@ asio::awaitable<result<extent>> node::block_status(std::uint64_t offset, std::ui
     co_return r;
 }
 
+std::optional<result<extent>> node::block_status_now(std::uint64_t offset, std::uint64_t length)
+{
+    if (auto r = check_request(offset, length, false); !r)
+        return result<extent>(r.error());
+    if (length == 0)
+        return result<extent>(errno_error(EINVAL));
+    auto r = do_block_status_now(offset, length);
+    if (r && *r && ((*r)->length == 0 || (*r)->length > length))
+        (*r)->length = length;   // as block_status does
+    return r;
+}
+
 asio::awaitable<result<void>> node::emulate_write_zeroes(std::uint64_t offset, std::uint64_t length)
 {
     constexpr std::uint64_t chunk_max = 1 << 20;

@@ -516,7 +516,8 @@ asio::awaitable<connection::reply> connection::sparse_read(const request& req, b
         const std::size_t left = req.length - pos;
         // A node that cannot say (an error, as from a drive without a medium, or an empty
         // extent): read the rest, so that the read reports (and counts) the real failure.
-        auto st = co_await n.block_status(off, left);
+        auto now = n.block_status_now(off, left);
+        auto st = now ? std::move(*now) : co_await n.block_status(off, left);
         std::size_t len = st ? std::size_t(std::min<std::uint64_t>(st->length, left)) : 0;
         const bool zero = len > 0 && (st->flags & block::status_zero);
         if (len == 0)

@@ -102,3 +102,52 @@ TEST_CASE("file block status: a truncation forgets the data it removed", "[block
     CHECK(e.status(3 * MiB, 4 * KiB).flags == status_zero);
     CHECK(e.data_at(1 * MiB));
 }
+
+TEST_CASE("block_status_now: file and raw answer as block_status does, without a coroutine", "[block][file]")
+{
+    file_env e;
+    // Data from 1 MiB to 2 MiB in an otherwise sparse 4 MiB file (all data where the file
+    // system makes no holes: the answers must agree either way).
+    REQUIRE(sh("truncate -s 4M " + e.path("h.raw") + " && head -c 1M /dev/urandom | dd of=" +
+                 e.path("h.raw") + " bs=1M seek=1 conv=notrunc status=none") == 0);
+    auto f = e.file(e.path("h.raw"), true);
+    REQUIRE(ok(f));
+    auto raw = open_raw(e.opts(true), *f, 1 * MiB, std::nullopt);   // the file from 1 MiB on
+    REQUIRE(ok(raw));
+    for (std::uint64_t off : {std::uint64_t(0), 512 * KiB, 1 * MiB, 1 * MiB + 4 * KiB, 2 * MiB, 3 * MiB}) {
+        CAPTURE(off);
+        auto now = (*f)->block_status_now(off, 1 * MiB);
+        REQUIRE(now.has_value());
+        REQUIRE(now->has_value());
+        auto later = e.run((*f)->block_status(off, 1 * MiB));
+        REQUIRE(later.has_value());
+        CHECK((*now)->flags == later->flags);
+        CHECK((*now)->length == later->length);
+        if (off >= 1 * MiB && off < 2 * MiB)
+            CHECK(((*now)->flags & status_data));
+        if (off >= 1 * MiB) {
+            auto via_raw = (*raw)->block_status_now(off - 1 * MiB, 1 * MiB);
+            REQUIRE(via_raw.has_value());
+            REQUIRE(via_raw->has_value());
+            CHECK((*via_raw)->flags == later->flags);
+            CHECK((*via_raw)->length == later->length);
+        }
+    }
+    // Where the file system makes holes, the sparse start reads as one.
+    int fd = ::open(e.path("h.raw").c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    const bool holes = ::lseek(fd, 0, SEEK_HOLE) == 0;
+    ::close(fd);
+    if (holes) {
+        auto start = (*f)->block_status_now(0, 4 * KiB);
+        REQUIRE((start && *start));
+        CHECK((*start)->flags == status_zero);
+    }
+    // The range checks of block_status apply: past the end is an error, not an answer.
+    auto past = (*f)->block_status_now(4 * MiB, 4 * KiB);
+    REQUIRE(past.has_value());
+    CHECK_FALSE(past->has_value());
+    // A driver without an immediate answer says so, and the caller awaits block_status.
+    forwarding_node fw(e.opts(true), *f);
+    CHECK_FALSE(fw.block_status_now(0, 4 * KiB).has_value());
+}

@@ -198,25 +198,29 @@ protected:
     }
     asio::awaitable<result<extent>> do_block_status(std::uint64_t off, std::uint64_t len) override
     {
+        co_return **do_block_status_now(off, len);
+    }
+    std::optional<result<extent>> do_block_status_now(std::uint64_t off, std::uint64_t len) override
+    {
         // SEEK_DATA/SEEK_HOLE are cheap metadata lookups; doing them inline keeps the answer
         // consistent with the writes this loop has completed.
         if (is_block_)
-            co_return extent{status_data | status_allocated, len};
+            return extent{status_data | status_allocated, len};
         if (known_data_.covers(off))
-            co_return extent{status_data | status_allocated, std::min(len, known_data_.end - off)};
+            return extent{status_data | status_allocated, std::min(len, known_data_.end - off)};
         off_t data = ::lseek(fd_, static_cast<off_t>(off), SEEK_DATA);
         if (data < 0) {
             if (errno == ENXIO)   // no data after off: a hole up to the end
-                co_return extent{status_zero, len};
-            co_return extent{status_data | status_allocated, len};
+                return extent{status_zero, len};
+            return extent{status_data | status_allocated, len};
         }
         if (static_cast<std::uint64_t>(data) > off)
-            co_return extent{status_zero, std::min<std::uint64_t>(len, data - off)};
+            return extent{status_zero, std::min<std::uint64_t>(len, data - off)};
         off_t hole = ::lseek(fd_, static_cast<off_t>(off), SEEK_HOLE);
         if (hole < 0 || static_cast<std::uint64_t>(hole) <= off)
-            co_return extent{status_data | status_allocated, len};
+            return extent{status_data | status_allocated, len};
         known_data_ = {off, static_cast<std::uint64_t>(hole)};
-        co_return extent{status_data | status_allocated, std::min<std::uint64_t>(len, hole - off)};
+        return extent{status_data | status_allocated, std::min<std::uint64_t>(len, hole - off)};
     }
 
 private:

@@ -64,9 +64,13 @@ protected:
         co_await delay();
         co_return result<void>{};
     }
-    asio::awaitable<result<extent>> do_block_status(std::uint64_t, std::uint64_t length) override
+    asio::awaitable<result<extent>> do_block_status(std::uint64_t off, std::uint64_t length) override
     {
-        co_return extent{read_zeroes_ ? (status_zero | status_allocated) : status_allocated, length};
+        co_return **do_block_status_now(off, length);
+    }
+    std::optional<result<extent>> do_block_status_now(std::uint64_t, std::uint64_t length) override
+    {
+        return extent{read_zeroes_ ? (status_zero | status_allocated) : status_allocated, length};
     }
 
 private:

@@ -82,6 +82,10 @@ protected:
     {
         co_return co_await file()->block_status(offset_ + off, len);
     }
+    std::optional<result<extent>> do_block_status_now(std::uint64_t off, std::uint64_t len) override
+    {
+        return file()->block_status_now(offset_ + off, len);
+    }
     bool can_clone() const noexcept override { return file()->can_clone(); }
     asio::awaitable<result<void>> do_clone_to(std::uint64_t off, std::uint64_t len, node& target,
                                              std::uint64_t target_off) override

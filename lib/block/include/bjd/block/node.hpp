@@ -323,6 +323,12 @@ public:
     virtual std::optional<std::string> cannot_resize() const;
     /// Status of the range starting at `offset`; the returned extent covers at least one byte.
     asio::awaitable<result<extent>> block_status(std::uint64_t offset, std::uint64_t length);
+    /// The same answer without a coroutine, where the driver has it without waiting: a file
+    /// (its cached data region, or lseek), a raw node over one, null-co. Nothing where it
+    /// has not (formats, filters, network nodes): then co_await block_status(). For paths that
+    /// ask before every request, as a structured NBD READ does: the coroutines of a raw node
+    /// over a file were four frames allocated per 4 KiB read.
+    std::optional<result<extent>> block_status_now(std::uint64_t offset, std::uint64_t length);
 
     // ---- graph --------------------------------------------------------------------------------
     /// Child edges in a stable order (file first, then backing, then others).
@@ -488,6 +494,11 @@ protected:
     virtual asio::awaitable<result<void>> do_discard(std::uint64_t offset, std::uint64_t length);
     virtual asio::awaitable<result<void>> do_flush();
     virtual asio::awaitable<result<extent>> do_block_status(std::uint64_t offset, std::uint64_t length);
+    /// block_status_now's driver part, after the range checks. Nothing by default.
+    virtual std::optional<result<extent>> do_block_status_now(std::uint64_t offset, std::uint64_t length)
+    {
+        return std::nullopt;
+    }
     /// The driver parts of `clone_to` and `clone_from`, once the requests are checked and
     /// counted. Default: ENOTSUP.
     virtual asio::awaitable<result<void>> do_clone_to(std::uint64_t offset, std::uint64_t length, node& target,
