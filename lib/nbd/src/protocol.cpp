@@ -60,19 +60,17 @@ void encode_option_reply(std::vector<std::byte>& out, std::uint32_t option, std:
     writer(out).u64(rep_magic).u32(option).u32(type).u32(length);
 }
 
-// The reply encoders reserve their whole header first: one allocation per reply, not one for
-// each time a field outgrows the vector (a chunk header took six).
+// The reply encoders make room for their whole header first: one allocation per reply, not
+// one for each time a field outgrows the vector.
 void encode_simple_reply(std::vector<std::byte>& out, std::uint32_t error, std::uint64_t cookie)
 {
-    out.reserve(out.size() + simple_reply_size);
-    writer(out).u32(simple_reply_magic).u32(error).u64(cookie);
+    writer(out).room(simple_reply_size).u32(simple_reply_magic).u32(error).u64(cookie);
 }
 
 void encode_chunk_header(std::vector<std::byte>& out, std::uint16_t flags, std::uint16_t type,
                          std::uint64_t cookie, std::uint32_t length)
 {
-    out.reserve(out.size() + chunk_header_size);
-    writer(out).u32(structured_reply_magic).u16(flags).u16(type).u64(cookie).u32(length);
+    writer(out).room(chunk_header_size).u32(structured_reply_magic).u16(flags).u16(type).u64(cookie).u32(length);
 }
 
 void encode_option(std::vector<std::byte>& out, std::uint32_t option, std::uint32_t length)

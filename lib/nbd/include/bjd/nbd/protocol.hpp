@@ -156,6 +156,15 @@ inline std::uint64_t load_be64(const std::byte* p) noexcept
 class writer {
 public:
     explicit writer(std::vector<std::byte>& out) : out_(out) {}
+    /// Room for `n` more bytes, growing as push_back would (at least doubling). An encoder
+    /// that knows its size asks once, so that a header is one allocation; a message of many
+    /// fields or chunks still grows geometrically.
+    writer& room(std::size_t n)
+    {
+        if (out_.capacity() - out_.size() < n)
+            out_.reserve(std::max(out_.capacity() * 2, out_.size() + n));
+        return *this;
+    }
     writer& u16(std::uint16_t v) { return put(v, 2); }
     writer& u32(std::uint32_t v) { return put(v, 4); }
     writer& u64(std::uint64_t v) { return put(v, 8); }
@@ -174,10 +183,7 @@ public:
 private:
     writer& put(std::uint64_t v, int n)
     {
-        // Room first, growing as push_back would: a vector that grows byte by byte
-        // reallocated at 1, 2, 4, 8 and 16 bytes of a 20-byte header.
-        if (out_.capacity() - out_.size() < std::size_t(n))
-            out_.reserve(std::max(out_.capacity() * 2, out_.size() + std::size_t(n)));
+        room(std::size_t(n));   // byte by byte, a 20-byte header reallocated five times
         for (int i = n - 1; i >= 0; --i)
             out_.push_back(std::byte((v >> (8 * i)) & 0xff));
         return *this;
