@@ -532,15 +532,22 @@ asio::awaitable<qapi::result<void>> node::do_resize(std::uint64_t size)
     co_return qapi::result<void>{};
 }
 
+namespace {
+/// Drivers may round an extent up; callers rely on it staying within what they asked.
+void clamp_status(result<extent>& r, std::uint64_t length) noexcept
+{
+    if (r && (r->length == 0 || r->length > length))
+        r->length = length;
+}
+} // namespace
+
 asio::awaitable<result<extent>> node::block_status(std::uint64_t offset, std::uint64_t length)
 {
-    if (auto r = check_request(offset, length, false); !r)
-        co_return r.error();
-    if (length == 0)
-        co_return errno_error(EINVAL);
+    // The range checks, and the answer of a driver that has one without waiting.
+    if (auto now = block_status_now(offset, length))
+        co_return std::move(*now);
     auto r = co_await do_block_status(offset, length);
-    if (r && (r->length == 0 || r->length > length))
-        r->length = length;   // drivers may round; callers rely on the contract
+    clamp_status(r, length);
     co_return r;
 }
 
@@ -551,8 +558,8 @@ std::optional<result<extent>> node::block_status_now(std::uint64_t offset, std::
     if (length == 0)
         return result<extent>(errno_error(EINVAL));
     auto r = do_block_status_now(offset, length);
-    if (r && *r && ((*r)->length == 0 || (*r)->length > length))
-        (*r)->length = length;   // as block_status does
+    if (r)
+        clamp_status(*r, length);
     return r;
 }
 
