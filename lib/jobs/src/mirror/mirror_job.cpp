@@ -153,21 +153,22 @@ bool mirror_job::chunks_busy(std::uint64_t offset, std::uint64_t length) const
     return false;
 }
 
-int mirror_job::take_slot()
+std::shared_ptr<std::byte> mirror_job::take_piece(std::uint64_t len)
 {
-    if (slot_used_.empty())
-        slot_used_.assign(max_in_flight, false);
-    for (unsigned i = 0; i < max_in_flight; ++i) {
-        if (slot_used_[i])
-            continue;
-        if (slots_.size() <= i)
-            slots_.resize(i + 1);
-        if (!slots_[i] || slots_[i]->size() != max_io())   // none yet, or from another window size
-            slots_[i] = std::make_shared<io::aligned_buffer>(io::make_registered_buffer(s_.graph->engine(), max_io()));
-        slot_used_[i] = true;
-        return static_cast<int>(i);
+    if (!arena_) {
+        // No larger than the source: a window beyond it would only pin memory.
+        const std::uint64_t most = std::max(s_.buf_size, s_.buf_size_max);
+        const std::uint64_t cap = std::min(most, std::max<std::uint64_t>(s_.source->size(), io::direct_alignment));
+        arena_ = copy_arena::make(s_.graph->engine(), cap, std::min<std::uint64_t>(window_.size(), cap));
     }
-    return -1;
+    if (auto p = arena_->take(len))
+        return p;
+    if (ops_ > 0)
+        return nullptr;   // one of them gives its piece back
+    // Nothing in flight and still no room: requests that a force-cancel stopped waiting for
+    // hold the arena. The job is ending; this piece is its own.
+    auto b = std::make_shared<io::aligned_buffer>(len);
+    return {b, b->data()};
 }
 
 void mirror_job::account_rate(std::uint64_t bytes)
@@ -193,8 +194,11 @@ void mirror_job::size_window(std::uint64_t bytes)
 {
     const std::uint64_t before = window_.size();
     const bool judged = window_.completed(copy_window::clock::now(), bytes, in_flight_bytes_);
-    if (window_.size() != before)   // a probe starts or ends
+    if (window_.size() != before) {   // a probe starts or ends
         yield_.resize(max_io(), window_.size());
+        if (arena_)
+            arena_->set_limit(window_.size());
+    }
     if (!judged)
         return;
     const auto& d = window_.last_decision();
@@ -265,11 +269,11 @@ void mirror_job::handle_error(bool is_read, const std::error_code& ec)
 
 // ---- ops -------------------------------------------------------------------------------------
 
-std::shared_ptr<io::aligned_buffer> mirror_job::bounce(std::span<const std::byte> data)
+std::shared_ptr<std::byte> mirror_job::bounce(std::span<const std::byte> data)
 {
     auto b = std::make_shared<io::aligned_buffer>(data.size());
     std::memcpy(b->data(), data.data(), data.size());
-    return b;
+    return {b, b->data()};
 }
 
 std::shared_ptr<target_request> mirror_job::make_request(op_kind kind, std::uint64_t offset, std::uint64_t length)
@@ -293,7 +297,7 @@ asio::awaitable<void> mirror_job::perform(std::shared_ptr<target_request> req)
         if (req->clone_from)
             r = co_await req->clone_from->clone_to(req->offset, req->length, t, req->offset);
         else
-            r = co_await t.write(req->offset, std::span<const std::byte>(req->buf->data(), req->length), req->fua);
+            r = co_await t.write(req->offset, std::span<const std::byte>(req->data.get(), req->length), req->fua);
         break;
     case op_kind::zero:
         r = co_await t.write_zeroes(req->offset, req->length, block::zero_flags{.may_unmap = req->may_unmap});
@@ -335,18 +339,18 @@ asio::awaitable<std::optional<result<void>>> mirror_job::target_io(std::shared_p
     co_return co_await target_answer(std::move(req));
 }
 
-void mirror_job::launch(op_kind kind, std::uint64_t offset, std::uint64_t length, int slot)
+void mirror_job::launch(op_kind kind, std::uint64_t offset, std::uint64_t length, std::shared_ptr<std::byte> piece)
 {
     ++ops_;
     in_flight_bytes_ += length;
     hold_chunks(offset, length, +1);
     // Ownership: the op coroutine uses `this`; run() waits for every op before it returns.
-    asio::co_spawn(ex_, run_op(this, kind, offset, length, slot),
+    asio::co_spawn(ex_, run_op(this, kind, offset, length, std::move(piece)),
                    log::on_failure("jobs", "mirror op", spdlog::level::critical));
 }
 
 asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
-                                         int slot)
+                                         std::shared_ptr<std::byte> piece)
 {
     bool ok = false;
     try {
@@ -370,10 +374,8 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
             }
         }
         if (kind == op_kind::copy && !copied) {
-            req->buf = self->slots_[slot];
-            assert(length <= req->buf->size());
-            std::span<std::byte> buf(req->buf->data(), length);
-            r = co_await self->s_.source->read(offset, buf);
+            req->data = piece;   // the request keeps it, should a force-cancel stop the wait
+            r = co_await self->s_.source->read(offset, {piece.get(), length});
             read_failed = !r;
         }
         if (r && !copied) {
@@ -381,8 +383,6 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
             abandoned = !t;
             if (t)
                 r = *t;
-            else if (slot >= 0 && req.use_count() > 1)
-                self->slots_[slot].reset();   // still being written: the request keeps it
         }
         if (abandoned) {
             self->bitmap_.set(offset, length);   // force-cancelled: not known to be copied
@@ -406,8 +406,7 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
             self->error_ = e.what();
     }
     (void)ok;
-    if (slot >= 0)
-        self->slot_used_[slot] = false;
+    piece.reset();
     self->hold_chunks(offset, length, -1);
     self->in_flight_bytes_ -= length;
     --self->ops_;
@@ -537,7 +536,7 @@ asio::awaitable<void> mirror_job::iteration()
         if (!(flags & block::status_data) && (flags & block::status_zero) && !s_.backing_pending()) {
             while (ops_ >= max_in_flight)
                 co_await wait_op();
-            launch(op_kind::zero, pos, n, -1);
+            launch(op_kind::zero, pos, n, nullptr);
             // Free only when the target can drop the range instead of writing zeroes (QEMU 7.2's mirror rate limit).
             if (!(s_.unmap && s_.target->options().discard_unmap))
                 limiter_.charge(n);
@@ -545,12 +544,16 @@ asio::awaitable<void> mirror_job::iteration()
             continue;
         }
         for (std::uint64_t done = 0; done < n;) {
-            int slot = -1;
-            while (ops_ >= max_in_flight || (slot = take_slot()) < 0)
+            std::shared_ptr<std::byte> piece;
+            std::uint64_t len = 0;
+            for (;;) {
+                // Sized after each wait: the window, and with it the request size, may change.
+                len = std::min(n - done, max_io());
+                if (ops_ < max_in_flight && (piece = take_piece(len)))
+                    break;
                 co_await wait_op();
-            // Sized after the wait: the window, and with it the request size, may have changed.
-            const std::uint64_t len = std::min(n - done, slots_[slot]->size());
-            launch(op_kind::copy, pos + done, len, slot);
+            }
+            launch(op_kind::copy, pos + done, len, std::move(piece));
             limiter_.charge(len);
             done += len;
         }
@@ -805,7 +808,7 @@ asio::awaitable<result<void>> mirror_job::background_write(block::node& src, std
     // clean: a 4 KiB write costs the target 4 KiB, not a re-read and re-copy of its chunk
     // later. The writer is answered by the source alone, as in background mode.
     auto req = make_request(op_kind::copy, offset, length);
-    req->buf = bounce(buf);   // the writer's buffer goes with the answer
+    req->data = bounce(buf);   // the writer's buffer goes with the answer
     if (!target_send(req))
         co_return co_await src.write(offset, buf, fua);
     limiter_.charge(length);
@@ -866,7 +869,7 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
         // A force-cancel answers the writer before the target has the request, and the
         // writer's buffer is gone then.
         if (kind == op_kind::copy)
-            req->buf = bounce(buf);
+            req->data = bounce(buf);
         if (!target_send(req))
             req.reset();
     }

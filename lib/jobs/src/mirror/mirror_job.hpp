@@ -13,6 +13,7 @@
 #include "bjd/jobs/guest_yield.hpp"
 #include "bjd/jobs/job_driver.hpp"
 #include "bjd/jobs/mirror.hpp"
+#include "copy/copy_arena.hpp"
 #include "copy/job_nodes.hpp"
 #include "copy/pacing.hpp"
 
@@ -87,8 +88,8 @@ enum class op_kind { copy, zero, discard, flush };
 struct target_request {
     explicit target_request(asio::any_io_executor ex) : done(ex) {}
     std::shared_ptr<block::node> target;
-    std::shared_ptr<io::aligned_buffer> buf;   ///< copy only
-    /// copy only: the source, to share its extents (block::node::clone_to) instead of writing `buf`
+    std::shared_ptr<std::byte> data;   ///< copy only: `length` bytes to write, kept alive with it
+    /// copy only: the source, to share its extents (block::node::clone_to) instead of writing `data`
     std::shared_ptr<block::node> clone_from;
     op_kind kind = op_kind::copy;
     std::uint64_t offset = 0;
@@ -242,13 +243,15 @@ private:
     static asio::awaitable<void> perform(std::shared_ptr<target_request> req);
     std::shared_ptr<target_request> make_request(op_kind kind, std::uint64_t offset, std::uint64_t length);
     /// A copy of a writer's data for a target request that may outlive the writer's buffer.
-    static std::shared_ptr<io::aligned_buffer> bounce(std::span<const std::byte> data);
+    static std::shared_ptr<std::byte> bounce(std::span<const std::byte> data);
     static asio::awaitable<void> run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
-                                        int slot);
-    void launch(op_kind kind, std::uint64_t offset, std::uint64_t length, int slot);
+                                        std::shared_ptr<std::byte> piece);
+    void launch(op_kind kind, std::uint64_t offset, std::uint64_t length, std::shared_ptr<std::byte> piece);
     void hold_chunks(std::uint64_t offset, std::uint64_t length, int delta);
     bool chunks_busy(std::uint64_t offset, std::uint64_t length) const;
-    int take_slot();
+    /// Memory for a copy request of `len` bytes, from the arena; null when it has no room
+    /// until an op in flight ends.
+    std::shared_ptr<std::byte> take_piece(std::uint64_t len);
     /// Turns cloning off for the rest of the job, saying why in the log (once).
     void stop_cloning(const std::error_code& why);
     void handle_error(bool is_read, const std::error_code& ec);
@@ -275,12 +278,12 @@ private:
     job* job_ = nullptr;
     block::dirty_bitmap bitmap_;
     std::vector<std::uint16_t> in_flight_;   ///< per chunk: ops and reservations covering it
-    /// Copy buffers; shared with the request writing them, which keeps one alive when a
-    /// force-cancel stops waiting for it (the slot then gets a fresh buffer).
-    std::vector<std::shared_ptr<io::aligned_buffer>> slots_;
+    /// The copy's memory: the window, carved into the requests in flight (made at the first
+    /// copy). A request keeps its piece, and the piece the arena, when a force-cancel stops
+    /// waiting for it.
+    std::shared_ptr<copy_arena> arena_;
     std::vector<std::shared_ptr<target_request>> requests_;   ///< target requests awaited
     bool force_cancelled_ = false;   ///< stop waiting for the target (set by cancel())
-    std::vector<bool> slot_used_;
     std::unique_ptr<block::edge> main_edge_;        ///< job child on the filter: reads, shares all but resize
     std::unique_ptr<block::edge> target_io_;        ///< the job's writes to the target
     std::unique_ptr<block::edge> target_job_edge_;  ///< job child on the target: takes nothing

@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: MIT
+#include "copy/copy_arena.hpp"
+
+#include "bjd/io/engine.hpp"
+
+#include <algorithm>
+#include <cassert>
+
+namespace bjd::jobs::detail {
+
+std::shared_ptr<copy_arena> copy_arena::make(io::engine& e, std::size_t capacity, std::size_t limit)
+{
+    return std::make_shared<copy_arena>(e, capacity, limit);
+}
+
+copy_arena::copy_arena(io::engine& e, std::size_t capacity, std::size_t limit)
+    : engine_(e), mem_(capacity)
+{
+    assert(limit <= capacity);
+    set_limit(limit);
+}
+
+void copy_arena::set_limit(std::size_t bytes)
+{
+    limit_ = std::min((bytes + io::direct_alignment - 1) / io::direct_alignment * io::direct_alignment, capacity());
+    register_up_to_limit();
+}
+
+void copy_arena::register_up_to_limit()
+{
+    if (limit_ <= registered_)
+        return;
+    regs_.push_back(engine_.register_range({mem_.data() + registered_, limit_ - registered_}));
+    registered_ = limit_;
+    reg_ends_.push_back(registered_);
+}
+
+std::shared_ptr<std::byte> copy_arena::take(std::size_t len)
+{
+    len = (std::max<std::size_t>(len, 1) + io::direct_alignment - 1) / io::direct_alignment * io::direct_alignment;
+    // First fit over the gaps between the pieces held, lowest address first, never across
+    // the end of a registered range.
+    std::size_t at = 0;
+    auto next_taken = taken_.begin();
+    auto reg_end = reg_ends_.begin();
+    for (;;) {
+        const std::size_t gap_end = next_taken == taken_.end() ? limit_ : std::min(next_taken->begin, limit_);
+        while (reg_end != reg_ends_.end() && *reg_end <= at)
+            ++reg_end;
+        const std::size_t stop = reg_end == reg_ends_.end() ? gap_end : std::min(gap_end, *reg_end);
+        if (at + len <= stop)
+            break;
+        if (stop < gap_end) {
+            at = stop;   // the next registered range, same gap
+            continue;
+        }
+        if (next_taken == taken_.end() || next_taken->begin >= limit_)
+            return nullptr;
+        at = next_taken->end;
+        ++next_taken;
+    }
+    taken_.insert(next_taken, range{at, at + len});
+    held_ += len;
+    high_water_ = std::max(high_water_, at + len);
+    // The piece keeps the arena alive; it goes back when the last reference does.
+    return std::shared_ptr<std::byte>(mem_.data() + at,
+                                      [self = shared_from_this(), at](std::byte*) { self->give_back(at); });
+}
+
+void copy_arena::give_back(std::size_t begin) noexcept
+{
+    auto it = std::lower_bound(taken_.begin(), taken_.end(), begin,
+                               [](const range& r, std::size_t b) { return r.begin < b; });
+    assert(it != taken_.end() && it->begin == begin);
+    held_ -= it->end - it->begin;
+    taken_.erase(it);
+}
+
+} // namespace bjd::jobs::detail
