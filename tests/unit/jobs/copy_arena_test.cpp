@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <sanitizer/asan_interface.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -50,6 +51,12 @@ TEST_CASE("copy_arena: pieces fill the window from its start and come back when 
     for (std::size_t i = 0; i < p.size(); ++i)
         CHECK(at(p[i], base) == i * 4 * KiB);
     CHECK(arena->held() == 32 * KiB);
+#if defined(__SANITIZE_ADDRESS__)
+    // Under AddressSanitizer what no piece holds is poisoned: an overrun past the last piece
+    // is caught though no redzone follows it.
+    CHECK_FALSE(__asan_address_is_poisoned(p[7].get() + 4 * KiB - 1));
+    CHECK(__asan_address_is_poisoned(p[7].get() + 4 * KiB));
+#endif
     // The window is full: nothing more until it grows or a piece comes back.
     CHECK_FALSE(arena->take(4 * KiB));
     CHECK_FALSE(arena->take(1));
