@@ -271,9 +271,19 @@ void mirror_job::handle_error(bool is_read, const std::error_code& ec)
 
 std::shared_ptr<std::byte> mirror_job::bounce(std::span<const std::byte> data)
 {
-    auto b = std::make_shared<io::aligned_buffer>(data.size());
-    std::memcpy(b->data(), data.data(), data.size());
-    return {b, b->data()};
+    // From a pool of the job's: an aligned allocation per 4 KiB guest write took a tenth of
+    // the daemon's CPU once a mirror was READY. The copy goes back to the pool when its
+    // request is done, which may be after the job (a force-cancel stops waiting for it).
+    struct held {
+        std::shared_ptr<io::buffer_pool> pool;
+        io::aligned_buffer buf;
+        ~held() { pool->put(std::move(buf)); }
+    };
+    if (!bounce_pool_)
+        bounce_pool_ = std::make_shared<io::buffer_pool>(forward_budget());
+    auto h = std::make_shared<held>(bounce_pool_, bounce_pool_->get(data.size()));
+    std::memcpy(h->buf.data(), data.data(), data.size());
+    return {h, h->buf.data()};
 }
 
 std::shared_ptr<target_request> mirror_job::make_request(op_kind kind, std::uint64_t offset, std::uint64_t length)

@@ -243,7 +243,7 @@ private:
     static asio::awaitable<void> perform(std::shared_ptr<target_request> req);
     std::shared_ptr<target_request> make_request(op_kind kind, std::uint64_t offset, std::uint64_t length);
     /// A copy of a writer's data for a target request that may outlive the writer's buffer.
-    static std::shared_ptr<std::byte> bounce(std::span<const std::byte> data);
+    std::shared_ptr<std::byte> bounce(std::span<const std::byte> data);
     static asio::awaitable<void> run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
                                         std::shared_ptr<std::byte> piece);
     void launch(op_kind kind, std::uint64_t offset, std::uint64_t length, std::shared_ptr<std::byte> piece);
@@ -282,6 +282,8 @@ private:
     /// copy). A request keeps its piece, and the piece the arena, when a force-cancel stops
     /// waiting for it.
     std::shared_ptr<copy_arena> arena_;
+    /// Copies of guests' writes on their way to the target (bounce; made at the first one).
+    std::shared_ptr<io::buffer_pool> bounce_pool_;
     std::vector<std::shared_ptr<target_request>> requests_;   ///< target requests awaited
     bool force_cancelled_ = false;   ///< stop waiting for the target (set by cancel())
     std::unique_ptr<block::edge> main_edge_;        ///< job child on the filter: reads, shares all but resize
