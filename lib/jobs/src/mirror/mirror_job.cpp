@@ -765,8 +765,11 @@ void mirror_job::guest_io(std::chrono::nanoseconds latency)
 
 void mirror_job::on_write(std::uint64_t offset, std::uint64_t length)
 {
-    if (std::find(active_ranges_.begin(), active_ranges_.end(), std::pair{offset, length}) == active_ranges_.end())
-        bitmap_.set(offset, length);
+    // A write on its way to the target as well leaves nothing for the loop to do. Waking it
+    // anyway cost a loop turn and a timer re-armed for every guest write once READY.
+    if (std::find(active_ranges_.begin(), active_ranges_.end(), std::pair{offset, length}) != active_ranges_.end())
+        return;
+    bitmap_.set(offset, length);
     if (job_ && job_->sleeping_timed())
         job_->enter();
 }
