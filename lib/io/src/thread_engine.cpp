@@ -7,6 +7,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include <algorithm>
+#include <optional>
 
 namespace bjd::io::detail {
 
@@ -16,7 +17,7 @@ class thread_engine final : public engine_base {
 public:
     thread_engine(asio::io_context& ctx, unsigned threads)
         : engine_base(ctx)
-        , pool_(threads)
+        , threads_(threads)
     {
     }
 
@@ -24,17 +25,28 @@ public:
     {
         // Finish what the workers have (their buffers are still the caller's); results for a
         // loop that no longer runs are dropped with that loop.
-        pool_.join();
+        if (pool_)
+            pool_->join();
     }
 
     backend kind() const noexcept override { return backend::threads; }
 
 protected:
-    asio::awaitable<int> perform(raw_request r) override { return perform_on(pool_, ctx_, r); }
-    asio::awaitable<int> perform_blocking(raw_request r) override { return perform_on(pool_, ctx_, r); }
+    asio::awaitable<int> perform(raw_request r) override { return perform_on(pool(), ctx_, r); }
+    asio::awaitable<int> perform_blocking(raw_request r) override { return perform_on(pool(), ctx_, r); }
 
 private:
-    asio::thread_pool pool_;
+    /// The workers start with the first request: the daemon keeps this engine for aio=threads
+    /// nodes, and one that has none (io_uring serves the rest) then runs no idle threads.
+    asio::thread_pool& pool()
+    {
+        if (!pool_)
+            pool_.emplace(threads_);
+        return *pool_;
+    }
+
+    unsigned threads_;
+    std::optional<asio::thread_pool> pool_;
 };
 
 } // namespace
