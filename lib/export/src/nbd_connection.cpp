@@ -86,7 +86,7 @@ connection::connection(manager& m, socket_type sock, std::shared_ptr<connection_
     , loop_(tracker_->loops.pick())
     , socket_(on_loop(std::move(sock), loop_.ctx))
     , fd_(socket_.native_handle())
-    , changed_(loop_.ctx, asio::steady_timer::time_point::max())
+    , changed_(loop_.ctx.get_executor())
     , handshake_timer_(mgr_.loop())
 {
     peer_ = describe_peer(socket_);
@@ -199,7 +199,7 @@ asio::awaitable<void> connection::run_phases()
 
 asio::awaitable<void> connection::wait_changed()
 {
-    co_await changed_.async_wait(nothrow_awaitable);
+    co_await changed_.wait();
 }
 
 asio::awaitable<boost::system::error_code> connection::fill(std::size_t need)

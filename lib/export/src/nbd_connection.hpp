@@ -16,6 +16,7 @@
 // transmission phase runs, the main loop touches only `closing_` and the fd (hung_up()) and
 // posts close().
 #include "bjd/crypto/tls_session.hpp"
+#include "bjd/event_flag.hpp"
 #include "bjd/export/manager.hpp"
 #include "bjd/nbd/protocol.hpp"
 #include "bjd/io/buffer.hpp"
@@ -120,14 +121,14 @@ private:
     void enqueue(reply r);
     static asio::awaitable<void> write_loop(std::shared_ptr<connection> self);
     asio::awaitable<void> wait_changed();
-    void notify() { changed_.cancel(); }
+    void notify() { changed_.notify_all(); }
 
     manager& mgr_;
     std::shared_ptr<connection_tracker> tracker_;
     nbd_loop& loop_;
     socket_type socket_;                  ///< belongs to loop_
     const int fd_;                        ///< socket_'s, for hung_up() from the main loop
-    asio::steady_timer changed_;          // expiry never reset; see connection_tracker
+    event_flag changed_;                  ///< on loop_: a reply queued, a slot freed, closing
     asio::steady_timer handshake_timer_;
     std::shared_ptr<block_export> exp_;
     std::string peer_;
