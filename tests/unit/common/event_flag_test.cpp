@@ -13,6 +13,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
+#include <memory>
 #include <optional>
 
 namespace asio = boost::asio;
@@ -97,4 +98,26 @@ TEST_CASE("event_flag: destroying the flag ends its waits", "[common]")
     }
     ctx.poll();
     CHECK(woken == 1);
+}
+
+TEST_CASE("event_flag: a loop's shutdown abandons the waits, even on a flag the waiter owns", "[common]")
+{
+    // A coroutine that keeps alive the object holding the flag it waits on (an NBD
+    // connection's writer, a mirror's request) must not keep itself alive past the loop.
+    struct owner {
+        explicit owner(asio::any_io_executor ex) : flag(std::move(ex)) {}
+        event_flag flag;
+    };
+    std::weak_ptr<owner> seen;
+    {
+        asio::io_context ctx;
+        auto o = std::make_shared<owner>(ctx.get_executor());
+        seen = o;
+        asio::co_spawn(
+            ctx, [o]() -> asio::awaitable<void> { co_await o->flag.wait(); }, asio::detached);
+        o.reset();
+        ctx.poll();
+        CHECK_FALSE(seen.expired());   // waiting, held by its own coroutine
+    }
+    CHECK(seen.expired());
 }

@@ -4,16 +4,25 @@
 /// A broadcast "condition variable" for coroutines on one event loop.
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include <vector>
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 namespace bjd {
+
+namespace detail {
+class event_flag_service;
+}
 
 /// Waiters sleep until `notify_all`; then each re-checks its own condition. Single loop only.
 ///
@@ -22,13 +31,14 @@ namespace bjd {
 /// it the loop's earliest timer cost a `timerfd_settime` system call, one per request of an
 /// NBD client at queue depth 1.) A wait also ends when its cancellation slot fires, as in
 /// `timer.async_wait(...) || flag.wait()` of Asio's awaitable operators; destroying the flag
-/// ends every wait.
+/// ends every wait. When the loop shuts down, waits still held are abandoned (their
+/// coroutines destroyed, not resumed), as Asio's own I/O objects do.
 class event_flag {
 public:
-    explicit event_flag(boost::asio::any_io_executor ex) : ex_(std::move(ex)) {}
+    explicit event_flag(boost::asio::any_io_executor ex);
     event_flag(const event_flag&) = delete;
     event_flag& operator=(const event_flag&) = delete;
-    ~event_flag() { notify_all(); }
+    ~event_flag();
 
     boost::asio::awaitable<void> wait()
     {
@@ -48,6 +58,8 @@ public:
     }
 
 private:
+    friend class detail::event_flag_service;
+
     struct waiter {
         boost::asio::any_completion_handler<void()> handler;
         boost::asio::cancellation_slot slot;
@@ -91,6 +103,80 @@ private:
     /// What a cancellation handler checks before it touches the flag (made for the first
     /// wait that can be cancelled).
     std::shared_ptr<event_flag*> self_;
+    detail::event_flag_service& service_;
+    event_flag* prev_ = nullptr;   ///< the service's list of the loop's flags
+    event_flag* next_ = nullptr;
 };
+
+namespace detail {
+
+/// The flags of one execution context, so that its shutdown can abandon the waits they
+/// hold. Without it a coroutine waiting on a flag that it owns (through the object holding
+/// the flag) would keep itself alive past the loop: a leak at every exit with such a wait.
+class event_flag_service final : public boost::asio::execution_context::service {
+public:
+    using key_type = event_flag_service;
+    static inline boost::asio::execution_context::id id;
+
+    explicit event_flag_service(boost::asio::execution_context& ctx) : service(ctx) {}
+
+    void add(event_flag* f)
+    {
+        std::lock_guard lock(m_);
+        f->next_ = head_;
+        if (head_)
+            head_->prev_ = f;
+        head_ = f;
+    }
+
+    void remove(event_flag* f)
+    {
+        std::lock_guard lock(m_);
+        (f->prev_ ? f->prev_->next_ : head_) = f->next_;
+        if (f->next_)
+            f->next_->prev_ = f->prev_;
+        f->prev_ = f->next_ = nullptr;
+    }
+
+    void shutdown() override
+    {
+        // Destroying a waiter may destroy flags (they unlink themselves): take one flag's
+        // waiters at a time, and destroy them outside the lock.
+        for (;;) {
+            std::vector<event_flag::waiter> doomed;
+            {
+                std::lock_guard lock(m_);
+                for (event_flag* f = head_; f; f = f->next_) {
+                    if (!f->waiters_.empty()) {
+                        doomed.swap(f->waiters_);
+                        break;
+                    }
+                }
+            }
+            if (doomed.empty())
+                return;
+        }
+    }
+
+private:
+    std::mutex m_;
+    event_flag* head_ = nullptr;
+};
+
+} // namespace detail
+
+inline event_flag::event_flag(boost::asio::any_io_executor ex)
+    : ex_(std::move(ex)),
+      service_(boost::asio::use_service<detail::event_flag_service>(
+          boost::asio::query(ex_, boost::asio::execution::context)))
+{
+    service_.add(this);
+}
+
+inline event_flag::~event_flag()
+{
+    notify_all();
+    service_.remove(this);
+}
 
 } // namespace bjd
