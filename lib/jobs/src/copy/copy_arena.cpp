@@ -28,22 +28,22 @@ copy_arena::copy_arena(io::engine& e, std::size_t capacity, std::size_t limit)
 
 void copy_arena::set_limit(std::size_t bytes)
 {
-    limit_ = std::min((bytes + io::direct_alignment - 1) / io::direct_alignment * io::direct_alignment, capacity());
+    limit_ = std::min(io::round_up_to_alignment(bytes), capacity());
     register_up_to_limit();
 }
 
 void copy_arena::register_up_to_limit()
 {
-    if (limit_ <= registered_)
+    const std::size_t registered = reg_ends_.empty() ? 0 : reg_ends_.back();
+    if (limit_ <= registered)
         return;
-    regs_.push_back(engine_.register_range({mem_.data() + registered_, limit_ - registered_}));
-    registered_ = limit_;
-    reg_ends_.push_back(registered_);
+    regs_.push_back(engine_.register_range({mem_.data() + registered, limit_ - registered}));
+    reg_ends_.push_back(limit_);
 }
 
 std::shared_ptr<std::byte> copy_arena::take(std::size_t len)
 {
-    len = (std::max<std::size_t>(len, 1) + io::direct_alignment - 1) / io::direct_alignment * io::direct_alignment;
+    len = io::round_up_to_alignment(std::max<std::size_t>(len, 1));
     // First fit over the gaps between the pieces held, lowest address first, never across
     // the end of a registered range.
     std::size_t at = 0;

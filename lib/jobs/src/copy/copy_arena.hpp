@@ -57,7 +57,8 @@ private:
         std::size_t begin, end;
     };
     void give_back(std::size_t begin) noexcept;
-    /// Registers [registered_, limit_) with the engine: the memory a grown window may use.
+    /// Registers what lies between the last registered range and limit_ with the engine: the
+    /// memory a grown window may use.
     void register_up_to_limit();
 
     io::engine& engine_;
@@ -68,7 +69,6 @@ private:
     std::vector<std::size_t> reg_ends_;   ///< where each registered range ends: pieces stop at them
     std::vector<range> taken_;            ///< pieces held, by address
     std::size_t limit_ = 0;
-    std::size_t registered_ = 0;   ///< bytes from the start registered (or tried)
     std::size_t held_ = 0;
     std::size_t high_water_ = 0;
 };

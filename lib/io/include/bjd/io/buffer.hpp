@@ -20,6 +20,12 @@ namespace bjd::io {
 /// Alignment that satisfies O_DIRECT on every device we support (logical blocks ≤ 4 KiB).
 inline constexpr std::size_t direct_alignment = 4096;
 
+/// `n` rounded up to a multiple of direct_alignment.
+constexpr std::size_t round_up_to_alignment(std::size_t n) noexcept
+{
+    return (n + direct_alignment - 1) / direct_alignment * direct_alignment;
+}
+
 /// Whether aligned_buffer takes large buffers from huge_pages. Not under AddressSanitizer:
 /// buffers carved from a shared page have no redzones between them, and ASan's redzones are
 /// what catch a request that overruns its buffer (one did, when a mirror window shrank).
@@ -73,7 +79,7 @@ public:
     {
         if (capacity < size)
             capacity = size;
-        capacity_ = (capacity + direct_alignment - 1) / direct_alignment * direct_alignment;
+        capacity_ = round_up_to_alignment(capacity);
         if (capacity_ == 0)
             capacity_ = direct_alignment;
         if (buffers_on_huge_pages && capacity_ >= huge_pages::min_size) {
