@@ -108,7 +108,8 @@ blockjobd options:
                             loop; see docs/nbd-threads.md for when more pays)
   --poll-max-ns <ns>        how long an event loop (the main one, and those of
                             --nbd-threads) may poll for its next event before it sleeps,
-                            adapting to the gaps it sees as QEMU's iothreads do
+                            adapting to the gaps it sees as QEMU's iothreads do; the
+                            main loop stops while it measures that polling does not pay
                             (default 128000; 0: never poll; see docs/polling.md)
 )";
 }

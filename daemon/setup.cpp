@@ -117,6 +117,15 @@ runtime::runtime(asio::io_context& loop)
     if (!ctx_.io.huge_pages)
         log::get("daemon")->warn("transparent huge pages are off: large I/O buffers use 4 KiB pages, and a device that "
                                  "takes fewer segments per request gets each 1 MiB request in pieces");
+    // The main loop's measure of whether polling pays (docs/polling.md): requests its engines took.
+    main_loop_.set_progress([this] {
+        std::uint64_t n = 0;
+        for (const auto* e : {engine_.get(), threads_.get()}) {
+            const auto s = e->stats();
+            n += s.reads + s.writes + s.syncs + s.fallocates + s.clones;
+        }
+        return n;
+    });
     graph_ = std::make_unique<block::graph>(*engine_, *threads_);
     graph_->set_objects(objects_);
     ctx_.graph = graph_.get();

@@ -21,7 +21,7 @@ nbd_loop& nbd_loops::pick()
 {
     if (workers_.empty() && wanted_ > 0) {
         for (unsigned i = 0; i < wanted_; ++i) {
-            auto& w = workers_.emplace_back();
+            auto& w = workers_.emplace_back(i + 1);
             w.poller.set_params(polling_);   // before the thread: it is the loop's only writer then
             w.thread = std::thread([&poller = w.poller] { poller.run(); });
             loops_.emplace_back(w.ctx, unsigned(loops_.size()));

@@ -13,6 +13,7 @@
 
 #include <deque>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -54,9 +55,11 @@ public:
 
 private:
     struct worker {
+        /// Worker `n` (from 1) is loop "nbd-n" in the metrics and the log.
+        explicit worker(unsigned n) : poller(ctx, "nbd-" + std::to_string(n)) {}
         asio::io_context ctx{1};
         asio::executor_work_guard<asio::io_context::executor_type> guard{ctx.get_executor()};
-        io::poll_loop poller{ctx};
+        io::poll_loop poller;
         std::thread thread;
     };
 

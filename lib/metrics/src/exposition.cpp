@@ -287,6 +287,11 @@ std::string render(const block::graph& g, const jobs::manager* jobs, const std::
                  "How long an event loop polls before it sleeps, as it has adapted (0: not polling).");
         for (const auto& l : loops)
             w.sample("bjd_loop_poll_window_seconds", label(l), seconds(l.stats.window_ns));
+        w.family("bjd_loop_poll_resting", "gauge",
+                 "1 while an event loop sleeps at once because polling was measured not to pay on this "
+                 "host (docs/polling.md), until it measures again.");
+        for (const auto& l : loops)
+            w.sample("bjd_loop_poll_resting", label(l), l.stats.resting ? "1" : "0");
     }
 
     w.family("bjd_build_info", "gauge", "Always 1: the version of this blockjobd and the QEMU it follows.");

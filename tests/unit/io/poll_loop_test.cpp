@@ -119,3 +119,109 @@ TEST_CASE("io: poll_loop catches close events by polling, and only when enabled"
     polling.set_params({1000, 0, 0});
     CHECK(polling.stats().window_ns <= 1000);
 }
+
+namespace {
+
+using bjd::io::poll_probe;
+using namespace std::chrono_literals;
+
+/// Drives `probe` for `how_long` in steps of 100 us, as a loop that completes `with` requests a
+/// millisecond while it polls and `without` while it does not would. Returns the steps at
+/// which it was told not to poll.
+int drive(poll_probe& probe, poll_probe::clock::time_point& now, std::uint64_t& done,
+          std::chrono::microseconds how_long, double with, double without, bool polling = true)
+{
+    int refused = 0;
+    double carry = 0;
+    for (auto end = now + how_long; now < end; now += 100us) {
+        const bool may = probe.may_poll(now, done, polling);
+        refused += !may;
+        carry += (may && polling ? with : without) / 10;
+        done += std::uint64_t(carry);
+        carry -= std::uint64_t(carry);
+    }
+    return refused;
+}
+
+} // namespace
+
+TEST_CASE("io: poll_probe keeps polling where it makes the loop faster", "[io]")
+{
+    // Periods of 100 ms after 100 ms to settle, a probe every 10 s, a gain of 1.1 to keep polling.
+    poll_probe probe({.settle = 100ms, .period = 100ms, .every = 10s});
+    poll_probe::clock::time_point now{};
+    std::uint64_t done = 0;
+    // 30 requests a millisecond polling, 20 not: the probe's middle period (200 ms with its
+    // settling) does without, and then polling stays.
+    const int refused = drive(probe, now, done, 700ms, 30, 20);
+    CHECK(refused >= 1999);
+    CHECK(refused <= 2001);
+    CHECK(probe.last() == poll_probe::verdict::pays);
+    CHECK(probe.rate_polling() == Approx(30000).epsilon(0.05));
+    CHECK(probe.rate_sleeping() == Approx(20000).epsilon(0.05));
+    CHECK_FALSE(probe.resting());
+    // Until the next probe, 10 s after the decision, polling is never refused.
+    CHECK(drive(probe, now, done, 9s, 30, 20) == 0);
+}
+
+TEST_CASE("io: poll_probe counts each period once the mode before has worn off", "[io]")
+{
+    poll_probe probe({.settle = 100ms, .period = 100ms, .every = 10s});
+    poll_probe::clock::time_point now{};
+    std::uint64_t done = 0;
+    // Polling slows the loop (14 requests a millisecond against 20), and each mode keeps the
+    // pace of the one before for 60 ms after a switch. Without the settling, the lag would
+    // drag each period towards the other mode's pace.
+    int refused = 0;
+    bool was = true;
+    auto since = now;
+    double carry = 0;
+    for (auto end = now + 700ms; now < end; now += 100us) {
+        const bool may = probe.may_poll(now, done, true);
+        refused += !may;
+        if (may != was) {
+            was = may;
+            since = now;
+        }
+        const bool lagging = now - since < 60ms;
+        carry += ((may != lagging) ? 14 : 20) / 10.0;
+        done += std::uint64_t(carry);
+        carry -= std::uint64_t(carry);
+    }
+    CHECK(probe.last() == poll_probe::verdict::does_not_pay);
+    CHECK(probe.rate_polling() == Approx(14000).epsilon(0.05));
+    CHECK(probe.rate_sleeping() == Approx(20000).epsilon(0.05));
+}
+
+TEST_CASE("io: poll_probe stops polling where it makes the loop slower, and measures again", "[io]")
+{
+    poll_probe probe({.settle = 100ms, .period = 100ms, .every = 10s});
+    poll_probe::clock::time_point now{};
+    std::uint64_t done = 0;
+    // Polling slows the loop down (14 requests a millisecond against 20), as on a virtual
+    // machine whose disk is emulated on the CPUs the polling thread keeps busy.
+    drive(probe, now, done, 700ms, 14, 20);
+    CHECK(probe.last() == poll_probe::verdict::does_not_pay);
+    CHECK(probe.resting());
+    // It sleeps at once for the next 10 s...
+    CHECK(drive(probe, now, done, 9500ms, 14, 20) == 95000);
+    // ...and then measures again: a host that changed is found out.
+    drive(probe, now, done, 1500ms, 40, 20);
+    CHECK(probe.last() == poll_probe::verdict::pays);
+    CHECK_FALSE(probe.resting());
+}
+
+TEST_CASE("io: poll_probe decides nothing from too little, nor for a loop that does not poll", "[io]")
+{
+    poll_probe probe;   // the defaults: at least 200 requests in each counted period of 200 ms
+    poll_probe::clock::time_point now{};
+    std::uint64_t done = 0;
+    // Under 200 requests a period: the probe gives up, keeps polling and decides nothing.
+    CHECK(drive(probe, now, done, 3s, 0.5, 0.8) == 0);
+    CHECK(probe.last() == poll_probe::verdict::unknown);
+    CHECK_FALSE(probe.resting());
+    // A loop whose window is closed is never told not to poll: there is nothing to measure.
+    poll_probe idle;
+    CHECK(drive(idle, now, done, 2s, 14, 20, false) == 0);
+    CHECK(idle.last() == poll_probe::verdict::unknown);
+}

@@ -13,7 +13,10 @@
 #include <boost/asio/io_context.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <string_view>
 
 namespace bjd::io {
@@ -40,21 +43,95 @@ inline constexpr std::int64_t poll_start_ns = 4000;
 /// `max_ns` shrinks it; a shorter gap grows it, up to `max_ns`.
 std::int64_t next_poll_window(const poll_params& p, std::int64_t window_ns, std::int64_t gap_ns) noexcept;
 
+/// Whether polling pays where a loop runs. Polling saves wake-ups, but it keeps a CPU busy,
+/// and where that CPU is wanted elsewhere (a virtual machine whose disk is emulated on the
+/// host CPUs its vCPUs also run on; docs/polling.md has one) a polling loop's own events come
+/// slower for it: on such a host queue depth 1 ran at 0.7 of its pace without polling. So a
+/// loop that polls measures, now and then, how much work it gets done (a count that only
+/// grows, such as the I/O requests its engines completed) in three periods: polling, not
+/// polling, polling again. Each period counts only after it has settled: the pace of the
+/// mode before lingers. Polling stays if the two periods with it did at least `gain` times
+/// as much as the one without; otherwise the loop sleeps at once until `every` has passed,
+/// and then measures again. A probe with a period that did too little to tell (the load
+/// stopped, or had not started) decides nothing, and the next one comes after `retry`. Not
+/// thread-safe: the loop's thread uses it.
+///
+/// Handlers run or wake-ups are no such count: a request takes more of them with polling than
+/// without (about 2 wake-ups against 1 at queue depth 1), so they would favour polling.
+class poll_probe {
+public:
+    using clock = std::chrono::steady_clock;
+    struct settings {
+        clock::duration settle = std::chrono::milliseconds(100);   ///< at a period's start, not counted
+        clock::duration period = std::chrono::milliseconds(200);   ///< counted
+        clock::duration every = std::chrono::seconds(20);
+        double gain = 1.1;
+        std::uint64_t min_count = 200;   ///< of work per period, for the period to count
+        clock::duration retry = std::chrono::seconds(1);   ///< after a probe that could not tell
+    };
+    enum class verdict { unknown, pays, does_not_pay };
+
+    poll_probe() noexcept : poll_probe(settings{}) {}
+    explicit poll_probe(settings s) noexcept : s_(s) {}
+
+    /// Called at each idle moment of the loop with its count of work so far; `polling`: its
+    /// window is open. Returns whether it may poll now.
+    bool may_poll(clock::time_point now, std::uint64_t count, bool polling) noexcept;
+
+    verdict last() const noexcept { return last_; }
+    /// Probes decided so far.
+    std::uint64_t probes() const noexcept { return probes_; }
+    /// Polling was measured not to pay, and the loop sleeps at once until the next probe.
+    bool resting() const noexcept { return phase_ == phase::resting; }
+    /// Work per second in the last decided probe, with polling (the mean of its two periods)
+    /// and without.
+    double rate_polling() const noexcept { return (rate_[0] + rate_[2]) / 2; }
+    double rate_sleeping() const noexcept { return rate_[1]; }
+
+private:
+    enum class phase { watching, with, without, with_again, resting };
+    /// Ends the current period at `now`, recording its rate in rate_[i].
+    bool period_over(clock::time_point now, std::uint64_t count, int i) noexcept;
+    void begin(phase p, clock::time_point now, std::uint64_t count) noexcept;
+    void decide(clock::time_point now) noexcept;
+
+    settings s_;
+    phase phase_ = phase::watching;
+    verdict last_ = verdict::unknown;
+    clock::time_point next_{};   ///< watching: the next probe; resting: the end of the rest
+    clock::time_point start_{};   ///< of the period, then of its count
+    std::uint64_t count0_ = 0;
+    bool counting_ = false;       ///< past the period's settle
+    double rate_[3] = {0, 0, 0};
+    std::uint64_t probes_ = 0;
+};
+
 /// What a loop's polling has done so far.
 struct poll_stats {
     std::uint64_t polled = 0;   ///< waits that ended while polling
     std::uint64_t slept = 0;    ///< waits that slept
     std::int64_t window_ns = 0; ///< the window as it has adapted
+    /// Polling was measured not to pay (poll_probe), and the loop sleeps at once for now.
+    bool resting = false;
 };
 
 /// Runs an `io_context` as `run()` does, polling adaptively before each sleep. One thread
 /// runs it; `stats()` may be read from any.
 class poll_loop {
 public:
-    explicit poll_loop(boost::asio::io_context& ctx) noexcept : ctx_(ctx) {}
+    /// `name` names the loop in the log (its `loop` label).
+    explicit poll_loop(boost::asio::io_context& ctx, std::string name = std::string(main_loop_id),
+                       poll_probe::settings probe = {})
+        : ctx_(ctx), name_(std::move(name)), probe_(probe)
+    {
+    }
 
     /// Runs handlers until the context is stopped or runs out of work, like `io_context::run`.
     void run();
+
+    /// What the loop's probe (poll_probe) measures its work by: a count that only grows, read
+    /// on the loop's thread. Without one the loop polls by QEMU's rule alone. Set before run().
+    void set_progress(std::function<std::uint64_t()> progress) { progress_ = std::move(progress); }
 
     /// Takes effect at the loop's next idle moment; the window is clamped to the new maximum.
     void set_params(const poll_params& p) noexcept;
@@ -64,16 +141,24 @@ public:
     poll_stats stats() const noexcept
     {
         constexpr auto r = std::memory_order_relaxed;
-        return {polled_.load(r), slept_.load(r), window_ns_.load(r)};
+        return {polled_.load(r), slept_.load(r), window_ns_.load(r), resting_.load(r)};
     }
 
 private:
+    /// Asks the probe whether to poll, and logs what it decided when that changes.
+    bool may_poll(poll_probe::clock::time_point now, bool polling);
+
     boost::asio::io_context& ctx_;
+    std::string name_;
+    poll_probe probe_;
+    std::function<std::uint64_t()> progress_;
+    std::uint64_t probes_seen_ = 0;
     poll_params params_;
     // Written by the loop's thread only, read by stats() from any: relaxed atomics suffice.
     std::atomic<std::int64_t> window_ns_{0};
     std::atomic<std::uint64_t> polled_{0};
     std::atomic<std::uint64_t> slept_{0};
+    std::atomic<bool> resting_{false};
 };
 
 } // namespace bjd::io
