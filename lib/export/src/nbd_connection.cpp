@@ -678,6 +678,7 @@ asio::awaitable<void> connection::write_loop(std::shared_ptr<connection> self)
                 self->close_here();
             }
         }
+        self->loop_.replies += batch.size();
         for (auto& r : batch) {
             --self->in_flight_;
             self->buffered_ -= r.charge;

@@ -22,9 +22,11 @@ nbd_loop& nbd_loops::pick()
     if (workers_.empty() && wanted_ > 0) {
         for (unsigned i = 0; i < wanted_; ++i) {
             auto& w = workers_.emplace_back(i + 1);
-            w.poller.set_params(polling_);   // before the thread: it is the loop's only writer then
+            auto& l = loops_.emplace_back(w.ctx, unsigned(loops_.size()));
+            // Before the thread: it is the loop's only user then.
+            w.poller.set_params(polling_);
+            w.poller.set_progress([&l] { return l.replies; });
             w.thread = std::thread([&poller = w.poller] { poller.run(); });
-            loops_.emplace_back(w.ctx, unsigned(loops_.size()));
         }
         log::get("nbd")->debug("NBD connections run on {} event loops", loops_.size());
     }

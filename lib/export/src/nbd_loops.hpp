@@ -28,6 +28,9 @@ struct nbd_loop {
     const bool main;
     io::buffer_pool buffers;       ///< WRITE payloads and READ replies; used on this loop only
     std::size_t connections = 0;   ///< kept by the main loop
+    /// Replies sent by this loop's connections: a worker loop's measure of whether polling
+    /// pays (io::poll_probe). Used on this loop only.
+    std::uint64_t replies = 0;
 };
 
 class nbd_loops {
