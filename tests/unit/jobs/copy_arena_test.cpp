@@ -144,22 +144,3 @@ TEST_CASE("copy_arena: no larger than its capacity, and a piece never spans two 
     c.reset();
     arena.reset();   // the registrations end on the engine's thread, before the memory goes
 }
-
-TEST_CASE("copy_arena: an arena smaller than a huge page stays on ordinary pages", "[jobs][may-skip]")
-{
-    asio::io_context ctx;
-    auto eng = io::make_engine(ctx, io::backend::threads);
-    const auto before = io::huge_pages::current().mapped_bytes;
-    {
-        // A 1 MiB buf-size would otherwise hold a 2 MiB page of which it uses half.
-        auto small = copy_arena::make(*eng, 1 * MiB, 1 * MiB);
-        REQUIRE(small->take(1 * MiB));
-        CHECK(io::huge_pages::current().mapped_bytes == before);
-    }
-    if (!io::buffers_on_huge_pages || !io::huge_pages::available()) {
-        bjd::test::skip("no transparent huge pages for buffers in this build or kernel");
-        return;
-    }
-    auto large = copy_arena::make(*eng, 2 * MiB, 2 * MiB);
-    CHECK(io::huge_pages::current().mapped_bytes == before + 2 * MiB);
-}

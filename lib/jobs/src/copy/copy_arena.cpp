@@ -13,27 +13,13 @@
 
 namespace bjd::jobs::detail {
 
-namespace {
-
-/// An arena smaller than a huge page would still take a whole one (a 1 MiB buf-size would
-/// cost 2 MiB of resident memory), and it gains little from it: its requests are a share of
-/// it (a mirror's are a sixteenth of its window, 64 KiB at 1 MiB), few pages each, which any
-/// device takes in one segment list. Only an arena of a huge page or more goes on them, where
-/// requests of 1 MiB and up stay whole (huge_pages.hpp).
-io::pages arena_pages(std::size_t capacity)
-{
-    return capacity >= io::huge_pages::page_size ? io::pages::huge_if_large : io::pages::small;
-}
-
-} // namespace
-
 std::shared_ptr<copy_arena> copy_arena::make(io::engine& e, std::size_t capacity, std::size_t limit)
 {
     return std::make_shared<copy_arena>(e, capacity, limit);
 }
 
 copy_arena::copy_arena(io::engine& e, std::size_t capacity, std::size_t limit)
-    : engine_(e), mem_(capacity, capacity, arena_pages(capacity))
+    : engine_(e), mem_(capacity)
 {
     assert(limit <= capacity);
     ASAN_POISON_MEMORY_REGION(mem_.data(), mem_.capacity());

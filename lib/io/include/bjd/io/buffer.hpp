@@ -37,12 +37,6 @@ inline constexpr bool buffers_on_huge_pages = !__has_feature(address_sanitizer);
 inline constexpr bool buffers_on_huge_pages = true;
 #endif
 
-/// Where aligned_buffer may take its memory from. `huge_if_large` follows the rule above;
-/// `small` keeps a buffer on ordinary pages whatever its size, for a buffer whose requests
-/// are each small enough for any device, where a huge page would only add to the resident
-/// memory (a 1 MiB buffer alone in a 2 MiB page).
-enum class pages { huge_if_large, small };
-
 /// Frees a buffer's memory: from huge_pages when `huge` is its size there, else from the heap.
 struct aligned_free {
     std::size_t huge = 0;
@@ -80,7 +74,7 @@ public:
     {
     }
     /// `size` bytes in use, room for `capacity` (≥ size; rounded up to the alignment).
-    aligned_buffer(std::size_t size, std::size_t capacity, pages where = pages::huge_if_large)
+    aligned_buffer(std::size_t size, std::size_t capacity)
         : size_(size)
     {
         if (capacity < size)
@@ -88,7 +82,7 @@ public:
         capacity_ = round_up_to_alignment(capacity);
         if (capacity_ == 0)
             capacity_ = direct_alignment;
-        if (buffers_on_huge_pages && where == pages::huge_if_large && capacity_ >= huge_pages::min_size) {
+        if (buffers_on_huge_pages && capacity_ >= huge_pages::min_size) {
             if (void* h = huge_pages::allocate(capacity_)) {
                 data_ = {static_cast<std::byte*>(h), aligned_free{capacity_}};
                 return;
