@@ -90,7 +90,8 @@ public:
 
 private:
     enum class phase { watching, with, without, with_again, resting };
-    /// Ends the current period at `now`, recording its rate in rate_[i].
+    /// Whether the current period (its settling, then its count) is over at `now`; then its
+    /// rate is rate_[i]. A period that did too little ends the probe instead (false).
     bool period_over(clock::time_point now, std::uint64_t count, int i) noexcept;
     void begin(phase p, clock::time_point now, std::uint64_t count) noexcept;
     void decide(clock::time_point now) noexcept;
