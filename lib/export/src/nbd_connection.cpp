@@ -197,11 +197,6 @@ asio::awaitable<void> connection::run_phases()
     transmitting_ = false;
 }
 
-asio::awaitable<void> connection::wait_changed()
-{
-    co_await changed_.wait();
-}
-
 asio::awaitable<boost::system::error_code> connection::fill(std::size_t need)
 {
     if (buffered_input() >= need)

@@ -120,7 +120,8 @@ private:
     asio::awaitable<bool> discard_payload(std::uint32_t length);
     void enqueue(reply r);
     static asio::awaitable<void> write_loop(std::shared_ptr<connection> self);
-    asio::awaitable<void> wait_changed();
+    /// The flag's own awaitable, with no coroutine frame of its own around it.
+    asio::awaitable<void> wait_changed() { return changed_.wait(); }
     void notify() { changed_.notify_all(); }
 
     manager& mgr_;
