@@ -121,9 +121,8 @@ struct poll_stats {
 class poll_loop {
 public:
     /// `name` names the loop in the log (its `loop` label).
-    explicit poll_loop(boost::asio::io_context& ctx, std::string name = std::string(main_loop_id),
-                       poll_probe::settings probe = {})
-        : ctx_(ctx), name_(std::move(name)), probe_(probe)
+    explicit poll_loop(boost::asio::io_context& ctx, std::string name = std::string(main_loop_id))
+        : ctx_(ctx), name_(std::move(name))
     {
     }
 
