@@ -109,8 +109,10 @@ blockjobd options:
   --poll-max-ns <ns>        how long an event loop (the main one, and those of
                             --nbd-threads) may poll for its next event before it sleeps,
                             adapting to the gaps it sees as QEMU's iothreads do; the
-                            main loop stops while it measures that polling does not pay
+                            loops stop while they measure that polling does not pay
                             (default 128000; 0: never poll; see docs/polling.md)
+  --poll-probe on|off       whether the loops measure, every 20 s, that polling pays
+                            (default on; off: poll by the gaps alone, as QEMU does)
 )";
 }
 
@@ -197,6 +199,11 @@ options parse_options(int argc, char** argv)
             if (ec != std::errc() || end != v.data() + v.size() || ns < 0 || ns > 1'000'000'000)
                 usage_error("--poll-max-ns takes a number of nanoseconds from 0 to 1000000000");
             o.poll_max_ns = ns;
+        } else if (arg == "--poll-probe") {
+            const auto v = value();
+            if (v != "on" && v != "off")
+                usage_error("--poll-probe takes 'on' or 'off'");
+            o.poll_probe = v == "on";
         } else if (arg == "--log-format") {
             o.log_format = value();
             if (*o.log_format != "terminal" && *o.log_format != "journal")

@@ -30,6 +30,7 @@ struct options {
     bool resume_jobs = false;                ///< --resume-jobs: restored jobs resume at once
     std::optional<unsigned> nbd_threads;     ///< --nbd-threads: NBD worker loops
     std::optional<std::int64_t> poll_max_ns; ///< --poll-max-ns: the event loops' polling (docs/polling.md)
+    bool poll_probe = true;                  ///< --poll-probe: measure whether polling pays
 };
 
 /// Parses argv. Prints --help / --version itself and exits 0; on a usage error prints the reason

@@ -147,7 +147,7 @@ runtime::~runtime() = default;
 
 asio::awaitable<void> runtime::apply(const options& opts)
 {
-    main_loop_.set_params({opts.poll_max_ns.value_or(default_poll_max_ns), 0, 0});
+    main_loop_.set_params({opts.poll_max_ns.value_or(default_poll_max_ns), 0, 0, opts.poll_probe});
     if (opts.nbd_threads)
         exports_->set_worker_loops(*opts.nbd_threads, main_loop_.params());
     // --state-dir with saved jobs: requests from outside (exports) wait at the graph's gate

@@ -96,8 +96,8 @@ void poll_probe::decide(clock::time_point now) noexcept
 
 bool poll_loop::may_poll(poll_probe::clock::time_point now, bool polling)
 {
-    if (!progress_)
-        return true;   // nothing to measure by: QEMU's rule alone
+    if (!progress_ || !params_.probe)
+        return true;   // nothing to measure by, or told not to: QEMU's rule alone
     const auto before = probe_.last();
     const bool may = probe_.may_poll(now, progress_(), polling);
     resting_.store(probe_.resting(), std::memory_order_relaxed);

@@ -25,7 +25,7 @@ namespace bjd::io {
 /// query-iothreads and query-cpus-fast show, and the `loop` label of its metrics.
 inline constexpr std::string_view main_loop_id = "main-loop";
 
-/// The polling parameters, with QEMU's names and meanings.
+/// The polling parameters, with QEMU's names and meanings, and blockjobd's probe.
 struct poll_params {
     /// The longest time to poll before sleeping, in ns; 0 turns polling off.
     std::int64_t max_ns = 0;
@@ -33,6 +33,9 @@ struct poll_params {
     std::int64_t grow = 0;
     /// The divisor the window shrinks by; 0 means QEMU's default, back to no polling.
     std::int64_t shrink = 0;
+    /// blockjobd's own: measure now and then whether polling pays, and sleep at once where it
+    /// does not (poll_probe; `--poll-probe`). Off: poll by QEMU's rule alone.
+    bool probe = true;
 };
 
 /// The window polling starts from when it grows from nothing (QEMU's starting value).
