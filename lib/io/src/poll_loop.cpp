@@ -108,8 +108,10 @@ bool poll_loop::may_poll(poll_probe::clock::time_point now, bool polling)
     const bool pays = v == poll_probe::verdict::pays;
     // A change is news for an operator; the same verdict again is for debugging.
     log::get("io")->log(v != before ? spdlog::level::info : spdlog::level::debug,
-                        "{}: polling {} here: {:.0f} requests/s while polling against {:.0f} while not{}", name_,
-                        pays ? "pays" : "does not pay", probe_.rate_polling(), probe_.rate_sleeping(),
+                        "{}: polling {} here: {:.0f} requests/s while polling ({:.0f} before, {:.0f} after) against "
+                        "{:.0f} while not{}",
+                        name_, pays ? "pays" : "does not pay", probe_.rate_polling(), probe_.rate_polling_before(),
+                        probe_.rate_polling_after(), probe_.rate_sleeping(),
                         pays ? "" : "; the loop sleeps at once until it measures again");
     return may;
 }

@@ -158,6 +158,8 @@ TEST_CASE("io: poll_probe keeps polling where it makes the loop faster", "[io]")
     CHECK(refused <= 2001);
     CHECK(probe.last() == poll_probe::verdict::pays);
     CHECK(probe.rate_polling() == Approx(30000).epsilon(0.05));
+    CHECK(probe.rate_polling_before() == Approx(30000).epsilon(0.05));
+    CHECK(probe.rate_polling_after() == Approx(30000).epsilon(0.05));
     CHECK(probe.rate_sleeping() == Approx(20000).epsilon(0.05));
     CHECK_FALSE(probe.resting());
     // Until the next probe, 10 s after the decision, polling is never refused.

@@ -90,6 +90,9 @@ public:
     /// and without.
     double rate_polling() const noexcept { return (rate_[0] + rate_[2]) / 2; }
     double rate_sleeping() const noexcept { return rate_[1]; }
+    /// Work per second in each period with polling: before the one without, and after it.
+    double rate_polling_before() const noexcept { return rate_[0]; }
+    double rate_polling_after() const noexcept { return rate_[2]; }
 
 private:
     enum class phase { watching, with, without, with_again, resting };
