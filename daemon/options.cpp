@@ -113,6 +113,10 @@ blockjobd options:
                             (default 128000; 0: never poll; see docs/polling.md)
   --poll-probe on|off       whether the loops measure, every 20 s, that polling pays
                             (default on; off: poll by the gaps alone, as QEMU does)
+  --poll-queued <n>         while at least <n> I/O requests are in flight, the main loop
+                            polls up to 1 ms for its next event whatever the gaps: for
+                            many small requests at a high queue depth; costs a core while
+                            they last (default 0: off; see docs/polling.md)
 )";
 }
 
@@ -204,6 +208,13 @@ options parse_options(int argc, char** argv)
             if (v != "on" && v != "off")
                 usage_error("--poll-probe takes 'on' or 'off'");
             o.poll_probe = v == "on";
+        } else if (arg == "--poll-queued") {
+            auto v = value();
+            unsigned n = 0;
+            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            if (ec != std::errc() || end != v.data() + v.size() || n > 4096)
+                usage_error("--poll-queued takes a number of requests from 0 to 4096");
+            o.poll_queued = n;
         } else if (arg == "--log-format") {
             o.log_format = value();
             if (*o.log_format != "terminal" && *o.log_format != "journal")

@@ -126,6 +126,8 @@ runtime::runtime(asio::io_context& loop)
         }
         return n;
     });
+    // What --poll-queued counts: requests the engines have in flight.
+    main_loop_.set_in_flight([this] { return engine_->stats().in_flight + threads_->stats().in_flight; });
     graph_ = std::make_unique<block::graph>(*engine_, *threads_);
     graph_->set_objects(objects_);
     ctx_.graph = graph_.get();
@@ -147,7 +149,7 @@ runtime::~runtime() = default;
 
 asio::awaitable<void> runtime::apply(const options& opts)
 {
-    main_loop_.set_params({opts.poll_max_ns.value_or(default_poll_max_ns), 0, 0, opts.poll_probe});
+    main_loop_.set_params({opts.poll_max_ns.value_or(default_poll_max_ns), 0, 0, opts.poll_probe, opts.poll_queued});
     if (opts.nbd_threads)
         exports_->set_worker_loops(*opts.nbd_threads, main_loop_.params());
     // --state-dir with saved jobs: requests from outside (exports) wait at the graph's gate

@@ -137,13 +137,17 @@ void poll_loop::run()
         const clock::time_point idle = clock::now();
         const std::int64_t adapted = window_ns_.load(relaxed);
         const std::int64_t window = may_poll(idle, adapted > 0) ? adapted : 0;
-        const clock::time_point until = idle + std::chrono::nanoseconds(window);
+        // With a queue at the disk the next completion is near, whatever the gaps so far.
+        // Only the gap rule's window adapts: this one is not its to learn from.
+        const bool queued = params_.queued > 0 && params_.max_ns > 0 && in_flight_ && in_flight_() >= params_.queued;
+        const std::int64_t polls = queued ? std::max(window, queued_poll_ns) : window;
+        const clock::time_point until = idle + std::chrono::nanoseconds(polls);
         // When the event was found: the last check before the poll that caught it, so that
         // the gap leaves out the handlers' own time. A sleep's gap includes its first handler
         // (run_one() cannot wait without running it).
         clock::time_point found = idle;
         bool caught = false;
-        while (window > 0 && (found = clock::now()) < until) {
+        while (polls > 0 && (found = clock::now()) < until) {
             if (ctx_.poll() > 0) {
                 caught = true;
                 break;

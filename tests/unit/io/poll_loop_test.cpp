@@ -120,6 +120,38 @@ TEST_CASE("io: poll_loop catches close events by polling, and only when enabled"
     CHECK(polling.stats().window_ns <= 1000);
 }
 
+TEST_CASE("io: poll_loop polls while requests are queued, whatever the gaps", "[io]")
+{
+    // A ceiling of 1 us: by the gaps alone the loop never catches an event 200 us away.
+    std::uint64_t in_flight = 8;
+    asio::io_context ctx(1);
+    poll_loop loop(ctx);
+    loop.set_in_flight([&] { return in_flight; });
+    loop.set_params({1000, 0, 0, false, 4});
+    feed(ctx, loop, 200, std::chrono::microseconds(200));
+    CHECK(loop.stats().polled > 150);
+    // The gap rule's window did not learn the queue rule's: it stays within its ceiling.
+    CHECK(loop.stats().window_ns <= 1000);
+
+    // Fewer in flight than asked: the gaps alone decide, and they are too long.
+    in_flight = 3;
+    ctx.restart();
+    poll_loop fewer(ctx);
+    fewer.set_in_flight([&] { return in_flight; });
+    fewer.set_params({1000, 0, 0, false, 4});
+    feed(ctx, fewer, 200, std::chrono::microseconds(200));
+    CHECK(fewer.stats().polled < 10);
+
+    // --poll-max-ns 0 means never poll, queue or not.
+    in_flight = 8;
+    ctx.restart();
+    poll_loop never(ctx);
+    never.set_in_flight([&] { return in_flight; });
+    never.set_params({0, 0, 0, false, 4});
+    feed(ctx, never, 100, std::chrono::microseconds(200));
+    CHECK(never.stats().polled == 0);
+}
+
 namespace {
 
 using bjd::io::poll_probe;

@@ -36,7 +36,14 @@ struct poll_params {
     /// blockjobd's own: measure now and then whether polling pays, and sleep at once where it
     /// does not (poll_probe; `--poll-probe`). Off: poll by QEMU's rule alone.
     bool probe = true;
+    /// blockjobd's own: while at least this many I/O requests are in flight on the loop's
+    /// engines, the loop polls up to `queued_poll_ns` for its next event whatever the gaps
+    /// (`--poll-queued`; docs/polling.md). 0: off. `max_ns` 0 still means never poll.
+    std::uint64_t queued = 0;
 };
+
+/// How long a loop polls while `poll_params::queued` requests are in flight.
+inline constexpr std::int64_t queued_poll_ns = 1'000'000;
 
 /// The window polling starts from when it grows from nothing (QEMU's starting value).
 inline constexpr std::int64_t poll_start_ns = 4000;
@@ -139,6 +146,10 @@ public:
     /// on the loop's thread. Without one the loop polls by QEMU's rule alone. Set before run().
     void set_progress(std::function<std::uint64_t()> progress) { progress_ = std::move(progress); }
 
+    /// The I/O requests in flight on the loop's engines, read on the loop's thread, for
+    /// `poll_params::queued`. Without it that rule never applies. Set before run().
+    void set_in_flight(std::function<std::uint64_t()> in_flight) { in_flight_ = std::move(in_flight); }
+
     /// Takes effect at the loop's next idle moment; the window is clamped to the new maximum.
     void set_params(const poll_params& p) noexcept;
     const poll_params& params() const noexcept { return params_; }
@@ -158,6 +169,7 @@ private:
     std::string name_;
     poll_probe probe_;
     std::function<std::uint64_t()> progress_;
+    std::function<std::uint64_t()> in_flight_;
     std::uint64_t probes_seen_ = 0;
     poll_params params_;
     // Written by the loop's thread only, read by stats() from any: relaxed atomics suffice.
