@@ -128,6 +128,17 @@ namespace {
     std::exit(1);
 }
 
+/// The whole of `v` as a number from 0 to `max`, or a usage error saying `what` it takes.
+template <typename T>
+T number_option(const std::string& v, T max, const std::string& what)
+{
+    T n = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc() || end != v.data() + v.size() || n < 0 || n > max)
+        usage_error(what);
+    return n;
+}
+
 } // namespace
 
 options parse_options(int argc, char** argv)
@@ -190,31 +201,17 @@ options parse_options(int argc, char** argv)
         } else if (arg == "--resume-jobs") {
             o.resume_jobs = true;
         } else if (arg == "--nbd-threads") {
-            auto v = value();
-            unsigned n = 0;
-            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-            if (ec != std::errc() || end != v.data() + v.size() || n > 64)
-                usage_error("--nbd-threads takes a number from 0 to 64");
-            o.nbd_threads = n;
+            o.nbd_threads = number_option(value(), 64u, "--nbd-threads takes a number from 0 to 64");
         } else if (arg == "--poll-max-ns") {
-            auto v = value();
-            std::int64_t ns = 0;
-            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), ns);
-            if (ec != std::errc() || end != v.data() + v.size() || ns < 0 || ns > 1'000'000'000)
-                usage_error("--poll-max-ns takes a number of nanoseconds from 0 to 1000000000");
-            o.poll_max_ns = ns;
+            o.poll_max_ns = number_option(value(), std::int64_t{1'000'000'000},
+                                          "--poll-max-ns takes a number of nanoseconds from 0 to 1000000000");
         } else if (arg == "--poll-probe") {
             const auto v = value();
             if (v != "on" && v != "off")
                 usage_error("--poll-probe takes 'on' or 'off'");
             o.poll_probe = v == "on";
         } else if (arg == "--poll-queued") {
-            auto v = value();
-            unsigned n = 0;
-            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-            if (ec != std::errc() || end != v.data() + v.size() || n > 4096)
-                usage_error("--poll-queued takes a number of requests from 0 to 4096");
-            o.poll_queued = n;
+            o.poll_queued = number_option(value(), 4096u, "--poll-queued takes a number of requests from 0 to 4096");
         } else if (arg == "--log-format") {
             o.log_format = value();
             if (*o.log_format != "terminal" && *o.log_format != "journal")

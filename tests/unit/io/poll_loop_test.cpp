@@ -122,34 +122,25 @@ TEST_CASE("io: poll_loop catches close events by polling, and only when enabled"
 
 TEST_CASE("io: poll_loop polls while requests are queued, whatever the gaps", "[io]")
 {
+    // `n` events 200 us apart on a loop whose engines report `in_flight` requests, asked to
+    // poll while there are 4 or more.
+    auto run = [](std::uint64_t in_flight, std::int64_t max_ns, int n) {
+        asio::io_context ctx(1);
+        poll_loop loop(ctx);
+        loop.set_in_flight([in_flight] { return in_flight; });
+        loop.set_params({max_ns, 0, 0, false, 4});
+        feed(ctx, loop, n, std::chrono::microseconds(200));
+        return loop.stats();
+    };
     // A ceiling of 1 us: by the gaps alone the loop never catches an event 200 us away.
-    std::uint64_t in_flight = 8;
-    asio::io_context ctx(1);
-    poll_loop loop(ctx);
-    loop.set_in_flight([&] { return in_flight; });
-    loop.set_params({1000, 0, 0, false, 4});
-    feed(ctx, loop, 200, std::chrono::microseconds(200));
-    CHECK(loop.stats().polled > 150);
+    const auto queued = run(8, 1000, 200);
+    CHECK(queued.polled > 150);
     // The gap rule's window did not learn the queue rule's: it stays within its ceiling.
-    CHECK(loop.stats().window_ns <= 1000);
-
+    CHECK(queued.window_ns <= 1000);
     // Fewer in flight than asked: the gaps alone decide, and they are too long.
-    in_flight = 3;
-    ctx.restart();
-    poll_loop fewer(ctx);
-    fewer.set_in_flight([&] { return in_flight; });
-    fewer.set_params({1000, 0, 0, false, 4});
-    feed(ctx, fewer, 200, std::chrono::microseconds(200));
-    CHECK(fewer.stats().polled < 10);
-
+    CHECK(run(3, 1000, 200).polled < 10);
     // --poll-max-ns 0 means never poll, queue or not.
-    in_flight = 8;
-    ctx.restart();
-    poll_loop never(ctx);
-    never.set_in_flight([&] { return in_flight; });
-    never.set_params({0, 0, 0, false, 4});
-    feed(ctx, never, 100, std::chrono::microseconds(200));
-    CHECK(never.stats().polled == 0);
+    CHECK(run(8, 0, 100).polled == 0);
 }
 
 namespace {
