@@ -140,7 +140,7 @@ void poll_loop::run()
         // With a queue at the disk the next completion is near, whatever the gaps so far.
         // Only the gap rule's window adapts: this one is not its to learn from.
         const bool queued = params_.queued > 0 && params_.max_ns > 0 && in_flight_ && in_flight_() >= params_.queued;
-        const std::int64_t polls = queued ? std::max(window, queued_poll_ns) : window;
+        const std::int64_t polls = queued ? std::max(window, params_.queued_ns) : window;
         const clock::time_point until = idle + std::chrono::nanoseconds(polls);
         // When the event was found: the last check before the poll that caught it, so that
         // the gap leaves out the handlers' own time. A sleep's gap includes its first handler

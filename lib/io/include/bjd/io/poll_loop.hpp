@@ -25,7 +25,10 @@ namespace bjd::io {
 /// query-iothreads and query-cpus-fast show, and the `loop` label of its metrics.
 inline constexpr std::string_view main_loop_id = "main-loop";
 
-/// The polling parameters, with QEMU's names and meanings, and blockjobd's probe.
+/// How long a loop polls while `poll_params::queued` requests are in flight, by default.
+inline constexpr std::int64_t queued_poll_ns = 1'000'000;
+
+/// The polling parameters: QEMU's, with their names and meanings, then blockjobd's own.
 struct poll_params {
     /// The longest time to poll before sleeping, in ns; 0 turns polling off.
     std::int64_t max_ns = 0;
@@ -37,13 +40,11 @@ struct poll_params {
     /// does not (poll_probe; `--poll-probe`). Off: poll by QEMU's rule alone.
     bool probe = true;
     /// blockjobd's own: while at least this many I/O requests are in flight on the loop's
-    /// engines, the loop polls up to `queued_poll_ns` for its next event whatever the gaps
+    /// engines, the loop polls up to `queued_ns` for its next event whatever the gaps
     /// (`--poll-queued`; docs/polling.md). 0: off. `max_ns` 0 still means never poll.
     std::uint64_t queued = 0;
+    std::int64_t queued_ns = queued_poll_ns;
 };
-
-/// How long a loop polls while `poll_params::queued` requests are in flight.
-inline constexpr std::int64_t queued_poll_ns = 1'000'000;
 
 /// The window polling starts from when it grows from nothing (QEMU's starting value).
 inline constexpr std::int64_t poll_start_ns = 4000;
