@@ -25,9 +25,6 @@ namespace bjd::io {
 /// query-iothreads and query-cpus-fast show, and the `loop` label of its metrics.
 inline constexpr std::string_view main_loop_id = "main-loop";
 
-/// How long a loop polls while `poll_params::queued` requests are in flight, by default.
-inline constexpr std::int64_t queued_poll_ns = 1'000'000;
-
 /// The polling parameters: QEMU's, with their names and meanings, then blockjobd's own.
 struct poll_params {
     /// The longest time to poll before sleeping, in ns; 0 turns polling off.
@@ -43,7 +40,8 @@ struct poll_params {
     /// engines, the loop polls up to `queued_ns` for its next event whatever the gaps
     /// (`--poll-queued`; docs/polling.md). 0: off. `max_ns` 0 still means never poll.
     std::uint64_t queued = 0;
-    std::int64_t queued_ns = queued_poll_ns;
+    /// How long the loop polls under that rule, in ns (the daemon's 1 ms; tests ask for more).
+    std::int64_t queued_ns = 1'000'000;
 };
 
 /// The window polling starts from when it grows from nothing (QEMU's starting value).
