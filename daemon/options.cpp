@@ -113,10 +113,10 @@ blockjobd options:
                             (default 128000; 0: never poll; see docs/polling.md)
   --poll-probe on|off       whether the loops measure, every 20 s, that polling pays
                             (default on; off: poll by the gaps alone, as QEMU does)
-  --poll-queued <n>         while at least <n> I/O requests are in flight, the main loop
-                            polls up to 1 ms for its next event whatever the gaps: for
-                            many small requests at a high queue depth; costs a core while
-                            they last (default 0: off; see docs/polling.md)
+  --poll-queued <n>         while NBD clients wait on at least <n> requests, the loop
+                            serving them polls up to 1 ms for its next event whatever the
+                            gaps: for many small requests at a high queue depth; costs a
+                            core while they last (default 0: off; see docs/polling.md)
 )";
 }
 

@@ -126,8 +126,6 @@ runtime::runtime(asio::io_context& loop)
         }
         return n;
     });
-    // What --poll-queued counts: requests the engines have in flight.
-    main_loop_.set_in_flight([this] { return engine_->stats().in_flight + threads_->stats().in_flight; });
     graph_ = std::make_unique<block::graph>(*engine_, *threads_);
     graph_->set_objects(objects_);
     ctx_.graph = graph_.get();
@@ -138,6 +136,9 @@ runtime::runtime(asio::io_context& loop)
     exports_->set_io_engine(*engine_);
     exports_->set_objects(objects_);
     ctx_.exports = exports_.get();
+    // What --poll-queued counts: the clients' requests in flight, not the jobs' (a mirror keeps
+    // 16 in flight, and would spin the loop for the whole copy).
+    main_loop_.set_in_flight([this] { return exports_->requests_executing(); });
     ctx_.chardevs = &chardev_registry_;
     ctx_.objects = &objects_;
     ctx_.request_quit = [this] { request_quit(); };

@@ -52,6 +52,11 @@ std::vector<io::poll_stats> manager::worker_loop_stats() const
     return tracker_->loops.worker_stats();
 }
 
+std::uint64_t manager::requests_executing() const noexcept
+{
+    return tracker_->loops.executing();
+}
+
 qapi::result<void> manager::start_server(const nbd_server_options& opts)
 {
     if (server_)

@@ -11,6 +11,7 @@
 #include <boost/asio/write.hpp>
 
 #include <cstring>
+#include <optional>
 
 #include <poll.h>
 #include <unistd.h>
@@ -322,6 +323,7 @@ asio::awaitable<void> connection::process(std::shared_ptr<connection> self, requ
     // slot, and a connection with a slot that never comes back would never finish closing.
     reply r;
     io::aligned_buffer buf;   // taken here: the pool is this loop's
+    std::optional<executing_request> counted(std::in_place, self->loop_);
     if (req.type == cmd_read && req.length <= max_payload)
         buf = self->loop_.buffers.get(req.length);
     try {
@@ -335,6 +337,7 @@ asio::awaitable<void> connection::process(std::shared_ptr<connection> self, requ
         log::get("nbd")->error("nbd {}: request failed: {}", self->peer_, e.what());
         r = self->error_reply(req, err_io, "internal error");
     }
+    counted.reset();
     self->loop_.buffers.put(std::move(payload));
     self->loop_.buffers.put(std::move(buf));   // unless the reply took it
     r.charge = charge;

@@ -26,6 +26,7 @@ nbd_loop& nbd_loops::pick()
             // Before the thread: it is the loop's only user then.
             w.poller.set_params(polling_);
             w.poller.set_progress([&l] { return l.replies; });
+            w.poller.set_in_flight([&l] { return l.executing.load(std::memory_order_relaxed); });
             w.thread = std::thread([&poller = w.poller] { poller.run(); });
         }
         log::get("nbd")->debug("NBD connections run on {} event loops", loops_.size());
@@ -40,6 +41,14 @@ std::vector<io::poll_stats> nbd_loops::worker_stats() const
     for (const auto& w : workers_)
         out.push_back(w.poller.stats());
     return out;
+}
+
+std::uint64_t nbd_loops::executing() const noexcept
+{
+    std::uint64_t n = 0;
+    for (const auto& l : loops_)
+        n += l.executing.load(std::memory_order_relaxed);
+    return n;
 }
 
 void nbd_loops::join()

@@ -11,6 +11,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <string>
@@ -31,6 +32,22 @@ struct nbd_loop {
     /// Replies sent by this loop's connections: a worker loop's measure of whether polling
     /// pays (io::poll_probe). Used on this loop only.
     std::uint64_t replies = 0;
+    /// Requests of this loop's connections that are being carried out: decoded, their reply
+    /// not yet made. What `--poll-queued` counts (io::poll_params::queued): while clients wait
+    /// on several, the next completion is near. Changed on this loop, read by the main loop too.
+    std::atomic<std::uint64_t> executing{0};
+};
+
+/// Counts one request in its loop's `executing` for as long as it lives.
+class executing_request {
+public:
+    explicit executing_request(nbd_loop& l) noexcept : loop_(l) { loop_.executing.fetch_add(1, std::memory_order_relaxed); }
+    ~executing_request() { loop_.executing.fetch_sub(1, std::memory_order_relaxed); }
+    executing_request(const executing_request&) = delete;
+    executing_request& operator=(const executing_request&) = delete;
+
+private:
+    nbd_loop& loop_;
 };
 
 class nbd_loops {
@@ -55,6 +72,9 @@ public:
     }
     /// Main loop only: each running worker loop's polling, in order (loop 1 first).
     std::vector<io::poll_stats> worker_stats() const;
+    /// Main loop only: the requests being carried out on all loops. The main loop carries out
+    /// every loop's block requests, so it counts them all.
+    std::uint64_t executing() const noexcept;
 
 private:
     struct worker {

@@ -12,6 +12,8 @@
 #include <boost/asio/local/connect_pair.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
@@ -41,6 +43,9 @@ public:
     std::vector<bool> allocated_;
     unsigned flushes = 0, fua_writes = 0, writes = 0, zero_writes = 0, discards = 0;
     block::zero_flags last_zero_flags;
+    /// While set, writes wait on it until it is cancelled: a test's way to keep requests in
+    /// flight.
+    asio::steady_timer* hold = nullptr;
 
 protected:
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
@@ -50,6 +55,10 @@ protected:
     }
     asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
     {
+        if (hold) {
+            boost::system::error_code ec;
+            co_await hold->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
         std::memcpy(data_.data() + off, buf.data(), buf.size());
         mark(off, buf.size(), true);
         ++writes;

@@ -295,6 +295,35 @@ asio::awaitable<void> vanish_mid_payload(fixture& f)
     }   // client closes its socket here
 }
 
+/// Five WRITEs held at the node: while they are, the manager counts them as being carried out
+/// (what --poll-queued counts); then the client reads the replies, or hangs up first.
+asio::awaitable<void> held_writes(fixture& f, bool hang_up)
+{
+    asio::steady_timer hold(f.io, asio::steady_timer::time_point::max());
+    f.disk->hold = &hold;
+    client_conn c(f.mgr);
+    co_await c.open("disk", false);
+    CHECK(f.mgr.requests_executing() == 0);
+    bytes d = pattern(4096, 4);
+    for (std::uint64_t i = 0; i < 5; ++i)
+        co_await c.request(nbd::cmd_write, i, i * 4096, 4096, 0, &d);
+    asio::steady_timer tick(f.io);
+    for (int i = 0; i < 2000 && f.mgr.requests_executing() < 5; ++i) {
+        tick.expires_after(std::chrono::milliseconds(1));
+        co_await tick.async_wait(asio::use_awaitable);
+    }
+    CHECK(f.mgr.requests_executing() == 5);
+    if (hang_up)
+        c.sock.close();
+    f.disk->hold = nullptr;
+    hold.cancel();
+    if (!hang_up)
+        for (int i = 0; i < 5; ++i) {
+            auto r = co_await c.simple_reply();
+            CHECK(r.error == 0);
+        }
+}
+
 asio::awaitable<void> open_and_hold(fixture& f, client_conn& c)
 {
     co_await c.open("disk", false);
@@ -431,6 +460,17 @@ TEST_CASE("export: many requests in flight on one connection", "[export]")
         f.mgr.set_limits({.max_in_flight = 2, .max_buffered_bytes = 8192});
         run(f.io, many_in_flight(f, 200));
     }
+}
+
+TEST_CASE("export: requests being carried out are counted until their replies", "[export]")
+{
+    fixture f;
+    const bool hang_up = GENERATE(false, true);
+    INFO("client hangs up first: " << hang_up);
+    run(f.io, held_writes(f, hang_up));
+    settle(f.io);
+    CHECK(f.disk->writes == 5);
+    CHECK(f.mgr.requests_executing() == 0);
 }
 
 TEST_CASE("export: read-only export refuses writes with EPERM", "[export]")

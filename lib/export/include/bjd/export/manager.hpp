@@ -139,6 +139,9 @@ public:
     /// The polling of the worker loops started so far (they start with the first
     /// connection), loop 1 first.
     std::vector<io::poll_stats> worker_loop_stats() const;
+    /// Main loop only: the NBD requests clients are waiting on, on every loop (the main loop
+    /// carries out all their block requests). What the main loop's `--poll-queued` counts.
+    std::uint64_t requests_executing() const noexcept;
 
     /// Daemon shutdown: stops the server, hard-deletes every export (emitting their events)
     /// and waits until every connection has finished its in-flight requests.

@@ -36,8 +36,8 @@ struct poll_params {
     /// blockjobd's own: measure now and then whether polling pays, and sleep at once where it
     /// does not (poll_probe; `--poll-probe`). Off: poll by QEMU's rule alone.
     bool probe = true;
-    /// blockjobd's own: while at least this many I/O requests are in flight on the loop's
-    /// engines, the loop polls up to `queued_ns` for its next event whatever the gaps
+    /// blockjobd's own: while clients wait on at least this many requests that the loop
+    /// serves, it polls up to `queued_ns` for its next event whatever the gaps
     /// (`--poll-queued`; docs/polling.md). 0: off. `max_ns` 0 still means never poll.
     std::uint64_t queued = 0;
     /// How long the loop polls under that rule, in ns (the daemon's 1 ms; tests ask for more).
@@ -145,7 +145,7 @@ public:
     /// on the loop's thread. Without one the loop polls by QEMU's rule alone. Set before run().
     void set_progress(std::function<std::uint64_t()> progress) { progress_ = std::move(progress); }
 
-    /// The I/O requests in flight on the loop's engines, read on the loop's thread, for
+    /// The requests clients wait on that this loop serves, read on the loop's thread, for
     /// `poll_params::queued`. Without it that rule never applies. Set before run().
     void set_in_flight(std::function<std::uint64_t()> in_flight) { in_flight_ = std::move(in_flight); }
 
