@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 
 namespace bjd::daemon {
 
@@ -134,7 +135,7 @@ T number_option(const std::string& v, T max, const std::string& what)
 {
     T n = 0;
     auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-    if (ec != std::errc() || end != v.data() + v.size() || n < 0 || n > max)
+    if (ec != std::errc() || end != v.data() + v.size() || (std::is_signed_v<T> && n < 0) || n > max)
         usage_error(what);
     return n;
 }
