@@ -41,7 +41,10 @@ struct nbd_loop {
 /// Counts one request in its loop's `executing` for as long as it lives.
 class executing_request {
 public:
-    explicit executing_request(nbd_loop& l) noexcept : loop_(l) { loop_.executing.fetch_add(1, std::memory_order_relaxed); }
+    explicit executing_request(nbd_loop& l) noexcept : loop_(l)
+    {
+        loop_.executing.fetch_add(1, std::memory_order_relaxed);
+    }
     ~executing_request() { loop_.executing.fetch_sub(1, std::memory_order_relaxed); }
     executing_request(const executing_request&) = delete;
     executing_request& operator=(const executing_request&) = delete;
