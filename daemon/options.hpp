@@ -31,7 +31,7 @@ struct options {
     std::optional<unsigned> nbd_threads;     ///< --nbd-threads: NBD worker loops
     std::optional<std::int64_t> poll_max_ns; ///< --poll-max-ns: the event loops' polling (docs/polling.md)
     bool poll_probe = true;                  ///< --poll-probe: measure whether polling pays
-    unsigned poll_queued = 0;                ///< --poll-queued: poll while this many requests are in flight
+    unsigned poll_queued = 0;                ///< --poll-queued: poll while clients wait on this many requests
 };
 
 /// Parses argv. Prints --help / --version itself and exits 0; on a usage error prints the reason

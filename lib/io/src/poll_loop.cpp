@@ -137,8 +137,8 @@ void poll_loop::run()
         const clock::time_point idle = clock::now();
         const std::int64_t adapted = window_ns_.load(relaxed);
         const std::int64_t window = may_poll(idle, adapted > 0) ? adapted : 0;
-        // With a queue at the disk the next completion is near, whatever the gaps so far.
-        // Only the gap rule's window adapts: this one is not its to learn from.
+        // While clients wait on several requests the next completion is near, whatever the
+        // gaps so far. Only the gap rule's window adapts: this one is not its to learn from.
         const bool queued = params_.queued > 0 && params_.max_ns > 0 && in_flight_ && in_flight_() >= params_.queued;
         const std::int64_t polls = queued ? std::max(window, params_.queued_ns) : window;
         const clock::time_point until = idle + std::chrono::nanoseconds(polls);

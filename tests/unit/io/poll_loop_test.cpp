@@ -122,9 +122,9 @@ TEST_CASE("io: poll_loop catches close events by polling, and only when enabled"
 
 TEST_CASE("io: poll_loop polls while requests are queued, whatever the gaps", "[io]")
 {
-    // `n` events 200 us apart on a loop whose engines report `in_flight` requests, asked to
-    // poll while there are 4 or more, for up to 200 ms (not the daemon's 1 ms: on a loaded
-    // machine the thread that posts the events may wait longer than that for a CPU).
+    // `n` events 200 us apart on a loop that counts `in_flight` requests, asked to poll while
+    // there are 4 or more, for up to 200 ms (not the daemon's 1 ms: on a loaded machine the
+    // thread that posts the events may wait longer than that for a CPU).
     auto run = [](std::uint64_t in_flight, std::int64_t max_ns, int n) {
         asio::io_context ctx(1);
         poll_loop loop(ctx);
