@@ -11,7 +11,6 @@
 #include <boost/asio/write.hpp>
 
 #include <cstring>
-#include <optional>
 
 #include <poll.h>
 #include <unistd.h>
@@ -323,7 +322,7 @@ asio::awaitable<void> connection::process(std::shared_ptr<connection> self, requ
     // slot, and a connection with a slot that never comes back would never finish closing.
     reply r;
     io::aligned_buffer buf;   // taken here: the pool is this loop's
-    std::optional<executing_request> counted(std::in_place, self->loop_);
+    executing_request counted(self->loop_);   // until the reply is queued, below
     if (req.type == cmd_read && req.length <= max_payload)
         buf = self->loop_.buffers.get(req.length);
     try {
@@ -337,7 +336,6 @@ asio::awaitable<void> connection::process(std::shared_ptr<connection> self, requ
         log::get("nbd")->error("nbd {}: request failed: {}", self->peer_, e.what());
         r = self->error_reply(req, err_io, "internal error");
     }
-    counted.reset();
     self->loop_.buffers.put(std::move(payload));
     self->loop_.buffers.put(std::move(buf));   // unless the reply took it
     r.charge = charge;
