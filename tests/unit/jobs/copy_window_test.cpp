@@ -17,7 +17,8 @@ constexpr std::uint64_t MiB = 1 << 20;
 
 copy_window make(std::uint64_t start = 16 * MiB, std::uint64_t max = 64 * MiB)
 {
-    return copy_window(start, max, {.period = 200ms, .settle = 100ms, .gain = 0.1, .reprobe = 30s});
+    return copy_window(start, max,
+                       {.period = 200ms, .settle = 100ms, .gain = 0.1, .reprobe = 30s, .give_up = 2s, .first_probe = 0s});
 }
 
 /// A disk that copies at `rate(window, t)` bytes per second. Runs the copy for `span` from `t`,
@@ -31,7 +32,9 @@ int run(copy_window& w, std::chrono::nanoseconds& t, std::chrono::nanoseconds sp
         const std::uint64_t req = w.size() / 16;
         const double r = rate(w.size(), std::chrono::duration<double>(t).count());
         t += std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<double>(req) / r * 1e9));
-        if (w.completed(copy_window::clock::time_point{} + 1h + t, req, w.size()))
+        const auto now = copy_window::clock::time_point{} + 1h + t;
+        w.in_flight(now, w.size());
+        if (w.completed(now, req))
             ++decisions;
     }
     return decisions;
@@ -87,6 +90,17 @@ TEST_CASE("copy_window: a disk that keeps gaining gets the whole maximum", "[mir
     CHECK(w.last_decision().rate_tried > w.last_decision().rate_before * 1.9);
 }
 
+TEST_CASE("copy_window: a copy shorter than the first probe's delay keeps its window", "[mirror][window]")
+{
+    // A disk that gains from any depth: the window grows, but not before a second of copying.
+    auto w = copy_window(16 * MiB, 64 * MiB, {.first_probe = 1s});
+    std::chrono::nanoseconds t{};
+    CHECK(run(w, t, 900ms, bounded(1e12)) == 0);
+    CHECK(w.size() == 16 * MiB);
+    run(w, t, 3s, bounded(1e12));
+    CHECK(w.size() == 64 * MiB);
+}
+
 TEST_CASE("copy_window: a disk that gains nothing keeps QEMU's window", "[mirror][window]")
 {
     auto w = make();
@@ -98,21 +112,65 @@ TEST_CASE("copy_window: a disk that gains nothing keeps QEMU's window", "[mirror
 
 TEST_CASE("copy_window: periods in which the window was not the limit do not count", "[mirror][window]")
 {
-    // Completions with a quarter of the window in flight: the speed limit, guests or the end
-    // of the dirty data held the copy back, so its rate says nothing about the window.
+    // A quarter of the window in flight: the speed limit, guests or the end of the dirty data
+    // held the copy back, so its rate says nothing about the window.
     auto w = make();
     std::chrono::nanoseconds t{};
     const auto now = [&t] { return copy_window::clock::time_point{} + 1h + t; };
-    for (int i = 0; i < 10000; ++i, t += 1ms)
-        CHECK_FALSE(w.completed(now(), MiB, 4 * MiB));
+    for (int i = 0; i < 10000; ++i, t += 1ms) {
+        w.in_flight(now(), 4 * MiB);
+        CHECK_FALSE(w.completed(now(), MiB));
+    }
     CHECK(w.size() == 16 * MiB);
-    // One completion below half the window voids the period around it: a probe at 32 MiB
-    // whose every period is broken by one is never judged.
+}
+
+TEST_CASE("copy_window: a disk that answers the whole window at once is still measured", "[mirror][window]")
+{
+    // 16 requests complete together every 20 ms, and the copy refills the window 50 us later.
+    // At the last completion of each batch the window is empty, for a moment: the period still
+    // counts (it did not when every completion had to find half the window in flight, and a
+    // probe was then never judged).
+    auto w = make();
+    std::chrono::nanoseconds t{};
+    const auto now = [&t] { return copy_window::clock::time_point{} + 1h + t; };
+    int decisions = 0;
+    while (t < 2s) {
+        // 16 MiB take 20 ms (800 MiB/s), 32 MiB as long (1600), 64 MiB twice as long (1600).
+        const std::uint64_t size = w.size(), req = size / 16;
+        t += 20ms * static_cast<int>(std::max<std::uint64_t>(1, size / (32 * MiB)));
+        for (std::uint64_t left = size; left > 0; left -= req) {
+            w.in_flight(now(), left - req);
+            if (w.completed(now(), req)) {
+                ++decisions;
+                INFO(w.last_decision().from << " " << w.last_decision().tried << " " << w.last_decision().to);
+                CHECK(w.last_decision().measured);
+            }
+        }
+        t += 50us;
+        w.in_flight(now(), w.size());
+    }
+    CHECK(decisions == 2);   // 32 MiB kept, 64 MiB tried and not kept
+    CHECK(w.size() == 32 * MiB);
+}
+
+TEST_CASE("copy_window: a probe that cannot be measured ends at the smaller window", "[mirror][window]")
+{
+    auto w = make();
+    std::chrono::nanoseconds t{};
+    const auto now = [&t] { return copy_window::clock::time_point{} + 1h + t; };
     run(w, t, 260ms, bounded(1000.0 * MiB));   // measured at 16 MiB, now trying 32
     REQUIRE(w.size() == 32 * MiB);
-    for (int i = 0; i < 10000; ++i, t += 1ms)
-        CHECK_FALSE(w.completed(now(), 2 * MiB, i % 100 == 99 ? MiB : 32 * MiB));
-    CHECK(w.size() == 32 * MiB);
+    // From now on the copy keeps a quarter of the window in flight: no period counts.
+    int decisions = 0;
+    for (int i = 0; i < 3000; ++i, t += 1ms) {
+        w.in_flight(now(), 8 * MiB);
+        decisions += w.completed(now(), 2 * MiB) ? 1 : 0;
+    }
+    CHECK(decisions == 1);
+    CHECK(w.size() == 16 * MiB);
+    CHECK_FALSE(w.last_decision().measured);
+    CHECK(w.last_decision().tried == 32 * MiB);
+    CHECK(w.last_decision().to == 16 * MiB);
 }
 
 TEST_CASE("copy_window: a disk that speeds up later is probed again", "[mirror][window]")

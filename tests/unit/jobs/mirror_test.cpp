@@ -426,7 +426,7 @@ TEST_CASE("jobs: a mirror whose window keeps changing copies every byte", "[jobs
     s.source = src;
     s.target = dst;
     s.window = {.period = std::chrono::nanoseconds(1), .settle = std::chrono::nanoseconds(1), .gain = 1e9,
-                .reprobe = std::chrono::nanoseconds(0)};
+                .reprobe = std::chrono::nanoseconds(0), .first_probe = std::chrono::nanoseconds(0)};
     REQUIRE(jobs::detail::launch(f.mgr, std::move(s), "m", {}, 0, std::nullopt));
     auto& mj = dynamic_cast<jobs::detail::mirror_job&>(f.mgr.find("m")->driver());
     std::set<std::uint64_t> seen;

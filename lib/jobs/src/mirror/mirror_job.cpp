@@ -193,7 +193,7 @@ std::uint64_t mirror_job::max_io() const noexcept
 void mirror_job::size_window(std::uint64_t bytes)
 {
     const std::uint64_t before = window_.size();
-    const bool judged = window_.completed(copy_window::clock::now(), bytes, in_flight_bytes_);
+    const bool judged = window_.completed(copy_window::clock::now(), bytes);
     if (window_.size() != before) {   // a probe starts or ends
         yield_.resize(max_io(), window_.size());
         if (arena_)
@@ -202,7 +202,10 @@ void mirror_job::size_window(std::uint64_t bytes)
     if (!judged)
         return;
     const auto& d = window_.last_decision();
-    if (d.to == d.from)
+    if (!d.measured)
+        logger()->debug("{} '{}': keeps {} MiB in flight: {} MiB could not be measured, the copy was held back",
+                        qapi::to_string(s_.type), job_->id(), d.from >> 20, d.tried >> 20);
+    else if (d.to == d.from)
         logger()->debug("{} '{}': keeps {} MiB in flight: {} MiB gave {:.0f} MiB/s against {:.0f}",
                         qapi::to_string(s_.type), job_->id(), d.from >> 20, d.tried >> 20, mib(d.rate_tried),
                         mib(d.rate_before));
@@ -353,6 +356,7 @@ void mirror_job::launch(op_kind kind, std::uint64_t offset, std::uint64_t length
 {
     ++ops_;
     in_flight_bytes_ += length;
+    window_.in_flight(copy_window::clock::now(), in_flight_bytes_);
     hold_chunks(offset, length, +1);
     // Ownership: the op coroutine uses `this`; run() waits for every op before it returns.
     asio::co_spawn(ex_, run_op(this, kind, offset, length, std::move(piece)),
@@ -419,6 +423,7 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
     piece.reset();
     self->hold_chunks(offset, length, -1);
     self->in_flight_bytes_ -= length;
+    self->window_.in_flight(copy_window::clock::now(), self->in_flight_bytes_);
     --self->ops_;
     self->op_done_.notify_all();
 }

@@ -7,9 +7,15 @@
 /// request that completes, with the time; the unit tests feed it made-up ones.
 ///
 /// Rule:
-/// - Time is cut into periods. A period counts only while the copy is bound by the window:
-///   every completion in it found at least half the window in flight. One that did not (the
-///   `speed` limit, guests, or the dirty data running out held the copy back) voids the period.
+/// - Time is cut into periods. A period counts only while the copy is bound by the window: on
+///   average over the period, at least half the window was in flight. One that was not (the
+///   `speed` limit, guests, or the dirty data running out held the copy back) is void. The
+///   average is over time, from every change the copy reports (`in_flight`): a disk that
+///   answers a whole window at once empties it for a moment before the copy refills it, and
+///   that moment says nothing about what held the copy back.
+/// - The first probe comes after `first_probe` of copying: a probe costs the copy while it
+///   tries a size that may be slower, and a copy that is over within a second or two could
+///   not win that back.
 /// - A probe measures the rate at the current size (A), at twice the size (B), then at the
 ///   current size again (A'), each after a short settling period while requests of the other
 ///   size drain. The larger size stays if B beat the mean of A and A' by `gain`. Measuring A
@@ -20,6 +26,8 @@
 ///   A' just as A did.
 /// - A window that stayed below `max` probes again after `reprobe`: disks change pace (a
 ///   cache fills, another tenant leaves).
+/// - A probe that cannot be judged within `give_up` (its periods keep being void) ends at the
+///   size it started from: a larger window stays only when it was measured to be faster.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -35,6 +43,8 @@ public:
         std::chrono::nanoseconds settle = std::chrono::milliseconds(100);
         double gain = 0.1;   ///< a larger window stays only when the copy got this much faster
         std::chrono::nanoseconds reprobe = std::chrono::seconds(30);
+        std::chrono::nanoseconds give_up = std::chrono::seconds(2);
+        std::chrono::nanoseconds first_probe = std::chrono::seconds(1);
     };
 
     /// The last decision, for the log: the window went from `from` to `to` (equal to `from`
@@ -46,6 +56,7 @@ public:
         std::uint64_t to = 0;
         double rate_before = 0;
         double rate_tried = 0;
+        bool measured = true;   ///< false: the probe was given up, its rates are unknown
     };
 
     /// `start`: the size it begins with; `max`: the largest it may grow to (equal to `start`:
@@ -64,24 +75,38 @@ public:
     /// period around it does not measure the window.
     void interrupted() noexcept { open_ = false; }
 
-    /// A copy request of `bytes` completed at `now`; `in_flight`: the bytes the copy had in
-    /// flight just before it completed (itself included). The size may change (a probe
-    /// starts, or ends); returns true when a probe was judged: last_decision() says how.
-    bool completed(clock::time_point now, std::uint64_t bytes, std::uint64_t in_flight)
+    /// The copy has `bytes` in flight from `now` on (a request started or ended).
+    void in_flight(clock::time_point now, std::uint64_t bytes) noexcept
     {
+        occupy_until(now);
+        in_flight_ = bytes;
+    }
+
+    /// A copy request of `bytes` completed at `now`. The size may change (a probe starts, or
+    /// ends); returns true when a probe was judged or given up: last_decision() says how.
+    bool completed(clock::time_point now, std::uint64_t bytes)
+    {
+        if (started_ == clock::time_point{})
+            started_ = now;
         if (state_ == state::settled) {
             if (size_ == max_ || now - settled_at_ < cfg_.reprobe)
                 return false;
             state_ = state::measuring;
             open_ = false;
         }
-        if (in_flight * 2 < size_) {   // not bound by the window: this period says nothing
+        if (state_ != state::measuring && now - probe_start_ >= cfg_.give_up) {
+            const std::uint64_t larger = std::min(max_, smaller_ * 2);
+            last_ = {.from = smaller_, .tried = larger, .to = smaller_, .measured = false};
+            size_ = smaller_;
             open_ = false;
-            return false;
+            settle(now);
+            return true;
         }
         if (!open_) {
             open_ = true;
             period_start_ = now;
+            since_ = now;
+            occupied_ = 0;
             bytes_ = 0;
             return false;   // the period starts with this completion: its bytes came before
         }
@@ -89,12 +114,17 @@ public:
         const auto el = now - period_start_;
         if (el < (state_ == state::settling ? cfg_.settle : cfg_.period))
             return false;
-        const double rate = static_cast<double>(bytes_) / std::chrono::duration<double>(el).count();
+        occupy_until(now);
         open_ = false;
+        const double secs = std::chrono::duration<double>(el).count();
+        if (occupied_ / secs * 2 < static_cast<double>(size_))
+            return false;   // not bound by the window: this period says nothing
+        const double rate = static_cast<double>(bytes_) / secs;
         switch (state_) {
         case state::measuring:   // A
             a_ = rate;
-            try_larger();
+            if (now - started_ >= cfg_.first_probe)
+                try_larger();
             return false;
         case state::settling:
             state_ = after_settling_;
@@ -141,7 +171,16 @@ private:
     {
         smaller_ = size_;
         size_ = std::min(max_, size_ * 2);
+        probe_start_ = period_start_;
         settle_then(state::probing);
+    }
+
+    /// Adds the bytes in flight since the last change, times how long, to the open period.
+    void occupy_until(clock::time_point now) noexcept
+    {
+        if (open_ && now > since_)
+            occupied_ += static_cast<double>(in_flight_) * std::chrono::duration<double>(now - since_).count();
+        since_ = now;
     }
 
     void settle(clock::time_point now)
@@ -160,6 +199,11 @@ private:
     double b_ = 0;                ///< rate at the larger size
     bool open_ = false;
     clock::time_point period_start_{};
+    clock::time_point started_{};       ///< the first completion: when the copy began
+    clock::time_point probe_start_{};   ///< when the probe in progress began (its A)
+    std::uint64_t in_flight_ = 0;       ///< bytes in flight, as last reported
+    clock::time_point since_{};         ///< when in_flight_ last changed, or the period opened
+    double occupied_ = 0;               ///< in-flight bytes times seconds, in the open period
     std::uint64_t bytes_ = 0;
     clock::time_point settled_at_{};
     decision last_{};
