@@ -3,8 +3,9 @@
 /// \file
 /// How many bytes a copy keeps in flight when the user left buf-size to the daemon
 /// (docs/copy-window.md). It starts where QEMU stays (16 MiB for a mirror) and doubles while
-/// doubling makes the copy measurably faster, up to `max`. Pure: the mirror feeds it each copy
-/// request that completes, with the time; the unit tests feed it made-up ones.
+/// doubling makes the copy measurably faster, up to `max`. Pure: the mirror tells it, with the
+/// time, each copy request that completes and every change of the bytes in flight; the unit
+/// tests feed it made-up ones.
 ///
 /// Rule:
 /// - Time is cut into periods. A period counts only while the copy is bound by the window: on
