@@ -411,6 +411,11 @@ TEST_CASE("jobs: mirror speed counts zeroes only where the target cannot unmap t
         CHECK_FALSE(f.ev.has("BLOCK_JOB_READY"));
         REQUIRE(f.mgr.find("m")->user_cancel(true));
         f.run_until([&] { return f.ev.has("JOB_STATUS_CHANGE:null"); });
+        // A force-cancel does not wait for the zeroes on their way to the target; the engine
+        // must outlive them.
+        auto target = f.g.find("dst");
+        REQUIRE(target);
+        f.run_until([&] { return target->writes_in_flight() == 0; });
     }
 }
 
