@@ -83,12 +83,19 @@ struct fixture {
 
     std::shared_ptr<block::node> file(const std::string& name, const std::vector<char>& content)
     {
-        std::string path = dir + "/" + name;
-        std::ofstream(path, std::ios::binary).write(content.data(), static_cast<std::streamsize>(content.size()));
+        std::ofstream(dir + "/" + name, std::ios::binary)
+            .write(content.data(), static_cast<std::streamsize>(content.size()));
+        return open(name);
+    }
+
+    /// A file node named `name` over the file of that name in `dir`, as it is.
+    std::shared_ptr<block::node> open(const std::string& name, bool discard_unmap = false)
+    {
         block::node_options o;
         o.name = name;
+        o.discard_unmap = discard_unmap;
         block::file_open_options fo;
-        fo.filename = path;
+        fo.filename = dir + "/" + name;
         fo.locking = false;
         auto n = block::open_file(o, fo, *eng);
         REQUIRE(n);
@@ -374,24 +381,13 @@ TEST_CASE("jobs: mirror speed counts zeroes only where the target cannot unmap t
     std::ofstream(dst, std::ios::binary).close();
     REQUIRE(::truncate(src.c_str(), size) == 0);
     REQUIRE(::truncate(dst.c_str(), size) == 0);
-    const auto open = [&](const std::string& name, bool unmap) {
-        block::node_options o;
-        o.name = name;
-        o.discard_unmap = unmap;
-        block::file_open_options fo;
-        fo.filename = f.dir + "/" + name;
-        fo.locking = false;
-        auto n = block::open_file(o, fo, *f.eng);
-        REQUIRE(n);
-        f.g.insert(*n);
-    };
-    open("src", false);
+    f.open("src");
     auto p = f.params();
     p.speed = 4 << 20;
 
     SECTION("a target that unmaps")
     {
-        open("dst", true);
+        f.open("dst", true);
         REQUIRE(jobs::start_mirror(f.mgr, f.g, p));
         f.run_until([&] { return f.ev.has("BLOCK_JOB_READY"); });   // fails after 10 s
         REQUIRE(f.mgr.find("m")->complete());
@@ -404,7 +400,7 @@ TEST_CASE("jobs: mirror speed counts zeroes only where the target cannot unmap t
     }
     SECTION("a target that ignores discards")
     {
-        open("dst", false);
+        auto target = f.open("dst");
         REQUIRE(jobs::start_mirror(f.mgr, f.g, p));
         auto t0 = std::chrono::steady_clock::now();
         f.run_until([&] { return std::chrono::steady_clock::now() - t0 > std::chrono::seconds(2); });
@@ -413,8 +409,6 @@ TEST_CASE("jobs: mirror speed counts zeroes only where the target cannot unmap t
         f.run_until([&] { return f.ev.has("JOB_STATUS_CHANGE:null"); });
         // A force-cancel does not wait for the zeroes on their way to the target; the engine
         // must outlive them.
-        auto target = f.g.find("dst");
-        REQUIRE(target);
         f.run_until([&] { return target->writes_in_flight() == 0; });
     }
 }
