@@ -136,6 +136,13 @@ protected:
     }
     asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
     {
+        // The common write is the engine's awaitable itself, without a frame of its own.
+        if (!misaligned(off, buf.size(), buf.data()) && !(fua && !options().cache_no_flush))
+            return engine_.write(fd_, buf, off, hint(buf.size()));
+        return write_slow(off, buf, fua);
+    }
+    asio::awaitable<result<void>> write_slow(std::uint64_t off, std::span<const std::byte> buf, bool fua)
+    {
         auto r = misaligned(off, buf.size(), buf.data()) ? co_await bounce_write(off, buf)
                                                           : co_await engine_.write(fd_, buf, off, hint(buf.size()));
         if (r && fua && !options().cache_no_flush)

@@ -46,25 +46,27 @@ protected:
         return p;
     }
 
+    // The forwards return the file's awaitable rather than awaiting it: no coroutine frame of
+    // their own, which would cost an allocation per request.
     asio::awaitable<result<void>> do_read(std::uint64_t off, std::span<std::byte> buf) override
     {
-        co_return co_await file()->read(offset_ + off, buf);
+        return file()->read(offset_ + off, buf);
     }
     asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
     {
-        co_return co_await file()->write(offset_ + off, buf, fua);
+        return file()->write(offset_ + off, buf, fua);
     }
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t off, std::uint64_t len, zero_flags f) override
     {
         // no_fallback: the layer above decides whether to emulate, once, at the top.
         f.no_fallback = true;
-        co_return co_await file()->write_zeroes(offset_ + off, len, f);
+        return file()->write_zeroes(offset_ + off, len, f);
     }
     asio::awaitable<result<void>> do_discard(std::uint64_t off, std::uint64_t len) override
     {
-        co_return co_await file()->discard(offset_ + off, len);
+        return file()->discard(offset_ + off, len);
     }
-    asio::awaitable<result<void>> do_flush() override { co_return co_await file()->flush(); }
+    asio::awaitable<result<void>> do_flush() override { return file()->flush(); }
     std::optional<std::string> cannot_resize() const override
     {
         if (explicit_size_)
@@ -80,7 +82,7 @@ protected:
     }
     asio::awaitable<result<extent>> do_block_status(std::uint64_t off, std::uint64_t len) override
     {
-        co_return co_await file()->block_status(offset_ + off, len);
+        return file()->block_status(offset_ + off, len);
     }
     std::optional<result<extent>> do_block_status_now(std::uint64_t off, std::uint64_t len) override
     {
@@ -90,11 +92,11 @@ protected:
     asio::awaitable<result<void>> do_clone_to(std::uint64_t off, std::uint64_t len, node& target,
                                              std::uint64_t target_off) override
     {
-        co_return co_await file()->clone_to(offset_ + off, len, target, target_off);
+        return file()->clone_to(offset_ + off, len, target, target_off);
     }
     asio::awaitable<result<void>> do_clone_from(std::uint64_t off, std::uint64_t len, const clone_source& src) override
     {
-        co_return co_await file()->clone_from(offset_ + off, len, src);
+        return file()->clone_from(offset_ + off, len, src);
     }
 
 private:

@@ -52,6 +52,8 @@ mirror_job::~mirror_job()
         (void)exit_common(false);
     stop_journal();
     s_.source->remove_write_observer(this);
+    for (const auto& r : requests_)
+        r->forwarder = nullptr;   // settled before run() returned; never let one call back
 }
 
 qapi::result<void> mirror_job::attach(job& j)
@@ -272,21 +274,16 @@ void mirror_job::handle_error(bool is_read, const std::error_code& ec)
 
 // ---- ops -------------------------------------------------------------------------------------
 
-std::shared_ptr<std::byte> mirror_job::bounce(std::span<const std::byte> data)
+void mirror_job::bounce(target_request& req, std::span<const std::byte> data)
 {
     // From a pool of the job's: an aligned allocation per 4 KiB guest write took a tenth of
-    // the daemon's CPU once a mirror was READY. The copy goes back to the pool when its
-    // request is done, which may be after the job (a force-cancel stops waiting for it).
-    struct held {
-        std::shared_ptr<io::buffer_pool> pool;
-        io::aligned_buffer buf;
-        ~held() { pool->put(std::move(buf)); }
-    };
+    // the daemon's CPU once a mirror was READY. The copy goes back to the pool with its
+    // request, which may end after the job (a force-cancel stops waiting for it).
     if (!bounce_pool_)
         bounce_pool_ = std::make_shared<io::buffer_pool>(forward_budget());
-    auto h = std::make_shared<held>(bounce_pool_, bounce_pool_->get(data.size()));
-    std::memcpy(h->buf.data(), data.data(), data.size());
-    return {h, h->buf.data()};
+    req.pool = bounce_pool_;
+    req.copy = bounce_pool_->get(data.size());
+    std::memcpy(req.copy.data(), data.data(), data.size());
 }
 
 std::shared_ptr<target_request> mirror_job::make_request(op_kind kind, std::uint64_t offset, std::uint64_t length)
@@ -302,7 +299,8 @@ std::shared_ptr<target_request> mirror_job::make_request(op_kind kind, std::uint
 
 asio::awaitable<void> mirror_job::perform(std::shared_ptr<target_request> req)
 {
-    // Touches only `req`: the job may be gone when the target answers.
+    // Touches only `req`, and its forwarder while that is set: the job may be gone when the
+    // target answers.
     auto& t = *req->target;
     result<void> r;
     switch (req->kind) {
@@ -310,7 +308,7 @@ asio::awaitable<void> mirror_job::perform(std::shared_ptr<target_request> req)
         if (req->clone_from)
             r = co_await req->clone_from->clone_to(req->offset, req->length, t, req->offset);
         else
-            r = co_await t.write(req->offset, std::span<const std::byte>(req->data.get(), req->length), req->fua);
+            r = co_await t.write(req->offset, std::span<const std::byte>(req->bytes(), req->length), req->fua);
         break;
     case op_kind::zero:
         r = co_await t.write_zeroes(req->offset, req->length, block::zero_flags{.may_unmap = req->may_unmap});
@@ -324,6 +322,8 @@ asio::awaitable<void> mirror_job::perform(std::shared_ptr<target_request> req)
     }
     req->outcome = r;
     req->done.notify_all();
+    if (req->forwarder && req->source_done)
+        req->forwarder->finish_forward(*req);
 }
 
 bool mirror_job::target_send(const std::shared_ptr<target_request>& req)
@@ -388,7 +388,7 @@ asio::awaitable<void> mirror_job::run_op(mirror_job* self, op_kind kind, std::ui
             }
         }
         if (kind == op_kind::copy && !copied) {
-            req->data = piece;   // the request keeps it, should a force-cancel stop the wait
+            req->piece = piece;   // the request keeps it, should a force-cancel stop the wait
             r = co_await self->s_.source->read(offset, {piece.get(), length});
             read_failed = !r;
         }
@@ -819,14 +819,16 @@ asio::awaitable<result<void>> mirror_job::background_write(block::node& src, std
                                                            std::span<const std::byte> buf, bool fua)
 {
     const std::uint64_t length = buf.size();
-    co_await settle(offset, length);
+    if (in_source_half(offset, length))
+        co_await settle(offset, length);
     if (!may_forward(offset, length))
         co_return co_await src.write(offset, buf, fua);
     // The target gets a copy of the write at the same time as the source, and the chunk stays
     // clean: a 4 KiB write costs the target 4 KiB, not a re-read and re-copy of its chunk
     // later. The writer is answered by the source alone, as in background mode.
     auto req = make_request(op_kind::copy, offset, length);
-    req->data = bounce(buf);   // the writer's buffer goes with the answer
+    bounce(*req, buf);   // the writer's buffer goes with the answer
+    req->forwarder = this;
     if (!target_send(req))
         co_return co_await src.write(offset, buf, fua);
     limiter_.charge(length);
@@ -838,32 +840,37 @@ asio::awaitable<result<void>> mirror_job::background_write(block::node& src, std
     auto r = co_await src.write(offset, buf, fua);
     active_ranges_.erase(std::find(active_ranges_.begin(), active_ranges_.end(), range));
     op_done_.notify_all();   // settle() waiters
-    // Ownership: finish_forward uses `this`; the loop waits for forward_bytes_ to drop to 0
-    // before run() returns.
-    asio::co_spawn(ex_, finish_forward(this, std::move(req), bool(r)),
-                   log::on_failure("jobs", "mirror forwarded write", spdlog::level::critical));
+    // Whichever half ends last settles the write: here, or perform() when the target answers.
+    // No coroutine waits for the target on the job's side (the loop waits for forward_bytes_
+    // to drop to 0 before run() returns), and a force-cancel settles what is left (cancel()).
+    req->source_done = true;
+    req->source_ok = bool(r);
+    if (req->outcome || force_cancelled_)
+        finish_forward(*req);
     co_return r;
 }
 
-asio::awaitable<void> mirror_job::finish_forward(mirror_job* self, std::shared_ptr<target_request> req,
-                                                 bool source_ok)
+void mirror_job::finish_forward(target_request& req)
 {
-    const std::uint64_t offset = req->offset, length = req->length;
-    auto answer = co_await self->target_answer(req);
-    if (source_ok && answer && *answer) {
-        ++self->forwarded_writes_;
-        self->forwarded_total_ += length;
-        self->job_->progress_done(length);
-        self->account_rate(length);
+    req.forwarder = nullptr;
+    auto it = std::find_if(requests_.begin(), requests_.end(), [&](const auto& p) { return p.get() == &req; });
+    if (it != requests_.end())
+        requests_.erase(it);
+    const std::uint64_t offset = req.offset, length = req.length;
+    if (req.source_ok && req.outcome && *req.outcome) {
+        ++forwarded_writes_;
+        forwarded_total_ += length;
+        job_->progress_done(length);
+        account_rate(length);
     } else {
         // The background loop copies it again, and meets a target error under its own policy.
-        self->bitmap_.set(offset, length);
-        if (self->job_->sleeping_timed())
-            self->job_->enter();
+        bitmap_.set(offset, length);
+        if (job_->sleeping_timed())
+            job_->enter();
     }
-    self->forward_bytes_ -= length;
-    self->hold_chunks(offset, length, -1);
-    self->op_done_.notify_all();
+    forward_bytes_ -= length;
+    hold_chunks(offset, length, -1);
+    op_done_.notify_all();
 }
 
 asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind kind, std::uint64_t offset,
@@ -887,7 +894,7 @@ asio::awaitable<result<void>> mirror_job::active_write(block::node& src, op_kind
         // A force-cancel answers the writer before the target has the request, and the
         // writer's buffer is gone then.
         if (kind == op_kind::copy)
-            req->data = bounce(buf);
+            bounce(*req, buf);
         if (!target_send(req))
             req.reset();
     }
@@ -947,8 +954,14 @@ bool mirror_job::cancel(job& j, bool force)
         // finish on their own; the source has everything its writers were answered for,
         // only the target is left as it happens to be, which a force-cancel allows.
         force_cancelled_ = true;
-        for (const auto& r : requests_)
+        // Forwarded writes whose source half is done are settled now; the others when their
+        // writers return (background_write).
+        auto pending = requests_;   // finish_forward() takes requests out
+        for (const auto& r : pending) {
             r->done.notify_all();
+            if (r->forwarder && r->source_done)
+                finish_forward(*r);
+        }
     }
     return effective;
 }

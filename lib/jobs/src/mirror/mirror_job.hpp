@@ -68,6 +68,9 @@ protected:
     asio::awaitable<result<block::extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
 
 private:
+    /// The node a request goes to, counted in flight; null while requests are held. A request
+    /// that gets null waits in enter_request (the common case costs no coroutine frame).
+    block::node* admit() noexcept;
     asio::awaitable<block::node*> enter_request();
     void leave_request();
     /// leave_request for a read or a write that entered at `entered`: its latency goes to
@@ -87,8 +90,20 @@ enum class op_kind { copy, zero, discard, flush };
 /// target I/O is cancelled). It owns what the request uses, so it can finish after the job.
 struct target_request {
     explicit target_request(asio::any_io_executor ex) : done(ex) {}
+    target_request(const target_request&) = delete;
+    target_request& operator=(const target_request&) = delete;
+    ~target_request()
+    {
+        if (pool)
+            pool->put(std::move(copy));
+    }
+    /// copy only: the `length` bytes to write.
+    const std::byte* bytes() const noexcept { return piece ? piece.get() : copy.data(); }
+
     std::shared_ptr<block::node> target;
-    std::shared_ptr<std::byte> data;   ///< copy only: `length` bytes to write, kept alive with it
+    std::shared_ptr<std::byte> piece;   ///< a copy's memory in the arena, kept alive with the request
+    io::aligned_buffer copy;            ///< or a writer's data, copied (mirror_job::bounce)
+    std::shared_ptr<io::buffer_pool> pool;   ///< where `copy` goes back
     /// copy only: the source, to share its extents (block::node::clone_to) instead of writing `data`
     std::shared_ptr<block::node> clone_from;
     op_kind kind = op_kind::copy;
@@ -98,6 +113,12 @@ struct target_request {
     bool may_unmap = false;
     std::optional<result<void>> outcome;       ///< set when the target answered
     event_flag done;                           ///< notified on the answer or on force-cancel
+    /// A forwarded write (mirror_job::background_write): the job that settles it once the
+    /// source has answered and the target has, or no longer counts (force-cancel). Null once
+    /// settled: the request never touches the job after that.
+    mirror_job* forwarder = nullptr;
+    bool source_done = false;   ///< the writer's source write returned
+    bool source_ok = false;     ///< and succeeded
 };
 
 /// What the copy loop needs, resolved by mirror_start.cpp.
@@ -238,12 +259,13 @@ private:
     std::uint64_t forward_budget() const noexcept { return std::max<std::uint64_t>(window_.size() / 4, max_io()); }
     /// One copy request: a sixteenth of the window, at least 1 MiB.
     std::uint64_t max_io() const noexcept;
-    static asio::awaitable<void> finish_forward(mirror_job* self, std::shared_ptr<target_request> req,
-                                                bool source_ok);
+    /// The bookkeeping of a forwarded write, once its source half is done and its target half
+    /// answered or abandoned (force-cancel); called by whichever comes last.
+    void finish_forward(target_request& req);
     static asio::awaitable<void> perform(std::shared_ptr<target_request> req);
     std::shared_ptr<target_request> make_request(op_kind kind, std::uint64_t offset, std::uint64_t length);
-    /// A copy of a writer's data for a target request that may outlive the writer's buffer.
-    std::shared_ptr<std::byte> bounce(std::span<const std::byte> data);
+    /// Gives `req` a copy of a writer's data: the request may outlive the writer's buffer.
+    void bounce(target_request& req, std::span<const std::byte> data);
     static asio::awaitable<void> run_op(mirror_job* self, op_kind kind, std::uint64_t offset, std::uint64_t length,
                                         std::shared_ptr<std::byte> piece);
     void launch(op_kind kind, std::uint64_t offset, std::uint64_t length, std::shared_ptr<std::byte> piece);

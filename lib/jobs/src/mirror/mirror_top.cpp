@@ -16,12 +16,22 @@ mirror_top::mirror_top(block::node_options o, std::shared_ptr<block::node> sourc
 {
 }
 
+block::node* mirror_top::admit() noexcept
+{
+    if (held_)
+        return nullptr;
+    ++inflight_;
+    return redirect_ ? redirect_.get() : below();
+}
+
 asio::awaitable<block::node*> mirror_top::enter_request()
 {
-    while (held_)
+    block::node* n = admit();
+    while (!n) {
         co_await changed_.wait();
-    ++inflight_;
-    co_return redirect_ ? redirect_.get() : below();
+        n = admit();
+    }
+    co_return n;
 }
 
 void mirror_top::leave_timed(std::chrono::steady_clock::time_point entered)
@@ -56,7 +66,9 @@ void mirror_top::release(std::shared_ptr<block::node> to)
 asio::awaitable<result<void>> mirror_top::do_read(std::uint64_t offset, std::span<std::byte> buf)
 {
     const auto entered = std::chrono::steady_clock::now();
-    block::node* n = co_await enter_request();
+    block::node* n = admit();
+    if (!n)
+        n = co_await enter_request();
     auto r = co_await n->read(offset, buf);
     leave_timed(entered);
     co_return r;
@@ -65,7 +77,9 @@ asio::awaitable<result<void>> mirror_top::do_read(std::uint64_t offset, std::spa
 asio::awaitable<result<void>> mirror_top::do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua)
 {
     const auto entered = std::chrono::steady_clock::now();
-    block::node* n = co_await enter_request();
+    block::node* n = admit();
+    if (!n)
+        n = co_await enter_request();
     result<void> r;
     if (job_ && !redirect_ && job_->active())
         r = co_await job_->active_write(*n, op_kind::copy, offset, buf, buf.size(), fua, false);
@@ -81,7 +95,9 @@ asio::awaitable<result<void>> mirror_top::do_write_zeroes(std::uint64_t offset, 
                                                           block::zero_flags f)
 {
     const auto entered = std::chrono::steady_clock::now();
-    block::node* n = co_await enter_request();
+    block::node* n = admit();
+    if (!n)
+        n = co_await enter_request();
     result<void> r;
     if (job_ && !redirect_ && job_->active() && !f.no_fallback) {
         r = co_await job_->active_write(*n, op_kind::zero, offset, {}, length, false, f.may_unmap);
@@ -97,7 +113,9 @@ asio::awaitable<result<void>> mirror_top::do_write_zeroes(std::uint64_t offset, 
 asio::awaitable<result<void>> mirror_top::do_discard(std::uint64_t offset, std::uint64_t length)
 {
     const auto entered = std::chrono::steady_clock::now();
-    block::node* n = co_await enter_request();
+    block::node* n = admit();
+    if (!n)
+        n = co_await enter_request();
     result<void> r;
     if (job_ && !redirect_ && job_->active()) {
         r = co_await job_->active_write(*n, op_kind::discard, offset, {}, length, false, true);
@@ -112,7 +130,9 @@ asio::awaitable<result<void>> mirror_top::do_discard(std::uint64_t offset, std::
 
 asio::awaitable<result<void>> mirror_top::do_flush()
 {
-    block::node* n = co_await enter_request();
+    block::node* n = admit();
+    if (!n)
+        n = co_await enter_request();
     auto r = co_await n->flush();
     leave_request();
     co_return r;
@@ -120,7 +140,9 @@ asio::awaitable<result<void>> mirror_top::do_flush()
 
 asio::awaitable<result<block::extent>> mirror_top::do_block_status(std::uint64_t offset, std::uint64_t length)
 {
-    block::node* n = co_await enter_request();
+    block::node* n = admit();
+    if (!n)
+        n = co_await enter_request();
     auto r = co_await n->block_status(offset, length);
     leave_request();
     co_return r;
