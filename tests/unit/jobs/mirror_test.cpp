@@ -282,6 +282,39 @@ TEST_CASE("jobs: a forwarded write does not wait for a slow target, and counts a
     REQUIRE(j->dismiss());
 }
 
+TEST_CASE("jobs: a force-cancel while a forwarded write is still on the source ends the job when the source answers",
+          "[jobs]")
+{
+    fixture f;
+    constexpr std::size_t size = 1 << 20;
+    constexpr std::uint64_t ms_ns = 1000 * 1000;
+    block::node_options s;
+    s.name = "src";
+    f.g.insert(block::open_null(s, "null-co", size, 200 * ms_ns, false));   // the source takes 200 ms
+    block::node_options o;
+    o.name = "dst";
+    f.g.insert(block::open_null(o, "null-co", size, 3600'000 * ms_ns, false));   // the target an hour
+    auto p = f.params("none");
+    p.filter_node_name = "top";
+    p.auto_dismiss = false;
+    REQUIRE(jobs::start_mirror(f.mgr, f.g, p));
+    f.io.run_for(std::chrono::milliseconds(50));
+    auto j = f.mgr.find("m");
+    bool done = false;
+    boost::asio::co_spawn(f.io, write_at(f.g.find("top"), 8192, random_bytes(4096, 15), &done),
+                          boost::asio::detached);
+    f.io.run_for(std::chrono::milliseconds(50));
+    REQUIRE_FALSE(done);   // both halves are out
+    CHECK(j->block_info().len - j->block_info().offset == 4096);
+    REQUIRE(j->user_cancel(true));
+    f.io.run_for(std::chrono::milliseconds(20));
+    CHECK(j->status() != jobs::job_status::concluded);   // the filter waits for the writer
+    // The writer is answered by the source; the job settles its write without the target.
+    f.run_until([&] { return done && j->status() == jobs::job_status::concluded; });
+    CHECK(f.ev.has("BLOCK_JOB_CANCELLED"));
+    REQUIRE(j->dismiss());
+}
+
 TEST_CASE("jobs: mirror argument checks", "[jobs]")
 {
     fixture f;
