@@ -7,6 +7,8 @@
 #include "bjd/io/engine.hpp"
 #include "bjd/log.hpp"
 
+#include <boost/container/small_vector.hpp>
+
 #include <algorithm>
 #include <array>
 #include <cassert>
@@ -256,8 +258,9 @@ void node::notify_write(std::uint64_t offset, std::uint64_t length)
     unflushed_ = true;
     wr_highest_offset_ = std::max(wr_highest_offset_, offset + length);
     acct_.note_write_end(offset + length);
-    // Copy: an observer may detach itself (a job finishing) while being told.
-    auto obs = observers_;
+    // Copy: an observer may detach itself (a job finishing) while being told. The usual few
+    // stay on the stack: this runs for every write.
+    const boost::container::small_vector<write_observer*, 4> obs(observers_.begin(), observers_.end());
     for (write_observer* o : obs)
         o->on_write(offset, length);
 }
