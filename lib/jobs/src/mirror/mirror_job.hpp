@@ -104,7 +104,7 @@ struct target_request {
     std::shared_ptr<std::byte> piece;   ///< a copy's memory in the arena, kept alive with the request
     io::aligned_buffer copy;            ///< or a writer's data, copied (mirror_job::bounce)
     std::shared_ptr<io::buffer_pool> pool;   ///< where `copy` goes back
-    /// copy only: the source, to share its extents (block::node::clone_to) instead of writing `data`
+    /// copy only: the source, to share its extents (block::node::clone_to) instead of writing bytes()
     std::shared_ptr<block::node> clone_from;
     op_kind kind = op_kind::copy;
     std::uint64_t offset = 0;
