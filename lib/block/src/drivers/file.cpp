@@ -137,17 +137,9 @@ protected:
     asio::awaitable<result<void>> do_write(std::uint64_t off, std::span<const std::byte> buf, bool fua) override
     {
         // The common write is the engine's awaitable itself, without a frame of its own.
-        if (!misaligned(off, buf.size(), buf.data()) && !(fua && !options().cache_no_flush))
+        if (!misaligned(off, buf.size(), buf.data()) && !flushes_after(fua))
             return engine_.write(fd_, buf, off, hint(buf.size()));
         return write_slow(off, buf, fua);
-    }
-    asio::awaitable<result<void>> write_slow(std::uint64_t off, std::span<const std::byte> buf, bool fua)
-    {
-        auto r = misaligned(off, buf.size(), buf.data()) ? co_await bounce_write(off, buf)
-                                                          : co_await engine_.write(fd_, buf, off, hint(buf.size()));
-        if (r && fua && !options().cache_no_flush)
-            r = co_await engine_.fsync(fd_, true);
-        co_return r;
     }
     asio::awaitable<result<void>> do_write_zeroes(std::uint64_t off, std::uint64_t len, zero_flags f) override
     {
@@ -260,6 +252,17 @@ private:
             std::memset(tmp.data() + *r, 0, tmp.size() - *r);
         std::memcpy(buf.data(), tmp.data() + (off - start), buf.size());
         co_return result<void>{};
+    }
+    /// A FUA write is followed by an fdatasync, unless cache.no-flush drops flushes.
+    bool flushes_after(bool fua) const noexcept { return fua && !options().cache_no_flush; }
+    /// do_write for a misaligned write or one followed by a flush.
+    asio::awaitable<result<void>> write_slow(std::uint64_t off, std::span<const std::byte> buf, bool fua)
+    {
+        auto r = misaligned(off, buf.size(), buf.data()) ? co_await bounce_write(off, buf)
+                                                          : co_await engine_.write(fd_, buf, off, hint(buf.size()));
+        if (r && flushes_after(fua))
+            r = co_await engine_.fsync(fd_, true);
+        co_return r;
     }
     asio::awaitable<result<void>> bounce_write(std::uint64_t off, std::span<const std::byte> buf)
     {

@@ -69,7 +69,8 @@ protected:
 
 private:
     /// The node a request goes to, counted in flight; null while requests are held. A request
-    /// that gets null waits in enter_request (the common case costs no coroutine frame).
+    /// that gets null waits in enter_request, then is admitted (the common case costs no
+    /// coroutine frame).
     block::node* admit() noexcept;
     asio::awaitable<block::node*> enter_request();
     void leave_request();

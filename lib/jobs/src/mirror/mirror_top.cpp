@@ -26,12 +26,9 @@ block::node* mirror_top::admit() noexcept
 
 asio::awaitable<block::node*> mirror_top::enter_request()
 {
-    block::node* n = admit();
-    while (!n) {
+    while (held_)
         co_await changed_.wait();
-        n = admit();
-    }
-    co_return n;
+    co_return admit();
 }
 
 void mirror_top::leave_timed(std::chrono::steady_clock::time_point entered)
